@@ -1,0 +1,95 @@
+"""The attack interface: a registry of attacks taking an Observation (and recovered labels) and
+returning an :class:`AttackResult`. Attacks never print, write files or see the ground truth."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..errors import UnsupportedError
+from ..labels.base import LabelResult
+from ..observation import Observation
+from ..registry import Registry
+
+ATTACKS: Registry = Registry("attack")
+
+
+def attack(name: str):
+    """Class decorator registering an :class:`Attack` under ``name``."""
+    def add(cls: type["Attack"]) -> type["Attack"]:
+        cls.name = name
+        return ATTACKS.register(name)(cls)
+
+    return add
+
+
+@dataclass(frozen=True)
+class Step:
+    """Progress of a long run, handed to ``on_step`` callbacks."""
+
+    iteration: int
+    total: int
+    loss: float
+    stage: str = ""
+
+
+StepCallback = Callable[[Step], None]
+
+
+def no_progress(step: Step) -> None:
+    return None
+
+
+@dataclass
+class AttackResult:
+    """Reconstructed images (in [0, 1], any order) and how they were obtained."""
+
+    name: str
+    images: Tensor                                  # [B, C, H, W] in [0, 1]
+    iterations: int
+    seconds: float
+    final_loss: float
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)
+    labels: list[int] | None = None                 # labels the attack used or recovered
+    restarts: int = 1
+    best_restart: int = 0
+    stages: dict[str, Tensor] = field(default_factory=dict)   # intermediate outputs worth showing
+    assumptions: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "iterations": self.iterations, "seconds": self.seconds,
+                "final_loss": self.final_loss, "loss_curve": [list(p) for p in self.loss_curve],
+                "labels": self.labels, "restarts": self.restarts, "best_restart": self.best_restart,
+                "assumptions": self.assumptions, "config": self.config}
+
+
+class Attack:
+    """Base: ``Config`` is a frozen dataclass with the paper's defaults; ``run`` does the work."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        from dataclasses import replace
+        cfg = config if config is not None else self.Config()
+        self.config = replace(cfg, **overrides) if overrides else cfg
+
+    def problems(self, obs: Observation) -> list[str]:
+        return []
+
+    def check(self, obs: Observation) -> None:
+        problems = self.problems(obs)
+        if problems:
+            raise UnsupportedError(self.name, problems)
+
+    def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
+            on_step: StepCallback = no_progress) -> AttackResult:
+        raise NotImplementedError
+
+    def config_json(self) -> dict[str, Any]:
+        return asdict(self.config) if is_dataclass(self.config) else {}

@@ -1,0 +1,335 @@
+"""The gradient-matching engine shared by every optimisation attack (DLG, Inverting Gradients,
+GradInversion, generative priors).
+
+It replays the client (:mod:`gradleak.protocols`) on a candidate batch as a pure ``torch.func``
+function, compares the candidate update with the observed one (L2 or cosine over all layers, with
+optional per-layer weights), adds image priors (TV, L2, BatchNorm statistics) and optimises the
+candidate with Adam (optionally on signed gradients, step/cosine schedules, warm-up) or L-BFGS,
+inside the image box. Restarts run *batched*: the candidates of all restarts go through one
+``vmap``-ed call, and the best restart is chosen by its gradient-matching loss, never by ground truth.
+Long runs report progress through a callback and can checkpoint and resume.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from ..errors import InputError
+from ..observation import Observation
+from .base import Step, StepCallback, no_progress
+
+ExtraTerm = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatchingConfig:
+    """Settings of one matching run; each attack fills in its paper's defaults."""
+
+    iterations: int = 1000
+    restarts: int = 1
+    distance: str = "cosine"            # "cosine" (all layers concatenated) | "l2" (squared)
+    layer_weights: dict[str, float] | None = None
+    optimizer: str = "adam"             # "adam" | "lbfgs"
+    lr: float = 0.1
+    signed: bool = True                 # Adam on the sign of the gradient (Geiping et al. 2020)
+    schedule: str = "step"              # "step": ×0.1 at 3/8, 5/8, 7/8 | "cosine" | "constant"
+    warmup: int = 0
+    tv: float = 0.0
+    l2: float = 0.0
+    bn: float = 0.0
+    box: bool = True                    # keep candidates inside the normalised image range
+    optimize_labels: bool = False       # DLG: match soft labels jointly (softmax of free logits)
+    lbfgs_max_iter: int = 20
+    log_every: int = 10
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1 or self.restarts < 1:
+            raise InputError(f"iterations and restarts must be >= 1, got {self.iterations}, {self.restarts}")
+        for name, allowed in (("distance", ("cosine", "l2")), ("optimizer", ("adam", "lbfgs")),
+                              ("schedule", ("step", "cosine", "constant"))):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+@dataclass
+class MatchResult:
+    """The best candidate (model space), every restart's final matching loss and the loss curve."""
+
+    x: Tensor                            # [B, C, H, W], normalised model input of the best restart
+    label_logits: Tensor | None          # [B, N] if labels were optimised
+    restart_losses: list[float]
+    best_restart: int
+    curve: list[tuple[int, float]]       # (iteration, best total loss over restarts)
+    iterations: int
+    all_x: Tensor | None = None          # [R, B, C, H, W]
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """Anisotropic TV: mean absolute difference of horizontal and vertical neighbours."""
+    return (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+
+
+def lr_factor(cfg: MatchingConfig, it: int) -> float:
+    """The learning-rate multiplier at iteration ``it``."""
+    n = cfg.iterations
+    warm = min(1.0, (it + 1) / cfg.warmup) if cfg.warmup else 1.0
+    if cfg.schedule == "step":
+        return warm * 0.1 ** sum(it >= m for m in (3 * n // 8, 5 * n // 8, 7 * n // 8))
+    if cfg.schedule == "cosine":
+        t = max(0, it - cfg.warmup) / max(1, n - cfg.warmup)
+        return warm * 0.5 * (1 + math.cos(math.pi * t))
+    return warm
+
+
+class MatchingProblem:
+    """The objective ``distance(update(x̂, ŷ), update*) + priors`` for one candidate batch.
+
+    Args:
+        obs: the observation (model, update, protocol).
+        targets: the labels used for the candidate: int64 [B] or soft [B, N]; ``None`` when
+            ``cfg.optimize_labels``.
+        cfg: the matching settings.
+        extra_terms: further ``x -> scalar`` terms added to the objective (e.g. an attack's own prior).
+    """
+
+    def __init__(self, obs: Observation, targets: Tensor | None, cfg: MatchingConfig,
+                 extra_terms: Sequence[ExtraTerm] = ()):
+        self.obs, self.cfg, self.targets = obs, cfg, targets
+        if targets is None and not cfg.optimize_labels:
+            raise InputError("labels are needed unless the attack optimises them (optimize_labels)")
+        self.net, self.params = obs.functional()
+        self.buffers = dict(self.net.named_buffers())
+        self.update_fn = obs.protocol.update_fn(self.net)
+        self.keys = [k for k in self.params if k in obs.update]
+        weights = cfg.layer_weights or {}
+        self.weights = [float(weights.get(k, 1.0)) for k in self.keys]
+        self.target = [obs.update[k].detach() for k in self.keys]
+        self.target_sq = sum(w * float(t.pow(2).sum()) for w, t in zip(self.weights, self.target))
+        if cfg.distance == "cosine" and self.target_sq == 0:
+            raise InputError("the observed update is all zeros: cosine matching is undefined")
+        self.extra_terms = list(extra_terms)
+        self._bn_targets = self._bn_statistics() if cfg.bn else []
+        self._captured: list[tuple[Tensor, Tensor]] | None = None
+        if cfg.bn:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.register_forward_pre_hook(self._capture_hook)
+        norm = obs.normalization
+        c = obs.input_shape[0]
+        if norm is not None:
+            lo, hi = norm.bounds()
+        else:
+            lo, hi = torch.zeros(c, 1, 1), torch.ones(c, 1, 1)
+        self.lower, self.upper = lo.float(), hi.float()
+
+    # -- pieces of the objective ------------------------------------------------------------------
+    def _bn_statistics(self) -> list[tuple[Tensor, Tensor]]:
+        stats = [(m.running_mean.detach().clone(), m.running_var.detach().clone())
+                 for m in self.obs.model.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+        if not stats:
+            raise InputError("the BatchNorm term needs BatchNorm layers with running statistics")
+        return stats
+
+    def _capture_hook(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        if self._captured is not None:
+            h = inputs[0]
+            dims = [0] + list(range(2, h.dim()))
+            self._captured.append((h.mean(dims), h.var(dims, unbiased=False)))
+
+    def bn_loss(self, x: Tensor) -> Tensor:
+        """Σ_l ‖μ_l(x) − μ_l^BN‖₂ + ‖σ²_l(x) − σ²_l^BN‖₂ (Yin et al. 2021, eq. 6)."""
+        self._captured = []
+        try:
+            functional_call(self.net, (self.params, self.buffers), (x,))
+            captured = self._captured
+        finally:
+            self._captured = None
+        return sum(torch.linalg.vector_norm(m - tm) + torch.linalg.vector_norm(v - tv)
+                   for (m, v), (tm, tv) in zip(captured, self._bn_targets))
+
+    def distance(self, update: dict[str, Tensor]) -> Tensor:
+        cand = [update[k] for k in self.keys]
+        if self.cfg.distance == "l2":
+            return sum(w * (c - t).pow(2).sum() for w, c, t in zip(self.weights, cand, self.target))
+        dot = sum(w * (c * t).sum() for w, c, t in zip(self.weights, cand, self.target))
+        sq = sum(w * c.pow(2).sum() for w, c in zip(self.weights, cand))
+        return 1 - dot / (sq.sqrt() * math.sqrt(self.target_sq) + 1e-12)
+
+    def labels_from(self, label_logits: Tensor | None) -> Tensor:
+        return F.softmax(label_logits, -1) if label_logits is not None else self.targets  # type: ignore[return-value]
+
+    def objective(self, x: Tensor, label_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(total loss, matching distance) for one candidate batch ``x`` [B, C, H, W]."""
+        match = self.distance(self.update_fn(self.params, x, self.labels_from(label_logits)))
+        loss = match
+        if self.cfg.tv:
+            loss = loss + self.cfg.tv * total_variation(x)
+        if self.cfg.l2:
+            loss = loss + self.cfg.l2 * torch.linalg.vector_norm(x)
+        if self.cfg.bn:
+            loss = loss + self.cfg.bn * self.bn_loss(x)
+        for term in self.extra_terms:
+            loss = loss + term(x)
+        return loss, match.detach()
+
+    def clamp_(self, x: Tensor) -> None:
+        if self.cfg.box:
+            x.data = torch.maximum(torch.minimum(x.data, self.upper), self.lower)
+
+
+def _objective_fn(problem: MatchingProblem) -> Callable:
+    """vmapped ``(X[R], Y[R] | None) -> (grads, (loss, match))`` over restarts."""
+    if problem.cfg.optimize_labels:
+        return vmap(grad_and_value(problem.objective, argnums=(0, 1), has_aux=True))
+    batched = vmap(grad_and_value(lambda x: problem.objective(x), has_aux=True))
+
+    def step(X: Tensor, Y: Tensor | None) -> tuple:
+        g, aux = batched(X)
+        return (g,), aux
+
+    return step
+
+
+def run_matching(problem: MatchingProblem, *, batch_size: int, generator: torch.Generator,
+                 on_step: StepCallback = no_progress, checkpoint: str | Path | None = None,
+                 init: Tensor | None = None, stage: str = "") -> MatchResult:
+    """Optimise ``cfg.restarts`` candidate batches of ``batch_size`` images; return the best."""
+    cfg = problem.cfg
+    shape = (cfg.restarts, batch_size, *problem.obs.input_shape)
+    X = (init.expand(shape).clone() if init is not None
+         else torch.randn(shape, generator=generator)).float()
+    problem.clamp_(X)
+    Y = (torch.randn(cfg.restarts, batch_size, problem.obs.num_classes, generator=generator)
+         if cfg.optimize_labels else None)
+    if cfg.optimizer == "lbfgs":
+        return _run_lbfgs(problem, X, Y, on_step, stage)
+    X.requires_grad_(True)
+    variables = [X] + ([Y.requires_grad_(True)] if Y is not None else [])
+    opt = torch.optim.Adam(variables, lr=cfg.lr)
+    ckpt = _Checkpoint(Path(checkpoint), cfg) if checkpoint else None
+    start, curve = (ckpt.restore(variables, opt) if ckpt else (0, []))
+    step_fn = _objective_fn(problem)
+    match = torch.full((cfg.restarts,), float("inf"))
+    for it in range(start, cfg.iterations):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, it)
+        grads, (loss, match) = step_fn(X.detach(), None if Y is None else Y.detach())
+        for v, g in zip(variables, grads):
+            v.grad = g.sign() if cfg.signed else g
+        opt.step()
+        problem.clamp_(X)
+        last = it + 1 == cfg.iterations
+        if it % cfg.log_every == 0 or last:
+            best = float(loss.nan_to_num(float("inf")).min())
+            curve.append((it, best))
+            on_step(Step(it + 1, cfg.iterations, best, stage))
+        if ckpt and ((it + 1) % cfg.checkpoint_every == 0 or last):
+            ckpt.save(variables, opt, it + 1, curve)
+    # score the final candidates by matching loss alone (never by ground truth)
+    final = _final_match(problem, X.detach(), None if Y is None else Y.detach())
+    best = int(final.nan_to_num(float("inf")).argmin())
+    return MatchResult(X.detach()[best].clone(), None if Y is None else Y.detach()[best].clone(),
+                       final.tolist(), best, curve, cfg.iterations, X.detach().clone())
+
+
+def _final_match(problem: MatchingProblem, X: Tensor, Y: Tensor | None) -> Tensor:
+    with torch.no_grad():
+        if Y is None:
+            return vmap(lambda x: problem.objective(x)[1])(X)
+        return vmap(lambda x, y: problem.objective(x, y)[1])(X, Y)
+
+
+def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: StepCallback,
+               stage: str) -> MatchResult:
+    """L-BFGS per restart (its line search couples variables, so restarts run one after another)."""
+    cfg = problem.cfg
+    vg = grad_and_value(problem.objective, argnums=(0, 1) if Y is not None else 0, has_aux=True)
+    curve: list[tuple[int, float]] = []
+    finals: list[float] = []
+    for r in range(cfg.restarts):
+        x = X[r].clone().requires_grad_(True)
+        y = Y[r].clone().requires_grad_(True) if Y is not None else None
+        variables = [x] + ([y] if y is not None else [])
+        opt = torch.optim.LBFGS(variables, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter, history_size=100)
+
+        def closure() -> Tensor:
+            if y is None:
+                g, (loss, _) = vg(x.detach())
+                grads = (g,)
+            else:
+                grads, (loss, _) = vg(x.detach(), y.detach())
+            for v, gv in zip(variables, grads):
+                v.grad = gv
+            return loss.detach()
+
+        for it in range(cfg.iterations):
+            loss = opt.step(closure)
+            problem.clamp_(x)
+            if not torch.isfinite(loss):
+                break
+            if it % cfg.log_every == 0 or it + 1 == cfg.iterations:
+                curve.append((r * cfg.iterations + it, float(loss)))
+                on_step(Step(r * cfg.iterations + it + 1, cfg.restarts * cfg.iterations, float(loss), stage))
+        X[r] = x.detach()
+        if Y is not None:
+            Y[r] = y.detach()  # type: ignore[union-attr]
+    final = _final_match(problem, X, Y)
+    finals = final.tolist()
+    best = int(final.nan_to_num(float("inf")).argmin())
+    return MatchResult(X[best].clone(), None if Y is None else Y[best].clone(), finals, best, curve,
+                       cfg.iterations, X.clone())
+
+
+class _Checkpoint:
+    """A resumable snapshot of a run: candidates, Adam state, iteration and curve (safetensors + JSON)."""
+
+    def __init__(self, path: Path, cfg: MatchingConfig):
+        self.path, self.key = path, json.dumps(asdict(cfg), sort_keys=True, default=str)
+
+    def save(self, variables: list[Tensor], opt: torch.optim.Optimizer, iteration: int,
+             curve: list[tuple[int, float]]) -> None:
+        from safetensors.torch import save_file
+
+        tensors: dict[str, Tensor] = {}
+        for i, v in enumerate(variables):
+            tensors[f"var{i}"] = v.detach().contiguous()
+            st = opt.state.get(v, {})
+            for name in ("exp_avg", "exp_avg_sq"):
+                if name in st:
+                    tensors[f"var{i}.{name}"] = st[name].contiguous()
+        meta = {"config": self.key, "iteration": iteration, "curve": curve,
+                "steps": [float(opt.state.get(v, {}).get("step", 0)) for v in variables]}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata={"gradleak-checkpoint": json.dumps(meta)})
+        tmp.replace(self.path)
+
+    def restore(self, variables: list[Tensor], opt: torch.optim.Optimizer) -> tuple[int, list[tuple[int, float]]]:
+        from safetensors import safe_open
+
+        if not self.path.exists():
+            return 0, []
+        with safe_open(str(self.path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("gradleak-checkpoint", "{}"))
+            if meta.get("config") != self.key:
+                raise InputError(f"checkpoint {self.path} belongs to a run with other settings; "
+                                 "remove it or use another path")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        for i, v in enumerate(variables):
+            v.data.copy_(tensors[f"var{i}"])
+            if f"var{i}.exp_avg" in tensors:
+                opt.state[v] = {"step": torch.tensor(meta["steps"][i]),
+                                "exp_avg": tensors[f"var{i}.exp_avg"].clone(),
+                                "exp_avg_sq": tensors[f"var{i}.exp_avg_sq"].clone()}
+        return int(meta["iteration"]), [tuple(p) for p in meta["curve"]]  # type: ignore[misc]

@@ -1,0 +1,1 @@
+"""Extra CLI subcommands: each module here defines ``register(subparsers)`` and is found automatically."""

@@ -1,0 +1,119 @@
+"""A simulated client round: model + data + protocol + augmentation + defenses → (Observation, GroundTruth).
+
+The ground truth (the client's images and labels) is returned separately and only ever reaches
+``metrics``; attacks see the :class:`~gradleak.observation.Observation` alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .data import Dataset, load_dataset
+from .defenses import Defense, LabelSmoothing, Mixup
+from .errors import InputError
+from .models import ModelSpec, find_head, load_weights
+from .observation import Observation
+from .protocols import FedSGD, Protocol, client_update
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """Everything that defines one audited client round (defaults: the tool's default audit)."""
+
+    model: str = "convnet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    head: str | None = None
+    dataset: str = "photos"
+    image_size: int | None = None
+    batch_size: int = 1
+    unique_labels: bool = True
+    protocol: Protocol = field(default_factory=FedSGD)
+    defenses: tuple[Defense, ...] = ()
+    label_smoothing: float = 0.0
+    mixup: float | None = None
+    bn_mode: str = "train"
+    seed: int = 0
+    server_knows_batch_size: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.bn_mode not in ("train", "eval"):
+            raise InputError(f"bn_mode must be 'train' or 'eval', got {self.bn_mode!r}")
+        if self.label_smoothing and self.mixup:
+            raise InputError("choose label smoothing or mixup, not both")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "model_kwargs": self.model_kwargs, "weights": self.weights,
+            "dataset": self.dataset, "image_size": self.image_size, "batch_size": self.batch_size,
+            "unique_labels": self.unique_labels, "protocol": self.protocol.to_json(),
+            "defenses": [d.to_json() for d in self.defenses],
+            "augmentation": {"label_smoothing": self.label_smoothing, "mixup": self.mixup},
+            "bn_mode": self.bn_mode, "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The client's private batch, for scoring only."""
+
+    images: Tensor          # [B, C, H, W] in [0, 1] (after mixup, the mixed images)
+    labels: Tensor          # int64 [B]: the dominant class of each target
+    targets: Tensor         # the training targets: int64 [B] or soft float [B, N]
+    classes: tuple[str, ...]
+
+
+def build_scenario_model(sc: Scenario, num_classes: int, input_shape: tuple[int, ...]) -> tuple[nn.Module, ModelSpec]:
+    """The server's model: seeded initialisation (or the given weights), BN in the scenario's mode."""
+    spec = ModelSpec(sc.model, num_classes, input_shape, dict(sc.model_kwargs))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sc.seed)
+        model = spec.build()
+    if sc.weights:
+        load_weights(model, sc.weights)
+    find_head(model, num_classes, sc.head)
+    model.train(sc.bn_mode == "train")
+    return model, spec
+
+
+def simulate(sc: Scenario, dataset: Dataset | None = None, model: nn.Module | None = None
+             ) -> tuple[Observation, GroundTruth]:
+    """Run one honest client round and return what the server sees plus the ground truth."""
+    data = dataset if dataset is not None else load_dataset(sc.dataset, size=sc.image_size)
+    gen = torch.Generator().manual_seed(sc.seed)
+    n_draw = 2 * sc.batch_size if sc.mixup else sc.batch_size
+    if sc.mixup and sc.unique_labels and n_draw > data.num_classes:
+        raise InputError(f"mixup of {sc.batch_size} pairs with unique labels needs {n_draw} classes; "
+                         f"{data.name} has {data.num_classes}")
+    images, labels = data.sample(n_draw, generator=gen, unique_labels=sc.unique_labels)
+    n_cls = data.num_classes
+    targets: Tensor = labels
+    if sc.mixup:
+        b = sc.batch_size
+        images, targets, lam = Mixup(sc.mixup).mix(images[:b], labels[:b], images[b:], labels[b:], n_cls,
+                                                    generator=gen)
+        labels = targets.argmax(1)
+    elif sc.label_smoothing:
+        targets = LabelSmoothing(sc.label_smoothing).targets(labels, n_cls)
+    if model is None:
+        model, spec = build_scenario_model(sc, n_cls, data.image_shape)
+    else:
+        spec = None
+        model.train(sc.bn_mode == "train")
+    x = data.normalization.normalize(images)
+    update = client_update(model, sc.protocol, x, targets)
+    defense_records = []
+    for d in sc.defenses:
+        update = d(update, generator=gen)
+        defense_records.append(d.to_json())
+    obs = Observation(model=model, update=update, protocol=sc.protocol, num_classes=n_cls,
+                      input_shape=data.image_shape,
+                      batch_size=sc.batch_size if sc.server_knows_batch_size else None,
+                      normalization=data.normalization, defenses=tuple(defense_records),
+                      head=sc.head, model_spec=spec)
+    return obs, GroundTruth(images, labels, targets, data.classes)
