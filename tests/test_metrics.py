@@ -50,9 +50,13 @@ def test_ssim_matches_skimage(grey):
     assert torch.allclose(ssim(orig, orig), torch.ones(2, dtype=torch.float64))
 
 
-def test_ssim_too_small():
-    with pytest.raises(InputError, match="11"):
-        ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
+def test_ssim_small_images_use_a_smaller_window():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 1, 8, 8, generator=g)
+    assert torch.allclose(ssim(a, a), torch.ones(2, dtype=torch.float64))
+    assert (ssim(a, a.flip(0)) < 0.9).all()
+    with pytest.raises(InputError, match="3×3"):
+        ssim(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
 
 
 def test_psnr_and_mse_known_values():

@@ -115,11 +115,16 @@ def verdict(labels: dict[str, Any], attacks: list[dict[str, Any]]) -> dict[str, 
 def run_audit(plan: AuditPlan, out: str | Path, *,
               progress: Callable[[str, int], StepCallback] | None = None) -> dict[str, Any]:
     """Run the whole audit and write ``results.json``, ``report.html`` and PNG grids into ``out``."""
+    for name in plan.attacks:  # fail on unknown names before any work
+        ATTACKS.get(name)
+    for name in plan.label_methods:
+        if name != "auto":
+            LABEL_METHODS.get(name)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     sc = plan.scenario
     lpips = LPIPS.from_file(plan.lpips_weights) if plan.lpips_weights else None
     obs, truth = simulate(sc)
+    out.mkdir(parents=True, exist_ok=True)
     label_section, labels = run_labels(obs, truth, plan.label_methods)
     attacks: list[dict[str, Any]] = []
     for i, name in enumerate(plan.attacks):
@@ -179,6 +184,9 @@ def run_audit(plan: AuditPlan, out: str | Path, *,
 def run_label_audit(scenario: Scenario, methods: Sequence[str]) -> dict[str, Any]:
     """Label recovery only (``gradleak labels``)."""
     t0 = time.perf_counter()
+    for name in methods:
+        if name != "auto":
+            LABEL_METHODS.get(name)
     obs, truth = simulate(scenario)
     section, _ = run_labels(obs, truth, methods)
     return {"schema": SCHEMA, "gradleak_version": __version__, "config": scenario.to_json(),

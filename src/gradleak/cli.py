@@ -58,9 +58,12 @@ def _progress(enabled: bool):
     from tqdm import tqdm
 
     def factory(name: str, index: int):
-        bar = tqdm(desc=name, unit="it", leave=True, dynamic_ncols=True)
+        bar = None
 
         def on_step(step) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(desc=name, total=step.total, unit="it", leave=True, dynamic_ncols=True)
             bar.total = step.total
             bar.n = step.iteration
             bar.set_postfix_str(f"loss {step.loss:.4g}{' ' + step.stage if step.stage else ''}", refresh=False)
@@ -106,7 +109,10 @@ def cmd_labels(a: argparse.Namespace) -> int:
         print(f"{name:<22} {acc:>8} {sec_:>9}  {m['error'] or m['recovered']}")
     if a.out:
         write_json_atomic(Path(a.out) / "results.json", res)
-    return 0
+    failed = {n: m["error"] for n, m in sec["methods"].items() if m["error"]}
+    for name, err in failed.items():
+        print(f"gradleak: error: {err}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def cmd_list(a: argparse.Namespace) -> int:

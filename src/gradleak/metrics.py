@@ -8,7 +8,8 @@ Images are ``[B, C, H, W]`` with values in [0, 1]; per-image scores are float64 
   similarity" (IEEE TIP): an 11×11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, computed
   on the valid part of the image (no padding) and averaged over pixels and channels — the same
   numbers as ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-  use_sample_covariance=False)``.
+  use_sample_covariance=False)``. Images smaller than 11 px (e.g. 8×8 digits) use the largest odd
+  window that fits, with sigma scaled by the same factor (``win/11 · 1.5``).
 - ``LPIPS`` (Zhang et al. 2018, "The Unreasonable Effectiveness of Deep Features as a Perceptual
   Metric", arXiv:1801.03924), AlexNet variant, only from a weights file the user supplies: no
   pretrained weights exist offline and LPIPS from random weights would be meaningless.
@@ -73,23 +74,24 @@ def psnr(a: Tensor, b: Tensor, data_range: float = 1.0) -> Tensor:
     return 10.0 * torch.log10(data_range**2 / err.clamp_min(floor))
 
 
-def _gaussian_window(channels: int, device: torch.device) -> Tensor:
-    r = SSIM_WINDOW // 2
+def _gaussian_window(channels: int, device: torch.device, size: int = SSIM_WINDOW) -> Tensor:
+    r = size // 2
+    sigma = SSIM_SIGMA * size / SSIM_WINDOW
     x = torch.arange(-r, r + 1, dtype=torch.float64, device=device)
-    g = torch.exp(-(x**2) / (2 * SSIM_SIGMA**2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW).contiguous()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
 
 
 def ssim(a: Tensor, b: Tensor, data_range: float = 1.0) -> Tensor:
     """Structural similarity per image (mean over pixels and channels), ``[B]``; see module docstring."""
     a, b = _check_pair(a, b, "ssim")
-    if min(a.shape[-2:]) < SSIM_WINDOW:
-        raise InputError(
-            f"ssim needs images of at least {SSIM_WINDOW}×{SSIM_WINDOW} pixels, got {tuple(a.shape[-2:])}"
-        )
+    size = min(SSIM_WINDOW, min(a.shape[-2:]))
+    size -= 1 - size % 2  # largest odd window that fits
+    if size < 3:
+        raise InputError(f"ssim needs images of at least 3×3 pixels, got {tuple(a.shape[-2:])}")
     c = a.shape[1]
-    w = _gaussian_window(c, a.device)
+    w = _gaussian_window(c, a.device, size)
 
     def blur(x: Tensor) -> Tensor:
         return F.conv2d(x, w, groups=c)

@@ -100,11 +100,14 @@ class MatchingProblem:
             ``cfg.optimize_labels``.
         cfg: the matching settings.
         extra_terms: further ``x -> scalar`` terms added to the objective (e.g. an attack's own prior).
+        transform: applied to the candidate update before the distance — an adaptive attacker's
+            model of the client's defense (e.g. the observed sparsity mask, the clipping bound).
     """
 
     def __init__(self, obs: Observation, targets: Tensor | None, cfg: MatchingConfig,
-                 extra_terms: Sequence[ExtraTerm] = ()):
-        self.obs, self.cfg, self.targets = obs, cfg, targets
+                 extra_terms: Sequence[ExtraTerm] = (),
+                 transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None):
+        self.obs, self.cfg, self.targets, self.transform = obs, cfg, targets, transform
         if targets is None and not cfg.optimize_labels:
             raise InputError("labels are needed unless the attack optimises them (optimize_labels)")
         self.net, self.params = obs.functional()
@@ -171,7 +174,8 @@ class MatchingProblem:
 
     def objective(self, x: Tensor, label_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(total loss, matching distance) for one candidate batch ``x`` [B, C, H, W]."""
-        match = self.distance(self.update_fn(self.params, x, self.labels_from(label_logits)))
+        update = self.update_fn(self.params, x, self.labels_from(label_logits))
+        match = self.distance(self.transform(update) if self.transform else update)
         loss = match
         if self.cfg.tv:
             loss = loss + self.cfg.tv * total_variation(x)
@@ -203,8 +207,13 @@ def _objective_fn(problem: MatchingProblem) -> Callable:
 
 def run_matching(problem: MatchingProblem, *, batch_size: int, generator: torch.Generator,
                  on_step: StepCallback = no_progress, checkpoint: str | Path | None = None,
-                 init: Tensor | None = None, stage: str = "") -> MatchResult:
-    """Optimise ``cfg.restarts`` candidate batches of ``batch_size`` images; return the best."""
+                 init: Tensor | None = None, stage: str = "",
+                 post_step: Callable[[int, Tensor], None] | None = None) -> MatchResult:
+    """Optimise ``cfg.restarts`` candidate batches of ``batch_size`` images; return the best.
+
+    ``init`` ([B, C, H, W] or [R, B, C, H, W]) replaces the random start; ``post_step(it, X)`` runs
+    after every Adam step on the candidates ``X`` [R, B, C, H, W] (it may change them in place, e.g.
+    Langevin noise, or refresh an attack's state such as a group consensus)."""
     cfg = problem.cfg
     shape = (cfg.restarts, batch_size, *problem.obs.input_shape)
     X = (init.expand(shape).clone() if init is not None
@@ -228,6 +237,8 @@ def run_matching(problem: MatchingProblem, *, batch_size: int, generator: torch.
         for v, g in zip(variables, grads):
             v.grad = g.sign() if cfg.signed else g
         opt.step()
+        if post_step is not None:
+            post_step(it, X.data)
         problem.clamp_(X)
         last = it + 1 == cfg.iterations
         if it % cfg.log_every == 0 or last:

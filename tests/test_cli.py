@@ -1,0 +1,70 @@
+"""The command line end to end on tiny cases, and its handling of bad input."""
+import json
+import pickle
+
+import pytest
+
+from gradleak.cli import main
+
+TINY = ["--model", "mlp", "--data", "digits", "--image-size", "8", "--iterations", "30", "--quiet"]
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("inverting_gradients", "dlg", "idlg", "clip", "convnet", "photos"):
+        assert name in out
+    assert main(["list", "--json"]) == 0
+    assert "attacks" in json.loads(capsys.readouterr().out)
+
+
+def test_audit_writes_results_report_and_grid(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["audit", *TINY, "--attack", "inverting_gradients", "--attack", "dlg",
+                 "--defense", "clip:100", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["schema"] == 1
+    assert [a["name"] for a in res["attacks"]] == ["inverting_gradients", "dlg"]
+    for a in res["attacks"]:
+        assert a["error"] is None and len(a["psnr"]) == 1 and a["lpips"] is None
+        assert (out / a["images"]["grid"]).exists()
+    assert res["labels"]["methods"]["idlg"]["label_accuracy"] == 1.0
+    assert res["scenario"]["defenses"] == [{"name": "clip", "max_norm": 100.0}]
+    html = (out / "report.html").read_text()
+    assert "inverting_gradients" in html and "data:image/png;base64," in html
+    assert "verdict" in capsys.readouterr().out
+
+
+def test_labels_command(tmp_path, capsys):
+    assert main(["labels", "--model", "mlp", "--data", "digits", "--image-size", "8", "--batch-size", "4",
+                 "--method", "sum", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["labels"]["methods"]["sum"]["label_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["audit", "--model", "nope"], "unknown model 'nope'"),
+    (["audit", "--defense", "blur:3"], "unknown defense 'blur'"),
+    (["audit", "--defense", "clip:-2"], "positive"),
+    (["audit", "--attack", "nope", "--data", "digits"], "unknown attack"),
+    (["audit", "--data", "faces", "--batch-size", "3"], "unique labels"),
+    (["audit", "--data", "/no/such/dir"], "/no/such/dir"),
+    (["labels", "--data", "digits", "--batch-size", "12", "--repeat-labels", "--method", "sum"], "batch size"),
+    (["audit", "--protocol", "fedavg", "--local-steps", "0"], "local_steps"),
+])
+def test_bad_input_gives_one_message_and_exit_2(argv, message, capsys, tmp_path):
+    code = main([*argv, "--out", str(tmp_path / "o")] if argv[0] == "audit" else argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+
+
+def test_pickle_weights_are_refused_and_earlier_results_kept(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["audit", *TINY, "--out", str(out)]) == 0
+    before = (out / "results.json").read_bytes()
+    bad = tmp_path / "w.pth"
+    bad.write_bytes(pickle.dumps({"x": 1}))
+    assert main(["audit", *TINY, "--weights", str(bad), "--out", str(out)]) == 2
+    assert "pickle" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
