@@ -68,3 +68,13 @@ def test_pickle_weights_are_refused_and_earlier_results_kept(tmp_path, capsys):
     assert main(["audit", *TINY, "--weights", str(bad), "--out", str(out)]) == 2
     assert "pickle" in capsys.readouterr().err
     assert (out / "results.json").read_bytes() == before
+
+
+def test_fedavg_audit_reports_what_the_attacker_assumed(tmp_path):
+    out = tmp_path / "fa"
+    assert main(["audit", *TINY, "--protocol", "fedavg", "--local-steps", "3", "--local-lr", "0.1",
+                 "--assume-local-steps", "2", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["scenario"]["protocol"]["local_steps"] == 3
+    assert res["scenario"]["attacker_assumes"]["protocol"]["local_steps"] == 2
+    assert res["attacks"][0]["assumptions"]["protocol"]["local_steps"] == 2

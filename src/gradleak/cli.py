@@ -29,6 +29,9 @@ def _scenario_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--local-steps", type=int, default=5, help="FedAvg local SGD steps")
     g.add_argument("--local-lr", type=float, default=1e-2, help="FedAvg local learning rate")
     g.add_argument("--local-batch", type=int, help="FedAvg local mini-batch size (default: whole batch)")
+    g.add_argument("--assume-local-steps", type=int, help="what the attacker assumes, if not the true value")
+    g.add_argument("--assume-local-lr", type=float, help="what the attacker assumes, if not the true value")
+    g.add_argument("--assume-local-batch", type=int, help="what the attacker assumes, if not the true value")
     g.add_argument("--defense", action="append", default=[], metavar="SPEC",
                    help="e.g. clip:4, noise:0.01, laplace:0.01, sparsify:0.9, quantize:8 (repeatable, in order)")
     g.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS")
@@ -46,10 +49,17 @@ def build_scenario(a: argparse.Namespace):
     if a.device != "cpu":
         raise InputError(f"device {a.device!r} is not supported yet; use --device cpu")
     protocol = (FedAvg(a.local_steps, a.local_lr, a.local_batch) if a.protocol == "fedavg" else FedSGD())
+    assumed = None
+    guesses = (a.assume_local_steps, a.assume_local_lr, a.assume_local_batch)
+    if any(v is not None for v in guesses):
+        if a.protocol != "fedavg":
+            raise InputError("--assume-local-* only apply with --protocol fedavg")
+        steps, lr, batch = guesses
+        assumed = FedAvg(steps or a.local_steps, lr or a.local_lr, batch if batch is not None else a.local_batch)
     return Scenario(model=a.model, weights=a.weights, head=a.head, dataset=a.data, image_size=a.image_size,
                     batch_size=a.batch_size, unique_labels=not a.repeat_labels, protocol=protocol,
                     defenses=tuple(parse_defense(s) for s in a.defense), label_smoothing=a.label_smoothing,
-                    mixup=a.mixup, bn_mode=a.bn_mode, seed=a.seed)
+                    mixup=a.mixup, bn_mode=a.bn_mode, seed=a.seed, assumed_protocol=assumed)
 
 
 def _progress(enabled: bool):

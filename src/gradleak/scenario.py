@@ -13,10 +13,11 @@ from torch import Tensor, nn
 
 from .data import Dataset, load_dataset
 from .defenses import Defense, LabelSmoothing, Mixup
+from .defenses_extra import client_round
 from .errors import InputError
 from .models import ModelSpec, find_head, load_weights
 from .observation import Observation
-from .protocols import FedSGD, Protocol, client_update
+from .protocols import FedSGD, Protocol
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +39,7 @@ class Scenario:
     bn_mode: str = "train"
     seed: int = 0
     server_knows_batch_size: bool = True
+    assumed_protocol: Protocol | None = None   # what the server assumes, if not the true protocol
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -55,6 +57,7 @@ class Scenario:
             "defenses": [d.to_json() for d in self.defenses],
             "augmentation": {"label_smoothing": self.label_smoothing, "mixup": self.mixup},
             "bn_mode": self.bn_mode, "seed": self.seed,
+            "assumed_protocol": None if self.assumed_protocol is None else self.assumed_protocol.to_json(),
         }
 
 
@@ -106,12 +109,8 @@ def simulate(sc: Scenario, dataset: Dataset | None = None, model: nn.Module | No
         spec = None
         model.train(sc.bn_mode == "train")
     x = data.normalization.normalize(images)
-    update = client_update(model, sc.protocol, x, targets)
-    defense_records = []
-    for d in sc.defenses:
-        update = d(update, generator=gen)
-        defense_records.append(d.to_json())
-    obs = Observation(model=model, update=update, protocol=sc.protocol, num_classes=n_cls,
+    update, defense_records = client_round(model, sc.protocol, x, targets, sc.defenses, generator=gen)
+    obs = Observation(model=model, update=update, protocol=sc.assumed_protocol or sc.protocol, num_classes=n_cls,
                       input_shape=data.image_shape,
                       batch_size=sc.batch_size if sc.server_knows_batch_size else None,
                       normalization=data.normalization, defenses=tuple(defense_records),

@@ -34,6 +34,7 @@ class InvertingGradientsConfig:
     tv: float = 0.2
     signed: bool = True
     schedule: str = "step"
+    scales: int = 1
     log_every: int = 10
     checkpoint: str | None = None
 
@@ -49,7 +50,8 @@ class InvertingGradients(Attack):
         c = self.config
         targets, labels = label_targets(obs, labels, self.name)
         cfg = MatchingConfig(iterations=c.iterations, restarts=c.restarts, distance="cosine", lr=c.lr,
-                             signed=c.signed, schedule=c.schedule, tv=c.tv, log_every=c.log_every)
+                             signed=c.signed, schedule=c.schedule, tv=c.tv, scales=c.scales,
+                             log_every=c.log_every)
         problem = MatchingProblem(obs, targets, cfg)
         match = run_matching(problem, batch_size=batch_size_of(obs, labels, self.name), generator=generator,
                              on_step=on_step, checkpoint=c.checkpoint)

@@ -1,0 +1,102 @@
+"""Core benchmark (issue 2): attack-loop speed and the default audit's reconstruction quality.
+
+1. Speed: Inverting-Gradients iterations per second for ConvNet (width 64) and ResNet-18 (CIFAR
+   stem) at 32×32, batch 1 and 8, after a short warm-up; records threads, OpenMP wait policy and load.
+2. Quality: the default audit's attack (Inverting Gradients, its default budget) on the default
+   scenario (ConvNet, bundled photos, 32×32, batch 1) over several seeds (different images), PSNR/SSIM
+   against the original and against a constant-grey guess.
+
+    python benchmarks/core/run.py                 # both parts; writes results.json and results.md here
+    python benchmarks/core/run.py --part speed    # one part
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from gradleak.attacks import ATTACKS
+from gradleak.attacks.matching import MatchingConfig, MatchingProblem, run_matching
+from gradleak.audit import AuditPlan
+from gradleak.labels import recover_labels
+from gradleak.metrics import psnr, score_images
+from gradleak.scenario import Scenario, simulate
+
+HERE = Path(__file__).parent
+
+
+def machine() -> dict:
+    return {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+            "load_before": os.getloadavg(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def speed(model: str, batch: int, iters: int = 30, warmup: int = 5) -> dict:
+    sc = Scenario(model=model, batch_size=batch, unique_labels=batch <= 10, seed=0)
+    obs, _ = simulate(sc)
+    labels = torch.tensor(recover_labels(obs, "idlg" if batch == 1 else "sum").labels)
+    stamps: list[float] = []
+    cfg = MatchingConfig(iterations=iters + warmup, tv=0.2, log_every=1, checkpoint_every=10**9)
+    run_matching(MatchingProblem(obs, labels, cfg), batch_size=batch, generator=torch.Generator().manual_seed(0),
+                 on_step=lambda s: stamps.append(time.perf_counter()))
+    gaps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
+    med = statistics.median(gaps)
+    return {"model": model, "batch": batch, "s_per_it": med, "it_per_s": 1 / med, "iters_timed": len(gaps),
+            "load_after": os.getloadavg()}
+
+
+def quality(seeds: list[int]) -> list[dict]:
+    plan = AuditPlan()
+    rows = []
+    for seed in seeds:
+        sc = Scenario(**{**plan.scenario.__dict__, "seed": seed})
+        obs, truth = simulate(sc)
+        t0 = time.perf_counter()
+        res = ATTACKS.get("inverting_gradients")().run(obs, generator=torch.Generator().manual_seed(seed))
+        s = score_images(res.images, truth.images)
+        grey = torch.full_like(truth.images, float(truth.images.mean()))
+        rows.append({"seed": seed, "class": truth.classes[int(truth.labels[0])], "iterations": res.iterations,
+                     "seconds": time.perf_counter() - t0, "psnr": s.mean_psnr, "ssim": s.mean_ssim,
+                     "grey_psnr": float(psnr(grey, truth.images).mean()), "final_loss": res.final_loss})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=("speed", "quality", "all"), default="all")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--out", default=str(HERE / "results.json"))
+    a = ap.parse_args()
+    out = Path(a.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results["machine"] = machine()
+    if a.part in ("speed", "all"):
+        results["speed"] = [speed(m, b) for m in ("convnet", "resnet18") for b in (1, 8)]
+    if a.part in ("quality", "all"):
+        rows = quality([int(s) for s in a.seeds.split(",")])
+        results["quality"] = {"rows": rows, "mean_psnr": statistics.mean(r["psnr"] for r in rows),
+                              "mean_ssim": statistics.mean(r["ssim"] for r in rows),
+                              "min_psnr": min(r["psnr"] for r in rows)}
+    out.write_text(json.dumps(results, indent=2))
+    md = ["# Core benchmark", "", f"Machine: {results['machine']}", ""]
+    if "speed" in results:
+        md += ["| model | batch | s/iteration | iterations/s |", "|---|---|---|---|"]
+        md += [f"| {r['model']} | {r['batch']} | {r['s_per_it']:.3f} | {r['it_per_s']:.2f} |" for r in results["speed"]]
+        md.append("")
+    if "quality" in results:
+        q = results["quality"]
+        md += ["| seed | class | iterations | seconds | PSNR dB | SSIM | grey PSNR dB |", "|---|---|---|---|---|---|---|"]
+        md += [f"| {r['seed']} | {r['class']} | {r['iterations']} | {r['seconds']:.0f} | {r['psnr']:.2f} | "
+               f"{r['ssim']:.3f} | {r['grey_psnr']:.2f} |" for r in q["rows"]]
+        md += ["", f"Mean PSNR {q['mean_psnr']:.2f} dB (min {q['min_psnr']:.2f}), mean SSIM {q['mean_ssim']:.3f}."]
+    (out.with_suffix(".md")).write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
