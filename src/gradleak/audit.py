@@ -38,7 +38,7 @@ class AuditPlan:
     """What to run on a scenario: label methods (the first that succeeds feeds the attacks), attacks
     with optional setting overrides, and where to write."""
 
-    scenario: Scenario = field(default_factory=Scenario)
+    scenario: Scenario = field(default_factory=lambda: Scenario(bn_mode="eval"))
     label_methods: tuple[str, ...] = ("auto",)
     attacks: tuple[str, ...] = ("inverting_gradients",)
     attack_overrides: dict[str, Any] = field(default_factory=dict)

@@ -36,7 +36,9 @@ def _scenario_args(p: argparse.ArgumentParser) -> None:
                    help="e.g. clip:4, noise:0.01, laplace:0.01, sparsify:0.9, quantize:8 (repeatable, in order)")
     g.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS")
     g.add_argument("--mixup", type=float, metavar="ALPHA", help="client trains with mixup Beta(ALPHA, ALPHA)")
-    g.add_argument("--bn-mode", choices=("train", "eval"), default="train", help="BatchNorm mode of the client")
+    g.add_argument("--bn-mode", choices=("train", "eval"), default="eval",
+                   help="BatchNorm of the client: eval = the running statistics the server sent (default); "
+                        "train = batch statistics (for one image they hide its brightness and contrast)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cpu", help="only 'cpu' is supported in this version")
 
@@ -91,7 +93,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
 
     plan = AuditPlan(scenario=build_scenario(a), label_methods=tuple(a.label_method or ["auto"]),
                      attacks=tuple(a.attack or ["inverting_gradients"]),
-                     attack_overrides={"iterations": a.iterations, "restarts": a.restarts},
+                     attack_overrides={"iterations": a.iterations, "restarts": a.restarts, "prior": a.prior},
                      lpips_weights=a.lpips_weights)
     results = run_audit(plan, a.out, progress=_progress(not a.quiet))
     print(f"verdict: {results['verdict']['level']} — {results['verdict']['summary']}")
@@ -160,6 +162,7 @@ def parser() -> argparse.ArgumentParser:
     au.add_argument("--label-method", action="append", help="label method(s); the first that works feeds the attacks")
     au.add_argument("--iterations", type=int, help="override each attack's iteration budget")
     au.add_argument("--restarts", type=int, help="override each attack's restarts")
+    au.add_argument("--prior", help="generative prior (.safetensors from `gradleak train-prior`) for ggl and gifd")
     au.add_argument("--lpips-weights", help="LPIPS weights (.safetensors); without them LPIPS is not reported")
     au.add_argument("--out", default="out/audit", help="output folder (default out/audit)")
     au.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -36,7 +36,8 @@ class MatchingConfig:
 
     iterations: int = 1000
     restarts: int = 1
-    distance: str = "cosine"            # "cosine" (all layers concatenated) | "l2" (squared)
+    distance: str = "cosine"            # "cosine" (all layers concatenated) | "l2" (squared) |
+                                        # "layer_l2": Σ_l w_l ‖·‖₂ per layer (Yin et al. 2021)
     layer_weights: dict[str, float] | None = None
     optimizer: str = "adam"             # "adam" | "lbfgs"
     lr: float = 0.1
@@ -56,7 +57,7 @@ class MatchingConfig:
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.restarts < 1:
             raise InputError(f"iterations and restarts must be >= 1, got {self.iterations}, {self.restarts}")
-        for name, allowed in (("distance", ("cosine", "l2")), ("optimizer", ("adam", "lbfgs")),
+        for name, allowed in (("distance", ("cosine", "l2", "layer_l2")), ("optimizer", ("adam", "lbfgs")),
                               ("schedule", ("step", "cosine", "constant"))):
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -103,11 +104,14 @@ class MatchingProblem:
         extra_terms: further ``x -> scalar`` terms added to the objective (e.g. an attack's own prior).
         transform: applied to the candidate update before the distance — an adaptive attacker's
             model of the client's defense (e.g. the observed sparsity mask, the clipping bound).
+        bn_targets: per-BatchNorm-layer (mean, var) targets of the BN term, in module order,
+            replacing the model's running statistics (e.g. the client batch's exact statistics).
     """
 
     def __init__(self, obs: Observation, targets: Tensor | None, cfg: MatchingConfig,
                  extra_terms: Sequence[ExtraTerm] = (),
-                 transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None):
+                 transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+                 bn_targets: Sequence[tuple[Tensor, Tensor]] | None = None):
         self.obs, self.cfg, self.targets, self.transform = obs, cfg, targets, transform
         if targets is None and not cfg.optimize_labels:
             raise InputError("labels are needed unless the attack optimises them (optimize_labels)")
@@ -122,7 +126,10 @@ class MatchingProblem:
         if cfg.distance == "cosine" and self.target_sq == 0:
             raise InputError("the observed update is all zeros: cosine matching is undefined")
         self.extra_terms = list(extra_terms)
-        self._bn_targets = self._bn_statistics() if cfg.bn else []
+        if bn_targets is not None:
+            self._bn_targets = [(m.detach().float(), v.detach().float()) for m, v in bn_targets]
+        else:
+            self._bn_targets = self._bn_statistics() if cfg.bn else []
         self._captured: list[tuple[Tensor, Tensor]] | None = None
         if cfg.bn:
             for m in self.net.modules():
@@ -166,6 +173,8 @@ class MatchingProblem:
         cand = [update[k] for k in self.keys]
         if self.cfg.distance == "l2":
             return sum(w * (c - t).pow(2).sum() for w, c, t in zip(self.weights, cand, self.target))
+        if self.cfg.distance == "layer_l2":
+            return sum(w * torch.linalg.vector_norm(c - t) for w, c, t in zip(self.weights, cand, self.target))
         dot = sum(w * (c * t).sum() for w, c, t in zip(self.weights, cand, self.target))
         sq = sum(w * c.pow(2).sum() for w, c in zip(self.weights, cand))
         return 1 - dot / (sq.sqrt() * math.sqrt(self.target_sq) + 1e-12)
@@ -298,7 +307,7 @@ def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: S
     cfg = problem.cfg
     vg = grad_and_value(problem.objective, argnums=(0, 1) if Y is not None else 0, has_aux=True)
     curve: list[tuple[int, float]] = []
-    finals: list[float] = []
+    used = 0
     for r in range(cfg.restarts):
         x = X[r].clone().requires_grad_(True)
         y = Y[r].clone().requires_grad_(True) if Y is not None else None
@@ -315,22 +324,31 @@ def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: S
                 v.grad = gv
             return loss.detach()
 
+        previous, stalled = float("inf"), 0
         for it in range(cfg.iterations):
             loss = opt.step(closure)
             problem.clamp_(x)
-            if not torch.isfinite(loss):
+            value = float(loss)
+            if not math.isfinite(value):
                 break
-            if it % cfg.log_every == 0 or it + 1 == cfg.iterations:
-                curve.append((r * cfg.iterations + it, float(loss)))
-                on_step(Step(r * cfg.iterations + it + 1, cfg.restarts * cfg.iterations, float(loss), stage))
+            # L-BFGS has converged when its loss stops moving: stop instead of re-evaluating it
+            stalled = stalled + 1 if abs(previous - value) <= 1e-9 * max(1.0, abs(value)) else 0
+            previous = value
+            done = stalled >= 3 or it + 1 == cfg.iterations
+            if it % cfg.log_every == 0 or done:
+                curve.append((r * cfg.iterations + it, value))
+                n = (r + 1) * cfg.iterations if done else r * cfg.iterations + it + 1  # a converged restart is complete
+                on_step(Step(n, cfg.restarts * cfg.iterations, value, stage))
+            if done:
+                break
+        used = max(used, it + 1)
         X[r] = x.detach()
         if Y is not None:
             Y[r] = y.detach()  # type: ignore[union-attr]
     final = _final_match(problem, X, Y)
-    finals = final.tolist()
     best = int(final.nan_to_num(float("inf")).argmin())
-    return MatchResult(X[best].clone(), None if Y is None else Y[best].clone(), finals, best, curve,
-                       cfg.iterations, X.clone())
+    return MatchResult(X[best].clone(), None if Y is None else Y[best].clone(), final.tolist(), best, curve,
+                       used, X.clone())
 
 
 class _Checkpoint:

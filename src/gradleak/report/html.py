@@ -242,8 +242,8 @@ def _attack(i: int, a: Mapping[str, Any], out: Path, errors: list) -> str:
         parts.append(_figure(out, rel, str(stage)))
     curve = _loss_plot(a.get("loss_curve"))
     if curve:
-        parts.append(f"<figure><img class=\"plot\" alt=\"matching loss\" src=\"{curve}\">"
-                     "<figcaption>Matching loss (log scale)</figcaption></figure>")
+        parts.append(f"<figure><img class=\"plot\" alt=\"objective curve\" src=\"{curve}\">"
+                     "<figcaption>Attack objective over iterations (gradient matching plus the attack's priors; log scale)</figcaption></figure>")
     parts.append(_per_image(a))
     if a.get("config"):
         parts.append("<details><summary>Attack configuration</summary>"
@@ -335,7 +335,7 @@ def _loss_plot(curve: Any) -> str | None:
             marker="." if len(points) < 40 else None)
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("matching loss")
+    ax.set_ylabel("objective (matching + priors)")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
