@@ -9,7 +9,7 @@ the CLI: ``name`` or ``name:VALUE`` (the main parameter) or ``name:key=value,key
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -164,7 +164,7 @@ def parse_defense(spec: str) -> Defense:
             kwargs[key] = int(value) if types[key] in ("int", int) else float(value)
         except ValueError:
             raise InputError(f"defense {name!r}: {key}={value!r} is not a number") from None
-    missing = [k for k in types if k not in kwargs]
+    missing = [f.name for f in fields(cls) if f.name not in kwargs and f.default is MISSING]
     if missing:
         raise InputError(f"defense {name!r} needs {missing} (e.g. '{name}:VALUE')")
     return cls(**kwargs)
@@ -212,3 +212,6 @@ def _beta_ppf(u: list[float], alpha: float) -> list[float]:
     from scipy.stats import beta
 
     return [float(v) for v in beta.ppf(u, alpha, alpha)]
+
+
+from . import defenses_extra as _extra  # noqa: E402,F401  (registers dpsgd, soteria, compress)

@@ -1,0 +1,279 @@
+"""Flower integration: a curious server that captures every client's round as an Observation.
+
+Needs ``pip install gradleak[flower]`` (``flwr[simulation]==1.41.0``); written for Flower's
+message API (``flwr.serverapp.strategy.FedAvg``, ``ArrayRecord``, ``ServerApp``/``ClientApp``).
+
+- :class:`CaptureStrategy` — a ``FedAvg`` that, unchanged in what it aggregates, records the global
+  arrays it sends (``configure_train``) and each client's returned arrays (``aggregate_train``),
+  turns them into Observations (FedSGD: the gradient ``(θ₀ − θ₁)/lr``; FedAvg: the delta
+  ``θ_K − θ₀``) in a :class:`~gradleak.fl.capture.CaptureStore`, and runs an audit hook on each.
+- :func:`make_client_app` / :func:`make_server_app` — the apps of ``gradleak fl-demo``: clients train
+  on their shard of a bundled dataset with gradleak's own defenses and label augmentations
+  (:mod:`gradleak.fl.task`). Built without a task they read it from Flower's ``run_config``, which
+  is how the module-level :data:`server_app` / :data:`client_app` run in deployment mode
+  (``docs/flower.md``).
+- :func:`run_simulation` — the demo's Ray simulation, returning the store.
+
+Example::
+
+    store = run_simulation(FlowerTask(batch_size=2), num_clients=2, num_rounds=1, capture_dir="out/cap")
+    obs = store.load(1, store.captured()[0]["client"])
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from ..data import Dataset, Normalization
+from ..errors import InputError
+from ..models import ModelSpec
+from ..observation import Observation
+from ..protocols import FedSGD, Protocol
+from .capture import AuditHook, CaptureStore, LabelAttackAudit
+from .task import FlowerTask, client_batch, client_train, protocol_config, protocol_from_config
+
+__all__ = ["CaptureStrategy", "client_app", "make_client_app", "make_server_app", "run_simulation", "server_app"]
+
+log = logging.getLogger(__name__)
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
+class CaptureStrategy(FedAvg):
+    """``FedAvg`` that captures what each client returns (see the module docstring).
+
+    Args:
+        store: where the Observations go (resumable and bounded, see :class:`CaptureStore`).
+        model_spec: the architecture the arrays belong to (the server's own model).
+        normalization: the input preprocessing the clients use, if the server knows it.
+        protocol: the protocol sent to clients in every round's config (the server decides it).
+        lr: the FedSGD step the clients take, sent in the config (the server divides by it).
+        audit: run on each capture as the rounds go (default: label recovery only); ``None`` to skip.
+        round_offset: added to Flower's round numbers (resuming a run that already did rounds).
+        **fedavg: ``FedAvg``'s own arguments (``fraction_train``, ``min_train_nodes``, ...).
+    """
+
+    def __init__(self, store: CaptureStore, *, model_spec: ModelSpec, normalization: Normalization | None = None,
+                 protocol: Protocol | None = None, lr: float = 0.1, audit: AuditHook | None = LabelAttackAudit(),
+                 round_offset: int = 0, **fedavg: Any):
+        super().__init__(**fedavg)
+        if not lr > 0:
+            raise InputError(f"the FedSGD step lr must be > 0, got {lr}")
+        self.store, self.model_spec, self.normalization = store, model_spec, normalization
+        self.protocol: Protocol = protocol if protocol is not None else FedSGD()
+        self.lr, self.audit, self.round_offset = lr, audit, round_offset
+        self._sent: dict[int, dict[str, torch.Tensor]] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        r = server_round + self.round_offset
+        for k, v in {**protocol_config(self.protocol), "lr": self.lr}.items():
+            config[k] = v
+        self._sent[r] = {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
+        return super().configure_train(r, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        r = server_round + self.round_offset
+        replies = list(replies)
+        sent = self._sent.pop(r, None)
+        if sent is not None:
+            for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
+                if not msg.has_error():
+                    self._capture(r, sent, msg)
+        arrays, metrics = super().aggregate_train(r, replies)
+        self.store.finish_round(r, None if arrays is None else arrays.to_torch_state_dict())
+        return arrays, metrics
+
+    def observation(self, sent: dict[str, torch.Tensor], returned: dict[str, torch.Tensor],
+                    batch_size: int | None) -> Observation:
+        """The Observation of one reply: the model as sent and the update the client's arrays imply."""
+        model = self.model_spec.build()
+        model.load_state_dict(sent)
+        model.train()
+        names = [k for k, p in model.named_parameters() if p.requires_grad]
+        missing = [k for k in names if k not in returned]
+        if missing:
+            raise InputError(f"the client's arrays lack {len(missing)} parameters, e.g. {missing[:3]}")
+        if isinstance(self.protocol, FedSGD):
+            update = {k: (sent[k].double() - returned[k].double()).div(self.lr).float() for k in names}
+        else:
+            update = {k: returned[k] - sent[k] for k in names}
+        return Observation(model=model, update=update, protocol=self.protocol,
+                           num_classes=self.model_spec.num_classes, input_shape=self.model_spec.input_shape,
+                           batch_size=batch_size, normalization=self.normalization, model_spec=self.model_spec)
+
+    def _capture(self, server_round: int, sent: dict[str, torch.Tensor], msg: Message) -> None:
+        client = str(msg.metadata.src_node_id)
+        content = msg.content
+        metrics: dict[str, Any] = {}
+        for rec in content.metric_records.values():
+            metrics.update({k: v for k, v in rec.items()})
+        batch = metrics.get(self.weighted_by_key)
+        try:
+            returned = next(iter(content.array_records.values())).to_torch_state_dict()
+            obs = self.observation(sent, returned, None if batch is None else int(batch))
+        except (InputError, StopIteration, RuntimeError) as e:
+            log.warning("round %d: cannot capture client %s: %s", server_round, client, e)
+            return
+        self.store.add(server_round, client, obs, metrics, self.audit)
+
+
+# -- the demo's apps ------------------------------------------------------------------------------
+
+_DATA: dict[tuple[str, int | None], Dataset] = {}
+
+
+def _data(task: FlowerTask) -> Dataset:
+    key = (task.dataset, task.image_size)
+    if key not in _DATA:
+        _DATA[key] = task.load_data()
+    return _DATA[key]
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    try:
+        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    except KeyError:
+        raise InputError("this SuperNode has no partition: start it with "
+                         "--node-config 'partition-id=0 num-partitions=2'") from None
+
+
+def make_client_app(task: FlowerTask | None = None) -> ClientApp:
+    """The demo's ClientApp: trains on its shard with the task's defenses and augmentations.
+
+    Without ``task`` it reads the task from ``context.run_config`` (deployment mode).
+    """
+    app = ClientApp()
+
+    def task_of(context: Context) -> FlowerTask:
+        return task if task is not None else FlowerTask.from_config(context.run_config)
+
+    def global_model(t: FlowerTask, data: Dataset, msg: Message) -> torch.nn.Module:
+        model = t.model_spec(data).build()
+        model.load_state_dict(next(iter(msg.content.array_records.values())).to_torch_state_dict())
+        return model.train()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        t = task_of(context)
+        data = _data(t)
+        pid, n = _partition(context)
+        cfg = next(iter(msg.content.config_records.values()), ConfigRecord())
+        state, metrics, _ = client_train(t, data, global_model(t, data, msg), protocol_from_config(cfg),
+                                         float(cfg.get("lr", t.lr)), pid, n, int(cfg["server-round"]))
+        metrics["num-examples"] = int(metrics["num-examples"])
+        metrics["partition-id"] = pid  # lets the demo score against this client's data; no attack reads it
+        reply = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
+        return Message(content=reply, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        t = task_of(context)
+        data = _data(t)
+        pid, n = _partition(context)
+        model = global_model(t, data, msg).eval()
+        from .task import _shard
+
+        shard = data.subset(_shard(len(data), pid, n, t.seed))
+        with torch.no_grad():
+            logits = model(data.normalization.normalize(shard.images))
+            loss = float(torch.nn.functional.cross_entropy(logits, shard.labels))
+            acc = float((logits.argmax(1) == shard.labels).float().mean())
+        metrics = MetricRecord({"num-examples": len(shard), "loss": loss, "accuracy": acc})
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+def audit_from_config(cfg: Any) -> LabelAttackAudit:
+    """The audit hook named by run_config keys ``audit-labels`` / ``audit-attacks`` / ``audit-iterations``."""
+    attacks = tuple(a.strip() for a in str(cfg.get("audit-attacks", "")).split(",") if a.strip())
+    labels = tuple(a.strip() for a in str(cfg.get("audit-labels", "auto")).split(",") if a.strip())
+    iters = int(cfg.get("audit-iterations", 0))
+    return LabelAttackAudit(label_methods=labels, attacks=attacks, overrides={"iterations": iters or None})
+
+
+def make_server_app(task: FlowerTask | None = None, *, capture_dir: str | Path | None = None,
+                    num_rounds: int | None = None, min_clients: int | None = None,
+                    audit: AuditHook | None = None, max_bytes: int | None = 1 << 30,
+                    keep_rounds: int | None = None) -> ServerApp:
+    """The curious server: FedAvg rounds with :class:`CaptureStrategy`, resuming from ``capture_dir``.
+
+    Arguments left ``None`` come from ``context.run_config`` (``num-server-rounds``, ``capture-dir``,
+    ``min-clients``, ``audit-*``, and the task's own keys).
+    """
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        rc = context.run_config
+        t = task if task is not None else FlowerTask.from_config(rc)
+        rounds = num_rounds if num_rounds is not None else int(rc.get("num-server-rounds", 2))
+        folder = capture_dir if capture_dir is not None else str(rc.get("capture-dir", "out/flower-capture"))
+        clients = min_clients if min_clients is not None else int(rc.get("min-clients", 2))
+        store = CaptureStore(folder, max_bytes=max_bytes, keep_rounds=keep_rounds)
+        data = _data(t)
+        state = t.initial_model(data).state_dict()
+        offset = 0
+        resumed = store.resume()
+        if resumed is not None:
+            offset, state = resumed
+            log.info("resuming the capture in %s after round %d", folder, offset)
+        if rounds - offset <= 0:
+            log.info("all %d rounds are already captured in %s", rounds, folder)
+            return
+        strategy = CaptureStrategy(store, model_spec=t.model_spec(data), normalization=data.normalization,
+                                   protocol=t.protocol, lr=t.lr,
+                                   audit=audit if audit is not None else audit_from_config(rc),
+                                   round_offset=offset, fraction_evaluate=0.0, min_train_nodes=clients,
+                                   min_available_nodes=clients)
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(dict(state)), num_rounds=rounds - offset)
+
+    return app
+
+
+def run_simulation(task: FlowerTask, *, num_clients: int = 2, num_rounds: int = 1,
+                   capture_dir: str | Path, audit: AuditHook | None = None, max_bytes: int | None = 1 << 30,
+                   keep_rounds: int | None = None, num_cpus: int | None = None) -> CaptureStore:
+    """Run the demo federation in Flower's Ray simulation and return the capture store."""
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    cpus = num_cpus or min(num_clients, os.cpu_count() or 1)
+    flwr_run_simulation(
+        server_app=make_server_app(task, capture_dir=capture_dir, num_rounds=num_rounds, min_clients=num_clients,
+                                   audit=audit if audit is not None else LabelAttackAudit(),
+                                   max_bytes=max_bytes, keep_rounds=keep_rounds),
+        client_app=make_client_app(task),
+        num_supernodes=num_clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                        "init_args": {"num_cpus": cpus, "object_store_memory": 100 * 1024 ** 2,
+                                      "include_dashboard": False}},
+    )
+    return CaptureStore(capture_dir, max_bytes=max_bytes, keep_rounds=keep_rounds)
+
+
+def true_update(task: FlowerTask, store: CaptureStore, server_round: int, client: str, partition_id: int,
+                num_partitions: int) -> tuple[dict[str, torch.Tensor], Any]:
+    """For tests and the demo's scoring: what client ``partition_id`` honestly computed in that round
+    (no defenses), from the captured model, and its batch."""
+    from ..protocols import client_update
+
+    obs = store.load(server_round, client)
+    data = _data(task)
+    batch = client_batch(task, data, partition_id, num_partitions, server_round)
+    x = data.normalization.normalize(batch.images)
+    return client_update(obs.model, obs.protocol, x, batch.targets), batch
+
+
+#: deployment-mode apps (``serverapp = "gradleak.fl.flower:server_app"``), configured by run_config
+server_app = make_server_app()
+client_app = make_client_app()

@@ -1,0 +1,434 @@
+"""Privacy–utility sweep: defenses × strengths × attacks over several clients, in parallel.
+
+For every defense setting (and an undefended baseline) the sweep measures
+
+- *leakage* — for ``clients`` simulated clients (seeds), the label accuracy of label recovery and the
+  PSNR/SSIM of each attack's reconstruction of the client's batch (the model at initialisation, the
+  first FL round);
+- *utility* — the test accuracy of the same architecture after a short training (``train_steps``
+  FL steps of one client with ``train_batch`` samples, the defense applied to every update exactly
+  as in the audit; DP-SGD also reports the ε of the whole training).
+
+Cells run in parallel processes — Ray when installed (``backend="auto"``), else
+``concurrent.futures.ProcessPoolExecutor`` — and the result is one JSON, a privacy–utility plot and an
+HTML page. Grid specs take ``|``-separated alternatives: ``dpsgd:noise=0.5|1|2,clip=1`` is three
+settings; ``smooth:EPS`` and ``mixup:ALPHA`` sweep the client's label augmentations.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .defenses import DEFENSES, Defense, LabelSmoothing, Mixup, parse_defense
+from .errors import GradleakError, InputError
+from .protocols import FedAvg, FedSGD, Protocol
+
+log = logging.getLogger(__name__)
+SCHEMA = 1
+NONE = "none"
+AUGMENTATIONS = ("smooth", "mixup")
+#: families whose defense gets *weaker* as their main value grows (all others get stronger)
+WEAKER_WITH_LARGER = {"quantize", "clip"}
+
+DEFAULT_GRID = ("noise:0.003|0.01|0.03|0.1", "dpsgd:noise=0.3|1|3,clip=1", "soteria:0.5|0.9",
+                "compress:0.9|0.99|0.999")
+
+
+def expand_grid(spec: str) -> list[str]:
+    """``name:k=a|b,j=c`` → ``["name:k=a,j=c", "name:k=b,j=c"]`` (cartesian over ``|`` alternatives)."""
+    name, _, rest = spec.strip().partition(":")
+    if not rest:
+        return [name]
+    parts = []
+    for p in rest.split(","):
+        key, eq, values = p.rpartition("=")
+        parts.append([f"{key}{eq}{v}" for v in values.split("|")])
+    out = []
+    for combo in itertools.product(*parts):
+        out.append(f"{name}:{','.join(combo)}")
+    return out
+
+
+def check_setting(spec: str) -> None:
+    """Raise :class:`InputError` now for a setting a worker could not build."""
+    if spec == NONE:
+        return
+    name, _, value = spec.partition(":")
+    if name in AUGMENTATIONS:
+        try:
+            v = float(value)
+        except ValueError:
+            raise InputError(f"{spec!r}: {name} takes one number, e.g. '{name}:0.1'") from None
+        LabelSmoothing(v) if name == "smooth" else Mixup(v)
+        return
+    parse_defense(spec)
+
+
+def strength(spec: str) -> tuple[str, float]:
+    """The defense family and a number that grows with its strength (for plotting and trends)."""
+    if spec == NONE:
+        return NONE, 0.0
+    name, _, rest = spec.partition(":")
+    first = rest.split(",")[0]
+    value = float(first.partition("=")[2] if "=" in first else first)
+    main = None if name in AUGMENTATIONS else DEFENSES.get(name).main
+    if "=" in first and main is not None and first.partition("=")[0] != main:
+        value = float("nan")
+    return name, (-value if name in WEAKER_WITH_LARGER else value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepPlan:
+    """What the sweep measures (defaults: the committed ``benchmarks/sweep`` run)."""
+
+    model: str = "mlp"
+    model_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 64})
+    dataset: str = "digits"
+    image_size: int | None = None
+    batch_size: int = 1
+    protocol: Protocol = field(default_factory=FedSGD)
+    settings: tuple[str, ...] = tuple(s for g in DEFAULT_GRID for s in expand_grid(g))
+    clients: int = 4
+    attacks: tuple[str, ...] = ("inverting_gradients",)
+    iterations: int = 300
+    label_methods: tuple[str, ...] = ("auto",)
+    train_steps: int = 300
+    train_batch: int = 32
+    train_lr: float = 0.1
+    test_fraction: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.clients < 1:
+            raise InputError(f"clients must be >= 1, got {self.clients}")
+        if self.train_steps < 0 or self.train_batch < 1 or not self.train_lr > 0:
+            raise InputError("train_steps >= 0, train_batch >= 1 and train_lr > 0 are required")
+        if not 0 < self.test_fraction < 1:
+            raise InputError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        for s in self.settings:
+            check_setting(s)
+
+    def all_settings(self) -> list[str]:
+        return [NONE] + [s for s in self.settings if s != NONE]
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["protocol"] = self.protocol.to_json()
+        return d
+
+
+def _split(spec: str) -> tuple[tuple[Defense, ...], float, float | None]:
+    """A setting → (defenses, label smoothing, mixup alpha)."""
+    if spec == NONE:
+        return (), 0.0, None
+    name, _, value = spec.partition(":")
+    if name == "smooth":
+        return (), float(value), None
+    if name == "mixup":
+        return (), 0.0, float(value)
+    return (parse_defense(spec),), 0.0, None
+
+
+# -- the two kinds of cell (module-level functions: they run in worker processes) -----------------
+
+def leakage_cell(plan: SweepPlan, setting: str, client: int) -> dict[str, Any]:
+    """Attack one simulated client under one setting; scores against its batch."""
+    from .audit import run_attack, run_labels, score
+    from .scenario import Scenario, simulate
+
+    torch.set_num_threads(1)
+    defenses, smooth, mixup = _split(setting)
+    sc = Scenario(model=plan.model, model_kwargs=dict(plan.model_kwargs), dataset=plan.dataset,
+                  image_size=plan.image_size, batch_size=plan.batch_size, protocol=plan.protocol,
+                  defenses=defenses, label_smoothing=smooth, mixup=mixup, seed=plan.seed + 1 + client)
+    t0 = time.perf_counter()
+    obs, truth = simulate(sc)
+    labels_section, labels = run_labels(obs, truth, plan.label_methods)
+    accs = [m["label_accuracy"] for m in labels_section["methods"].values() if m["label_accuracy"] is not None]
+    row: dict[str, Any] = {"setting": setting, "client": client, "label_accuracy": max(accs) if accs else None,
+                           "defense_records": list(obs.defenses), "attacks": {}}
+    for i, name in enumerate(plan.attacks):
+        try:
+            res = run_attack(name, obs, labels, {"iterations": plan.iterations}, seed=plan.seed + i)
+        except GradleakError as e:
+            row["attacks"][name] = {"error": str(e)}
+            continue
+        s = score(res, truth, None)
+        row["attacks"][name] = {"psnr": s["mean_psnr"], "ssim": s["mean_ssim"], "seconds": res.seconds,
+                                "error": None}
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def utility_cell(plan: SweepPlan, setting: str) -> dict[str, Any]:
+    """Train the plan's model for ``train_steps`` defended FL steps; test accuracy on held-out data."""
+    from .data import load_dataset
+    from .defenses_extra import DPSGD, client_round, dp_epsilon
+    from .models import ModelSpec
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    defenses, smooth, mixup = _split(setting)
+    data = load_dataset(plan.dataset, size=plan.image_size)
+    gen = torch.Generator().manual_seed(plan.seed)
+    perm = torch.randperm(len(data), generator=gen)
+    n_test = int(len(data) * plan.test_fraction)
+    test, train = data.subset(perm[:n_test]), data.subset(perm[n_test:])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(plan.seed)
+        model = ModelSpec(plan.model, data.num_classes, data.image_shape, dict(plan.model_kwargs)).build().train()
+    n_cls = data.num_classes
+    b = min(plan.train_batch, len(train))
+    for _ in range(plan.train_steps):
+        idx = torch.randperm(len(train), generator=gen)[: 2 * b if mixup else b]
+        x, y = train.images[idx], train.labels[idx]
+        targets: torch.Tensor = y
+        if mixup:
+            x, targets, _ = Mixup(mixup).mix(x[:b], y[:b], x[b:], y[b:], n_cls, generator=gen)
+        elif smooth:
+            targets = LabelSmoothing(smooth).targets(y, n_cls)
+        update, _ = client_round(model, plan.protocol, data.normalization.normalize(x), targets, defenses,
+                                 generator=gen)
+        step = -plan.train_lr if isinstance(plan.protocol, FedSGD) else 1.0
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                if k in update:
+                    p.add_(update[k], alpha=step)
+    model.eval()
+    with torch.no_grad():
+        pred = model(data.normalization.normalize(test.images)).argmax(1)
+    acc = float((pred == test.labels).float().mean())
+    out: dict[str, Any] = {"setting": setting, "test_accuracy": acc, "steps": plan.train_steps, "batch": b,
+                           "seconds": time.perf_counter() - t0, "epsilon": None}
+    dp = [d for d in defenses if isinstance(d, DPSGD)]
+    if dp:
+        steps = plan.train_steps * (plan.protocol.local_steps if isinstance(plan.protocol, FedAvg) else 1)
+        eps = dp_epsilon(dp[0].noise, b / len(train), steps, dp[0].delta)
+        out["epsilon"] = eps if math.isfinite(eps) else None
+        out["epsilon_note"] = (f"RDP accountant, sampling rate {b}/{len(train)}, {steps} steps, "
+                               f"delta {dp[0].delta} (batches drawn without replacement, accounted as Poisson)")
+    return out
+
+
+# -- running cells ---------------------------------------------------------------------------------
+
+def _call(job: tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]) -> dict[str, Any]:
+    fn, args = job
+    return fn(*args)
+
+
+def resolve_backend(backend: str) -> str:
+    if backend not in ("auto", "ray", "process", "serial"):
+        raise InputError(f"unknown backend {backend!r}; use auto, ray, process or serial")
+    if backend == "auto":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            return "process"
+        return "ray"
+    return backend
+
+
+def run_jobs(jobs: Sequence[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]], *, backend: str = "auto",
+             workers: int | None = None, on_done: Callable[[int, int], None] = lambda done, total: None
+             ) -> list[dict[str, Any]]:
+    """Run ``(function, args)`` jobs in parallel; results in job order."""
+    backend = resolve_backend(backend)
+    workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
+    total = len(jobs)
+    if backend == "serial" or workers == 1:
+        out = []
+        for i, job in enumerate(jobs):
+            out.append(_call(job))
+            on_done(i + 1, total)
+        return out
+    if backend == "ray":
+        import ray
+
+        started = not ray.is_initialized()
+        if started:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=100 * 1024 ** 2)
+        try:
+            remote = ray.remote(num_cpus=1)(_call)
+            refs = [remote.remote(job) for job in jobs]
+            results: dict[Any, dict[str, Any]] = {}
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                results[ready[0]] = ray.get(ready[0])
+                on_done(len(results), total)
+            return [results[r] for r in refs]
+        finally:
+            if started:
+                ray.shutdown()
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+        futures = [ex.submit(_call, job) for job in jobs]
+        out = []
+        for i, f in enumerate(futures):
+            out.append(f.result())
+            on_done(i + 1, total)
+        return out
+
+
+def run_sweep(plan: SweepPlan, *, backend: str = "auto", workers: int | None = None,
+              on_done: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
+    """Run every cell and summarise; returns the results dict (written by :func:`write_sweep`)."""
+    t0 = time.perf_counter()
+    settings = plan.all_settings()
+    jobs: list[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]] = []
+    jobs += [(utility_cell, (plan, s)) for s in settings]       # longest first
+    jobs += [(leakage_cell, (plan, s, c)) for s in settings for c in range(plan.clients)]
+    results = run_jobs(jobs, backend=backend, workers=workers, on_done=on_done)
+    utility = results[: len(settings)]
+    cells = results[len(settings):]
+    return {"schema": SCHEMA, "kind": "sweep", "gradleak_version": __version__, "config": plan.to_json(),
+            "backend": resolve_backend(backend), "workers": workers, "seconds": time.perf_counter() - t0,
+            "summary": summarize(plan, settings, cells, utility), "utility": utility, "cells": cells}
+
+
+def _mean(xs: Sequence[float | None]) -> float | None:
+    v = [x for x in xs if x is not None and math.isfinite(x)]
+    return sum(v) / len(v) if v else None
+
+
+def summarize(plan: SweepPlan, settings: Sequence[str], cells: Sequence[dict[str, Any]],
+              utility: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per setting: mean leakage and utility; per family: whether the trends are monotone."""
+    util = {u["setting"]: u for u in utility}
+    rows = []
+    for s in settings:
+        mine = [c for c in cells if c["setting"] == s]
+        fam, st = strength(s)
+        row = {"setting": s, "family": fam, "strength": st, "test_accuracy": util[s]["test_accuracy"],
+               "epsilon": util[s].get("epsilon"), "label_accuracy": _mean([c["label_accuracy"] for c in mine]),
+               "attacks": {}}
+        round_eps = [r.get("epsilon") for c in mine for r in c["defense_records"] if "epsilon" in r]
+        if round_eps:
+            row["epsilon_per_round"] = _mean(round_eps)
+        for a in plan.attacks:
+            ok = [c["attacks"][a] for c in mine if c["attacks"].get(a, {}).get("error") is None]
+            row["attacks"][a] = {"psnr": _mean([o["psnr"] for o in ok]), "ssim": _mean([o["ssim"] for o in ok]),
+                                 "n": len(ok)}
+        rows.append(row)
+    trends = {}
+    for fam in sorted({r["family"] for r in rows} - {NONE}):
+        chain = sorted([r for r in rows if r["family"] == fam], key=lambda r: r["strength"])
+        chain = [next(r for r in rows if r["family"] == NONE)] + chain
+        def nonincreasing(vals: list[float | None], tol: float) -> bool:
+            v = [x for x in vals if x is not None]
+            return all(b <= a + tol for a, b in zip(v, v[1:]))
+        trends[fam] = {
+            "settings": [r["setting"] for r in chain],
+            "accuracy_nonincreasing": nonincreasing([r["test_accuracy"] for r in chain], 0.01),
+            "label_accuracy_nonincreasing": nonincreasing([r["label_accuracy"] for r in chain], 0.0),
+            **{f"{a}_psnr_nonincreasing": nonincreasing([r["attacks"][a]["psnr"] for r in chain], 0.25)
+               for a in plan.attacks},
+        }
+    return {"settings": rows, "trends": trends}
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
+    """Privacy–utility plot: attack PSNR and label accuracy against the defended model's test accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["summary"]["settings"]
+    attacks = results["config"]["attacks"]
+    base = next(r for r in rows if r["family"] == NONE)
+    fams = sorted({r["family"] for r in rows} - {NONE})
+    panels = [(f"{a} PSNR (dB)", lambda r, a=a: r["attacks"][a]["psnr"]) for a in attacks]
+    panels.append(("label accuracy", lambda r: r["label_accuracy"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, get) in zip(axes[0], panels):
+        for i, fam in enumerate(fams):
+            chain = [base] + sorted([r for r in rows if r["family"] == fam], key=lambda r: r["strength"])
+            pts = [(r["test_accuracy"], get(r), r["setting"]) for r in chain if get(r) is not None]
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colors[i % len(colors)], label=fam)
+            for x, y, s in pts[1:]:
+                ax.annotate(s.partition(":")[2].split(",")[0], (x, y), textcoords="offset points", xytext=(4, 3),
+                            fontsize=7, color=colors[i % len(colors)])
+        if get(base) is not None:
+            ax.plot([base["test_accuracy"]], [get(base)], "k*", markersize=12, label="no defense")
+        ax.set_xlabel("defended model test accuracy")
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    cfg = results["config"]
+    fig.suptitle(f"privacy–utility: {cfg['model']} on {cfg['dataset']}, batch {cfg['batch_size']}, "
+                 f"{cfg['clients']} clients, {cfg['train_steps']} training steps", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    attacks = results["config"]["attacks"]
+    head = ["setting", "test acc", "label acc", *[f"{a} PSNR" for a in attacks], *[f"{a} SSIM" for a in attacks],
+            "ε (training)", "ε (one round)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def f(x: Any, d: int = 3) -> str:
+        return "–" if x is None else f"{x:.{d}f}"
+
+    for r in results["summary"]["settings"]:
+        cells = [f"`{r['setting']}`", f(r["test_accuracy"]), f(r["label_accuracy"], 2),
+                 *[f(r["attacks"][a]["psnr"], 2) for a in attacks], *[f(r["attacks"][a]["ssim"]) for a in attacks],
+                 f(r.get("epsilon"), 2), f(r.get("epsilon_per_round"), 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_sweep(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
+    """Write ``sweep.json``, ``privacy_utility.png``, ``sweep.md`` and ``report.html`` into ``out``."""
+    from .report import write_json_atomic
+    from .report.pages import write_page
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "sweep.json", "plot": out / "privacy_utility.png", "md": out / "sweep.md",
+             "html": out / "report.html"}
+    write_json_atomic(paths["json"], results)
+    plot_sweep(results, paths["plot"])
+    table = markdown_table(results)
+    trends = results["summary"]["trends"]
+    trend_lines = [f"- `{fam}`: " + ", ".join(f"{k.replace('_nonincreasing', '')} "
+                                               f"{'monotone' if v else 'NOT monotone'}"
+                                               for k, v in t.items() if k.endswith("_nonincreasing"))
+                   for fam, t in trends.items()]
+    cfg = results["config"]
+    md = (f"# Privacy–utility sweep\n\n{cfg['model']} on `{cfg['dataset']}`, client batch {cfg['batch_size']}, "
+          f"protocol {cfg['protocol']['name']}, {cfg['clients']} clients per setting, attacks "
+          f"{', '.join(cfg['attacks'])} ({cfg['iterations']} iterations), utility after {cfg['train_steps']} "
+          f"training steps of batch {cfg['train_batch']} (lr {cfg['train_lr']}). Ran in "
+          f"{results['seconds']:.0f} s on backend `{results['backend']}`.\n\n![privacy-utility]"
+          f"(privacy_utility.png)\n\n{table}\n\nTrends with strength (from no defense to the strongest "
+          f"setting; tolerance 0.01 accuracy, 0.25 dB):\n\n" + "\n".join(trend_lines) + "\n")
+    paths["md"].write_text(md)
+    write_page(paths["html"], "gradleak privacy–utility sweep", paragraphs=[md.split("\n\n")[1], *trend_lines],
+               images=[(out / "privacy_utility.png", "attack leakage vs the defended model's test accuracy")],
+               table_md=table)
+    return paths
