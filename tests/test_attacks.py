@@ -110,3 +110,16 @@ def test_bn_term_pulls_statistics_toward_running_stats():
     g, = torch.autograd.grad(before, x)
     after = prob.bn_loss((x - 0.05 * g).detach())
     assert after < before
+
+
+def test_checkpoint_of_another_observation_is_refused(digit_case, tmp_path):
+    from gradleak.errors import InputError
+    obs, _ = digit_case
+    other, _ = simulate(Scenario(model="mlp", model_kwargs={"width": 64, "depth": 1}, dataset="digits",
+                                 image_size=8, batch_size=1, seed=9))
+    cfg = MatchingConfig(iterations=5, checkpoint_every=5)
+    ck = tmp_path / "c.ckpt"
+    run_matching(MatchingProblem(obs, torch.tensor([0]), cfg), batch_size=1, generator=torch.Generator(), checkpoint=ck)
+    with pytest.raises(InputError, match="another run"):
+        run_matching(MatchingProblem(other, torch.tensor([0]), cfg), batch_size=1, generator=torch.Generator(),
+                     checkpoint=ck)

@@ -78,3 +78,13 @@ def test_fedavg_audit_reports_what_the_attacker_assumed(tmp_path):
     assert res["scenario"]["protocol"]["local_steps"] == 3
     assert res["scenario"]["attacker_assumes"]["protocol"]["local_steps"] == 2
     assert res["attacks"][0]["assumptions"]["protocol"]["local_steps"] == 2
+
+
+def test_checkpoint_dir_resumes_a_finished_run(tmp_path):
+    ck, out = tmp_path / "ck", tmp_path / "o"
+    assert main(["audit", *TINY, "--checkpoint-dir", str(ck), "--out", str(out)]) == 0
+    assert (ck / "inverting_gradients.ckpt").exists()
+    first = json.loads((out / "results.json").read_text())["attacks"][0]
+    assert main(["audit", *TINY, "--checkpoint-dir", str(ck), "--out", str(out)]) == 0
+    again = json.loads((out / "results.json").read_text())["attacks"][0]
+    assert again["psnr"] == first["psnr"] and again["seconds"] < first["seconds"]

@@ -43,6 +43,7 @@ class AuditPlan:
     attacks: tuple[str, ...] = ("inverting_gradients",)
     attack_overrides: dict[str, Any] = field(default_factory=dict)
     lpips_weights: str | None = None
+    checkpoint_dir: str | None = None   # each attack that supports it checkpoints to DIR/<attack>.ckpt and resumes
 
 
 def resolve_label_method(name: str, obs: Observation) -> str:
@@ -131,7 +132,10 @@ def run_audit(plan: AuditPlan, out: str | Path, *,
         entry: dict[str, Any] = {"name": name, "error": None}
         try:
             on_step = progress(name, i) if progress else no_progress
-            res = run_attack(name, obs, labels, plan.attack_overrides, seed=sc.seed + i, on_step=on_step)
+            overrides = dict(plan.attack_overrides)
+            if plan.checkpoint_dir:
+                overrides["checkpoint"] = str(Path(plan.checkpoint_dir) / f"{name}.ckpt")
+            res = run_attack(name, obs, labels, overrides, seed=sc.seed + i, on_step=on_step)
         except GradleakError as e:
             log.warning("attack %s failed: %s", name, e)
             entry["error"] = str(e)
@@ -162,7 +166,8 @@ def run_audit(plan: AuditPlan, out: str | Path, *,
         "gradleak_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": {**sc.to_json(), "label_methods": list(plan.label_methods), "attacks": list(plan.attacks),
-                   "attack_overrides": plan.attack_overrides, "lpips_weights": plan.lpips_weights},
+                   "attack_overrides": plan.attack_overrides, "lpips_weights": plan.lpips_weights,
+                   "checkpoint_dir": plan.checkpoint_dir},
         "scenario": {
             "model": sc.model, "dataset": sc.dataset, "image_shape": list(obs.input_shape),
             "num_classes": obs.num_classes, "batch_size": sc.batch_size, "protocol": sc.protocol.to_json(),

@@ -94,7 +94,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
     plan = AuditPlan(scenario=build_scenario(a), label_methods=tuple(a.label_method or ["auto"]),
                      attacks=tuple(a.attack or ["inverting_gradients"]),
                      attack_overrides={"iterations": a.iterations, "restarts": a.restarts, "prior": a.prior},
-                     lpips_weights=a.lpips_weights)
+                     lpips_weights=a.lpips_weights, checkpoint_dir=a.checkpoint_dir)
     results = run_audit(plan, a.out, progress=_progress(not a.quiet))
     print(f"verdict: {results['verdict']['level']} — {results['verdict']['summary']}")
     for att in results["attacks"]:
@@ -164,6 +164,7 @@ def parser() -> argparse.ArgumentParser:
     au.add_argument("--restarts", type=int, help="override each attack's restarts")
     au.add_argument("--prior", help="generative prior (.safetensors from `gradleak train-prior`) for ggl and gifd")
     au.add_argument("--lpips-weights", help="LPIPS weights (.safetensors); without them LPIPS is not reported")
+    au.add_argument("--checkpoint-dir", help="checkpoint long attacks here; a rerun with the same settings resumes")
     au.add_argument("--out", default="out/audit", help="output folder (default out/audit)")
     au.add_argument("--quiet", action="store_true", help="no progress bars")
     au.set_defaults(func=cmd_audit)

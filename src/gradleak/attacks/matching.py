@@ -197,6 +197,15 @@ class MatchingProblem:
             loss = loss + term(x)
         return loss, match.detach()
 
+    def fingerprint(self) -> str:
+        """A digest of what this problem matches (update, labels), to tie checkpoints to their run."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for t in self.target + ([self.targets] if self.targets is not None else []):
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()
+
     def clamp_(self, x: Tensor) -> None:
         if self.cfg.box:
             x.data = torch.maximum(torch.minimum(x.data, self.upper), self.lower)
@@ -236,7 +245,7 @@ def run_matching(problem: MatchingProblem, *, batch_size: int, generator: torch.
     levels = _pyramid(X, cfg.scales)
     variables = levels + ([Y.requires_grad_(True)] if Y is not None else [])
     opt = torch.optim.Adam(variables, lr=cfg.lr)
-    ckpt = _Checkpoint(Path(checkpoint), cfg) if checkpoint else None
+    ckpt = _Checkpoint(Path(checkpoint), cfg, problem.fingerprint()) if checkpoint else None
     start, curve = (ckpt.restore(variables, opt) if ckpt else (0, []))
     step_fn = _objective_fn(problem)
     for it in range(start, cfg.iterations):
@@ -354,8 +363,9 @@ def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: S
 class _Checkpoint:
     """A resumable snapshot of a run: candidates, Adam state, iteration and curve (safetensors + JSON)."""
 
-    def __init__(self, path: Path, cfg: MatchingConfig):
-        self.path, self.key = path, json.dumps(asdict(cfg), sort_keys=True, default=str)
+    def __init__(self, path: Path, cfg: MatchingConfig, fingerprint: str):
+        self.path = path
+        self.key = json.dumps({"config": asdict(cfg), "observation": fingerprint}, sort_keys=True, default=str)
 
     def save(self, variables: list[Tensor], opt: torch.optim.Optimizer, iteration: int,
              curve: list[tuple[int, float]]) -> None:
@@ -383,8 +393,8 @@ class _Checkpoint:
         with safe_open(str(self.path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get("gradleak-checkpoint", "{}"))
             if meta.get("config") != self.key:
-                raise InputError(f"checkpoint {self.path} belongs to a run with other settings; "
-                                 "remove it or use another path")
+                raise InputError(f"checkpoint {self.path} belongs to another run (other settings or another "
+                                 "observation); remove it or use another path")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         for i, v in enumerate(variables):
             v.data.copy_(tensors[f"var{i}"])
