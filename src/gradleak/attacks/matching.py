@@ -48,7 +48,6 @@ class MatchingConfig:
     l2: float = 0.0
     bn: float = 0.0
     box: bool = True                    # keep candidates inside the normalised image range
-    scales: int = 1                     # >1: optimise a pyramid of images at 1, 1/2, 1/4 ... resolution
     optimize_labels: bool = False       # DLG: match soft labels jointly (softmax of free logits)
     lbfgs_max_iter: int = 20
     log_every: int = 10
@@ -242,8 +241,8 @@ def run_matching(problem: MatchingProblem, *, batch_size: int, generator: torch.
          if cfg.optimize_labels else None)
     if cfg.optimizer == "lbfgs":
         return _run_lbfgs(problem, X, Y, on_step, stage)
-    levels = _pyramid(X, cfg.scales)
-    variables = levels + ([Y.requires_grad_(True)] if Y is not None else [])
+    X.requires_grad_(True)
+    variables = [X] + ([Y.requires_grad_(True)] if Y is not None else [])
     opt = torch.optim.Adam(variables, lr=cfg.lr)
     ckpt = _Checkpoint(Path(checkpoint), cfg, problem.fingerprint()) if checkpoint else None
     start, curve = (ckpt.restore(variables, opt) if ckpt else (0, []))
@@ -251,21 +250,13 @@ def run_matching(problem: MatchingProblem, *, batch_size: int, generator: torch.
     for it in range(start, cfg.iterations):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, it)
-        X = _render(levels)
         grads, (loss, _) = step_fn(X.detach(), None if Y is None else Y.detach())
-        grads = list(grads)
-        if len(levels) > 1:  # chain rule from the image to the pyramid levels
-            grads[:1] = torch.autograd.grad(X, levels, grads[0])
         for v, g in zip(variables, grads):
             v.grad = g.sign() if cfg.signed else g
         opt.step()
-        with torch.no_grad():
-            X = _render(levels)
-            new = X.clone()
-            if post_step is not None:
-                post_step(it, new)
-            problem.clamp_(new)
-            levels[0].add_(new - X)  # keep the rendered candidate where post_step and the box put it
+        if post_step is not None:
+            post_step(it, X.data)
+        problem.clamp_(X)
         last = it + 1 == cfg.iterations
         if it % cfg.log_every == 0 or last:
             best = float(loss.nan_to_num(float("inf")).min())
@@ -274,33 +265,10 @@ def run_matching(problem: MatchingProblem, *, batch_size: int, generator: torch.
         if ckpt and ((it + 1) % cfg.checkpoint_every == 0 or last):
             ckpt.save(variables, opt, it + 1, curve)
     # score the final candidates by matching loss alone (never by ground truth)
-    with torch.no_grad():
-        X = _render(levels)
     final = _final_match(problem, X.detach(), None if Y is None else Y.detach())
     best = int(final.nan_to_num(float("inf")).argmin())
     return MatchResult(X.detach()[best].clone(), None if Y is None else Y.detach()[best].clone(),
                        final.tolist(), best, curve, cfg.iterations, X.detach().clone())
-
-
-def _pyramid(X: Tensor, scales: int) -> list[Tensor]:
-    """Leaf tensors whose upsampled sum is ``X``: ``X`` itself, then zero images at 1/2, 1/4 ...
-    resolution. Signed steps on a coarse level move whole blocks of pixels, so low frequencies —
-    which dominate PSNR — converge in fewer iterations."""
-    levels = [X.clone().requires_grad_(True)]
-    h, w = X.shape[-2:]
-    for k in range(1, scales):
-        if min(h, w) >> k < 2:
-            break
-        levels.append(torch.zeros(*X.shape[:-2], h >> k, w >> k, requires_grad=True))
-    return levels
-
-
-def _render(levels: list[Tensor]) -> Tensor:
-    x = levels[0]
-    for z in levels[1:]:
-        up = F.interpolate(z.flatten(0, 1), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        x = x + up.view_as(x)
-    return x
 
 
 def _final_match(problem: MatchingProblem, X: Tensor, Y: Tensor | None) -> Tensor:
