@@ -211,14 +211,21 @@ class MatchingProblem:
 
 
 def _objective_fn(problem: MatchingProblem) -> Callable:
-    """vmapped ``(X[R], Y[R] | None) -> (grads, (loss, match))`` over restarts."""
-    if problem.cfg.optimize_labels:
-        return vmap(grad_and_value(problem.objective, argnums=(0, 1), has_aux=True))
-    batched = vmap(grad_and_value(lambda x: problem.objective(x), has_aux=True))
+    """``(X[R], Y[R] | None) -> (grads, (loss[R], match[R]))``: vmapped over restarts, or a plain call
+    for a single restart (``vmap`` adds overhead there and buys nothing)."""
+    joint = problem.cfg.optimize_labels
+    single = grad_and_value(problem.objective if joint else (lambda x: problem.objective(x)),
+                            argnums=(0, 1) if joint else 0, has_aux=True)
+    batched = vmap(single)
 
     def step(X: Tensor, Y: Tensor | None) -> tuple:
-        g, aux = batched(X)
-        return (g,), aux
+        args = (X, Y) if joint else (X,)
+        if X.shape[0] == 1:
+            g, (loss, match) = single(*(a[0] for a in args))
+            g = tuple(t.unsqueeze(0) for t in g) if joint else (g.unsqueeze(0),)
+            return g, (loss.unsqueeze(0), match.unsqueeze(0))
+        g, aux = batched(*args)
+        return (g if joint else (g,)), aux
 
     return step
 
