@@ -12,7 +12,7 @@ with Adam (lr 0.1, cosine decay, warm-up) plus Langevin noise ``lr(t)·α_n·η`
 that mean (:mod:`gradleak.registration`: phase correlation + affine fit, replacing the paper's
 RANSAC-flow). BN targets are the model's running statistics, or the client batch's exact statistics
 when a file of them is given (``bn_statistics``; see :func:`batch_statistics`). Labels come from the
-min rule (``gradinversion_min``) when it is registered, else the sum rule.
+min rule (``gradinversion-min``) when it can run, else the ``auto`` choice.
 
 Output (``output="auto"``): the final registered/lazy consensus when the group term is on — the
 paper's intent is that the seeds "work together to find an enhanced reconstruction" — and the seed
@@ -196,8 +196,8 @@ class GradInversion(Attack):
         t0 = time.perf_counter()
         c = self.config
         if labels is None and obs.batch_size and obs.batch_size > 1:
-            labels = recover_labels(obs, "gradinversion_min" if "gradinversion_min" in LABEL_METHODS.names()
-                                    else "sum")
+            min_rule = LABEL_METHODS.get("gradinversion-min")()
+            labels = min_rule.recover(obs) if not min_rule.problems(obs) else recover_labels(obs, "auto")
         targets, labels = label_targets(obs, labels, self.name)
         batch = batch_size_of(obs, labels, self.name)
         has_bn = any(m.running_mean is not None for _, m in bn_layers(obs.model))
