@@ -21,6 +21,7 @@ from .attacks import ATTACKS, Attack, AttackResult
 from .attacks.base import StepCallback, no_progress
 from .errors import GradleakError
 from .labels import LABEL_METHODS, LabelResult
+from .labels.auto import recover_auto
 from .metrics import LPIPS, label_accuracy, score_images
 from .observation import Observation
 from .report import save_grid, write_html_report, write_json_atomic
@@ -49,7 +50,8 @@ class AuditPlan:
 def resolve_label_method(name: str, obs: Observation) -> str:
     if name != "auto":
         return name
-    return "idlg" if obs.batch_size == 1 else "sum"
+    from .labels.auto import choose
+    return choose(obs)[0]
 
 
 def run_labels(obs: Observation, truth: GroundTruth | None, methods: Sequence[str]) -> tuple[dict[str, Any], LabelResult | None]:
@@ -57,11 +59,14 @@ def run_labels(obs: Observation, truth: GroundTruth | None, methods: Sequence[st
     section: dict[str, Any] = {"true": None if truth is None else truth.labels.tolist(), "methods": {}}
     chosen: LabelResult | None = None
     for requested in methods:
-        name = resolve_label_method(requested, obs)
         entry: dict[str, Any] = {"recovered": None, "label_accuracy": None, "seconds": None, "soft": None, "error": None}
         try:
-            res = LABEL_METHODS.get(name)().recover(obs)
+            name = resolve_label_method(requested, obs)
+            # auto: the chosen method (or the next, if it refuses at run time); details["auto"] says which and why
+            res = recover_auto(obs) if requested == "auto" else LABEL_METHODS.get(name)().recover(obs)
+            name = res.method
         except GradleakError as e:
+            name = requested
             entry["error"] = str(e)
         else:
             entry.update(res.to_json())

@@ -13,9 +13,14 @@ __all__ = ["LABEL_METHODS", "LabelMethod", "LabelResult", "head_gradient", "labe
 
 
 def recover_labels(obs, method: str = "auto", **kwargs) -> LabelResult:
-    """Run one label method by name; ``auto`` picks iDLG for one sample and the sum rule for batches."""
+    """Run one label method by name; ``auto`` picks by what the server observes (:mod:`.auto`) and records
+    its choice in ``details["auto"]``."""
+    if method == "auto" and not kwargs:
+        from .auto import recover_auto
+        return recover_auto(obs)
     if method == "auto":
-        method = "idlg" if obs.batch_size == 1 else "sum"
+        from .auto import choose
+        method = choose(obs)[0]
     return LABEL_METHODS.get(method)(**kwargs).recover(obs)
 
 
