@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import InputError, UnsafeFileError
 from .zoo import MODELS, ConvNet, LeNet, MLP, ResNet
+from . import rgap as _rgap  # noqa: F401  (registers cnn6, cnn6-d, fcn3, twolayer)
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "load_weights", "save_weights", "find_head",
            "ConvNet", "LeNet", "MLP", "ResNet"]

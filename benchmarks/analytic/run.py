@@ -1,0 +1,366 @@
+"""Benchmark of the analytic attacks and the per-layer analysis (issue 7; PAPERS.md §3).
+
+Sections (each writes into results.json; results.md and analytic.png summarise):
+  fc        exact FC recovery through an MLP's first layer with bias, B=1 and batches, bundled images
+  layerwise R-GAP / Chen & Campbell on CNN6-family nets at 32×32 (B=1), conv2 width swept around the
+            rank condition, with the analysis' prediction beside each reconstruction
+  tensor    Wang, Lee & Lei's tensor method on random-init two-layer tanh nets: error vs width m and vs
+            batch B (d = 20–100), plus one real-data batch (digits, d = 64)
+  ranking   `analyze` on ResNet-18, ConvNet, LeNet, CNN6, CNN6-d vs the measured PSNR of the layer-wise
+            attack (where it applies) and a short Inverting Gradients run: Spearman correlation
+
+Run: python benchmarks/analytic/run.py [--quick] [--only SECTION ...]
+Records the thread count, OMP wait policy and load average; timings depend on them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def log(*a) -> None:
+    print(*a, flush=True)
+
+
+def env() -> dict:
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "python": platform.python_version(),
+            "load_average_start": os.getloadavg()}
+
+
+# ---------------------------------------------------------------------------------------------------
+def bench_fc(quick: bool) -> dict:
+    from gradleak.attacks import ATTACKS
+    from gradleak.metrics import score_images
+    from gradleak.scenario import Scenario, simulate
+
+    rows = []
+    cases = [("photos", 1, 1000), ("faces", 1, 1000), ("digits", 1, 256), ("photos", 4, 1000),
+             ("photos", 8, 1000), ("faces", 8, 4000)]
+    for data, b, width in cases[: 4 if quick else None]:
+        for seed in range(1 if quick else 3):
+            sc = Scenario(model="mlp", model_kwargs={"width": width}, dataset=data, batch_size=b, seed=seed,
+                          unique_labels=data != "faces")
+            obs, truth = simulate(sc)
+            res = ATTACKS.get("analytic_fc")().run(obs, generator=torch.Generator().manual_seed(seed))
+            s = score_images(res.images, truth.images)
+            exact = res.assumptions["exact"]
+            per = [s.psnr[s.order.index(j)] for j in range(b)]      # PSNR of each reconstruction j
+            rows.append({"data": data, "batch_size": b, "width": width, "seed": seed, "seconds": res.seconds,
+                         "exact_flags": exact, "exact_count": sum(exact),
+                         "psnr_exact": [p for p, e in zip(per, exact) if e],
+                         "psnr_not_exact": [p for p, e in zip(per, exact) if not e],
+                         "min_psnr_exact": min([p for p, e in zip(per, exact) if e], default=None),
+                         "false_exact": sum(1 for p, e in zip(per, exact) if e and p < 60)})
+            log(f"fc {data} B={b} w={width} seed={seed}: exact {sum(exact)}/{b}, "
+                f"min PSNR exact {rows[-1]['min_psnr_exact']}")
+    return {"rows": rows, "target": "PSNR > 60 dB for the samples recovered exactly"}
+
+
+# ---------------------------------------------------------------------------------------------------
+def bench_layerwise(quick: bool) -> dict:
+    from gradleak.analysis import analyze_model
+    from gradleak.attacks import ATTACKS
+    from gradleak.metrics import score_images
+    from gradleak.scenario import Scenario, simulate
+
+    rows = []
+    widths = [36, 20] if quick else [36, 28, 24, 20, 16, 12]
+    for w in widths:
+        for seed in range(1):
+            sc = Scenario(model="cnn6", model_kwargs={"width2": w}, dataset="photos", seed=seed)
+            obs, truth = simulate(sc)
+            t = time.perf_counter()
+            an = analyze_model(obs.model, obs.input_shape, obs.num_classes, name=f"cnn6 width2={w}")
+            t_an = time.perf_counter() - t
+            row = {"width2": w, "seed": seed, "copa_index": an.copa_index, "rgap_rank_index": an.rgap_rank_index,
+                   "conv2_rank": an.layers[1].rank, "conv2_unknowns": an.layers[1].unknowns,
+                   "analysis_seconds": t_an}
+            for name in ("rgap", "layerwise"):
+                if name == "layerwise" and an.copa_index == 0:
+                    continue          # identical to rgap when nothing is deficient
+                res = ATTACKS.get(name)().run(obs, generator=torch.Generator().manual_seed(seed))
+                s = score_images(res.images, truth.images)
+                row[name] = {"psnr": s.psnr[0], "ssim": s.ssim[0], "seconds": res.seconds,
+                             "label_ok": res.labels == truth.labels.tolist(),
+                             "gradient_distance": res.final_loss,
+                             "deficient_layers": res.assumptions["deficient_layers"]}
+                log(f"layerwise cnn6 width2={w} seed={seed} {name}: PSNR {s.psnr[0]:.1f} dB "
+                    f"(COPA {an.copa_index}, {res.seconds:.0f} s)")
+            rows.append(row)
+    return {"rows": rows, "target": "PSNR > 40 dB for B=1 where the rank condition holds; degradation below it"}
+
+
+# ---------------------------------------------------------------------------------------------------
+def bench_tensor(quick: bool) -> dict:
+    from gradleak.attacks.analytic.tensor import TensorConfig, match_cosines, reconstruct, single_query
+    from gradleak.errors import UnsupportedError
+
+    def one(d, b, m, seed, **kw):
+        obs, truth = single_query(d=d, batch_size=b, width=m, seed=seed, num_classes=2, **kw)
+        t = time.perf_counter()
+        try:
+            rec = reconstruct(obs, TensorConfig(max_noise=10.0))
+        except UnsupportedError as e:
+            return {"d": d, "B": b, "m": m, "seed": seed, "error": str(e)}
+        cos, order = match_cosines(rec.x, truth.x)
+        rel = [float(min((rec.x[j] - truth.x[i]).norm(), (rec.x[j] + truth.x[i]).norm()) / truth.x[i].norm())
+               for i, j in enumerate(order)]
+        lab = sorted(rec.labels) == sorted(truth.labels.tolist())   # exact only where no sample flipped
+        out = {"d": d, "B": b, "m": m, "seed": seed, "min_cos": min(cos), "mean_cos": sum(cos) / len(cos),
+               "min_abs_cos": min(abs(c) for c in cos), "max_rel_error": max(rel), "labels_ok": lab,
+               "noise": rec.noise, "fit_residual": rec.fit_residual, "seconds": time.perf_counter() - t}
+        log(f"tensor d={d} B={b} m={m} seed={seed}: min |cos| {out['min_abs_cos']:.4f}, noise {rec.noise:.3f}, "
+            f"{out['seconds']:.1f} s")
+        return out
+
+    seeds = range(2 if quick else 3)
+    vs_m = [one(20, 5, m, s) for m in ([2000, 20000] if quick else [1000, 3000, 10000, 30000, 100000])
+            for s in seeds]
+    vs_b = [one(50, b, 100000, s) for b in ([5, 25] if quick else [5, 10, 25]) for s in seeds[:2]]
+    big = [] if quick else [one(100, b, 100000, 0) for b in (10, 50)]
+    # real data: standardised 8×8 digits as d = 64 vectors
+    from gradleak.data import load_dataset
+
+    dg = load_dataset("digits", size=8)
+    g = torch.Generator().manual_seed(0)
+    imgs, labels = dg.sample(8, generator=g, unique_labels=True)
+    x = dg.normalization.normalize(imgs).flatten(1)
+    obs, truth = single_query(d=64, batch_size=8, width=100000, seed=0, num_classes=10, x=x, labels=labels)
+    rec = reconstruct(obs, TensorConfig())
+    cos, order = match_cosines(rec.x, truth.x)
+    from gradleak.metrics import psnr
+
+    rec_img = dg.normalization.denormalize(rec.x.float().view(-1, *dg.image_shape)).clamp(0, 1)
+    p = [float(psnr(rec_img[j:j + 1], imgs[i:i + 1])) for i, j in enumerate(order)]
+    digits = {"d": 64, "B": 8, "m": 100000, "min_cos": min(cos), "psnr": p,
+              "labels_ok": sorted(rec.labels) == sorted(labels.tolist()), "noise": rec.noise}
+    log(f"tensor digits: min cos {min(cos):.4f}, PSNR {min(p):.1f}–{max(p):.1f}")
+    torch.save  # noqa: B018  (no files written here)
+    return {"vs_width": vs_m, "vs_batch": vs_b, "d100": big, "digits": digits,
+            "images": {"true": imgs, "recon": rec_img[order]},
+            "target": "every sample cosine > 0.99 for d = 20–100, B ≤ d/2, m in the paper's range",
+            "paper_numbers": "not available to us (PAPERS.md §3: experiments and width rate uncertain); "
+                             "PAPERS.md's own check: d=20, B=5, tanh: min |cos| ≥ 0.987 at m = 2e4, ≥ 0.998 at 2e5"}
+
+
+# ---------------------------------------------------------------------------------------------------
+def bench_ranking(quick: bool, previous: dict | None = None) -> dict:
+    from scipy.stats import spearmanr
+
+    from gradleak.analysis import analyze_model
+    from gradleak.attacks import ATTACKS
+    from gradleak.errors import UnsupportedError
+    from gradleak.metrics import score_images
+    from gradleak.scenario import Scenario, simulate
+
+    models = ["cnn6", "cnn6-d", "lenet", "convnet", "resnet18"]
+    its = 100 if quick else 200
+    reuse = {}            # the layer-wise section ran R-GAP on the same scenarios (same seed → same init/data)
+    for r in (previous or {}).get("rows", []):
+        if r["seed"] == 0 and r["width2"] in (36, 20):
+            reuse["cnn6" if r["width2"] == 36 else "cnn6-d"] = r["rgap"]
+    rows = []
+    for name in models:
+        obs, truth = simulate(Scenario(model=name, dataset="photos", seed=0))
+        an = analyze_model(obs.model, obs.input_shape, obs.num_classes, name=name)
+        row = {"model": name, "copa_index": an.copa_index, "rgap_rank_index": an.rgap_rank_index,
+               "analysis_exact": an.exact, "analysis_seconds": an.seconds}
+        for att, kw in (("rgap", {}), ("inverting_gradients", {"iterations": its})):
+            if att == "rgap" and name in reuse:
+                row[att] = {k: reuse[name][k] for k in ("psnr", "ssim", "seconds")}
+                continue
+            try:
+                a = ATTACKS.get(att)(**kw)
+                a.check(obs)
+                res = a.run(obs, generator=torch.Generator().manual_seed(0))
+                s = score_images(res.images, truth.images)
+                row[att] = {"psnr": s.psnr[0], "ssim": s.ssim[0], "seconds": res.seconds}
+            except UnsupportedError as e:
+                row[att] = {"unsupported": e.problems}
+        psnrs = [row[a]["psnr"] for a in ("rgap", "inverting_gradients") if "psnr" in row[a]]
+        row["best_psnr"] = max(psnrs)
+        rows.append(row)
+        log(f"ranking {name}: COPA {an.copa_index} (exact={an.exact}), best PSNR {row['best_psnr']:.1f} "
+            f"[rgap {row['rgap'].get('psnr')}, IG {row['inverting_gradients'].get('psnr')}]")
+    copa = [r["copa_index"] for r in rows]
+    rho_best = spearmanr(copa, [r["best_psnr"] for r in rows])
+    ig = [(r["copa_index"], r["inverting_gradients"]["psnr"]) for r in rows if "psnr" in r["inverting_gradients"]]
+    rho_ig = spearmanr([c for c, _ in ig], [p for _, p in ig])
+    return {"rows": rows, "ig_iterations": its,
+            "spearman_copa_vs_best_psnr": {"rho": float(rho_best.statistic), "p": float(rho_best.pvalue)},
+            "spearman_copa_vs_ig_psnr": {"rho": float(rho_ig.statistic), "p": float(rho_ig.pvalue)},
+            "note": "higher COPA (closer to 0) should mean more leakage → positive rho expected"}
+
+
+# ---------------------------------------------------------------------------------------------------
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    t = results.get("tensor")
+    if t:
+        ax = axes[0]
+        ms = sorted({r["m"] for r in t["vs_width"] if "min_cos" in r})
+        for agg, lab in ((max, "worst seed"), (lambda v: sum(v) / len(v), "mean")):
+            ax.plot(ms, [agg([1 - r["min_abs_cos"] for r in t["vs_width"] if r["m"] == m and "min_cos" in r])
+                         for m in ms], "o-", label=f"1 − min |cos| over samples ({lab})")
+        ax.axhline(0.01, ls="--", c="k", lw=0.8, label="target cos 0.99")
+        ax.set(xscale="log", yscale="log", xlabel="width m", title="tensor: d=20, B=5, tanh")
+        ax.legend(fontsize=7)
+        ax = axes[1]
+        for d_, rows in (("50, m=1e5", t["vs_batch"]), ("100, m=1e5", t["d100"])):
+            bs = sorted({r["B"] for r in rows if "min_cos" in r})
+            ax.plot(bs, [max(1 - r["min_abs_cos"] for r in rows if r["B"] == b and "min_cos" in r) for b in bs],
+                    "o-", label=f"d={d_}")
+        ax.axhline(0.01, ls="--", c="k", lw=0.8)
+        ax.set(yscale="log", xlabel="batch B", ylabel="1 − min |cos| (worst seed)", title="tensor: error vs B")
+        ax.legend(fontsize=7)
+    lw = results.get("layerwise")
+    if lw:
+        ax = axes[2]
+        rows = lw["rows"]
+        ax.scatter([r["copa_index"] for r in rows], [r["rgap"]["psnr"] for r in rows], label="R-GAP")
+        pts = [(r["copa_index"], r["layerwise"]["psnr"]) for r in rows if "layerwise" in r]
+        if pts:
+            ax.scatter(*zip(*pts), marker="x", label="layer-wise + pull-back")
+        for r in rows:
+            ax.annotate(str(r["width2"]), (r["copa_index"], r["rgap"]["psnr"]), fontsize=7)
+        ax.axhline(40, ls="--", c="k", lw=0.8)
+        ax.set(xlabel="COPA index (CNN6, conv2 width annotated)", ylabel="PSNR (dB)", title="layer-wise at 32×32")
+        ax.legend(fontsize=7)
+    rk = results.get("ranking")
+    if rk:
+        ax = axes[3]
+        for r in rk["rows"]:
+            x = -math.log10(1 - r["copa_index"])
+            ax.scatter(x, r["best_psnr"])
+            ax.annotate(r["model"], (x, r["best_psnr"]), fontsize=7)
+        ax.set(xlabel="−log10(1 − COPA index)", ylabel="best PSNR (dB)",
+               title=f"ranking: Spearman ρ = {rk['spearman_copa_vs_best_psnr']['rho']:.2f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(results: dict) -> str:
+    out = ["# Analytic attacks and leakage analysis — benchmark (issue 7)", "",
+           f"Total wall time {results['seconds']:.0f} s on this 2-core machine, which other jobs loaded heavily "
+           "during the run (load averages per section in results.json: wall times are inflated several-fold; "
+           "`cpu_seconds` per section is this process's CPU time).", ""]
+    fc = results.get("fc")
+    if fc:
+        out += ["## Exact FC recovery (MLP, first layer with bias)", "",
+                "| data | B | width | seed | exact | min PSNR of exact (dB) | flagged exact but wrong |",
+                "|---|---|---|---|---|---|---|"]
+        for r in fc["rows"]:
+            out.append(f"| {r['data']} | {r['batch_size']} | {r['width']} | {r['seed']} | {r['exact_count']}/"
+                       f"{r['batch_size']} | {r['min_psnr_exact']} | {r['false_exact']} |")
+        out.append("")
+    lw = results.get("layerwise")
+    if lw:
+        out += ["## Layer-wise (CNN6 family, 32×32 photos, B=1)", "",
+                "| conv2 width | seed | conv2 rank / unknowns | COPA | R-GAP PSNR | layer-wise+pull-back PSNR | R-GAP s |",
+                "|---|---|---|---|---|---|---|"]
+        for r in lw["rows"]:
+            lwp = f"{r['layerwise']['psnr']:.1f}" if "layerwise" in r else "= R-GAP"
+            out.append(f"| {r['width2']} | {r['seed']} | {r['conv2_rank']} / {r['conv2_unknowns']} | "
+                       f"{r['copa_index']} | {r['rgap']['psnr']:.1f} | {lwp} | {r['rgap']['seconds']:.0f} |")
+        out.append("")
+    t = results.get("tensor")
+    if t:
+        out += ["## Tensor decomposition (two-layer tanh, random Gaussian parameters, 2 classes)", "",
+                "With two classes and odd σ the pair (x, y) and (−x, other class) give the same gradient "
+                "(PAPERS.md §3), so samples are identified up to that flip: |cos| is the score.", "",
+                "| d | B | m | seed | min abs cos | max rel. error (up to flip) | labels | noise | s |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in t["vs_width"] + t["vs_batch"] + t["d100"]:
+            if "error" in r:
+                out.append(f"| {r['d']} | {r['B']} | {r['m']} | {r['seed']} | refused: {r['error'][:60]} | | | | |")
+                continue
+            out.append(f"| {r['d']} | {r['B']} | {r['m']} | {r['seed']} | {r['min_abs_cos']:.4f} | {r['max_rel_error']:.3f} | "
+                       f"{'ok' if r['labels_ok'] else 'wrong'} | {r['noise']:.3f} | {r['seconds']:.1f} |")
+        dg = t["digits"]
+        out += ["", f"Digits (d=64, B=8, m=1e5, 10 classes): min cos {dg['min_cos']:.4f}, PSNR "
+                f"{min(dg['psnr']):.1f}–{max(dg['psnr']):.1f} dB, labels {'ok' if dg['labels_ok'] else 'wrong'}.",
+                "", f"Paper's numbers: {t['paper_numbers']}.", ""]
+    rk = results.get("ranking")
+    if rk:
+        out += ["## `analyze` vs measured reconstruction (32×32 photos, B=1, untrained)", "",
+                f"| model | COPA index | rank index | exact | R-GAP PSNR | IG ({rk['ig_iterations']} it) PSNR | best |",
+                "|---|---|---|---|---|---|---|"]
+        for r in rk["rows"]:
+            rg = r["rgap"].get("psnr")
+            ig = r["inverting_gradients"].get("psnr")
+            out.append(f"| {r['model']} | {r['copa_index']} | {r['rgap_rank_index']} | {r['analysis_exact']} | "
+                       f"{'n/a' if rg is None else f'{rg:.1f}'} | {'n/a' if ig is None else f'{ig:.1f}'} | "
+                       f"{r['best_psnr']:.1f} |")
+        out += ["", f"Spearman(COPA, best PSNR) = {rk['spearman_copa_vs_best_psnr']['rho']:.2f} "
+                f"(p = {rk['spearman_copa_vs_best_psnr']['p']:.2f}); Spearman(COPA, IG PSNR) = "
+                f"{rk['spearman_copa_vs_ig_psnr']['rho']:.2f} (p = {rk['spearman_copa_vs_ig_psnr']['p']:.2f}).", ""]
+        lw20 = [r for r in (lw or {}).get("rows", []) if r["width2"] == 20 and "layerwise" in r]
+        if lw20:
+            out += [f"The COPA index predicts the per-layer method (R-GAP). The layer-wise variant with the pull-back "
+                    f"constraint reaches {lw20[0]['layerwise']['psnr']:.1f} dB on CNN6-d (table above): extra "
+                    "constraints from the layer below can cover a small deficiency, which the index does not count.", ""]
+    out += ["## Time per section", "", "| section | wall s | CPU s | load average (1 min) start → end |", "|---|---|---|---|"]
+    for k in ("fc", "layerwise", "tensor", "ranking"):
+        if k in results:
+            e = results[k].get("environment", {})
+            la = f"{e.get('load_average_start', ['?'])[0]} → {e.get('load_average_end', ['?'])[0]}" if e else "n/a"
+            cpu = results[k].get("cpu_seconds")
+            out.append(f"| {k} | {results[k]['seconds']:.0f} | {'n/a' if cpu is None else f'{cpu:.0f}'} | {la} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", nargs="*", default=["fc", "layerwise", "tensor", "ranking"])
+    p.add_argument("--out", default=str(HERE))
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["environment"] = env()
+    t0 = time.perf_counter()
+    fns = {"fc": bench_fc, "layerwise": bench_layerwise, "tensor": bench_tensor, "ranking": bench_ranking}
+    for name in a.only:
+        ts, cpu = time.perf_counter(), time.process_time()
+        section_env = env()
+        res = fns[name](a.quick, results.get("layerwise")) if name == "ranking" else fns[name](a.quick)
+        if name == "tensor":
+            from gradleak.report import save_grid
+
+            im = res.pop("images")
+            save_grid(out / "tensor_digits.png", im["true"], [im["recon"]])
+        res["seconds"] = time.perf_counter() - ts
+        res["cpu_seconds"] = time.process_time() - cpu
+        res["environment"] = {**section_env, "load_average_end": os.getloadavg()}
+        res["quick"] = a.quick
+        results[name] = res
+        path.write_text(json.dumps(results, indent=1, default=float))
+    results["seconds"] = sum(results[k].get("seconds", 0) for k in fns if k in results)
+    results["environment"]["load_average_end"] = os.getloadavg()
+    path.write_text(json.dumps(results, indent=1, default=float))
+    plot(results, out / "analytic.png")
+    (out / "results.md").write_text(markdown(results))
+    log(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

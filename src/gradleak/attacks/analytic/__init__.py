@@ -1,0 +1,11 @@
+"""Analytic and provable reconstructions (PAPERS.md §3): no optimisation, the algebra of the network.
+
+- :mod:`.fc` — exact input recovery through a fully connected first layer with bias
+  (``x = ∂L/∂W_n / ∂L/∂b_n``), for B=1 and for batches through rows only one sample activates.
+- :mod:`.layerwise` — R-GAP (Zhu & Blaschko, ICLR 2021) and the layer-wise reconstruction of
+  Chen & Campbell (2021/2022): backward from the head, one linear system per layer.
+- :mod:`.tensor` — the tensor-decomposition reconstruction of Wang, Lee & Lei (AISTATS 2023) for
+  two-layer networks at random Gaussian parameters, with its own single-query scenario.
+
+The per-layer rank analysis these methods rest on lives in :mod:`gradleak.analysis`.
+"""

@@ -1,0 +1,145 @@
+"""Exact input recovery through a fully connected layer with bias — Phong, Aono, Hayashi, Wang &
+Moriai, "Privacy-Preserving Deep Learning via Additively Homomorphic Encryption", IEEE TIFS 2018
+(the observation ``x = ∂L/∂W_n / ∂L/∂b_n``); used by R-GAP (Zhu & Blaschko, ICLR 2021) for its FC
+layers and, for batches, through rows one sample alone activates (as in Fowl et al., "Robbing the
+Fed", ICLR 2022, without a malicious server). See PAPERS.md §3.
+
+For one sample through ``z = W x + b``: ``∇W = δ xᵀ`` and ``∇b = δ``, so every row with ``∇b_n ≠ 0``
+gives ``x`` exactly; all rows together give ``x = Σ_n ∇b_n ∇W_n / Σ_n ∇b_n²``.
+
+For a batch the rows are δ-weighted mixtures ``Σ_i δ_in x_i / Σ_i δ_in``. Behind a ReLU a unit that only
+sample i activates has ``δ_jn = 0`` for every other j, so its ratio is exactly ``x_i``. Those rows are
+found without ground truth: the ratios of two such rows for the same sample coincide to floating-point
+precision, while mixtures of several samples almost surely do not. A sample is reported *exact* when
+at least ``min_rows`` rows agree on it; samples without such rows get the ratio of their strongest
+unmatched row, marked not exact. Example::
+
+    result = FCExact().run(obs, generator=torch.Generator().manual_seed(0))
+    result.assumptions["exact"]   # which reconstructions are exact
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ...analysis import _classify, symbolic_trace
+from ...errors import InputError
+from ...labels import LabelResult
+from ...observation import Observation
+from ..base import Attack, AttackResult, StepCallback, attack, no_progress
+from ..common import denormalize
+
+
+@dataclass(frozen=True, kw_only=True)
+class FCExactConfig:
+    """``min_rows`` rows must agree (relative distance below ``agree_tol``) for a batch sample to count
+    as exact; rows with ``|∂L/∂b_n|`` below ``bias_rtol`` × the largest are ignored. Single-sample rows
+    of float32 gradients agree to ~2e-8; mixtures of samples with the same label and nearly equal
+    predictions were seen agreeing to 1e-5 (bundled faces, B=8, two classes), hence 1e-6."""
+
+    min_rows: int = 2
+    agree_tol: float = 1e-6
+    bias_rtol: float = 1e-6
+
+
+def first_linear(obs: Observation) -> tuple[str | None, str | None, list[str]]:
+    """(module path of the first layer, kind of the op after it, problems)."""
+    try:
+        gm = symbolic_trace(obs.model)
+    except InputError as e:
+        return None, None, [str(e)]
+    node = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    while True:
+        users = list(node.users)
+        if len(users) != 1:
+            return None, None, ["the input feeds several operations; the first layer must be one nn.Linear"]
+        node = users[0]
+        if node.op == "output":
+            return None, None, ["the model has no layer"]
+        op = _classify(gm, node)
+        if op.kind == "reshape":
+            continue
+        if op.kind != "affine" or not isinstance(op.module, nn.Linear):
+            return None, None, [f"the first layer is {op.what} ({op.name}), not a fully connected nn.Linear"]
+        after = list(node.users)
+        nxt = _classify(gm, after[0]).kind if len(after) == 1 and after[0].op != "output" else "output"
+        return op.name, nxt, ([] if op.module.bias is not None else
+                              [f"the first layer {op.name} has no bias: the input is known only up to scale"])
+
+
+def recover_batch(gw: Tensor, gb: Tensor, cfg: FCExactConfig, batch_size: int) -> tuple[Tensor, list[bool], list[int]]:
+    """Candidates [B, d], whether each is exact, and how many rows agreed on each."""
+    gw, gb = gw.double(), gb.double()
+    keep = gb.abs() > cfg.bias_rtol * gb.abs().max()
+    if batch_size == 1:
+        x = (gb[keep] @ gw[keep]) / gb[keep].pow(2).sum()
+        return x[None], [True], [int(keep.sum())]
+    rows = torch.nonzero(keep).flatten()
+    rows = rows[gb[rows].abs().argsort(descending=True)]
+    cand = gw[rows] / gb[rows, None]
+    norms = cand.norm(dim=1).clamp_min(1e-12)
+    dist = torch.cdist(cand, cand) / torch.minimum(norms[:, None], norms[None, :])
+    free = torch.ones(len(rows), dtype=torch.bool)
+    groups: list[list[int]] = []
+    spread: list[float] = []
+    for i in range(len(rows)):
+        if not free[i]:
+            continue
+        members = torch.nonzero((dist[i] < cfg.agree_tol) & free).flatten().tolist()
+        free[members] = False
+        groups.append(members)
+        spread.append(float(dist[i, members].max()))
+    # more agreeing rows first; among equals the tighter group (exact rows agree to rounding error)
+    ranked = sorted(range(len(groups)), key=lambda k: (-len(groups[k]), spread[k]))
+    exact = [groups[k] for k in ranked if len(groups[k]) >= cfg.min_rows][:batch_size]
+    out = [cand[g].mean(0) for g in exact]
+    flags, counts = [True] * len(out), [len(g) for g in exact]
+    for g in groups:                           # strongest rows first: fill the rest, not exact
+        if len(out) >= batch_size:
+            break
+        if len(g) < cfg.min_rows:
+            out.append(cand[g[0]])
+            flags.append(False)
+            counts.append(1)
+    while len(out) < batch_size:
+        out.append(torch.zeros(gw.shape[1], dtype=gw.dtype))
+        flags.append(False)
+        counts.append(0)
+    return torch.stack(out), flags, counts
+
+
+@attack("analytic_fc")
+class FCExact(Attack):
+    paper = "Phong et al. IEEE TIFS 2018; Zhu & Blaschko ICLR 2021 (arXiv:2010.07733) §3"
+    Config = FCExactConfig
+
+    def problems(self, obs: Observation) -> list[str]:
+        problems: list[str] = []
+        if obs.kind != "gradient":
+            problems.append(f"needs one gradient (FedSGD); this update is a {obs.protocol.name} parameter delta")
+        name, after, p = first_linear(obs)
+        problems += p
+        if obs.batch_size is None:
+            problems.append("the batch size is unknown to the server")
+        elif obs.batch_size > 1 and name is not None and after != "relu":
+            problems.append(f"for a batch (B={obs.batch_size}) the first layer must be followed by a ReLU, whose "
+                            f"inactive units isolate single samples; here it is followed by {after}")
+        return problems
+
+    def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
+            on_step: StepCallback = no_progress) -> AttackResult:
+        t0 = time.perf_counter()
+        self.check(obs)
+        name, _, _ = first_linear(obs)
+        gw, gb = obs.update[f"{name}.weight"], obs.update[f"{name}.bias"]
+        b = int(obs.batch_size)  # type: ignore[arg-type]
+        x, exact, counts = recover_batch(gw, gb, self.config, b)
+        images = denormalize(obs, x.float().view(b, *obs.input_shape))
+        return AttackResult(name=self.name, images=images, iterations=0, seconds=time.perf_counter() - t0,
+                            final_loss=0.0, labels=None if labels is None else list(labels.labels),
+                            assumptions={"layer": name, "exact": exact, "agreeing_rows": counts,
+                                         "exact_count": sum(exact), "batch_size": b},
+                            config=self.config_json())

@@ -1,0 +1,481 @@
+"""Tensor-decomposition reconstruction — Wang, Lee & Lei, "Reconstructing Training Data from Model
+Gradient, Provably", AISTATS 2023, arXiv:2212.03714.
+
+One gradient of a two-layer network ``f_k(x) = Σ_j A_kj σ(w_jᵀx)`` at random Gaussian parameters
+(``w_j = s·w̃_j``, ``w̃_j ~ N(0, I_d)``) identifies the whole batch. With ``r_ik = ∂L/∂f_k(x_i)`` (batch
+mean included), ``τ_i = s‖x_i‖`` and ``κ_p(τ) = E[σ(τz) He_p(z)]`` (Stein's lemma, PAPERS.md §3):
+
+- second layer: ``(1/m) Σ_j ∇A_kj · He_p(w̃_j) → Σ_i r_ik κ_p(τ_i) x̂_i^{⊗p}``;
+- first layer: ``(s/m) Σ_j (A_kj/E[A²]) ∇w_j ⊗ He_{p−1}(w̃_j)`` has the same limit.
+
+p = 3 for activations with an odd part (tanh, sigmoid); p = 4 where ``κ_3 = 0`` (ReLU, softplus).
+Steps (our working version — the paper's own decomposition routine and width rate are not available
+to us): (1) project on the top-B right singular vectors of ``∇W`` (its rows lie in span{x_i});
+(2) both estimators over 16 chunks of the hidden units, combined by inverse variance — the chunk
+spread also gives the estimate's relative noise; (3) Jennrich's simultaneous diagonalisation of
+random slice combinations, the best of several by fit, then a least-squares CP refinement;
+(4) per sample, the norm ``τ``, the sign and the label are those whose predicted coefficient
+``κ_p(τ)·(softmax(f(x)) − e_y)/B`` best matches the recovered one; (5) each sample's sign and label
+are re-checked by replaying the client's gradient on the candidate batch.
+
+Conditions checked: FedSGD gradient, known batch size ``B ≤ d`` and ``B ≤ m``, exactly
+Linear(no bias) → element-wise σ → Linear, ``κ_p ≠ 0``, first-layer weights Gaussian (kurtosis ≈ 3,
+mean ≈ 0), head weights centred, and at run time the estimated relative noise of the tensor below
+``max_noise`` (else the width is too small, and the width that would suffice is reported).
+:func:`single_query` simulates the paper's setting. Example::
+
+    obs, truth = single_query(d=20, batch_size=5, width=20000, seed=0)
+    result = TensorAttack().run(obs, generator=torch.Generator().manual_seed(0))
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...analysis import _classify, symbolic_trace
+from ...errors import InputError, UnsupportedError
+from ...labels import LabelResult
+from ...observation import Observation
+from ...protocols import FedSGD, client_update
+from ..base import Attack, AttackResult, StepCallback, attack, no_progress
+from ..common import denormalize
+
+DT = torch.float64
+
+
+# ---------------------------------------------------------------------------------------------------
+# Activation moments
+# ---------------------------------------------------------------------------------------------------
+def _sigma(what: str, slope: float | None):
+    return {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu, "softplus": F.softplus,
+            "leaky_relu": lambda z: F.leaky_relu(z, slope or 0.01), "identity": lambda z: z}.get(what)
+
+
+def _hermite(p: int, z: Tensor) -> Tensor:
+    return {2: z ** 2 - 1, 3: z ** 3 - 3 * z, 4: z ** 4 - 6 * z ** 2 + 3}[p]
+
+
+def kappa(sigma, p: int, tau: Tensor) -> Tensor:
+    """``κ_p(τ) = E_z[σ(τz) He_p(z)]``, z ~ N(0, 1), by quadrature on a fine grid (robust for ReLU)."""
+    z = torch.linspace(-10, 10, 4001, dtype=DT)
+    w = torch.exp(-z ** 2 / 2) / math.sqrt(2 * math.pi) * (z[1] - z[0])
+    tau = torch.as_tensor(tau, dtype=DT).reshape(-1, 1)
+    return (sigma(tau * z) * _hermite(p, z) * w).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The scenario: one gradient query at random parameters
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class QueryTruth:
+    """The client's batch in model space ([B, d] and input shape) and its labels — for scoring only."""
+
+    x: Tensor
+    labels: Tensor
+    images: Tensor | None = None
+
+
+def single_query(*, d: int = 20, batch_size: int = 5, width: int = 20000, num_classes: int = 10,
+                 activation: str = "tanh", seed: int = 0, x: Tensor | None = None,
+                 labels: Tensor | None = None, gaussian: bool = True) -> tuple[Observation, QueryTruth]:
+    """The paper's setting: a two-layer net at random Gaussian parameters (``W ~ N(0, 1/d)``,
+    ``A ~ N(0, 1/width)``, :class:`~gradleak.models.rgap.TwoLayerNet`) answers one FedSGD query on a
+    batch. Without ``x`` the inputs are standard normal vectors (``‖x‖ ≈ √d``, so ``τ ≈ 1``) and the
+    labels uniform; ``x`` may be any [B, d] (e.g. standardised images, flattened)."""
+    from ...models.rgap import TwoLayerNet
+
+    g = torch.Generator().manual_seed(seed)
+    if x is None:
+        x = torch.randn(batch_size, d, generator=g)
+    if labels is None:
+        labels = torch.randint(0, num_classes, (batch_size,), generator=g)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        model = TwoLayerNet(num_classes, (d,), width=width, activation=activation, gaussian=gaussian)
+    update = client_update(model, FedSGD(), x.float(), labels)
+    obs = Observation(model=model, update=update, protocol=FedSGD(), num_classes=num_classes,
+                      input_shape=(d,), batch_size=int(x.shape[0]))
+    return obs, QueryTruth(x.double(), labels)
+
+
+def match_cosines(rec: Tensor, true: Tensor) -> tuple[list[float], list[int]]:
+    """Signed cosine of each true sample with its best-matching reconstruction (assignment on |cos|)."""
+    from scipy.optimize import linear_sum_assignment
+
+    a = F.normalize(rec.double().flatten(1), dim=1)
+    b = F.normalize(true.double().flatten(1), dim=1)
+    cos = b @ a.T
+    rows, cols = linear_sum_assignment(-cos.abs().numpy())
+    return [float(cos[r, c]) for r, c in zip(rows, cols)], [int(c) for c in cols]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The attack
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class TensorConfig:
+    """``order``: 0 = 3 if κ_3 ≠ 0 else 4; ``estimator``: "both" (inverse-variance combination),
+    "first" or "second" layer; ``trials`` random Jennrich pencils; ``refine_steps`` of L-BFGS on the
+    CP fit; ``max_noise``: refuse when the tensor's estimated relative noise exceeds it;
+    ``replay_passes`` greedy passes re-choosing each sample's sign and label by the replayed gradient."""
+
+    order: int = 0
+    estimator: str = "both"
+    chunks: int = 16
+    trials: int = 20
+    refine_steps: int = 100
+    max_noise: float = 1.0
+    tau_grid: tuple[float, float, int] = (0.02, 20.0, 241)
+    replay_passes: int = 1
+
+
+@dataclass
+class TensorReconstruction:
+    x: Tensor                         # [B, d] model-space inputs (scale and sign resolved)
+    directions: Tensor                # [B, d] unit directions (sign resolved)
+    labels: list[int]
+    coefficients: Tensor              # [B, K] recovered r_ik·κ_p(τ_i)
+    order: int
+    noise: float
+    fit_residual: float
+    scale_residuals: list[float]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _two_layer(obs: Observation) -> tuple[nn.Linear | None, str | None, Any, nn.Linear | None, list[str]]:
+    try:
+        gm = symbolic_trace(obs.model)
+    except InputError as e:
+        return None, None, None, None, [str(e)]
+    node = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    seq = []
+    while True:
+        users = list(node.users)
+        if len(users) != 1:
+            return None, None, None, None, ["the model is not a plain chain (it branches)"]
+        node = users[0]
+        if node.op == "output":
+            break
+        op = _classify(gm, node)
+        if op.kind != "reshape":
+            seq.append(op)
+    kinds = [o.kind for o in seq]
+    shape_ok = (len(seq) == 3 and kinds[0] == "affine" and kinds[2] == "affine"
+                and isinstance(seq[0].module, nn.Linear) and isinstance(seq[2].module, nn.Linear)
+                and kinds[1] in ("invertible", "relu"))
+    if not shape_ok:
+        return None, None, None, None, ["the model must be exactly Linear → element-wise activation → Linear "
+                                        f"(a two-layer network); found {[o.what for o in seq]}"]
+    act = seq[1]
+    sig = _sigma(act.what if act.what != "ReLU" else "relu", act.slope)
+    problems = []
+    if sig is None:
+        problems.append(f"activation {act.what} has no known moments")
+    if seq[0].module.bias is not None:
+        problems.append(f"the first layer {seq[0].name} has a bias; Stein's identity needs σ(wᵀx) without one")
+    return seq[0].module, seq[0].name, sig, seq[2].module, problems + ([] if seq[2].name == obs.head else
+                                                                      [f"the last layer is not the head {obs.head!r}"])
+
+
+def _order(sig, requested: int) -> int:
+    if requested:
+        return requested
+    return 3 if abs(float(kappa(sig, 3, torch.tensor(1.0)))) > 1e-4 else 4
+
+
+def tensor_problems(obs: Observation, cfg: TensorConfig) -> list[str]:
+    problems: list[str] = []
+    if obs.kind != "gradient":
+        problems.append(f"needs one gradient (FedSGD); this update is a {obs.protocol.name} parameter delta")
+    hidden, _, sig, head, p = _two_layer(obs)
+    problems += p
+    if hidden is None or sig is None:
+        return problems
+    m, d = hidden.weight.shape
+    b = obs.batch_size
+    if b is None:
+        problems.append("the batch size is unknown (the decomposition needs the number of components B)")
+    else:
+        if b > d:
+            problems.append(f"B={b} samples exceed the input dimension d={d}: the inputs cannot be linearly "
+                            "independent, so the tensor decomposition is not unique (needs B ≤ d)")
+        if b > m:
+            problems.append(f"B={b} exceeds the width m={m}")
+    p_ord = _order(sig, cfg.order)
+    if abs(float(kappa(sig, p_ord, torch.tensor(1.0)))) < 1e-4:
+        problems.append(f"the activation's Hermite coefficient κ_{p_ord} is zero: the gradient carries no "
+                        f"order-{p_ord} moment (a linear activation leaks only span{{x_i}})")
+    w = hidden.weight.detach().double().flatten()
+    s = w.pow(2).mean().sqrt()
+    kurt = float(((w / s) ** 4).mean())
+    if abs(kurt - 3) > max(0.3, 20 / math.sqrt(w.numel())) or abs(float(w.mean() / s)) > 5 / math.sqrt(w.numel()):
+        problems.append(f"the first-layer weights are not i.i.d. centred Gaussian (kurtosis {kurt:.2f}, 3 expected; "
+                        "PyTorch's default uniform init gives 1.8): the method needs parameters at a random "
+                        "Gaussian point")
+    a = head.weight.detach().double().flatten()
+    if abs(float(a.mean() / a.pow(2).mean().sqrt())) > 5 / math.sqrt(a.numel()):
+        problems.append("the head weights are not centred (E[A] = 0 is needed by the first-layer estimator)")
+    return problems
+
+
+def _he_sum(g: Tensor, p_mat: Tensor, order: int) -> Tensor:
+    """``(1/m) Σ_j g[k, j] He_order(P_j)`` as a [K, B, ..., B] tensor (orders 3 and 4)."""
+    m = p_mat.shape[0]
+    eye = torch.eye(p_mat.shape[1], dtype=DT)
+    if order == 3:
+        t = torch.einsum("kj,ja,jb,jc->kabc", g, p_mat, p_mat, p_mat) / m
+        v = g @ p_mat / m
+        return t - (torch.einsum("ka,bc->kabc", v, eye) + torch.einsum("kb,ac->kabc", v, eye)
+                    + torch.einsum("kc,ab->kabc", v, eye))
+    t = torch.einsum("kj,ja,jb,jc,jd->kabcd", g, p_mat, p_mat, p_mat, p_mat) / m
+    q = torch.einsum("kj,ja,jb->kab", g, p_mat, p_mat) / m
+    s0 = g.sum(1) / m
+    two = sum(torch.einsum(f"k{a}{b},{c}{d}->kabcd", q, eye) for a, b, c, d in
+              (("a", "b", "c", "d"), ("a", "c", "b", "d"), ("a", "d", "b", "c"),
+               ("b", "c", "a", "d"), ("b", "d", "a", "c"), ("c", "d", "a", "b")))
+    ii = (torch.einsum("ab,cd->abcd", eye, eye) + torch.einsum("ac,bd->abcd", eye, eye)
+          + torch.einsum("ad,bc->abcd", eye, eye))
+    return t - two + s0.view(-1, 1, 1, 1, 1) * ii
+
+
+def _first_layer(c: Tensor, gproj: Tensor, p_mat: Tensor, order: int) -> Tensor:
+    """``(1/m) Σ_j c[k, j] G_j ⊗ He_{order−1}(P_j)``, symmetrised."""
+    m, b = p_mat.shape
+    eye = torch.eye(b, dtype=DT)
+    if order == 3:
+        t = torch.einsum("kj,ja,jb,jc->kabc", c, gproj, p_mat, p_mat) / m
+        t = t - torch.einsum("ka,bc->kabc", c @ gproj / m, eye)
+    else:
+        t = torch.einsum("kj,ja,jb,jc,jd->kabcd", c, gproj, p_mat, p_mat, p_mat) / m
+        u = torch.einsum("kj,ja,jb->kab", c, gproj, p_mat) / m
+        t = t - (torch.einsum("kab,cd->kabcd", u, eye) + torch.einsum("kac,bd->kabcd", u, eye)
+                 + torch.einsum("kad,bc->kabcd", u, eye))
+    perms = list(itertools.permutations(range(1, order + 1)))
+    return sum(t.permute(0, *p) for p in perms) / len(perms)
+
+
+def _estimate(parts: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Mean over chunks and the variance of that mean (summed over entries)."""
+    st = torch.stack(parts)
+    mean = st.mean(0)
+    var = ((st - mean) ** 2).sum() / (len(parts) * (len(parts) - 1))
+    return mean, var
+
+
+def _cp_fit(t: Tensor, xs: Tensor, order: int) -> tuple[Tensor, float]:
+    """Least-squares coefficients [B, K] of ``T_k ≈ Σ_i c_ik x_i^{⊗p}`` and the relative residual."""
+    k = t.shape[0]
+    cols = [xs[i] for i in range(xs.shape[0])]
+    design = torch.stack([_outer(v, order).flatten() for v in cols], 1)          # [B^p, B]
+    coef = torch.linalg.lstsq(design, t.reshape(k, -1).T).solution              # [B, K]
+    res = float((design @ coef - t.reshape(k, -1).T).norm() / t.norm())
+    return coef, res
+
+
+def _outer(v: Tensor, order: int) -> Tensor:
+    out = v
+    for _ in range(order - 1):
+        out = torch.tensordot(out, v, dims=0)
+    return out
+
+
+def _jennrich(t: Tensor, order: int, trials: int, gen: torch.Generator) -> tuple[Tensor, Tensor, float]:
+    k, b = t.shape[0], t.shape[1]
+    best: tuple[float, Tensor, Tensor] | None = None
+    for _ in range(trials):
+        t3 = t
+        if order == 4:
+            h = torch.randn(b, generator=gen, dtype=DT)
+            t3 = torch.einsum("kabcd,d->kabc", t, h)
+        theta = torch.randn(k, generator=gen, dtype=DT)
+        u, v = torch.randn(b, generator=gen, dtype=DT), torch.randn(b, generator=gen, dtype=DT)
+        mu = torch.einsum("k,kabc,c->ab", theta, t3, u)
+        mv = torch.einsum("k,kabc,c->ab", theta, t3, v)
+        try:
+            evals, evecs = torch.linalg.eig(mu @ torch.linalg.pinv(mv))
+        except RuntimeError:
+            continue
+        xs = F.normalize(evecs.real.T, dim=1)
+        coef, res = _cp_fit(t, xs, order)
+        if best is None or res < best[0]:
+            best = (res, xs, coef)
+    if best is None:
+        raise UnsupportedError("tensor", ["the tensor's slices could not be diagonalised"])
+    return best[1], best[2], best[0]
+
+
+def _refine(t: Tensor, xs: Tensor, coef: Tensor, order: int, steps: int) -> tuple[Tensor, Tensor, float]:
+    if steps <= 0:
+        return xs, coef, _cp_fit(t, xs, order)[1]
+    x = xs.clone().contiguous().requires_grad_(True)
+    c = coef.clone().contiguous().requires_grad_(True)
+    letters = "abcd"[:order]
+    expr = ",".join(f"i{l}" for l in letters) + ",ik->k" + letters
+    scale = t.norm()
+
+    def loss() -> Tensor:
+        return ((torch.einsum(expr, *([x] * order), c) - t) ** 2).sum() / scale ** 2
+
+    opt = torch.optim.LBFGS([x, c], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        val = loss()
+        val.backward()
+        return val
+
+    opt.step(closure)
+    xs = F.normalize(x.detach(), dim=1)
+    coef, res = _cp_fit(t, xs, order)
+    return xs, coef, res
+
+
+def reconstruct(obs: Observation, cfg: TensorConfig = TensorConfig(), *,
+                generator: torch.Generator | None = None) -> TensorReconstruction:
+    """The whole pipeline on an observation that meets :func:`tensor_problems`."""
+    gen = generator or torch.Generator().manual_seed(0)
+    hidden, hname, sig, head, _ = _two_layer(obs)
+    b = int(obs.batch_size)  # type: ignore[arg-type]
+    w = hidden.weight.detach().to(DT)
+    a = head.weight.detach().to(DT)
+    gw = obs.update[f"{hname}.weight"].to(DT)
+    ga = obs.update[f"{obs.head}.weight"].to(DT)
+    m, d = w.shape
+    order = _order(sig, cfg.order)
+    s = float(w.pow(2).mean().sqrt())
+    # (1) the span of the inputs
+    evals, evecs = torch.linalg.eigh(gw.T @ gw)
+    sv = evals.flip(0).clamp_min(0).sqrt()
+    u = evecs.flip(1)[:, :b]                                               # [d, B]
+    gap = float(sv[b] / sv[b - 1]) if b < d and float(sv[b - 1]) > 0 else 0.0
+    p_all = (w / s) @ u                                                    # [m, B]
+    g_all = gw @ u
+    # (2) the tensor, by chunks
+    k_out = a.shape[0]
+    per_unit = k_out * b ** (order - 1)                                    # einsum intermediate per hidden unit
+    n_chunks = max(cfg.chunks, math.ceil(m * per_unit / 3e7))
+    idx = torch.arange(m).chunk(n_chunks)
+    sec = [_he_sum(ga[:, j], p_all[j], order) for j in idx]
+    ea2 = float(a.pow(2).mean())
+    fir = [s * _first_layer(a[:, j] / ea2, g_all[j], p_all[j], order) for j in idx]
+    t2, v2 = _estimate(sec)
+    t1, v1 = _estimate(fir)
+    if cfg.estimator == "first":
+        t, var = t1, v1
+    elif cfg.estimator == "second":
+        t, var = t2, v2
+    else:
+        w1, w2 = 1 / v1.clamp_min(1e-300), 1 / v2.clamp_min(1e-300)
+        t = (w1 * t1 + w2 * t2) / (w1 + w2)
+        var = 1 / (w1 + w2)
+    noise = float(var.sqrt() / t.norm().clamp_min(1e-300))
+    if noise > cfg.max_noise:
+        needed = int(math.ceil(m * (noise / 0.05) ** 2))
+        raise UnsupportedError("tensor", [f"the width m={m} is too small for B={b}, d={d}: the gradient tensor's "
+                                          f"estimated relative noise is {noise:.2f} (> {cfg.max_noise}); about "
+                                          f"m ≈ {needed} hidden units would bring it to 0.05"])
+    # (3) decomposition
+    xs, coef, res = _jennrich(t, order, cfg.trials, gen)
+    xs, coef, res = _refine(t, xs, coef, order, cfg.refine_steps)
+    dirs = xs @ u.T                                                         # [B, d] unit (U orthonormal)
+    # (4) norm, sign and label per sample
+    lo, hi, n = cfg.tau_grid
+    taus = torch.logspace(math.log10(lo), math.log10(hi), int(n), dtype=DT)
+    kap = kappa(sig, order, taus)                                           # [T]
+    out_x, out_dir, labels, resids = [], [], [], []
+    k_cls = a.shape[0]
+    eye = torch.eye(k_cls, dtype=DT)
+    hb = head.bias.detach().to(DT) if head.bias is not None else torch.zeros(k_cls, dtype=DT)
+    options = []                                  # per sample: the best (residual, x, label) for each sign
+    for i in range(b):
+        best = None
+        per_sign = {}
+        for sign in (1.0, -1.0):
+            e = sign * dirs[i]
+            c_i = coef[i] * (sign ** order)
+            pre = (taus[:, None] / s) * (w @ e)[None]                       # [T, m]: w_jᵀx at x = τ/s·e
+            prob = torch.softmax(sig(pre) @ a.T + hb, 1)                      # [T, K]
+            pred = kap[:, None, None] * (prob[:, None, :] - eye[None]) / b    # [T, y, K]
+            err = (pred - c_i).norm(dim=-1) / c_i.norm().clamp_min(1e-300)
+            j = int(err.argmin())
+            ti, yi = divmod(j, k_cls)
+            per_sign[sign] = (float(err.flatten()[j]), sign * dirs[i] * float(taus[ti]) / s, yi)
+            if best is None or float(err.flatten()[j]) < best[0]:
+                best = (float(err.flatten()[j]), sign, float(taus[ti]), yi)
+        r, sign, tau, y = best  # type: ignore[misc]
+        out_dir.append(sign * dirs[i])
+        out_x.append(sign * dirs[i] * tau / s)
+        labels.append(y)
+        resids.append(r)
+        options.append(per_sign)
+    # (5) sign and label of each sample re-checked against the observed gradient: the choice whose
+    # replayed gradient is closest wins (``replay_passes`` greedy passes; the norm found in (4) is kept)
+    flips = relabels = 0
+    dist = _replay_distance(obs, out_x, labels)
+    for _ in range(cfg.replay_passes):
+        for i in range(b):
+            best_i = (dist, 1.0, labels[i])
+            for sign in (1.0, -1.0):
+                for y in range(k_cls):
+                    if sign == 1.0 and y == labels[i]:
+                        continue
+                    trial_x, trial_y = list(out_x), list(labels)
+                    trial_x[i], trial_y[i] = sign * out_x[i], y
+                    d_try = _replay_distance(obs, trial_x, trial_y)
+                    if d_try < best_i[0]:
+                        best_i = (d_try, sign, y)
+            dist, sign, y = best_i
+            if sign < 0:
+                out_x[i], out_dir[i] = -out_x[i], -out_dir[i]
+                flips += 1
+            relabels += int(y != labels[i])
+            labels[i] = y
+    info = {"order": order, "width": m, "d": d, "batch_size": b, "weight_scale": s, "span_gap": gap,
+            "gradient_distance": dist, "sign_flips_by_replay": flips, "relabels_by_replay": relabels,
+            "noise_first_layer": float(v1.sqrt() / t1.norm()), "noise_second_layer": float(v2.sqrt() / t2.norm()),
+            "estimator": cfg.estimator}
+    return TensorReconstruction(torch.stack(out_x), torch.stack(out_dir), labels, coef, order, noise, res,
+                                resids, info)
+
+
+def _replay_distance(obs: Observation, xs: list[Tensor], labels: list[int]) -> float:
+    """Relative L2 distance between the gradient replayed on a candidate batch and the observed one."""
+    net, params = obs.functional()
+    x = torch.stack(xs).float().view(len(xs), *obs.input_shape)
+    upd = FedSGD().update_fn(net)(params, x, torch.tensor(labels))
+    num = sum(float((upd[k] - obs.update[k]).double().pow(2).sum()) for k in upd)
+    den = sum(float(obs.update[k].double().pow(2).sum()) for k in upd)
+    return math.sqrt(num / max(den, 1e-300))
+
+
+@attack("tensor")
+class TensorAttack(Attack):
+    paper = "Wang, Lee & Lei AISTATS 2023, arXiv:2212.03714"
+    Config = TensorConfig
+
+    def problems(self, obs: Observation) -> list[str]:
+        return tensor_problems(obs, self.config)
+
+    def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
+            on_step: StepCallback = no_progress) -> AttackResult:
+        t0 = time.perf_counter()
+        self.check(obs)
+        rec = reconstruct(obs, self.config, generator=generator)
+        x = rec.x.float().view(-1, *obs.input_shape)
+        if len(obs.input_shape) == 3:
+            images = denormalize(obs, x)
+        else:   # vectors: show each as a min-max scaled row
+            lo, hi = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
+            images = ((x - lo) / (hi - lo).clamp_min(1e-12)).view(x.shape[0], 1, 1, -1)
+        return AttackResult(name=self.name, images=images, iterations=0, seconds=time.perf_counter() - t0,
+                            final_loss=rec.fit_residual, labels=rec.labels,
+                            assumptions={**rec.info, "noise": rec.noise, "fit_residual": rec.fit_residual,
+                                         "scale_residuals": rec.scale_residuals},
+                            config=self.config_json())
