@@ -28,7 +28,7 @@ from ..base import Attack, AttackResult, Step, StepCallback, attack, no_progress
 from ..common import batch_size_of, label_targets, protocol_assumptions, to_result
 from ..matching import MatchingConfig, MatchingProblem, MatchResult
 from .cmaes import CMAES
-from .search import Renderer, condition_labels, defense_estimate, get_prior, project_sphere, search
+from .search import Renderer, condition_labels, defense_estimate, get_prior, prior_problems, project_sphere, search
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,8 +69,7 @@ class GGL(Attack):
     Config = GGLConfig
 
     def problems(self, obs: Observation) -> list[str]:
-        return [] if self.config.prior else ["it needs a generative prior: train one with `gradleak train-prior` "
-                                             "and pass --prior OUT/prior.safetensors"]
+        return prior_problems(self.config.prior)
 
     def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
             on_step: StepCallback = no_progress) -> AttackResult:

@@ -35,7 +35,7 @@ from ..base import Attack, AttackResult, StepCallback, attack, no_progress
 from ..common import batch_size_of, denormalize, label_targets, protocol_assumptions, to_result
 from ..matching import MatchingConfig, MatchResult
 from .ggl import latent_problem
-from .search import Renderer, condition_labels, get_prior, project_l1_ball, project_sphere, search
+from .search import Renderer, condition_labels, get_prior, prior_problems, project_l1_ball, project_sphere, search
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,8 +86,7 @@ class GIFD(Attack):
     Config = GIFDConfig
 
     def problems(self, obs: Observation) -> list[str]:
-        return [] if self.config.prior else ["it needs a generative prior: train one with `gradleak train-prior` "
-                                             "and pass --prior OUT/prior.safetensors"]
+        return prior_problems(self.config.prior)
 
     def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
             on_step: StepCallback = no_progress) -> AttackResult:

@@ -34,6 +34,12 @@ def _cached_prior(path: str, mtime: float) -> Generator:
     return load_prior(path)
 
 
+def prior_problems(prior: object) -> list[str]:
+    """The unmet need of a generative attack without a prior."""
+    return [] if prior else ["it needs a generative prior: train one with `gradleak train-prior` "
+                             "and pass --prior OUT/prior.safetensors"]
+
+
 def get_prior(prior: str | Generator | None, attack: str) -> Generator:
     """The generator given by path (cached while the file is unchanged) or as an object."""
     if isinstance(prior, Generator):
