@@ -84,25 +84,33 @@ def build_scenario_model(sc: Scenario, num_classes: int, input_shape: tuple[int,
     return model, spec
 
 
+def draw_batch(data: Dataset, batch_size: int, *, generator: torch.Generator, unique_labels: bool,
+               label_smoothing: float = 0.0, mixup: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """A client's batch with its training targets: (images in [0, 1], dominant labels, targets)."""
+    images, labels = data.sample(2 * batch_size if mixup else batch_size, generator=generator,
+                                 unique_labels=unique_labels)
+    targets: Tensor = labels
+    if mixup:
+        b = batch_size
+        images, targets, _ = Mixup(mixup).mix(images[:b], labels[:b], images[b:], labels[b:], data.num_classes,
+                                              generator=generator)
+        labels = targets.argmax(1)
+    elif label_smoothing:
+        targets = LabelSmoothing(label_smoothing).targets(labels, data.num_classes)
+    return images, labels, targets
+
+
 def simulate(sc: Scenario, dataset: Dataset | None = None, model: nn.Module | None = None
              ) -> tuple[Observation, GroundTruth]:
     """Run one honest client round and return what the server sees plus the ground truth."""
     data = dataset if dataset is not None else load_dataset(sc.dataset, size=sc.image_size)
     gen = torch.Generator().manual_seed(sc.seed)
-    n_draw = 2 * sc.batch_size if sc.mixup else sc.batch_size
-    if sc.mixup and sc.unique_labels and n_draw > data.num_classes:
-        raise InputError(f"mixup of {sc.batch_size} pairs with unique labels needs {n_draw} classes; "
+    if sc.mixup and sc.unique_labels and 2 * sc.batch_size > data.num_classes:
+        raise InputError(f"mixup of {sc.batch_size} pairs with unique labels needs {2 * sc.batch_size} classes; "
                          f"{data.name} has {data.num_classes}")
-    images, labels = data.sample(n_draw, generator=gen, unique_labels=sc.unique_labels)
+    images, labels, targets = draw_batch(data, sc.batch_size, generator=gen, unique_labels=sc.unique_labels,
+                                         label_smoothing=sc.label_smoothing, mixup=sc.mixup)
     n_cls = data.num_classes
-    targets: Tensor = labels
-    if sc.mixup:
-        b = sc.batch_size
-        images, targets, lam = Mixup(sc.mixup).mix(images[:b], labels[:b], images[b:], labels[b:], n_cls,
-                                                    generator=gen)
-        labels = targets.argmax(1)
-    elif sc.label_smoothing:
-        targets = LabelSmoothing(sc.label_smoothing).targets(labels, n_cls)
     if model is None:
         model, spec = build_scenario_model(sc, n_cls, data.image_shape)
     else:

@@ -23,11 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from ..data import Dataset, load_dataset
-from ..defenses import LabelSmoothing, Mixup, parse_defense
+from ..defenses import parse_defense
 from ..defenses_extra import client_round
 from ..errors import InputError
 from ..models import ModelSpec
 from ..protocols import FedAvg, FedSGD, Protocol
+from ..scenario import draw_batch
 
 __all__ = ["ClientBatch", "FlowerTask", "client_batch", "client_train", "protocol_config", "protocol_from_config"]
 
@@ -138,16 +139,8 @@ def client_batch(task: FlowerTask, data: Dataset, partition_id: int, num_partiti
     gen = _round_generator(task, partition_id, server_round)
     n_draw = 2 * task.batch_size if task.mixup else task.batch_size
     unique = n_draw <= len(torch.unique(shard.labels))
-    images, labels = shard.sample(n_draw, generator=gen, unique_labels=unique)
-    n_cls = data.num_classes
-    targets: Tensor = labels
-    if task.mixup:
-        b = task.batch_size
-        images, targets, _ = Mixup(task.mixup).mix(images[:b], labels[:b], images[b:], labels[b:], n_cls,
-                                                    generator=gen)
-        labels = targets.argmax(1)
-    elif task.label_smoothing:
-        targets = LabelSmoothing(task.label_smoothing).targets(labels, n_cls)
+    images, labels, targets = draw_batch(shard, task.batch_size, generator=gen, unique_labels=unique,
+                                         label_smoothing=task.label_smoothing, mixup=task.mixup)
     return ClientBatch(images, labels, targets)
 
 
