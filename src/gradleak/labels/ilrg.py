@@ -51,6 +51,7 @@ import torch
 from ..errors import UnsupportedError
 from ..observation import Observation
 from .base import LabelMethod, LabelResult, label_method, need_batch_size
+from .llg import counts_to_labels, round_counts
 
 ProbsFn = Callable[[np.ndarray], np.ndarray]   # embeddings [n, M] -> (path-averaged) softmax [n, N]
 
@@ -99,25 +100,6 @@ def singular_values(gram: np.ndarray) -> np.ndarray:
     100×100 SVD on a loaded 2-core machine (torch follows ``torch.set_num_threads``)."""
     ev = torch.linalg.eigvalsh(torch.from_numpy(np.ascontiguousarray(gram))).numpy()[::-1]
     return np.sqrt(np.clip(ev, 0.0, None))
-
-
-def round_counts(x: np.ndarray, total: int) -> np.ndarray:
-    """Non-negative integers summing to ``total``, nearest to ``x`` (largest remainders after clipping at 0)."""
-    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, None)
-    n = np.floor(x).astype(np.int64)
-    while n.sum() > total:
-        rem = np.where(n > 0, x - n, np.inf)
-        n[int(np.argmin(rem))] -= 1
-    gain = x - n
-    for _ in range(total - int(n.sum())):
-        c = int(np.argmax(gain))
-        n[c] += 1
-        gain[c] -= 1.0
-    return n
-
-
-def counts_to_labels(n: np.ndarray) -> list[int]:
-    return [int(c) for c in np.repeat(np.arange(len(n)), n)]
 
 
 @dataclass
