@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from gradleak.attacks import ATTACKS
-from gradleak.attacks.matching import MatchingConfig, MatchingProblem, lr_factor, run_matching
+from gradleak.attacks.matching import MatchingConfig, MatchingProblem, lr_factor, objective_fn, run_matching
 from gradleak.labels import recover_labels
 from gradleak.metrics import psnr, score_images
+from gradleak.protocols import FedAvg
 from gradleak.scenario import Scenario, simulate
 
 
@@ -123,3 +124,24 @@ def test_checkpoint_of_another_observation_is_refused(digit_case, tmp_path):
     with pytest.raises(InputError, match="another run"):
         run_matching(MatchingProblem(other, torch.tensor([0]), cfg), batch_size=1, generator=torch.Generator(),
                      checkpoint=ck)
+
+
+@pytest.mark.parametrize("protocol, joint", [(None, False), (FedAvg(2, 0.1), False), (None, True)])
+def test_single_candidate_autograd_step_equals_the_vmapped_step(protocol, joint):
+    # one restart runs through plain autograd, several through vmap(torch.func): same numbers
+    sc = Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", image_size=16, batch_size=2,
+                  seed=1, bn_mode="train", **({"protocol": protocol} if protocol else {}))
+    obs, truth = simulate(sc)
+    cfg = MatchingConfig(iterations=1, restarts=2, tv=0.1, l2=0.01, bn=0.5, optimize_labels=joint)
+    step = objective_fn(MatchingProblem(obs, None if joint else truth.labels, cfg))
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(1, 2, *obs.input_shape, generator=g)
+    Y = torch.randn(1, 2, obs.num_classes, generator=g) if joint else None
+    one_g, (one_loss, one_match) = step(X, Y)
+    two_g, (two_loss, two_match) = step(X.expand(2, -1, -1, -1, -1), None if Y is None else Y.expand(2, -1, -1))
+    assert len(one_g) == (2 if joint else 1)
+    for a, b in zip(one_g, two_g):
+        torch.testing.assert_close(a[0], b[0], atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(a[0], b[1], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(one_loss[0], two_loss[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(one_match[0], two_match[1], atol=1e-6, rtol=1e-5)

@@ -3,7 +3,9 @@
 The same function serves the client (to produce the update the server sees) and the attacker (to
 replay the client differentiably, as in Geiping et al. 2020 §5 for FedAvg), so the two cannot drift
 apart. Both are built on ``torch.func`` so attacks can take gradients through them and ``vmap`` them
-over restarts.
+over restarts; for a single candidate the attacker builds the same function on :func:`autograd_grad`
+instead (plain autograd with ``create_graph``: the same numbers, measured 6–20% faster a matching step
+than nested ``torch.func`` transforms; benchmarks/performance).
 
 - :class:`FedSGD`: the update is the gradient of the batch-mean loss.
 - :class:`FedAvg`: ``local_steps`` SGD steps of rate ``local_lr`` over consecutive local mini-batches of
@@ -26,6 +28,17 @@ from .errors import InputError
 
 Params = dict[str, Tensor]
 UpdateFn = Callable[[Params, Tensor, Tensor], Params]
+GradFn = Callable[[Callable[..., Tensor]], Callable[..., Params]]
+
+
+def autograd_grad(f: Callable[..., Tensor]) -> Callable[..., Params]:
+    """The autograd twin of ``torch.func.grad`` for ``f(params, *args) -> scalar``: differentiable
+    (``create_graph``) gradients with respect to the dict ``params``, whose tensors must require grad."""
+    def g(params: Params, *args: Any) -> Params:
+        grads = torch.autograd.grad(f(params, *args), list(params.values()), create_graph=True)
+        return dict(zip(params, grads))
+
+    return g
 
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -63,10 +76,11 @@ class FedSGD:
     name = "fedsgd"
     kind = "gradient"
 
-    def update_fn(self, model: nn.Module) -> UpdateFn:
-        """``(params, x, y) -> gradient``; ``model`` must be :func:`stateless`."""
+    def update_fn(self, model: nn.Module, grad_fn: GradFn = grad) -> UpdateFn:
+        """``(params, x, y) -> gradient``; ``model`` must be :func:`stateless`; ``grad_fn``:
+        ``torch.func.grad`` or :func:`autograd_grad`."""
         buffers = dict(model.named_buffers())
-        return grad(loss_fn(model, buffers))
+        return grad_fn(loss_fn(model, buffers))
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name}
@@ -97,9 +111,9 @@ class FedAvg:
         starts = [(k * b) % n for k in range(self.local_steps)]
         return [slice(s, s + b) if s + b <= n else slice(n - b, n) for s in starts]
 
-    def update_fn(self, model: nn.Module) -> UpdateFn:
+    def update_fn(self, model: nn.Module, grad_fn: GradFn = grad) -> UpdateFn:
         buffers = dict(model.named_buffers())
-        g = grad(loss_fn(model, buffers))
+        g = grad_fn(loss_fn(model, buffers))
 
         def delta(params: Params, x: Tensor, y: Tensor) -> Params:
             p = params

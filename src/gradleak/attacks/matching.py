@@ -25,6 +25,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ..errors import InputError
 from ..observation import Observation
+from ..protocols import autograd_grad
 from .base import Step, StepCallback, no_progress
 
 ExtraTerm = Callable[[Tensor], Tensor]
@@ -117,6 +118,9 @@ class MatchingProblem:
         self.net, self.params = obs.functional()
         self.buffers = dict(self.net.named_buffers())
         self.update_fn = obs.protocol.update_fn(self.net)
+        # one candidate: the same update through plain autograd (faster than nested torch.func)
+        self._autograd_update = obs.protocol.update_fn(self.net, autograd_grad)
+        self._leaves = {k: v.detach().requires_grad_() for k, v in self.params.items()}
         self.keys = [k for k in self.params if k in obs.update]
         weights = cfg.layer_weights or {}
         self.weights = [float(weights.get(k, 1.0)) for k in self.keys]
@@ -181,9 +185,15 @@ class MatchingProblem:
     def labels_from(self, label_logits: Tensor | None) -> Tensor:
         return F.softmax(label_logits, -1) if label_logits is not None else self.targets  # type: ignore[return-value]
 
-    def objective(self, x: Tensor, label_logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(total loss, matching distance) for one candidate batch ``x`` [B, C, H, W]."""
-        update = self.update_fn(self.params, x, self.labels_from(label_logits))
+    def objective(self, x: Tensor, label_logits: Tensor | None = None, *,
+                  autograd: bool = False) -> tuple[Tensor, Tensor]:
+        """(total loss, matching distance) for one candidate batch ``x`` [B, C, H, W]; ``autograd``:
+        the client's update through plain autograd (for a caller differentiating with autograd)
+        instead of ``torch.func`` (for ``grad``/``vmap`` callers)."""
+        if autograd:
+            update = self._autograd_update(self._leaves, x, self.labels_from(label_logits))
+        else:
+            update = self.update_fn(self.params, x, self.labels_from(label_logits))
         match = self.distance(self.transform(update) if self.transform else update)
         loss = match
         if self.cfg.tv:
@@ -210,21 +220,22 @@ class MatchingProblem:
             x.data = torch.maximum(torch.minimum(x.data, self.upper), self.lower)
 
 
-def _objective_fn(problem: MatchingProblem) -> Callable:
-    """``(X[R], Y[R] | None) -> (grads, (loss[R], match[R]))``: vmapped over restarts, or a plain call
-    for a single restart (``vmap`` adds overhead there and buys nothing)."""
+def objective_fn(problem: MatchingProblem) -> Callable:
+    """``(X[R], Y[R] | None) -> (grads, (loss[R], match[R]))``: vmapped over restarts, or, for a single
+    restart, plain autograd (``vmap`` and nested ``torch.func`` add overhead there and buy nothing)."""
     joint = problem.cfg.optimize_labels
     single = grad_and_value(problem.objective if joint else (lambda x: problem.objective(x)),
                             argnums=(0, 1) if joint else 0, has_aux=True)
     batched = vmap(single)
 
     def step(X: Tensor, Y: Tensor | None) -> tuple:
-        args = (X, Y) if joint else (X,)
         if X.shape[0] == 1:
-            g, (loss, match) = single(*(a[0] for a in args))
-            g = tuple(t.unsqueeze(0) for t in g) if joint else (g.unsqueeze(0),)
-            return g, (loss.unsqueeze(0), match.unsqueeze(0))
-        g, aux = batched(*args)
+            inputs = [X[0].detach().requires_grad_()] + ([Y[0].detach().requires_grad_()] if joint else [])  # type: ignore[index]
+            with torch.enable_grad():
+                loss, match = problem.objective(*inputs, autograd=True)
+                g = torch.autograd.grad(loss, inputs)
+            return tuple(t.unsqueeze(0) for t in g), (loss.detach().unsqueeze(0), match.unsqueeze(0))
+        g, aux = batched(*((X, Y) if joint else (X,)))
         return (g if joint else (g,)), aux
 
     return step
@@ -253,7 +264,7 @@ def run_matching(problem: MatchingProblem, *, batch_size: int, generator: torch.
     opt = torch.optim.Adam(variables, lr=cfg.lr)
     ckpt = _Checkpoint(Path(checkpoint), cfg, problem.fingerprint()) if checkpoint else None
     start, curve = (ckpt.restore(variables, opt) if ckpt else (0, []))
-    step_fn = _objective_fn(problem)
+    step_fn = objective_fn(problem)
     for it in range(start, cfg.iterations):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, it)
@@ -289,7 +300,7 @@ def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: S
                stage: str) -> MatchResult:
     """L-BFGS per restart (its line search couples variables, so restarts run one after another)."""
     cfg = problem.cfg
-    vg = grad_and_value(problem.objective, argnums=(0, 1) if Y is not None else 0, has_aux=True)
+    step = objective_fn(problem)
     curve: list[tuple[int, float]] = []
     used = 0
     for r in range(cfg.restarts):
@@ -299,14 +310,10 @@ def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: S
         opt = torch.optim.LBFGS(variables, lr=cfg.lr, max_iter=cfg.lbfgs_max_iter, history_size=100)
 
         def closure() -> Tensor:
-            if y is None:
-                g, (loss, _) = vg(x.detach())
-                grads = (g,)
-            else:
-                grads, (loss, _) = vg(x.detach(), y.detach())
+            grads, (loss, _) = step(x.detach()[None], None if y is None else y.detach()[None])
             for v, gv in zip(variables, grads):
-                v.grad = gv
-            return loss.detach()
+                v.grad = gv[0]
+            return loss[0]
 
         previous, stalled = float("inf"), 0
         for it in range(cfg.iterations):
