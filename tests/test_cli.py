@@ -88,3 +88,19 @@ def test_checkpoint_dir_resumes_a_finished_run(tmp_path):
     assert main(["audit", *TINY, "--checkpoint-dir", str(ck), "--out", str(out)]) == 0
     again = json.loads((out / "results.json").read_text())["attacks"][0]
     assert again["psnr"] == first["psnr"] and again["seconds"] < first["seconds"]
+
+
+def test_audit_prints_its_cost_estimate_before_running(tmp_path, capsys):
+    out = tmp_path / "est"
+    loud = [a for a in TINY if a != "--quiet"]
+    assert main(["audit", *loud, "--attack", "inverting_gradients", "--attack", "dlg", "--attack", "analytic_fc",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    first_bar = err.index("%|")  # the first progress bar comes after the estimate
+    assert -1 < err.index("estimated cost") < first_bar
+    assert "inverting_gradients: ≈" in err and "(30 steps ×" in err
+    assert "dlg: ≈" in err and "(600 steps ×" in err  # L-BFGS: 30 iterations × up to 20 evaluations
+    res = json.loads((out / "results.json").read_text())
+    by_name = {a["name"]: a for a in res["attacks"]}
+    assert by_name["inverting_gradients"]["estimated_seconds"] > 0
+    assert "estimated_seconds" not in by_name["analytic_fc"]  # analytic: no matching steps to estimate

@@ -19,6 +19,8 @@ import torch
 from . import __version__
 from .attacks import ATTACKS, Attack, AttackResult
 from .attacks.base import StepCallback, no_progress
+from .attacks.common import batch_size_of
+from .cost import CostEstimate, estimate
 from .errors import GradleakError
 from .labels import LABEL_METHODS, LabelResult
 from .labels.auto import recover_auto
@@ -80,13 +82,34 @@ def run_labels(obs: Observation, truth: GroundTruth | None, methods: Sequence[st
     return section, chosen
 
 
-def run_attack(name: str, obs: Observation, labels: LabelResult | None, overrides: dict[str, Any], *,
-               seed: int, on_step: StepCallback = no_progress) -> AttackResult:
+def make_attack(name: str, overrides: dict[str, Any]) -> Attack:
+    """The attack ``name`` with the overrides its settings have (others, and ``None`` values, ignored)."""
     cls: type[Attack] = ATTACKS.get(name)
     fields_ = getattr(cls.Config, "__dataclass_fields__", {})
-    attack = cls(**{k: v for k, v in overrides.items() if k in fields_ and v is not None})
+    return cls(**{k: v for k, v in overrides.items() if k in fields_ and v is not None})
+
+
+def run_attack(name: str, obs: Observation, labels: LabelResult | None, overrides: dict[str, Any], *,
+               seed: int, on_step: StepCallback = no_progress) -> AttackResult:
+    attack = make_attack(name, overrides)
     attack.check(obs)
     return attack.run(obs, labels, generator=torch.Generator().manual_seed(seed), on_step=on_step)
+
+
+def estimate_costs(plan: AuditPlan, obs: Observation, labels: LabelResult | None) -> dict[str, CostEstimate]:
+    """Each matching attack's estimated cost on this machine (:mod:`gradleak.cost`); attacks that
+    cannot run on ``obs`` are left out (their error is reported when they run)."""
+    out: dict[str, CostEstimate] = {}
+    for name in plan.attacks:
+        try:
+            attack = make_attack(name, plan.attack_overrides)
+            attack.check(obs)
+            est = estimate(attack, obs, batch_size_of(obs, labels, name))
+        except GradleakError:
+            continue
+        if est is not None:
+            out[name] = est
+    return out
 
 
 def score(result: AttackResult, truth: GroundTruth, lpips: LPIPS | None) -> dict[str, Any]:
@@ -119,8 +142,10 @@ def verdict(labels: dict[str, Any], attacks: list[dict[str, Any]]) -> dict[str, 
 
 
 def run_audit(plan: AuditPlan, out: str | Path, *,
-              progress: Callable[[str, int], StepCallback] | None = None) -> dict[str, Any]:
-    """Run the whole audit and write ``results.json``, ``report.html`` and PNG grids into ``out``."""
+              progress: Callable[[str, int], StepCallback] | None = None,
+              on_estimate: Callable[[list[CostEstimate]], None] | None = None) -> dict[str, Any]:
+    """Run the whole audit and write ``results.json``, ``report.html`` and PNG grids into ``out``.
+    With ``on_estimate``, the attacks' costs are estimated first and handed to it before any runs."""
     for name in plan.attacks:  # fail on unknown names before any work
         ATTACKS.get(name)
     for name in plan.label_methods:
@@ -132,9 +157,14 @@ def run_audit(plan: AuditPlan, out: str | Path, *,
     obs, truth = simulate(sc)
     out.mkdir(parents=True, exist_ok=True)
     label_section, labels = run_labels(obs, truth, plan.label_methods)
+    estimates = estimate_costs(plan, obs, labels) if on_estimate else {}
+    if on_estimate:
+        on_estimate(list(estimates.values()))
     attacks: list[dict[str, Any]] = []
     for i, name in enumerate(plan.attacks):
         entry: dict[str, Any] = {"name": name, "error": None}
+        if name in estimates:
+            entry["estimated_seconds"] = estimates[name].seconds
         try:
             on_step = progress(name, i) if progress else no_progress
             overrides = dict(plan.attack_overrides)

@@ -88,6 +88,14 @@ def _progress(enabled: bool):
     return factory
 
 
+def _print_estimates(estimates) -> None:
+    if estimates:
+        total = sum(e.seconds for e in estimates)
+        print(f"estimated cost on this machine (≈ {total / 60:.1f} min in all):", file=sys.stderr)
+        for e in estimates:
+            print(f"  {e.describe()}", file=sys.stderr)
+
+
 def cmd_audit(a: argparse.Namespace) -> int:
     from .audit import AuditPlan, run_audit
 
@@ -95,7 +103,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
                      attacks=tuple(a.attack or ["inverting_gradients"]),
                      attack_overrides={"iterations": a.iterations, "restarts": a.restarts, "prior": a.prior},
                      lpips_weights=a.lpips_weights, checkpoint_dir=a.checkpoint_dir)
-    results = run_audit(plan, a.out, progress=_progress(not a.quiet))
+    results = run_audit(plan, a.out, progress=_progress(not a.quiet), on_estimate=None if a.quiet else _print_estimates)
     print(f"verdict: {results['verdict']['level']} — {results['verdict']['summary']}")
     for att in results["attacks"]:
         if att.get("error"):

@@ -91,5 +91,11 @@ class Attack:
             on_step: StepCallback = no_progress) -> AttackResult:
         raise NotImplementedError
 
+    def cost_units(self) -> tuple[int, int] | None:
+        """(matching steps, candidate batches per step) of a run with these settings, for
+        :mod:`gradleak.cost`; ``None`` for attacks that run no gradient matching."""
+        iterations = getattr(self.config, "iterations", None)
+        return None if iterations is None else (int(iterations), int(getattr(self.config, "restarts", 1)))
+
     def config_json(self) -> dict[str, Any]:
         return asdict(self.config) if is_dataclass(self.config) else {}

@@ -230,6 +230,7 @@ def _attack(i: int, a: Mapping[str, Any], out: Path, errors: list) -> str:
         ("Mean LPIPS", _lpips(a.get("mean_lpips"), failed=bool(a.get("error")))),
         ("Iterations", _int(a.get("iterations"))), ("Restarts", _int(a.get("restarts"))),
         ("Seconds", _seconds(a.get("seconds"))),
+        *([("Estimated seconds", _seconds(a["estimated_seconds"]))] if a.get("estimated_seconds") is not None else []),
         ("Final loss", _dec(a.get("final_loss"), 4, "g")),
     ]
     parts.append("<div class=\"stats\">" + "".join(

@@ -71,6 +71,10 @@ class GGL(Attack):
     def problems(self, obs: Observation) -> list[str]:
         return prior_problems(self.config.prior)
 
+    def cost_units(self) -> tuple[int, int]:
+        c = self.config  # CMA-ES: one search, `population` candidates a round
+        return (c.iterations, c.population) if c.optimizer == "cmaes" else (c.iterations, c.restarts)
+
     def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
             on_step: StepCallback = no_progress) -> AttackResult:
         t0 = time.perf_counter()

@@ -1,0 +1,72 @@
+"""What an attack will cost, estimated before it runs.
+
+The estimate times the engine's own gradient-matching step (:mod:`gradleak.attacks.matching`:
+forward, the client's update with ``create_graph``, cosine distance, backward to the candidates) on
+the observation's model and batch, with as many candidates per step as the attack optimises
+together, and multiplies by the number of steps the attack's settings ask for. It is measured on
+this machine at this moment, so it holds for the model, batch, image size and thread count of the
+run. Generative attacks also run their generator every step, so theirs is a lower bound; L-BFGS
+(DLG) counts its evaluation budget, an upper bound. The committed cost curve (``benchmarks/performance/results_cost_curve.md``) shows how the
+step cost grows with batch and image size on the reference machine.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .attacks.base import Attack
+from .attacks.matching import MatchingConfig, MatchingProblem, objective_fn
+from .observation import Observation
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    attack: str
+    steps: int                  # matching steps the run asks for (an upper bound where it may stop early)
+    candidates: int             # candidate batches per step (restarts optimised together)
+    seconds_per_step: float
+    peak_rss_mb: float          # peak resident memory of this process after the probe
+
+    @property
+    def seconds(self) -> float:
+        return self.steps * self.seconds_per_step
+
+    def describe(self) -> str:
+        return (f"{self.attack}: ≈ {_duration(self.seconds)} ({self.steps} steps × {self.seconds_per_step:.3g} s"
+                f"{f', {self.candidates} candidates a step' if self.candidates > 1 else ''}; "
+                f"peak memory so far {self.peak_rss_mb:.0f} MB)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def step_seconds(obs: Observation, batch_size: int, candidates: int = 1, reps: int = 1) -> float:
+    """Seconds of one matching step on ``candidates`` batches of ``batch_size`` (after one warm-up)."""
+    targets = torch.arange(batch_size) % obs.num_classes
+    problem = MatchingProblem(obs, targets, MatchingConfig(iterations=1, restarts=candidates))
+    step = objective_fn(problem)
+    x = torch.randn(candidates, batch_size, *obs.input_shape, generator=torch.Generator().manual_seed(0))
+    step(x, None)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        step(x, None)
+    return (time.perf_counter() - t0) / reps
+
+
+def estimate(attack: Attack, obs: Observation, batch_size: int) -> CostEstimate | None:
+    """The cost of ``attack`` on ``obs``, or ``None`` for attacks that do not run matching steps."""
+    units = attack.cost_units()
+    if units is None:
+        return None
+    steps, candidates = units
+    seconds = step_seconds(obs, batch_size, candidates)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return CostEstimate(attack.name, steps, candidates, seconds, rss)
