@@ -73,6 +73,19 @@ def test_exact_batch_statistics_file(digit_batch, tmp_path):
         load_bn_targets(obs.model, tmp_path / "missing.safetensors")
 
 
+def test_exact_batch_statistics_follow_the_clients_bn_mode(tmp_path):
+    # eval-mode client with running statistics far from the batch's: the deeper layers' inputs depend on
+    # the running statistics, so the exact statistics must come from the same (eval) forward
+    sc = Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", image_size=16, batch_size=2,
+                  seed=0, bn_mode="eval")
+    obs, truth = simulate(sc)
+    x = obs.normalization.normalize(truth.images)
+    targets = load_bn_targets(obs.model, save_batch_statistics(obs.model, x, tmp_path / "bn.safetensors"))
+    prob = MatchingProblem(obs, truth.labels, MatchingConfig(bn=1.0), bn_targets=targets)
+    assert float(prob.bn_loss(x)) < 1e-5
+    assert not obs.model.training                            # the model's mode is left as it was
+
+
 def test_phase_correlation_recovers_shift():
     img = smooth_image()
     moved = torch.roll(img, shifts=(3, -5), dims=(-2, -1))

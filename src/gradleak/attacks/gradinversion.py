@@ -93,10 +93,12 @@ def bn_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNo
 def batch_statistics(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     """The exact per-BatchNorm-layer batch mean and (biased) variance of the normalised input ``x``:
     ``{"<module>.mean": ..., "<module>.var": ...}`` — what a client leaks if it shares its BN buffers
-    (or what an oracle upper bound assumes). Runs on a copy in train mode without touching buffers."""
+    (or what an oracle upper bound assumes). The forward runs in the model's own mode — the client's:
+    in eval mode the deeper layers' inputs depend on the running statistics, and the BN term compares
+    them with the candidate's inputs from the same forward — on a copy, so no buffer is touched."""
     import copy
 
-    net = copy.deepcopy(model).train()
+    net = copy.deepcopy(model)
     out: dict[str, Tensor] = {}
     hooks = []
     for name, m in bn_layers(net):
