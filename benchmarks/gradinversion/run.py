@@ -56,20 +56,40 @@ class ResNet18(ResNet):
         self.fc = nn.Linear(cin, num_classes)
 
 
-def build_model(data, width: int, seed: int = 0) -> nn.Module:
+def build_model(data, width: int, seed: int = 0, train_steps: int = 0) -> tuple[nn.Module, dict]:
+    """The model and how its BN statistics were made. ``train_steps`` > 0: SGD (lr 0.05, momentum 0.9,
+    batches of 32, train mode) on the bundled photos, BN running statistics updated as in training;
+    0: seeded random weights with BN running statistics set to the exact population statistics."""
     torch.manual_seed(seed)
     model = ResNet18(data.num_classes, data.image_shape, width)
+    x_all = data.normalization.normalize(data.images)
+    info: dict = {"train_steps": train_steps}
+    if train_steps:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        g = torch.Generator().manual_seed(seed)
+        model.train()
+        for _ in range(train_steps):
+            idx = torch.randint(len(data), (32,), generator=g)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x_all[idx]), data.labels[idx]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            info["train_accuracy"] = float((model(x_all).argmax(1) == data.labels).double().mean())
+        info["bn_statistics"] = "running statistics of the brief training on the 80 photos"
+        return model, info
     for m in model.modules():                          # exact population statistics of the data
         if isinstance(m, nn.BatchNorm2d):
             m.reset_running_stats()
             m.momentum = None
     model.train()
     with torch.no_grad():
-        model(data.normalization.normalize(data.images))
+        model(x_all)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = 0.1
-    return model
+    info["bn_statistics"] = "exact population statistics of the 80 photos (random weights)"
+    return model, info
 
 
 GI_ROWS = {
@@ -93,10 +113,14 @@ def run_one(row: str, obs, truth, data, index, labels, args, seed: int) -> dict:
             kw["distance"] = args.distance
         if args.grad_weight:
             kw["grad_weight"] = args.grad_weight
+        if args.noise is not None:
+            kw["noise"] = args.noise
+        if args.bn is not None and GI_ROWS[row].get("bn") is None:
+            kw["bn"] = args.bn
         res = ATTACKS.get("gradinversion")(**kw).run(obs, labels, generator=gen)
         outputs = {"output": res.images, **{k: v for k, v in res.stages.items()}}
     entry = {"row": row, "batch": len(truth.labels), "seed": seed, "iterations": args.iterations,
-             "seconds_under_load": time.perf_counter() - t0, "final_loss": res.final_loss,
+             "seconds": time.perf_counter() - t0, "final_loss": res.final_loss,
              "assumptions": res.assumptions}
     for name, imgs in outputs.items():
         s = score_images(imgs, truth.images)
@@ -106,7 +130,7 @@ def run_one(row: str, obs, truth, data, index, labels, args, seed: int) -> dict:
     return entry
 
 
-def summarise(runs: list[dict], args) -> str:
+def summarise(runs: list[dict], args, greys: dict) -> str:
     rows = list(GI_ROWS) + ["inverting gradients"]
     lines = ["| batch | method | PSNR (dB) | SSIM | IIP | best-seed PSNR | best-seed SSIM | runs |",
              "|---|---|---|---|---|---|---|---|"]
@@ -124,6 +148,10 @@ def summarise(runs: list[dict], args) -> str:
             sub = "best candidate" if any("best candidate" in r for r in rs) else "output"
             lines.append(f"| {b} | {row} | {ms('psnr')} | {ms('ssim')} | {ms('iip')} | {ms('psnr', sub)} | "
                          f"{ms('ssim', sub)} | {len(rs)} |")
+        gs = [v for k, v in greys.items() if k.startswith(f"{b}/")]
+        if gs:
+            lines.append(f"| {b} | *grey image (batch mean)* | {statistics.mean(g['psnr'] for g in gs):.2f} | "
+                         f"{statistics.mean(g['ssim'] for g in gs):.3f} | – | – | – | {len(gs)} |")
     return "\n".join(lines)
 
 
@@ -140,6 +168,9 @@ def main() -> None:
     p.add_argument("--distance", default=None)
     p.add_argument("--grad-weight", type=float, default=None)
     p.add_argument("--rows", nargs="+", default=None)
+    p.add_argument("--train-steps", type=int, default=0, help="briefly train the model first (0: random weights)")
+    p.add_argument("--bn", type=float, default=None, help="α_BN (default: the attack's)")
+    p.add_argument("--noise", type=float, default=None, help="α_n (default: the attack's)")
     p.add_argument("--out", default=str(Path(__file__).parent))
     args = p.parse_args()
     torch.set_num_threads(2)
@@ -147,13 +178,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     data = load_dataset("photos", size=32)
-    model = build_model(data, args.width)
-    label_method = "gradinversion_min" if "gradinversion_min" in LABEL_METHODS.names() else "sum"
+    model, model_info = build_model(data, args.width, train_steps=args.train_steps)
+    label_method = "gradinversion-min"
     prev = json.loads(path.read_text()) if path.exists() else {}
-    runs = prev.get("runs", []) if prev.get("settings", {}).get("iterations") == args.iterations else []
+    same = ("seeds", "batches", "rows", "out")  # settings that may differ between resumed runs
+    key = {k: v for k, v in vars(args).items() if k not in same}
+    runs = (prev.get("runs", []) if {k: v for k, v in prev.get("settings", {}).items() if k not in same} == key
+            else [])
     done = {(r["row"], r["batch"], r["seed"]) for r in runs}
     rows = args.rows or (list(GI_ROWS) + ["inverting gradients"])
-    label_acc = {}
+    label_acc, greys = {}, {}
     t_start = time.perf_counter()
     for b in args.batches:
         for seed in args.seeds:
@@ -162,6 +196,8 @@ def main() -> None:
             index = [int(((data.images - im).abs().flatten(1).sum(1)).argmin()) for im in truth.images]
             labels = recover_labels(obs, label_method)
             label_acc[f"{b}/{seed}"] = label_accuracy(truth.labels.tolist(), labels.labels)
+            grey = score_images(torch.full_like(truth.images, float(truth.images.mean())), truth.images)
+            greys[f"{b}/{seed}"] = {"psnr": grey.mean_psnr, "ssim": grey.mean_ssim}
             for row in rows:
                 if (row, b, seed) in done:
                     continue
@@ -170,20 +206,20 @@ def main() -> None:
                 runs.append(entry)
                 print(f"[{time.perf_counter() - t_start:7.0f}s] B={b} seed={seed} {row}: "
                       f"PSNR {entry['output']['psnr']:.2f} SSIM {entry['output']['ssim']:.3f} "
-                      f"IIP {entry['output']['iip']:.2f} ({entry['seconds_under_load']:.0f}s)", flush=True)
+                      f"IIP {entry['output']['iip']:.2f} ({entry['seconds']:.0f}s)", flush=True)
                 settings = {k: v for k, v in vars(args).items() if k != "out"}
                 result = {"schema": 1, "benchmark": "gradinversion ablation (issue 4)",
                           "settings": settings, "label_method": label_method,
-                          "model": f"ResNet-18 topology, base width {args.width}, seeded random weights, "
-                                   "BN running statistics = population statistics of the 80 bundled photos",
+                          "model": {"topology": f"ResNet-18, base width {args.width}", **model_info},
+                          "grey_baseline": greys,
                           "machine": {"python": sys.version.split()[0], "torch": torch.__version__,
                                       "platform": platform.platform(), "threads": torch.get_num_threads(),
                                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-                                      "load_note": "2 shared cores, other jobs running: seconds are under load"},
+                                      "load_average_at_end": os.getloadavg()},
                           "runs": runs}
                 path.write_text(json.dumps(result, indent=1))
-    (out / "summary_table.md").write_text(summarise(runs, args) + "\n")
-    print(summarise(runs, args))
+    (out / "summary_table.md").write_text(summarise(runs, args, greys) + "\n")
+    print(summarise(runs, args, greys))
 
 
 if __name__ == "__main__":
