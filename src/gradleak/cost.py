@@ -12,6 +12,7 @@ step cost grows with batch and image size on the reference machine.
 from __future__ import annotations
 
 import resource
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -48,17 +49,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def step_seconds(obs: Observation, batch_size: int, candidates: int = 1, reps: int = 1) -> float:
-    """Seconds of one matching step on ``candidates`` batches of ``batch_size`` (after one warm-up)."""
+def step_seconds(obs: Observation, batch_size: int, candidates: int = 1, reps: int = 3) -> float:
+    """Median seconds of one matching step on ``candidates`` batches of ``batch_size`` (after one
+    warm-up step, whose one-time costs a long run does not pay again)."""
     targets = torch.arange(batch_size) % obs.num_classes
     problem = MatchingProblem(obs, targets, MatchingConfig(iterations=1, restarts=candidates))
     step = objective_fn(problem)
     x = torch.randn(candidates, batch_size, *obs.input_shape, generator=torch.Generator().manual_seed(0))
     step(x, None)
-    t0 = time.perf_counter()
+    times = []
     for _ in range(reps):
+        t0 = time.perf_counter()
         step(x, None)
-    return (time.perf_counter() - t0) / reps
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def estimate(attack: Attack, obs: Observation, batch_size: int) -> CostEstimate | None:
