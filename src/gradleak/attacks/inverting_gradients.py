@@ -27,7 +27,7 @@ from .matching import MatchingConfig, MatchingProblem, run_matching
 class InvertingGradientsConfig:
     """Defaults of Geiping et al. 2020 (cosine, signed Adam 0.1, step decay, box, TV 0.2 as in the
     reference framework's config); the iteration budget is cut from 24 000 to 600 to fit a CPU audit
-    (≈3 min for the width-64 ConvNet at 32×32; see benchmarks/core)."""
+    (≈2 min for the width-64 ConvNet at 32×32 on 2 cores; see benchmarks/core)."""
 
     iterations: int = 600
     restarts: int = 1
