@@ -20,7 +20,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,16 +27,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from side_by_side import cpu_model, floor_step, peak_rss_mb  # noqa: E402  (the same floor and records)
+
 MODELS = {"convnet": "ConvNet (width 64)", "resnet18": "ResNet-18 (CIFAR stem)"}
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(a: argparse.Namespace) -> dict:
     import torch
-    import torch.nn.functional as F
 
     from gradleak.attacks import ATTACKS
     from gradleak.labels import LabelResult
@@ -65,14 +62,8 @@ def worker(a: argparse.Namespace) -> dict:
     named = [(k, p) for k, p in model.named_parameters() if k in obs.update]
     params = [p for _, p in named]
     target = [obs.update[k] for k, _ in named]
-    t_norm = torch.sqrt(sum(t.pow(2).sum() for t in target))
     x = obs.normalization.normalize(torch.rand(a.batch, *obs.input_shape)).requires_grad_(True)
-    y = truth.labels
-
-    def step() -> None:
-        g = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
-        dot = sum((gi * ti).sum() for gi, ti in zip(g, target))
-        torch.autograd.grad(1 - dot / (torch.sqrt(sum(gi.pow(2).sum() for gi in g)) * t_norm), x)
+    step = floor_step(model, params, target, x, truth.labels)
 
     floor = []
     for i in range(a.floor_warmup + a.floor_reps):
@@ -179,7 +170,7 @@ def main() -> None:
 
     res = {"schema": 1, "quick": a.quick, "about": "gradleak IG cost curve (benchmarks/performance/cost_curve.py)",
            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "machine": {"cpus": os.cpu_count(), "cpu_model": _cpu(), "torch": torch.__version__,
+           "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "torch": torch.__version__,
                        "python": platform.python_version(), "load_before": list(os.getloadavg())},
            "settings": {"omp_wait_policy": "PASSIVE" if a.policy == "passive" else "unset (default)",
                         "threads": a.threads, "bn_mode": a.bn_mode, "iters": a.iters, "warmup": a.warmup,
@@ -215,16 +206,6 @@ def main() -> None:
              f"gradleak Inverting Gradients, {res['machine']['cpus']} CPUs, {a.threads} threads, "
              f"OMP_WAIT_POLICY {res['settings']['omp_wait_policy']}{' (QUICK, not results)' if a.quick else ''}")
     print(f"wrote {out / 'results_cost_curve.json'}, {out / 'results_cost_curve.md'}, {out / 'cost_curve.png'}")
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

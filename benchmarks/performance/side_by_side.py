@@ -277,10 +277,25 @@ def worker_gradleak(a: argparse.Namespace) -> dict:
     )
 
 
+def floor_step(model, params: list, target: list, x, y):
+    """The bare PyTorch matching step (forward, grad with create_graph, cosine distance to ``target``,
+    backward to ``x``) as a no-argument callable; shared with ``cost_curve.py``."""
+    import torch
+    import torch.nn.functional as F
+
+    t_norm = torch.sqrt(sum(t.pow(2).sum() for t in target))
+
+    def step() -> None:
+        g = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
+        dot = sum((gi * ti).sum() for gi, ti in zip(g, target))
+        torch.autograd.grad(1 - dot / (torch.sqrt(sum(gi.pow(2).sum() for gi in g)) * t_norm), x)
+
+    return step
+
+
 def worker_floor(a: argparse.Namespace) -> dict:
     """Bare PyTorch matching step: forward, grad with create_graph, cosine distance, backward to x."""
     import torch
-    import torch.nn.functional as F
 
     torch.set_num_threads(a.threads)
     prep = _prepare(a)
@@ -289,17 +304,8 @@ def worker_floor(a: argparse.Namespace) -> dict:
     names = [n for n, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
     target = [obs.update[n].detach() for n in names]
-    t_norm = torch.sqrt(sum(t.pow(2).sum() for t in target))
-    y = truth.labels.clone()
     x = torch.randn(a.batch, 3, a.size, a.size, generator=torch.Generator().manual_seed(a.seed), requires_grad=True)
-
-    def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        g = torch.autograd.grad(loss, params, create_graph=True)
-        dot = sum((gi * ti).sum() for gi, ti in zip(g, target))
-        sq = sum(gi.pow(2).sum() for gi in g)
-        dist = 1 - dot / (sq.sqrt() * t_norm)
-        torch.autograd.grad(dist, x)
+    step = floor_step(model, params, target, x, truth.labels.clone())
 
     rss_before = peak_rss_mb()
     for _ in range(a.floor_warmup):
