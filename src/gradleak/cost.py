@@ -35,6 +35,10 @@ class CostEstimate:
     def seconds(self) -> float:
         return self.steps * self.seconds_per_step
 
+    def to_json(self) -> dict[str, float | int | str]:
+        return {"attack": self.attack, "steps": self.steps, "candidates": self.candidates,
+                "seconds_per_step": self.seconds_per_step, "peak_rss_mb": self.peak_rss_mb}
+
     def describe(self) -> str:
         return (f"{self.attack}: ≈ {_duration(self.seconds)} ({self.steps} steps × {self.seconds_per_step:.3g} s"
                 f"{f', {self.candidates} candidates a step' if self.candidates > 1 else ''}; "
