@@ -1,15 +1,17 @@
-"""The audit pipeline: simulate a client round, recover labels, run attacks, score, write the report.
+"""The audit: recover labels, run attacks, score against the truth if there is one → :class:`AuditResult`.
 
-The only place where the ground truth meets the attacks' outputs is :func:`score`; attacks and label
-methods see the Observation alone.
+One function serves every caller (the CLI's ``audit`` and ``labels``, sweep cells, the Flower capture's
+audit-as-you-go, fl-demo): :func:`audit` on an Observation, or :func:`audit_scenario` for a simulated
+client. Nothing here writes files; :func:`gradleak.report.write_audit` does, at the edge. The only place
+where the ground truth meets the attacks' outputs is the scoring step; attacks and label methods see the
+Observation alone.
 """
 from __future__ import annotations
 
 import logging
-import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,217 +19,162 @@ from typing import Any
 import torch
 
 from . import __version__
-from .attacks import ATTACKS, Attack, AttackResult
+from .attacks import ATTACKS, Attack
 from .attacks.base import StepCallback, no_progress
 from .attacks.common import batch_size_of
 from .cost import CostEstimate, estimate
 from .errors import GradleakError
-from .labels import LABEL_METHODS, LabelResult
-from .labels.auto import recover_auto
+from .labels import LABEL_METHODS
 from .metrics import LPIPS, label_accuracy, score_images
 from .observation import Observation
-from .report import save_grid, write_html_report, write_json_atomic
+from .results import AttackRun, AuditResult, LabelRun, LabelSection, verdict
 from .scenario import GroundTruth, Scenario, simulate
+from .settings import setting_names
 
 log = logging.getLogger(__name__)
-SCHEMA = 1
 
-#: image-leak thresholds on the best attack's mean PSNR (dB): recognisable / partly recognisable
-HIGH_PSNR, MEDIUM_PSNR = 20.0, 15.0
+#: a progress-bar factory: (attack name, its index in the plan) → the callback of its steps
+ProgressFactory = Callable[[str, int], StepCallback]
+
+
+def default_attacks() -> tuple[Attack, ...]:
+    return (ATTACKS.get("inverting_gradients")(),)
 
 
 @dataclass(frozen=True, kw_only=True)
 class AuditPlan:
-    """What to run on a scenario: label methods (the first that succeeds feeds the attacks), attacks
-    with optional setting overrides, and where to write."""
+    """What to run on an Observation.
 
-    scenario: Scenario = field(default_factory=lambda: Scenario(bn_mode="eval"))
+    Args:
+        label_methods: label methods by name, in order; the first that succeeds feeds the attacks.
+        attacks: configured attacks (``gl.attacks.InvertingGradients(iterations=300)``); see :func:`make_attacks`.
+        seed: attack ``i`` runs with ``torch.Generator().manual_seed(seed + i)``.
+        estimate_costs: time each attack's matching step first (``AttackRun.estimate``).
+        lpips_weights: LPIPS weights (.safetensors) for scoring; without them LPIPS is not reported.
+        checkpoint_dir: every attack with a ``checkpoint`` setting checkpoints to ``DIR/<attack>.ckpt`` and
+            resumes from it.
+    """
+
     label_methods: tuple[str, ...] = ("auto",)
-    attacks: tuple[str, ...] = ("inverting_gradients",)
-    attack_overrides: dict[str, Any] = field(default_factory=dict)
+    attacks: tuple[Attack, ...] = field(default_factory=default_attacks)
+    seed: int = 0
+    estimate_costs: bool = False
     lpips_weights: str | None = None
-    checkpoint_dir: str | None = None   # each attack that supports it checkpoints to DIR/<attack>.ckpt and resumes
+    checkpoint_dir: str | None = None
 
-
-def resolve_label_method(name: str, obs: Observation) -> str:
-    if name != "auto":
-        return name
-    from .labels.auto import choose
-    return choose(obs)[0]
-
-
-def run_labels(obs: Observation, truth: GroundTruth | None, methods: Sequence[str]) -> tuple[dict[str, Any], LabelResult | None]:
-    """Run each label method; return the JSON section and the result the attacks will use."""
-    section: dict[str, Any] = {"true": None if truth is None else truth.labels.tolist(), "methods": {}}
-    chosen: LabelResult | None = None
-    for requested in methods:
-        entry: dict[str, Any] = {"recovered": None, "label_accuracy": None, "seconds": None, "soft": None, "error": None}
-        try:
-            name = resolve_label_method(requested, obs)
-            # auto: the chosen method (or the next, if it refuses at run time); details["auto"] says which and why
-            res = recover_auto(obs) if requested == "auto" else LABEL_METHODS.get(name)().recover(obs)
-            name = res.method
-        except GradleakError as e:
-            name = requested
-            entry["error"] = str(e)
-        else:
-            entry.update(res.to_json())
-            if truth is not None:
-                entry["label_accuracy"] = label_accuracy(truth.labels.tolist(), res.labels)
-                if res.soft is not None and truth.targets.dtype.is_floating_point:
-                    entry["soft_max_abs_error"] = float((res.soft - truth.targets).abs().max())
-            chosen = chosen or res
-        section["methods"][name] = entry
-    section["used_by_attacks"] = None if chosen is None else chosen.method
-    return section, chosen
-
-
-def make_attack(name: str, overrides: dict[str, Any]) -> Attack:
-    """The attack ``name`` with the overrides its settings have (others, and ``None`` values, ignored)."""
-    cls: type[Attack] = ATTACKS.get(name)
-    fields_ = getattr(cls.Config, "__dataclass_fields__", {})
-    return cls(**{k: v for k, v in overrides.items() if k in fields_ and v is not None})
-
-
-def run_attack(name: str, obs: Observation, labels: LabelResult | None, overrides: dict[str, Any], *,
-               seed: int, on_step: StepCallback = no_progress) -> AttackResult:
-    attack = make_attack(name, overrides)
-    attack.check(obs)
-    return attack.run(obs, labels, generator=torch.Generator().manual_seed(seed), on_step=on_step)
-
-
-def estimate_costs(plan: AuditPlan, obs: Observation, labels: LabelResult | None) -> dict[str, CostEstimate]:
-    """Each matching attack's estimated cost on this machine (:mod:`gradleak.cost`); attacks that
-    cannot run on ``obs`` are left out (their error is reported when they run)."""
-    out: dict[str, CostEstimate] = {}
-    for name in plan.attacks:
-        try:
-            attack = make_attack(name, plan.attack_overrides)
-            attack.check(obs)
-            est = estimate(attack, obs, batch_size_of(obs, labels, name))
-        except GradleakError:
-            continue
-        if est is not None:
-            out[name] = est
-    return out
-
-
-def score(result: AttackResult, truth: GroundTruth, lpips: LPIPS | None) -> dict[str, Any]:
-    s = score_images(result.images, truth.images, lpips=lpips)
-    out = s.to_json()
-    out["order"] = s.order
-    return out
-
-
-def verdict(labels: dict[str, Any], attacks: list[dict[str, Any]]) -> dict[str, str]:
-    """A plain-language verdict from the best attack's PSNR and the best label accuracy."""
-    psnrs = [a["mean_psnr"] for a in attacks if a.get("mean_psnr") is not None]
-    accs = [m["label_accuracy"] for m in labels.get("methods", {}).values() if m.get("label_accuracy") is not None]
-    best_psnr = max(psnrs) if psnrs else None
-    best_acc = max(accs) if accs else None
-    parts = []
-    if best_acc is not None:
-        parts.append(f"labels recovered with accuracy {best_acc:.0%}")
-    if best_psnr is not None:
-        parts.append(f"best image reconstruction {best_psnr:.1f} dB PSNR")
-    if best_psnr is not None and best_psnr >= HIGH_PSNR:
-        level, what = "high", "The client's images are recognisable from its update"
-    elif best_psnr is not None and best_psnr >= MEDIUM_PSNR:
-        level, what = "medium", "The client's images are partly recoverable from its update"
-    elif best_acc is not None and best_acc >= 0.9:
-        level, what = "medium", "The client's labels leak, its images were not recovered by these attacks"
-    else:
-        level, what = "low", "These attacks recovered neither recognisable images nor the labels"
-    return {"level": level, "summary": f"{what}: {'; '.join(parts) or 'nothing scored'}."}
-
-
-def run_audit(plan: AuditPlan, out: str | Path, *,
-              progress: Callable[[str, int], StepCallback] | None = None,
-              on_estimate: Callable[[list[CostEstimate]], None] | None = None) -> dict[str, Any]:
-    """Run the whole audit and write ``results.json``, ``report.html`` and PNG grids into ``out``.
-    With ``on_estimate``, the attacks' costs are estimated first and handed to it before any runs."""
-    for name in plan.attacks:  # fail on unknown names before any work
-        ATTACKS.get(name)
-    for name in plan.label_methods:
-        if name != "auto":
+    def __post_init__(self) -> None:
+        for name in self.label_methods:  # unknown names fail before any work
             LABEL_METHODS.get(name)
-    out = Path(out)
-    sc = plan.scenario
-    lpips = LPIPS.from_file(plan.lpips_weights) if plan.lpips_weights else None
-    obs, truth = simulate(sc)
-    out.mkdir(parents=True, exist_ok=True)
-    label_section, labels = run_labels(obs, truth, plan.label_methods)
-    estimates = estimate_costs(plan, obs, labels) if on_estimate else {}
-    if on_estimate:
-        on_estimate(list(estimates.values()))
-    attacks: list[dict[str, Any]] = []
-    for i, name in enumerate(plan.attacks):
-        entry: dict[str, Any] = {"name": name, "error": None}
-        if name in estimates:
-            entry["estimated_seconds"] = estimates[name].seconds
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label_methods": list(self.label_methods), "attacks": [a.name for a in self.attacks],
+                "attack_settings": {a.name: a.config_json() for a in self.attacks}, "seed": self.seed,
+                "lpips_weights": self.lpips_weights, "checkpoint_dir": self.checkpoint_dir}
+
+
+def make_attacks(names: Sequence[str], **settings: Any) -> tuple[Attack, ...]:
+    """The attacks ``names``, each with ``settings`` (``None`` values are left at the attack's default).
+
+    A setting that an attack does not have is an error naming the attack and the setting.
+    """
+    given = {k: v for k, v in settings.items() if v is not None}
+    return tuple(ATTACKS.get(name)(**given) for name in names)
+
+
+def run_labels(obs: Observation, methods: Sequence[str], truth: GroundTruth | None = None) -> LabelSection:
+    """Run each label method; scores against ``truth`` when given."""
+    runs = []
+    for requested in methods:
         try:
-            on_step = progress(name, i) if progress else no_progress
-            overrides = dict(plan.attack_overrides)
-            if plan.checkpoint_dir:
-                overrides["checkpoint"] = str(Path(plan.checkpoint_dir) / f"{name}.ckpt")
-            res = run_attack(name, obs, labels, overrides, seed=sc.seed + i, on_step=on_step)
+            res = LABEL_METHODS.get(requested)().recover(obs)
         except GradleakError as e:
-            log.warning("attack %s failed: %s", name, e)
-            entry["error"] = str(e)
-            attacks.append(entry)
+            runs.append(LabelRun(requested=requested, method=requested, error=str(e)))
+            continue
+        acc = soft_err = None
+        if truth is not None:
+            acc = label_accuracy(truth.labels.tolist(), res.labels)
+            if res.soft is not None and truth.targets.dtype.is_floating_point:
+                soft_err = float((res.soft - truth.targets).abs().max())
+        runs.append(LabelRun(requested=requested, method=res.method, result=res, accuracy=acc,
+                             soft_max_abs_error=soft_err))
+    return LabelSection(runs=tuple(runs), true=None if truth is None else tuple(truth.labels.tolist()))
+
+
+def _with_checkpoint(attack: Attack, folder: str | None) -> Attack:
+    if folder is None or "checkpoint" not in setting_names(attack.Config):
+        return attack
+    return type(attack)(attack.config, checkpoint=str(Path(folder) / f"{attack.name}.ckpt"))
+
+
+def audit(obs: Observation, plan: AuditPlan | None = None, *, truth: GroundTruth | None = None,
+          progress: ProgressFactory | None = None,
+          on_estimate: Callable[[list[CostEstimate]], None] | None = None) -> AuditResult:
+    """Audit one Observation: label recovery, then every attack of ``plan`` (default: ``AuditPlan()``).
+
+    ``truth`` (the client's batch) only scores the results. An attack that cannot run on ``obs`` is recorded
+    with its reasons; one that crashes (a bug) with its traceback — neither loses the others' results.
+    With ``plan.estimate_costs``, ``on_estimate`` receives the estimates before any attack runs.
+    """
+    plan = plan or AuditPlan()
+    lpips = LPIPS.from_file(plan.lpips_weights) if plan.lpips_weights else None
+    labels = run_labels(obs, plan.label_methods, truth)
+    chosen = labels.chosen
+    used = None if chosen is None else chosen.result
+    attacks = [_with_checkpoint(a, plan.checkpoint_dir) for a in plan.attacks]
+    estimates: dict[int, CostEstimate] = {}
+    if plan.estimate_costs:
+        for i, attack in enumerate(attacks):
+            try:
+                attack.check(obs)
+                est = estimate(attack, obs, batch_size_of(obs, used, attack.name))
+            except GradleakError:
+                continue  # its error is reported when it runs
+            if est is not None:
+                estimates[i] = est
+        if on_estimate:
+            on_estimate(list(estimates.values()))
+    runs = []
+    for i, attack in enumerate(attacks):
+        seed = plan.seed + i
+        base = AttackRun(name=attack.name, seed=seed, estimate=estimates.get(i))
+        try:
+            attack.check(obs)
+            res = attack.run(obs, used, generator=torch.Generator().manual_seed(seed),
+                             on_step=progress(attack.name, i) if progress else no_progress)
+        except GradleakError as e:
+            log.warning("attack %s failed: %s", attack.name, e)
+            runs.append(replace(base, error=str(e)))
             continue
         except Exception as e:  # a bug in one attack must not lose the others' results: record it
-            log.exception("attack %s crashed", name)
-            entry["error"] = f"{type(e).__name__}: {e}"
-            entry["traceback"] = traceback.format_exc()
-            attacks.append(entry)
+            log.exception("attack %s crashed", attack.name)
+            runs.append(replace(base, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()))
             continue
-        entry.update(res.to_json())
-        scores = score(res, truth, lpips)
-        entry.update(scores)
-        ordered = res.images[scores["order"]]
-        grid = f"{name}.png"
-        save_grid(out / grid, truth.images, [ordered])
-        entry["images"] = {"grid": grid}
-        if res.stages:
-            entry["images"]["stages"] = {}
-            for stage, imgs in res.stages.items():
-                fname = f"{name}_{stage.replace(' ', '_')}.png"
-                save_grid(out / fname, truth.images, [imgs[scores["order"]] if len(imgs) == len(res.images) else imgs])
-                entry["images"]["stages"][stage] = fname
-        attacks.append(entry)
-    results: dict[str, Any] = {
-        "schema": SCHEMA,
-        "gradleak_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": {**sc.to_json(), "label_methods": list(plan.label_methods), "attacks": list(plan.attacks),
-                   "attack_overrides": plan.attack_overrides, "lpips_weights": plan.lpips_weights,
-                   "checkpoint_dir": plan.checkpoint_dir},
-        "scenario": {
-            "model": sc.model, "dataset": sc.dataset, "image_shape": list(obs.input_shape),
-            "num_classes": obs.num_classes, "batch_size": sc.batch_size, "protocol": sc.protocol.to_json(),
+        scores = None if truth is None else score_images(res.images, truth.images, lpips=lpips)
+        runs.append(replace(base, result=res, scores=scores))
+    attack_runs = tuple(runs)
+    return AuditResult(labels=labels, attacks=attack_runs, verdict=verdict(labels, attack_runs),
+                       setting=observed_setting(obs), config=plan.to_json(),
+                       class_names=() if truth is None else tuple(truth.classes), version=__version__,
+                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def observed_setting(obs: Observation) -> dict[str, Any]:
+    """What the server knows of the round (what the report shows as the scenario)."""
+    return {"model": None if obs.model_spec is None else obs.model_spec.name, "image_shape": list(obs.input_shape),
+            "num_classes": obs.num_classes, "batch_size": obs.batch_size, "protocol": obs.protocol.to_json(),
             "attacker_assumes": {"protocol": obs.protocol.to_json(), "batch_size": obs.batch_size,
                                  "bn": "train" if obs.bn_train else "eval"},
-            "defenses": list(obs.defenses),
-            "augmentation": {"label_smoothing": sc.label_smoothing, "mixup": sc.mixup},
-            "seed": sc.seed, "class_names": list(truth.classes),
-        },
-        "labels": label_section,
-        "attacks": attacks,
-    }
-    results["verdict"] = verdict(label_section, attacks)
-    write_json_atomic(out / "results.json", results)
-    write_html_report(out / "report.html", results, out)
-    return results
+            "defenses": list(obs.defenses)}
 
 
-def run_label_audit(scenario: Scenario, methods: Sequence[str]) -> dict[str, Any]:
-    """Label recovery only (``gradleak labels``)."""
-    t0 = time.perf_counter()
-    for name in methods:
-        if name != "auto":
-            LABEL_METHODS.get(name)
+def audit_scenario(scenario: Scenario, plan: AuditPlan | None = None, *, progress: ProgressFactory | None = None,
+                   on_estimate: Callable[[list[CostEstimate]], None] | None = None
+                   ) -> tuple[AuditResult, GroundTruth]:
+    """Simulate the scenario's client round and audit it; returns the result and the client's batch."""
     obs, truth = simulate(scenario)
-    section, _ = run_labels(obs, truth, methods)
-    return {"schema": SCHEMA, "gradleak_version": __version__, "config": scenario.to_json(),
-            "labels": section, "seconds": time.perf_counter() - t0}
+    result = audit(obs, plan, truth=truth, progress=progress, on_estimate=on_estimate)
+    sc = scenario
+    setting = {**result.setting, "model": sc.model, "dataset": sc.dataset, "batch_size": sc.batch_size,
+               "protocol": sc.protocol.to_json(),
+               "augmentation": {"label_smoothing": sc.label_smoothing, "mixup": sc.mixup}, "seed": sc.seed}
+    return replace(result, setting=setting, config={**sc.to_json(), **result.config}), truth

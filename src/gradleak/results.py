@@ -116,7 +116,7 @@ class AttackRun:
         result = scores = None
         if d.get("iterations") is not None:
             kw = {k: d[k] for k in _ATTACK_RESULT_KEYS if k in d}
-            kw["loss_curve"] = [(int(i), float(v)) for i, v in kw.get("loss_curve", [])]
+            kw["loss_curve"] = [(int(i), float("nan") if v is None else float(v)) for i, v in kw.get("loss_curve", [])]
             result = AttackResult(name=d["name"], images=torch.empty(0), **kw)
         if d.get("psnr") is not None:
             scores = ImageScores(order=list(d["order"]), psnr=list(d["psnr"]), ssim=list(d["ssim"]),

@@ -12,17 +12,23 @@ import torch
 from torch import Tensor, nn
 
 from .data import Dataset, load_dataset
-from .defenses import Defense, LabelSmoothing, Mixup
+from .defenses import Defense, LabelSmoothing, Mixup, parse_defense
 from .defenses_extra import client_round
 from .errors import InputError
 from .models import ModelSpec, find_head, load_weights
 from .observation import Observation
-from .protocols import FedSGD, Protocol
+from .protocols import FedSGD, Protocol, protocol_from_json
 
 
 @dataclass(frozen=True, kw_only=True)
 class Scenario:
-    """Everything that defines one audited client round (defaults: the tool's default audit)."""
+    """Everything that defines one audited client round; the defaults are the tool's default audit, and every
+    command (audit, labels, sweep, fl-demo, the Flower apps) builds its client round from this one class.
+
+    The client draws its batch the way a data loader does (labels may repeat; ``unique_labels=True`` asks for
+    distinct labels) and trains with BatchNorm in ``bn_mode``: ``eval`` uses the running statistics the server
+    sent (default), ``train`` the batch's statistics.
+    """
 
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -31,12 +37,12 @@ class Scenario:
     dataset: str = "photos"
     image_size: int | None = None
     batch_size: int = 1
-    unique_labels: bool = True
+    unique_labels: bool = False
     protocol: Protocol = field(default_factory=FedSGD)
     defenses: tuple[Defense, ...] = ()
     label_smoothing: float = 0.0
     mixup: float | None = None
-    bn_mode: str = "train"
+    bn_mode: str = "eval"
     seed: int = 0
     server_knows_batch_size: bool = True
     assumed_protocol: Protocol | None = None   # what the server assumes, if not the true protocol
@@ -58,7 +64,36 @@ class Scenario:
             "augmentation": {"label_smoothing": self.label_smoothing, "mixup": self.mixup},
             "bn_mode": self.bn_mode, "seed": self.seed,
             "assumed_protocol": None if self.assumed_protocol is None else self.assumed_protocol.to_json(),
+            "head": self.head, "server_knows_batch_size": self.server_knows_batch_size,
         }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Scenario:
+        """The scenario :meth:`to_json` wrote."""
+        aug = d.get("augmentation") or {}
+        assumed = d.get("assumed_protocol")
+        return cls(model=d["model"], model_kwargs=dict(d.get("model_kwargs") or {}), weights=d.get("weights"),
+                   head=d.get("head"), dataset=d["dataset"], image_size=d.get("image_size"),
+                   batch_size=int(d["batch_size"]), unique_labels=bool(d.get("unique_labels", False)),
+                   protocol=protocol_from_json(d["protocol"]),
+                   defenses=tuple(defense_from_json(r) for r in d.get("defenses") or ()),
+                   label_smoothing=float(aug.get("label_smoothing") or 0.0), mixup=aug.get("mixup"),
+                   bn_mode=d.get("bn_mode", "eval"), seed=int(d.get("seed", 0)),
+                   server_knows_batch_size=bool(d.get("server_knows_batch_size", True)),
+                   assumed_protocol=None if assumed is None else protocol_from_json(assumed))
+
+
+def defense_spec(defense: Defense | dict[str, Any]) -> str:
+    """The spec string (``name:key=value,...``) of a defense or of its ``to_json()`` record, which
+    :func:`~gradleak.defenses.parse_defense` reads back."""
+    record = defense if isinstance(defense, dict) else defense.to_json()
+    params = ",".join(f"{k}={v}" for k, v in record.items() if k != "name")
+    return f"{record['name']}:{params}" if params else str(record["name"])
+
+
+def defense_from_json(record: dict[str, Any]) -> Defense:
+    """The defense a ``Defense.to_json()`` record describes."""
+    return parse_defense(defense_spec(record))
 
 
 @dataclass(frozen=True)

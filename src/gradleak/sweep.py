@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,10 @@ import torch
 
 from . import __version__
 from .defenses import DEFENSES, Defense, LabelSmoothing, Mixup, parse_defense
-from .errors import GradleakError, InputError
-from .protocols import FedAvg, FedSGD, Protocol
+from .errors import InputError
+from .audit import AuditPlan, audit_scenario, make_attacks
+from .protocols import FedAvg, FedSGD
+from .scenario import Scenario
 
 log = logging.getLogger(__name__)
 SCHEMA = 1
@@ -88,26 +90,29 @@ def strength(spec: str) -> tuple[str, float]:
     return name, (-value if name in WEAKER_WITH_LARGER else value)
 
 
+def default_sweep_scenario() -> Scenario:
+    return Scenario(model="mlp", model_kwargs={"width": 64}, dataset="digits")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SweepPlan:
-    """What the sweep measures (defaults: the committed ``benchmarks/sweep`` run)."""
+    """What the sweep measures (defaults: the committed ``benchmarks/sweep`` run).
 
-    model: str = "mlp"
-    model_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 64})
-    dataset: str = "digits"
-    image_size: int | None = None
-    batch_size: int = 1
-    protocol: Protocol = field(default_factory=FedSGD)
+    ``scenario`` is the attacked client's round without defenses (client ``c`` runs it with seed
+    ``scenario.seed + 1 + c``); the utility model is trained from ``scenario.seed``. ``iterations=None``
+    leaves each attack at its own default budget.
+    """
+
+    scenario: Scenario = field(default_factory=default_sweep_scenario)
     settings: tuple[str, ...] = tuple(s for g in DEFAULT_GRID for s in expand_grid(g))
     clients: int = 4
     attacks: tuple[str, ...] = ("inverting_gradients",)
-    iterations: int = 300
+    iterations: int | None = None
     label_methods: tuple[str, ...] = ("auto",)
     train_steps: int = 300
     train_batch: int = 32
     train_lr: float = 0.1
     test_fraction: float = 0.25
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.clients < 1:
@@ -116,15 +121,18 @@ class SweepPlan:
             raise InputError("train_steps >= 0, train_batch >= 1 and train_lr > 0 are required")
         if not 0 < self.test_fraction < 1:
             raise InputError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.scenario.defenses or self.scenario.label_smoothing or self.scenario.mixup:
+            raise InputError("the sweep's scenario must be undefended: give defenses and augmentations as settings")
         for s in self.settings:
             check_setting(s)
+        make_attacks(self.attacks, iterations=self.iterations)  # unknown names or settings fail now
 
     def all_settings(self) -> list[str]:
         return [NONE] + [s for s in self.settings if s != NONE]
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["protocol"] = self.protocol.to_json()
+        d["scenario"] = self.scenario.to_json()
         return d
 
 
@@ -143,30 +151,26 @@ def _split(spec: str) -> tuple[tuple[Defense, ...], float, float | None]:
 # -- the two kinds of cell (module-level functions: they run in worker processes) -----------------
 
 def leakage_cell(plan: SweepPlan, setting: str, client: int) -> dict[str, Any]:
-    """Attack one simulated client under one setting; scores against its batch."""
-    from .audit import run_attack, run_labels, score
-    from .scenario import Scenario, simulate
-
+    """Audit one simulated client under one setting; scores against its batch."""
     torch.set_num_threads(1)
     defenses, smooth, mixup = _split(setting)
-    sc = Scenario(model=plan.model, model_kwargs=dict(plan.model_kwargs), dataset=plan.dataset,
-                  image_size=plan.image_size, batch_size=plan.batch_size, protocol=plan.protocol,
-                  defenses=defenses, label_smoothing=smooth, mixup=mixup, seed=plan.seed + 1 + client)
+    sc = replace(plan.scenario, defenses=defenses, label_smoothing=smooth, mixup=mixup,
+                 seed=plan.scenario.seed + 1 + client)
     t0 = time.perf_counter()
-    obs, truth = simulate(sc)
-    labels_section, labels = run_labels(obs, truth, plan.label_methods)
-    accs = [m["label_accuracy"] for m in labels_section["methods"].values() if m["label_accuracy"] is not None]
-    row: dict[str, Any] = {"setting": setting, "client": client, "label_accuracy": max(accs) if accs else None,
-                           "defense_records": list(obs.defenses), "attacks": {}}
-    for i, name in enumerate(plan.attacks):
-        try:
-            res = run_attack(name, obs, labels, {"iterations": plan.iterations}, seed=plan.seed + i)
-        except GradleakError as e:
-            row["attacks"][name] = {"error": str(e)}
+    audit_plan = AuditPlan(label_methods=plan.label_methods, attacks=make_attacks(plan.attacks, iterations=plan.iterations),
+                           seed=plan.scenario.seed)
+    result, _ = audit_scenario(sc, audit_plan)
+    chosen = result.labels.chosen
+    row: dict[str, Any] = {"setting": setting, "client": client,
+                           "label_accuracy": None if chosen is None else chosen.accuracy,
+                           "label_method": None if chosen is None else chosen.method,
+                           "defense_records": result.setting["defenses"], "attacks": {}}
+    for run in result.attacks:
+        if run.result is None or run.scores is None:
+            row["attacks"][run.name] = {"error": run.error}
             continue
-        s = score(res, truth, None)
-        row["attacks"][name] = {"psnr": s["mean_psnr"], "ssim": s["mean_ssim"], "seconds": res.seconds,
-                                "error": None}
+        row["attacks"][run.name] = {"psnr": run.scores.mean_psnr, "ssim": run.scores.mean_ssim,
+                                    "seconds": run.result.seconds, "error": None}
     row["seconds"] = time.perf_counter() - t0
     return row
 
@@ -178,16 +182,17 @@ def utility_cell(plan: SweepPlan, setting: str) -> dict[str, Any]:
     from .models import ModelSpec
 
     torch.set_num_threads(1)
+    sc = plan.scenario
     t0 = time.perf_counter()
     defenses, smooth, mixup = _split(setting)
-    data = load_dataset(plan.dataset, size=plan.image_size)
-    gen = torch.Generator().manual_seed(plan.seed)
+    data = load_dataset(sc.dataset, size=sc.image_size)
+    gen = torch.Generator().manual_seed(sc.seed)
     perm = torch.randperm(len(data), generator=gen)
     n_test = int(len(data) * plan.test_fraction)
     test, train = data.subset(perm[:n_test]), data.subset(perm[n_test:])
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(plan.seed)
-        model = ModelSpec(plan.model, data.num_classes, data.image_shape, dict(plan.model_kwargs)).build().train()
+        torch.manual_seed(sc.seed)
+        model = ModelSpec(sc.model, data.num_classes, data.image_shape, dict(sc.model_kwargs)).build().train()
     n_cls = data.num_classes
     b = min(plan.train_batch, len(train))
     for _ in range(plan.train_steps):
@@ -198,9 +203,9 @@ def utility_cell(plan: SweepPlan, setting: str) -> dict[str, Any]:
             x, targets, _ = Mixup(mixup).mix(x[:b], y[:b], x[b:], y[b:], n_cls, generator=gen)
         elif smooth:
             targets = LabelSmoothing(smooth).targets(y, n_cls)
-        update, _ = client_round(model, plan.protocol, data.normalization.normalize(x), targets, defenses,
+        update, _ = client_round(model, sc.protocol, data.normalization.normalize(x), targets, defenses,
                                  generator=gen)
-        step = -plan.train_lr if isinstance(plan.protocol, FedSGD) else 1.0
+        step = -plan.train_lr if isinstance(sc.protocol, FedSGD) else 1.0
         with torch.no_grad():
             for k, p in model.named_parameters():
                 if k in update:
@@ -213,7 +218,7 @@ def utility_cell(plan: SweepPlan, setting: str) -> dict[str, Any]:
                            "seconds": time.perf_counter() - t0, "epsilon": None}
     dp = [d for d in defenses if isinstance(d, DPSGD)]
     if dp:
-        steps = plan.train_steps * (plan.protocol.local_steps if isinstance(plan.protocol, FedAvg) else 1)
+        steps = plan.train_steps * (sc.protocol.local_steps if isinstance(sc.protocol, FedAvg) else 1)
         eps = dp_epsilon(dp[0].noise, b / len(train), steps, dp[0].delta)
         out["epsilon"] = eps if math.isfinite(eps) else None
         out["epsilon_note"] = (f"RDP accountant, sampling rate {b}/{len(train)}, {steps} steps, "
@@ -375,7 +380,8 @@ def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     cfg = results["config"]
-    fig.suptitle(f"privacy–utility: {cfg['model']} on {cfg['dataset']}, batch {cfg['batch_size']}, "
+    sc = cfg["scenario"]
+    fig.suptitle(f"privacy–utility: {sc['model']} on {sc['dataset']}, batch {sc['batch_size']}, "
                  f"{cfg['clients']} clients, {cfg['train_steps']} training steps", fontsize=10)
     fig.tight_layout()
     path = Path(path)
@@ -420,9 +426,11 @@ def write_sweep(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
                                                for k, v in t.items() if k.endswith("_nonincreasing"))
                    for fam, t in trends.items()]
     cfg = results["config"]
-    md = (f"# Privacy–utility sweep\n\n{cfg['model']} on `{cfg['dataset']}`, client batch {cfg['batch_size']}, "
-          f"protocol {cfg['protocol']['name']}, {cfg['clients']} clients per setting, attacks "
-          f"{', '.join(cfg['attacks'])} ({cfg['iterations']} iterations), utility after {cfg['train_steps']} "
+    sc = cfg["scenario"]
+    iters = "each attack's default budget" if cfg["iterations"] is None else f"{cfg['iterations']} iterations"
+    md = (f"# Privacy–utility sweep\n\n{sc['model']} on `{sc['dataset']}`, client batch {sc['batch_size']}, "
+          f"protocol {sc['protocol']['name']}, {cfg['clients']} clients per setting, attacks "
+          f"{', '.join(cfg['attacks'])} ({iters}), utility after {cfg['train_steps']} "
           f"training steps of batch {cfg['train_batch']} (lr {cfg['train_lr']}). Ran in "
           f"{results['seconds']:.0f} s on backend `{results['backend']}`.\n\n![privacy-utility]"
           f"(privacy_utility.png)\n\n{table}\n\nTrends with strength (from no defense to the strongest "

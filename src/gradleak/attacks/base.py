@@ -13,6 +13,7 @@ from ..errors import UnsupportedError
 from ..labels.base import LabelResult
 from ..observation import Observation
 from ..registry import Registry
+from ..settings import configure
 
 ATTACKS: Registry = Registry("attack")
 
@@ -75,9 +76,7 @@ class Attack:
     Config: ClassVar[type]
 
     def __init__(self, config: Any = None, **overrides: Any):
-        from dataclasses import replace
-        cfg = config if config is not None else self.Config()
-        self.config = replace(cfg, **overrides) if overrides else cfg
+        self.config = configure(self.Config, config, overrides, f"attack {self.name!r}")
 
     def problems(self, obs: Observation) -> list[str]:
         return []

@@ -11,8 +11,9 @@ with Adam (lr 0.1, cosine decay, warm-up) plus Langevin noise ``lr(t)·α_n·η`
 ``group_every``: the plain mean of the seeds ("lazy"), or the mean after registering every seed onto
 that mean (:mod:`gradleak.registration`: phase correlation + affine fit, replacing the paper's
 RANSAC-flow). BN targets are the model's running statistics, or the client batch's exact statistics
-when a file of them is given (``bn_statistics``; see :func:`batch_statistics`). Labels come from the
-min rule (``gradinversion-min``) when it can run, else the ``auto`` choice.
+when a file of them is given (``bn_statistics``; see :func:`batch_statistics`). Labels are the ones
+given, else the ``auto`` choice, as for every attack (the paper's min rule is ``gradinversion-min``:
+pass its result to use it).
 
 Output (``output="auto"``): the final registered/lazy consensus when the group term is on — the
 paper's intent is that the seeds "work together to find an enhanced reconstruction" — and the seed
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..labels import LABEL_METHODS, LabelResult, recover_labels
+from ..labels import LabelResult
 from ..observation import Observation
 from ..registration import register
 from .base import Attack, AttackResult, StepCallback, attack, no_progress
@@ -197,9 +198,6 @@ class GradInversion(Attack):
             on_step: StepCallback = no_progress) -> AttackResult:
         t0 = time.perf_counter()
         c = self.config
-        if labels is None and obs.batch_size and obs.batch_size > 1:
-            min_rule = LABEL_METHODS.get("gradinversion-min")()
-            labels = min_rule.recover(obs) if not min_rule.problems(obs) else recover_labels(obs, "auto")
         targets, labels = label_targets(obs, labels, self.name)
         batch = batch_size_of(obs, labels, self.name)
         has_bn = any(m.running_mean is not None for _, m in bn_layers(obs.model))

@@ -26,16 +26,17 @@ def register(subparsers) -> None:
     p.add_argument("--weights", help="model weights (.safetensors); default: the seeded initialisation")
     p.add_argument("--input-shape", type=_shape, default=(3, 32, 32), metavar="C,H,W")
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--bn-mode", choices=("train", "eval"), default="train", help="BatchNorm mode of the client")
+    p.add_argument("--bn-mode", choices=("train", "eval"), default="eval",
+                   help="BatchNorm mode of the client (default eval, as every command)")
     p.add_argument("--exact-limit", type=int, default=6000,
                    help="largest reduced system whose rank is computed numerically (else a counting bound)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the probe sample")
     p.add_argument("--out", help="write OUT/analysis.json and OUT/analysis.png")
     p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
-    p.set_defaults(func=cmd_analyze)
+    p.set_defaults(func=run)
 
 
-def cmd_analyze(a: argparse.Namespace) -> int:
+def run(a: argparse.Namespace) -> int:
     import torch
 
     from ..analysis import analyze_model

@@ -13,32 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..scenario_args import add_scenario_args, scenario_from_args
 
-def register(subparsers) -> None:
+
+def register(subparsers: Any) -> None:
     p = subparsers.add_parser("fl-demo", help="Flower simulation with a capturing server; audit report per client",
                               description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--model", default="mlp")
-    p.add_argument("--width", type=int, default=64, help="model width (mlp/convnet)")
-    p.add_argument("--data", default="digits", help="bundled dataset")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--batch-size", type=int, default=1, help="each client's batch per round")
-    p.add_argument("--protocol", choices=("fedsgd", "fedavg"), default="fedsgd")
+    add_scenario_args(p, model="mlp", data="digits", model_kwargs={"mlp": {"width": 64}, "convnet": {"width": 64}})
     p.add_argument("--lr", type=float, default=0.1, help="FedSGD step the server asks clients to take")
-    p.add_argument("--local-steps", type=int, default=5)
-    p.add_argument("--local-lr", type=float, default=1e-2)
-    p.add_argument("--local-batch", type=int)
-    p.add_argument("--defense", action="append", default=[], metavar="SPEC",
-                   help="client-side defense, e.g. dpsgd:noise=1,clip=1, soteria:0.8, compress:0.99, noise:0.01")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--mixup", type=float)
     p.add_argument("--attack", action="append", help="attack run on each capture (default inverting_gradients)")
     p.add_argument("--no-attack", action="store_true", help="label recovery only")
-    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--iterations", type=int, help="each attack's iteration budget (default: the attack's own)")
     p.add_argument("--max-capture-mb", type=float, default=1024.0, help="stop capturing beyond this size")
     p.add_argument("--keep-rounds", type=int, help="keep only the last K rounds' captures on disk")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/fl-demo")
     p.set_defaults(func=run)
 
@@ -52,17 +41,13 @@ def run(a: argparse.Namespace) -> int:
         raise InputError(f"fl-demo needs Flower: pip install 'gradleak[flower]' ({e})") from None
     from ..fl.capture import LabelAttackAudit
     from ..fl.task import FlowerTask
-    from ..protocols import FedAvg, FedSGD
 
     if a.clients < 2:
         raise InputError("fl-demo needs at least 2 clients (FedAvg's minimum)")
-    protocol = FedAvg(a.local_steps, a.local_lr, a.local_batch) if a.protocol == "fedavg" else FedSGD()
-    task = FlowerTask(model=a.model, model_kwargs={"width": a.width} if a.model in ("mlp", "convnet") else {},
-                      dataset=a.data, image_size=a.image_size, batch_size=a.batch_size, protocol=protocol, lr=a.lr,
-                      defenses=tuple(a.defense), label_smoothing=a.label_smoothing, mixup=a.mixup, seed=a.seed)
+    task = FlowerTask(scenario=scenario_from_args(a), lr=a.lr)
     attacks = () if a.no_attack else tuple(a.attack or ["inverting_gradients"])
     out = Path(a.out)
-    audit = LabelAttackAudit(attacks=attacks, overrides={"iterations": a.iterations}, seed=a.seed)
+    audit = LabelAttackAudit(attacks=attacks, settings={"iterations": a.iterations}, seed=a.seed)
     t0 = time.perf_counter()
     store = flower.run_simulation(task, num_clients=a.clients, num_rounds=a.rounds, capture_dir=out / "capture",
                                   audit=audit, max_bytes=int(a.max_capture_mb * 2 ** 20), keep_rounds=a.keep_rounds)
@@ -87,6 +72,7 @@ def score_captures(task: Any, store: Any, num_clients: int, out: Path) -> dict[s
     from ..fl.task import client_batch
     from ..metrics import label_accuracy, score_images
     from ..report import save_grid
+    from ..results import AuditResult
 
     data = task.load_data()
     rows = []
@@ -101,20 +87,24 @@ def score_captures(task: Any, store: Any, num_clients: int, out: Path) -> dict[s
             continue
         batch = client_batch(task, data, pid, num_clients, e["round"])
         row["true_labels"] = batch.labels.tolist()
-        methods = (audit.get("labels") or {}).get("methods", {})
-        first = next((m for m in methods.values() if m.get("recovered") is not None), None)
-        row["recovered_labels"] = None if first is None else first["recovered"]
-        row["label_accuracy"] = None if first is None else label_accuracy(row["true_labels"], first["recovered"])
+        if "schema" not in audit:  # the capture's audit failed as a whole
+            row["audit_error"] = audit.get("error")
+            rows.append(row)
+            continue
+        result = AuditResult.from_json(audit)
+        chosen = result.labels.chosen
+        recovered = None if chosen is None or chosen.result is None else chosen.result.labels
+        row["recovered_labels"] = recovered
+        row["label_accuracy"] = None if recovered is None else label_accuracy(row["true_labels"], recovered)
         recon = load_file(str(store.root / audit["reconstructions"])) if audit.get("reconstructions") else {}
-        for att in audit.get("attacks", []):
-            name = att["name"]
-            if att.get("error") or name not in recon:
-                row["attacks"][name] = {"error": att.get("error")}
+        for run in result.attacks:
+            if run.error or run.result is None or run.name not in recon:
+                row["attacks"][run.name] = {"error": run.error}
                 continue
-            s = score_images(recon[name], batch.images)
-            grid = f"round{e['round']}_client{pid}_{name}.png"
-            save_grid(out / grid, batch.images, [recon[name][s.order]])
-            row["attacks"][name] = {**s.to_json(), "grid": grid, "seconds": att.get("seconds")}
+            s = score_images(recon[run.name], batch.images)
+            grid = f"round{e['round']}_client{pid}_{run.name}.png"
+            save_grid(out / grid, batch.images, [recon[run.name][s.order]])
+            row["attacks"][run.name] = {**s.to_json(), "grid": grid, "seconds": run.result.seconds}
         rows.append(row)
     return {"schema": 1, "kind": "fl-demo", "captures": rows, "capture_bytes": store.bytes_used()}
 
@@ -141,7 +131,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         cells.append("–" if r.get("epsilon") is None else f"{r['epsilon']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     intro = (f"Flower simulation: {cfg['clients']} clients, {cfg['rounds']} rounds, protocol `{cfg['protocol']}`, "
-             f"model `{cfg['model']}` on `{cfg['dataset']}`, batch {cfg['batch-size']} per client, client defenses "
+             f"model `{cfg['model']}` on `{cfg['data']}`, batch {cfg['batch-size']} per client, client defenses "
              f"`{cfg['defenses'] or 'none'}`. The server captured every reply with CaptureStrategy and attacked it "
              f"({results['simulation_seconds']:.0f} s, {results['capture_bytes'] / 2 ** 20:.1f} MiB of captures).")
     write_page(out / "report.html", "gradleak Flower capture audit", paragraphs=[intro], images=images,

@@ -4,9 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
+
+from ..scenario_args import add_scenario_args, scenario_from_args
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     from ..sweep import DEFAULT_GRID
 
     p = subparsers.add_parser(
@@ -17,21 +20,13 @@ def register(subparsers) -> None:
                    help="defense settings with '|' alternatives, e.g. 'dpsgd:noise=0.5|1|2,clip=1', "
                         "'noise:0.01|0.1', 'smooth:0.1|0.3', 'mixup:1' (repeatable; default: "
                         + " ".join(DEFAULT_GRID) + ")")
-    p.add_argument("--model", default="mlp")
-    p.add_argument("--width", type=int, default=64, help="model width (mlp/convnet; default 64)")
-    p.add_argument("--data", default="digits")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--batch-size", type=int, default=1, help="the attacked client's batch size")
-    p.add_argument("--protocol", choices=("fedsgd", "fedavg"), default="fedsgd")
-    p.add_argument("--local-steps", type=int, default=5)
-    p.add_argument("--local-lr", type=float, default=1e-2)
+    add_scenario_args(p, model="mlp", data="digits", model_kwargs={"mlp": {"width": 64}, "convnet": {"width": 64}})
     p.add_argument("--clients", type=int, default=4, help="simulated clients (seeds) per setting")
     p.add_argument("--attack", action="append", help="attack(s) (default inverting_gradients)")
-    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--iterations", type=int, help="each attack's iteration budget (default: the attack's own)")
     p.add_argument("--train-steps", type=int, default=300, help="training steps for the utility measurement")
     p.add_argument("--train-batch", type=int, default=32)
     p.add_argument("--train-lr", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=("auto", "ray", "process", "serial"), default="auto",
                    help="auto: Ray if installed, else local processes")
     p.add_argument("--workers", type=int, help="parallel workers (default: CPU count)")
@@ -41,16 +36,12 @@ def register(subparsers) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from ..protocols import FedAvg, FedSGD
     from ..sweep import DEFAULT_GRID, SweepPlan, expand_grid, run_sweep, write_sweep
 
     settings = tuple(s for g in (a.grid or DEFAULT_GRID) for s in expand_grid(g))
-    kwargs = {"width": a.width} if a.model in ("mlp", "convnet") else {}
-    protocol = FedAvg(a.local_steps, a.local_lr) if a.protocol == "fedavg" else FedSGD()
-    plan = SweepPlan(model=a.model, model_kwargs=kwargs, dataset=a.data, image_size=a.image_size,
-                     batch_size=a.batch_size, protocol=protocol, settings=settings, clients=a.clients,
+    plan = SweepPlan(scenario=scenario_from_args(a), settings=settings, clients=a.clients,
                      attacks=tuple(a.attack or ["inverting_gradients"]), iterations=a.iterations,
-                     train_steps=a.train_steps, train_batch=a.train_batch, train_lr=a.train_lr, seed=a.seed)
+                     train_steps=a.train_steps, train_batch=a.train_batch, train_lr=a.train_lr)
 
     def progress(done: int, total: int) -> None:
         if not a.quiet:

@@ -29,10 +29,10 @@ def register(subparsers) -> None:
     p.add_argument("--fresh", action="store_true", help="discard OUT/checkpoint.safetensors instead of resuming")
     p.add_argument("--out", default="out/prior", help="output folder (default out/prior)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train_prior)
+    p.set_defaults(func=run)
 
 
-def cmd_train_prior(a: argparse.Namespace) -> int:
+def run(a: argparse.Namespace) -> int:
     import torch
 
     from ..data import load_dataset

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..audit import AuditPlan, audit, make_attacks
 from ..errors import GradleakError, InputError
 from ..observation import Observation
 from ..report import write_json_atomic
@@ -163,34 +164,30 @@ class CaptureStore:
 
 @dataclass
 class LabelAttackAudit:
-    """The audit-as-you-go hook: label recovery, then optional attacks, on each captured round.
+    """The audit-as-you-go hook: :func:`gradleak.audit` (label recovery, then optional attacks) on each
+    captured round.
 
-    Writes the reconstructions beside the capture (``client_<node>.recon.safetensors``) and returns a
-    JSON section for the index. It sees the Observation only — the server has no ground truth; the
-    demo scores against the clients' data afterwards.
+    Writes the reconstructions beside the capture (``client_<node>.recon.safetensors``) and returns the
+    audit's JSON (``AuditResult.to_json()`` plus ``reconstructions``) for the index. It sees the Observation
+    only — the server has no ground truth; the demo scores against the clients' data afterwards.
+    ``settings`` apply to every attack (e.g. ``{"iterations": 200}``; ``None`` values keep the default).
     """
 
     label_methods: Sequence[str] = ("auto",)
     attacks: Sequence[str] = ()
-    overrides: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.plan = AuditPlan(label_methods=tuple(self.label_methods), seed=self.seed,
+                              attacks=make_attacks(self.attacks, **self.settings))
 
     def __call__(self, obs: Observation, entry: dict[str, Any], root: Path) -> dict[str, Any]:
         from safetensors.torch import save_file
 
-        from ..audit import run_attack, run_labels
-
-        labels_section, labels = run_labels(obs, None, self.label_methods)
-        out: dict[str, Any] = {"labels": labels_section, "attacks": []}
-        recon: dict[str, Tensor] = {}
-        for i, name in enumerate(self.attacks):
-            try:
-                res = run_attack(name, obs, labels, self.overrides, seed=self.seed + i)
-            except GradleakError as e:
-                out["attacks"].append({"name": name, "error": str(e)})
-                continue
-            out["attacks"].append({**res.to_json(), "error": None})
-            recon[name] = res.images.detach().contiguous()
+        result = audit(obs, self.plan)
+        out = result.to_json()
+        recon = {r.name: r.result.images.detach().contiguous() for r in result.attacks if r.result is not None}
         if recon:
             path = (root / entry["path"]).with_suffix(".recon.safetensors")
             save_file(recon, str(path))

@@ -21,6 +21,7 @@ Example::
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable
@@ -37,9 +38,9 @@ from ..data import Dataset, Normalization
 from ..errors import InputError
 from ..models import ModelSpec
 from ..observation import Observation
-from ..protocols import FedSGD, Protocol
+from ..protocols import FedSGD, Protocol, protocol_from_json
 from .capture import AuditHook, CaptureStore, LabelAttackAudit
-from .task import FlowerTask, client_batch, client_train, protocol_config, protocol_from_config
+from .task import FlowerTask, client_batch, client_train, shard
 
 __all__ = ["CaptureStrategy", "client_app", "make_client_app", "make_server_app", "run_simulation", "server_app"]
 
@@ -56,27 +57,30 @@ class CaptureStrategy(FedAvg):
         normalization: the input preprocessing the clients use, if the server knows it.
         protocol: the protocol sent to clients in every round's config (the server decides it).
         lr: the FedSGD step the clients take, sent in the config (the server divides by it).
+        bn_mode: the clients' BatchNorm mode (``eval``: running statistics, as every gradleak scenario).
         audit: run on each capture as the rounds go (default: label recovery only); ``None`` to skip.
         round_offset: added to Flower's round numbers (resuming a run that already did rounds).
         **fedavg: ``FedAvg``'s own arguments (``fraction_train``, ``min_train_nodes``, ...).
     """
 
     def __init__(self, store: CaptureStore, *, model_spec: ModelSpec, normalization: Normalization | None = None,
-                 protocol: Protocol | None = None, lr: float = 0.1, audit: AuditHook | None = LabelAttackAudit(),
-                 round_offset: int = 0, **fedavg: Any):
+                 protocol: Protocol | None = None, lr: float = 0.1, bn_mode: str = "eval",
+                 audit: AuditHook | None = LabelAttackAudit(), round_offset: int = 0, **fedavg: Any):
         super().__init__(**fedavg)
         if not lr > 0:
             raise InputError(f"the FedSGD step lr must be > 0, got {lr}")
         self.store, self.model_spec, self.normalization = store, model_spec, normalization
         self.protocol: Protocol = protocol if protocol is not None else FedSGD()
-        self.lr, self.audit, self.round_offset = lr, audit, round_offset
+        if bn_mode not in ("train", "eval"):
+            raise InputError(f"bn_mode must be 'train' or 'eval', got {bn_mode!r}")
+        self.lr, self.bn_mode, self.audit, self.round_offset = lr, bn_mode, audit, round_offset
         self._sent: dict[int, dict[str, torch.Tensor]] = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         r = server_round + self.round_offset
-        for k, v in {**protocol_config(self.protocol), "lr": self.lr}.items():
-            config[k] = v
+        config["protocol"] = json.dumps(self.protocol.to_json())
+        config["lr"] = self.lr
         self._sent[r] = {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
         return super().configure_train(r, arrays, config, grid)
 
@@ -98,7 +102,7 @@ class CaptureStrategy(FedAvg):
         """The Observation of one reply: the model as sent and the update the client's arrays imply."""
         model = self.model_spec.build()
         model.load_state_dict(sent)
-        model.train()
+        model.train(self.bn_mode == "train")
         names = [k for k, p in model.named_parameters() if p.requires_grad]
         missing = [k for k in names if k not in returned]
         if missing:
@@ -133,7 +137,7 @@ _DATA: dict[tuple[str, int | None], Dataset] = {}
 
 
 def _data(task: FlowerTask) -> Dataset:
-    key = (task.dataset, task.image_size)
+    key = (task.scenario.dataset, task.scenario.image_size)
     if key not in _DATA:
         _DATA[key] = task.load_data()
     return _DATA[key]
@@ -160,7 +164,7 @@ def make_client_app(task: FlowerTask | None = None) -> ClientApp:
     def global_model(t: FlowerTask, data: Dataset, msg: Message) -> torch.nn.Module:
         model = t.model_spec(data).build()
         model.load_state_dict(next(iter(msg.content.array_records.values())).to_torch_state_dict())
-        return model.train()
+        return model.train(t.scenario.bn_mode == "train")
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -168,7 +172,7 @@ def make_client_app(task: FlowerTask | None = None) -> ClientApp:
         data = _data(t)
         pid, n = _partition(context)
         cfg = next(iter(msg.content.config_records.values()), ConfigRecord())
-        state, metrics, _ = client_train(t, data, global_model(t, data, msg), protocol_from_config(cfg),
+        state, metrics, _ = client_train(t, data, global_model(t, data, msg), protocol_from_json(json.loads(str(cfg["protocol"]))),
                                          float(cfg.get("lr", t.lr)), pid, n, int(cfg["server-round"]))
         metrics["num-examples"] = int(metrics["num-examples"])
         metrics["partition-id"] = pid  # lets the demo score against this client's data; no attack reads it
@@ -181,14 +185,12 @@ def make_client_app(task: FlowerTask | None = None) -> ClientApp:
         data = _data(t)
         pid, n = _partition(context)
         model = global_model(t, data, msg).eval()
-        from .task import _shard
-
-        shard = data.subset(_shard(len(data), pid, n, t.seed))
+        own = data.subset(shard(len(data), pid, n, t.scenario.seed))
         with torch.no_grad():
-            logits = model(data.normalization.normalize(shard.images))
-            loss = float(torch.nn.functional.cross_entropy(logits, shard.labels))
-            acc = float((logits.argmax(1) == shard.labels).float().mean())
-        metrics = MetricRecord({"num-examples": len(shard), "loss": loss, "accuracy": acc})
+            logits = model(data.normalization.normalize(own.images))
+            loss = float(torch.nn.functional.cross_entropy(logits, own.labels))
+            acc = float((logits.argmax(1) == own.labels).float().mean())
+        metrics = MetricRecord({"num-examples": len(own), "loss": loss, "accuracy": acc})
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
     return app
@@ -199,7 +201,7 @@ def audit_from_config(cfg: Any) -> LabelAttackAudit:
     attacks = tuple(a.strip() for a in str(cfg.get("audit-attacks", "")).split(",") if a.strip())
     labels = tuple(a.strip() for a in str(cfg.get("audit-labels", "auto")).split(",") if a.strip())
     iters = int(cfg.get("audit-iterations", 0))
-    return LabelAttackAudit(label_methods=labels, attacks=attacks, overrides={"iterations": iters or None})
+    return LabelAttackAudit(label_methods=labels, attacks=attacks, settings={"iterations": iters or None})
 
 
 def make_server_app(task: FlowerTask | None = None, *, capture_dir: str | Path | None = None,
@@ -232,7 +234,7 @@ def make_server_app(task: FlowerTask | None = None, *, capture_dir: str | Path |
             log.info("all %d rounds are already captured in %s", rounds, folder)
             return
         strategy = CaptureStrategy(store, model_spec=t.model_spec(data), normalization=data.normalization,
-                                   protocol=t.protocol, lr=t.lr,
+                                   protocol=t.scenario.protocol, lr=t.lr, bn_mode=t.scenario.bn_mode,
                                    audit=audit if audit is not None else audit_from_config(rc),
                                    round_offset=offset, fraction_evaluate=0.0, min_train_nodes=clients,
                                    min_available_nodes=clients)

@@ -6,7 +6,7 @@ shard of the dataset and, in round ``r``, trains on a batch drawn from its shard
 seeded from ``(seed, p, r)`` — so the demo (and the tests) can rebuild the ground truth of any round
 to score what the server recovered, and nothing else needs to leave the client.
 
-The server decides the protocol and sends it in the round's config: ``fedsgd`` (one step of rate
+The server decides the protocol and sends it in the round's config (``Protocol.to_json()`` as JSON): ``fedsgd`` (one step of rate
 ``lr`` on the batch: the server reads the gradient as ``(θ₀ − θ₁)/lr``) or ``fedavg`` (the client
 returns ``θ_K``; the server sees ``θ_K − θ₀``). Defenses and label augmentations are the client's own
 (``defenses``, ``label-smoothing``, ``mixup``) and run through
@@ -14,7 +14,6 @@ returns ``θ_K``; the server sees ``θ_K − θ₀``). Defenses and label augmen
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,93 +22,53 @@ import torch
 from torch import Tensor, nn
 
 from ..data import Dataset, load_dataset
-from ..defenses import parse_defense
 from ..defenses_extra import client_round
 from ..errors import InputError
 from ..models import ModelSpec
-from ..protocols import FedAvg, FedSGD, Protocol
-from ..scenario import draw_batch
+from ..protocols import FedSGD, Protocol
+from ..scenario import Scenario, draw_batch
+from ..scenario_args import scenario_config, scenario_from_config
 
-__all__ = ["ClientBatch", "FlowerTask", "client_batch", "client_train", "protocol_config", "protocol_from_config"]
+__all__ = ["ClientBatch", "FlowerTask", "client_batch", "client_train", "shard"]
+
+
+def default_flower_scenario() -> Scenario:
+    """The fl-demo's clients: an MLP of width 64 on the bundled digits."""
+    return Scenario(model="mlp", model_kwargs={"width": 64}, dataset="digits")
 
 
 @dataclass(frozen=True, kw_only=True)
 class FlowerTask:
-    """The model, data and client behaviour of a federated run (defaults: the fl-demo's)."""
+    """The clients' round (a :class:`~gradleak.scenario.Scenario`: model, data, batch, protocol, defenses,
+    augmentation, BatchNorm mode, seed) and the FedSGD step ``lr`` the server asks for."""
 
-    model: str = "mlp"
-    model_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 64})
-    dataset: str = "digits"
-    image_size: int | None = None
-    batch_size: int = 1
-    protocol: Protocol = field(default_factory=FedSGD)
+    scenario: Scenario = field(default_factory=default_flower_scenario)
     lr: float = 0.1
-    defenses: tuple[str, ...] = ()
-    label_smoothing: float = 0.0
-    mixup: float | None = None
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise InputError(f"batch size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise InputError(f"the FedSGD step lr must be > 0, got {self.lr}")
-        if self.label_smoothing and self.mixup:
-            raise InputError("choose label smoothing or mixup, not both")
-        for spec in self.defenses:  # fail at construction, not inside a client
-            parse_defense(spec)
 
-    # -- config (Flower's run_config / ConfigRecord hold flat scalars) ------------------------------
+    # -- config (Flower's run_config / ConfigRecord hold flat scalars, named as the CLI flags) -------
     def to_config(self) -> dict[str, Any]:
-        return {"model": self.model, "model-kwargs": json.dumps(self.model_kwargs), "dataset": self.dataset,
-                "image-size": self.image_size or 0, "batch-size": self.batch_size, **protocol_config(self.protocol),
-                "lr": self.lr, "defenses": ";".join(self.defenses), "label-smoothing": self.label_smoothing,
-                "mixup": self.mixup or 0.0, "seed": self.seed}
+        return {**scenario_config(self.scenario), "lr": self.lr}
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "FlowerTask":
-        d = cls()
-        defenses = str(cfg.get("defenses", "")).strip()
-        return cls(model=str(cfg.get("model", d.model)),
-                   model_kwargs=json.loads(str(cfg.get("model-kwargs", json.dumps(d.model_kwargs)))),
-                   dataset=str(cfg.get("dataset", d.dataset)),
-                   image_size=int(cfg.get("image-size", 0)) or None,
-                   batch_size=int(cfg.get("batch-size", d.batch_size)),
-                   protocol=protocol_from_config(cfg) if "protocol" in cfg else d.protocol,
-                   lr=float(cfg.get("lr", d.lr)),
-                   defenses=tuple(s.strip() for s in defenses.split(";") if s.strip()),
-                   label_smoothing=float(cfg.get("label-smoothing", 0.0)),
-                   mixup=float(cfg.get("mixup", 0.0)) or None, seed=int(cfg.get("seed", d.seed)))
+    def from_config(cls, cfg: Mapping[str, Any]) -> FlowerTask:
+        return cls(scenario=scenario_from_config(dict(cfg)), lr=float(cfg.get("lr", 0.1)))
 
     # -- model and data --------------------------------------------------------------------------
     def load_data(self) -> Dataset:
-        return load_dataset(self.dataset, size=self.image_size)
+        return load_dataset(self.scenario.dataset, size=self.scenario.image_size)
 
     def model_spec(self, data: Dataset) -> ModelSpec:
-        return ModelSpec(self.model, data.num_classes, data.image_shape, dict(self.model_kwargs))
+        return ModelSpec(self.scenario.model, data.num_classes, data.image_shape, dict(self.scenario.model_kwargs))
 
     def initial_model(self, data: Dataset) -> nn.Module:
-        """The server's starting model (seeded)."""
+        """The server's starting model (seeded), in the clients' BatchNorm mode."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return self.model_spec(data).build().train()
-
-
-def protocol_config(protocol: Protocol) -> dict[str, Any]:
-    if isinstance(protocol, FedAvg):
-        return {"protocol": "fedavg", "local-steps": protocol.local_steps, "local-lr": protocol.local_lr,
-                "local-batch": protocol.local_batch or 0}
-    return {"protocol": "fedsgd"}
-
-
-def protocol_from_config(cfg: Mapping[str, Any]) -> Protocol:
-    name = str(cfg.get("protocol", "fedsgd"))
-    if name == "fedsgd":
-        return FedSGD()
-    if name == "fedavg":
-        return FedAvg(int(cfg.get("local-steps", 5)), float(cfg.get("local-lr", 1e-2)),
-                      int(cfg.get("local-batch", 0)) or None)
-    raise InputError(f"unknown protocol {name!r} in the round config; use 'fedsgd' or 'fedavg'")
+            torch.manual_seed(self.scenario.seed)
+            return self.model_spec(data).build().train(self.scenario.bn_mode == "train")
 
 
 @dataclass(frozen=True)
@@ -121,7 +80,8 @@ class ClientBatch:
     targets: Tensor     # int64 [B] or soft [B, N]
 
 
-def _shard(n: int, partition_id: int, num_partitions: int, seed: int) -> Tensor:
+def shard(n: int, partition_id: int, num_partitions: int, seed: int) -> Tensor:
+    """The indices of client ``partition_id``'s disjoint share of ``n`` samples."""
     if not 0 <= partition_id < num_partitions:
         raise InputError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -129,18 +89,17 @@ def _shard(n: int, partition_id: int, num_partitions: int, seed: int) -> Tensor:
 
 
 def _round_generator(task: FlowerTask, partition_id: int, server_round: int) -> torch.Generator:
-    return torch.Generator().manual_seed(task.seed * 1_000_003 + partition_id * 10_007 + server_round)
+    return torch.Generator().manual_seed(task.scenario.seed * 1_000_003 + partition_id * 10_007 + server_round)
 
 
 def client_batch(task: FlowerTask, data: Dataset, partition_id: int, num_partitions: int,
                  server_round: int) -> ClientBatch:
     """Client ``partition_id``'s batch in ``server_round`` (deterministic)."""
-    shard = data.subset(_shard(len(data), partition_id, num_partitions, task.seed))
+    sc = task.scenario
+    own = data.subset(shard(len(data), partition_id, num_partitions, sc.seed))
     gen = _round_generator(task, partition_id, server_round)
-    n_draw = 2 * task.batch_size if task.mixup else task.batch_size
-    unique = n_draw <= len(torch.unique(shard.labels))
-    images, labels, targets = draw_batch(shard, task.batch_size, generator=gen, unique_labels=unique,
-                                         label_smoothing=task.label_smoothing, mixup=task.mixup)
+    images, labels, targets = draw_batch(own, sc.batch_size, generator=gen, unique_labels=sc.unique_labels,
+                                         label_smoothing=sc.label_smoothing, mixup=sc.mixup)
     return ClientBatch(images, labels, targets)
 
 
@@ -155,9 +114,8 @@ def client_train(task: FlowerTask, data: Dataset, model: nn.Module, protocol: Pr
     """
     batch = client_batch(task, data, partition_id, num_partitions, server_round)
     gen = _round_generator(task, partition_id, server_round + 7_919)
-    defenses = tuple(parse_defense(s) for s in task.defenses)
     x = data.normalization.normalize(batch.images)
-    update, records = client_round(model, protocol, x, batch.targets, defenses, generator=gen)
+    update, records = client_round(model, protocol, x, batch.targets, task.scenario.defenses, generator=gen)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for k, u in update.items():
         state[k] = state[k] - lr * u if isinstance(protocol, FedSGD) else state[k] + u

@@ -5,23 +5,18 @@ Every module of this package is imported on first use so its ``@label_method`` r
 from __future__ import annotations
 
 import sys
+from typing import Any
 
+from ..observation import Observation
 from ..plugins import import_submodules
 from .base import LABEL_METHODS, LabelMethod, LabelResult, head_gradient, label_method
 
 __all__ = ["LABEL_METHODS", "LabelMethod", "LabelResult", "head_gradient", "label_method", "recover_labels"]
 
 
-def recover_labels(obs, method: str = "auto", **kwargs) -> LabelResult:
-    """Run one label method by name; ``auto`` picks by what the server observes (:mod:`.auto`) and records
-    its choice in ``details["auto"]``."""
-    if method == "auto" and not kwargs:
-        from .auto import recover_auto
-        return recover_auto(obs)
-    if method == "auto":
-        from .auto import choose
-        method = choose(obs)[0]
-    return LABEL_METHODS.get(method)(**kwargs).recover(obs)
+def recover_labels(obs: Observation, method: str = "auto", **settings: Any) -> LabelResult:
+    """Run one label method by name (``auto``: the best for what the server observes, see :mod:`.auto`)."""
+    return LABEL_METHODS.get(method)(**settings).recover(obs)
 
 
 import_submodules(sys.modules[__name__])

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UnsupportedError
+from ..errors import InputError, UnsupportedError
 from ..observation import Observation
 from .base import LabelMethod, LabelResult, label_method
 
@@ -155,6 +155,19 @@ def _spread_index(a: np.ndarray, count: int) -> np.ndarray:
     return np.unique(np.concatenate([top, picks]))
 
 
+@dataclass(frozen=True, kw_only=True)
+class Wang2024Config:
+    """Settings of :class:`Wang2024` (see its docstring)."""
+
+    structure: str = "auto"
+    tolerance: float = EXACT_TOL
+    candidates: int = 10
+
+    def __post_init__(self) -> None:
+        if self.structure not in ("auto", "smoothing", "mixup"):
+            raise InputError(f"structure must be 'auto', 'smoothing' or 'mixup', got {self.structure!r}")
+
+
 @label_method("wang2024")
 class Wang2024(LabelMethod):
     """Exact soft labels and last-layer features from one input's gradient (Wang et al. ICLR 2024).
@@ -178,12 +191,20 @@ class Wang2024(LabelMethod):
 
     paper = "Wang, Liang & He, ICLR 2024, Towards Eliminating Hard Label Constraints, arXiv:2402.03124"
 
-    def __init__(self, *, structure: str = "auto", tolerance: float = EXACT_TOL, candidates: int = 10):
-        if structure not in ("auto", "smoothing", "mixup"):
-            raise ValueError(f"structure must be 'auto', 'smoothing' or 'mixup', got {structure!r}")
-        self.structure = structure
-        self.tolerance = tolerance
-        self.candidates = max(5, candidates)
+    Config = Wang2024Config
+    config: Wang2024Config
+
+    @property
+    def structure(self) -> str:
+        return self.config.structure
+
+    @property
+    def tolerance(self) -> float:
+        return self.config.tolerance
+
+    @property
+    def candidates(self) -> int:
+        return max(5, self.config.candidates)
 
     # -- inputs ------------------------------------------------------------------------------------
     def _gradient(self, obs: Observation) -> tuple[np.ndarray, np.ndarray | None]:
@@ -306,7 +327,7 @@ class Wang2024(LabelMethod):
         return lam, loss, a, d, k
 
     # -- recovery ----------------------------------------------------------------------------------
-    def recover(self, obs: Observation) -> LabelResult:
+    def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         self.check(obs)
         t0 = time.perf_counter()
         gw, gb = self._gradient(obs)

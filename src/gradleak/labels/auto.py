@@ -18,9 +18,11 @@ which method ran and why: ``LabelResult.method`` and ``details["auto"]``.
 """
 from __future__ import annotations
 
+import torch
+
 from ..errors import GradleakError, UnsupportedError
 from ..observation import Observation
-from .base import LABEL_METHODS, LabelResult
+from .base import LABEL_METHODS, LabelMethod, LabelResult, label_method
 
 
 def candidates(obs: Observation) -> list[tuple[str, str]]:
@@ -52,7 +54,7 @@ def candidates(obs: Observation) -> list[tuple[str, str]]:
     seen: set[str] = set()
     out = []
     for name, why in prefs:
-        if name not in seen and name in LABEL_METHODS.names():
+        if name not in seen and name in LABEL_METHODS:
             seen.add(name)
             out.append((name, why))
     return out
@@ -69,20 +71,33 @@ def choose(obs: Observation) -> tuple[str, str]:
     raise UnsupportedError("auto", unmet or ["no label method is registered"])
 
 
-def recover_auto(obs: Observation) -> LabelResult:
-    """Run the preferred method; if it refuses at run time, the next one. ``details["auto"]`` says which."""
-    tried: list[dict[str, str]] = []
-    for name, why in candidates(obs):
-        method = LABEL_METHODS.get(name)()
-        problems = method.problems(obs)
-        if problems:
-            tried.append({"method": name, "skipped": "; ".join(problems)})
-            continue
+@label_method("auto")
+class Auto(LabelMethod):
+    """Runs the preferred method for what the server observes (see the module docstring); if it refuses at
+    run time, the next one. ``LabelResult.method`` names the method that ran, ``details["auto"]`` why."""
+
+    paper = "gradleak: a published method chosen from what the server observes (no ground truth)"
+
+    def problems(self, obs: Observation) -> list[str]:
         try:
-            res = method.recover(obs)
-        except GradleakError as e:
-            tried.append({"method": name, "refused": str(e)})
-            continue
-        res.details["auto"] = {"picked": name, "reason": why, "skipped": tried}
-        return res
-    raise UnsupportedError("auto", [f"{t['method']}: {t.get('skipped') or t.get('refused')}" for t in tried])
+            choose(obs)
+        except UnsupportedError as e:
+            return e.problems
+        return []
+
+    def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
+        tried: list[dict[str, str]] = []
+        for name, why in candidates(obs):
+            method = LABEL_METHODS.get(name)()
+            problems = method.problems(obs)
+            if problems:
+                tried.append({"method": name, "skipped": "; ".join(problems)})
+                continue
+            try:
+                res = method.recover(obs, generator=generator)
+            except GradleakError as e:
+                tried.append({"method": name, "refused": str(e)})
+                continue
+            res.details["auto"] = {"picked": name, "reason": why, "skipped": tried}
+            return res
+        raise UnsupportedError("auto", [f"{t['method']}: {t.get('skipped') or t.get('refused')}" for t in tried])

@@ -7,8 +7,11 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from ..errors import UnsupportedError
+import torch
+
 from ..observation import Observation
 from ..registry import Registry
+from ..settings import NoSettings, configure
 
 LABEL_METHODS: Registry = Registry("label method")
 
@@ -40,10 +43,15 @@ class LabelResult:
 
 
 class LabelMethod:
-    """Base: subclasses set ``paper`` and implement :meth:`problems` and :meth:`recover`."""
+    """Base: subclasses set ``paper`` (and ``Config``, a frozen dataclass of settings, if they have any) and
+    implement :meth:`problems` and :meth:`recover`. Constructed as ``Method(config=None, **overrides)``."""
 
     name: ClassVar[str]
     paper: ClassVar[str] = ""
+    Config: ClassVar[type] = NoSettings
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        self.config = configure(self.Config, config, overrides, f"label method {self.name!r}")
 
     def problems(self, obs: Observation) -> list[str]:
         """Every unmet assumption of this method on ``obs`` (empty if it can run)."""
@@ -54,7 +62,8 @@ class LabelMethod:
         if problems:
             raise UnsupportedError(self.name, problems)
 
-    def recover(self, obs: Observation) -> LabelResult:
+    def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
+        """The labels; ``generator`` seeds any dummy inputs the method draws (default: its ``seed`` setting)."""
         raise NotImplementedError
 
 

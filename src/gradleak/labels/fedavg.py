@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnsupportedError
+import torch
+
 from ..observation import Observation
 from .base import LabelMethod, LabelResult, label_method, need_batch_size
 from .ilrg import ILRGConfig, counts_to_labels, estimate_counts, softmax, _head_arrays
@@ -69,8 +71,8 @@ class FedAvgLabels(LabelMethod):
     paper = ("Chen & Vikalo ICML 2024, Recovering Labels from Local Updates in Federated Learning (RLU), "
              "arXiv:2405.00955 — head-path replay variant")
 
-    def __init__(self, config: FedAvgLabelsConfig | None = None, **overrides: Any):
-        self.config = replace(config or FedAvgLabelsConfig(), **overrides)
+    Config = FedAvgLabelsConfig
+    config: FedAvgLabelsConfig
 
     def problems(self, obs: Observation) -> list[str]:
         problems: list[str] = []
@@ -83,7 +85,7 @@ class FedAvgLabels(LabelMethod):
                             "(use llg-whitebox)")
         return problems
 
-    def recover(self, obs: Observation) -> LabelResult:
+    def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         self.check(obs)
         t0 = time.perf_counter()
         dW, db, W0, b0 = _head_arrays(obs)

@@ -15,12 +15,21 @@ Paper: 99.56 % label restoration at batch 8 on a trained ImageNet ResNet-50 (non
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from ..observation import Observation
 from .base import LabelMethod, LabelResult, head_gradient, label_method, need_batch_size
 from .probe import probe
+
+
+@dataclass(frozen=True, kw_only=True)
+class GradInversionMinConfig:
+    """``probe_inputs``: dummy inputs used to check ``h ≥ 0`` (0: skip); ``seed``: their seed."""
+
+    probe_inputs: int = 4
+    seed: int = 0
 
 
 @label_method("gradinversion-min")
@@ -35,9 +44,8 @@ class GradInversionMin(LabelMethod):
 
     paper = "Yin et al. CVPR 2021, See through Gradients (GradInversion), arXiv:2104.07586: min rule"
 
-    def __init__(self, *, probe_inputs: int = 4, seed: int = 0):
-        self.probe_inputs = probe_inputs
-        self.seed = seed
+    Config = GradInversionMinConfig
+    config: GradInversionMinConfig
 
     def problems(self, obs: Observation) -> list[str]:
         problems: list[str] = []
@@ -46,15 +54,15 @@ class GradInversionMin(LabelMethod):
             problems.append(f"the min rule returns distinct labels, so it needs batch size ({b}) <= classes "
                             f"({obs.num_classes}); a batch this large must repeat labels: use a count method "
                             "(llg-whitebox, llg-bias-corrected, llg-simple)")
-        if self.probe_inputs:
-            p = probe(obs, self.probe_inputs, generator=torch.Generator().manual_seed(self.seed))
+        if self.config.probe_inputs:
+            p = probe(obs, self.config.probe_inputs, generator=torch.Generator().manual_seed(self.config.seed))
             low = float(p.features.min())
             if low < 0:
                 problems.append(f"the head's input takes negative values (min {low:.3g} on dummy inputs): the min "
                                 "rule's sign argument needs non-negative features (a ReLU before the head)")
         return problems
 
-    def recover(self, obs: Observation) -> LabelResult:
+    def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         t0 = time.perf_counter()               # the check's probe counts: it is part of using the rule safely
         self.check(obs)
         gw, _ = head_gradient(obs)

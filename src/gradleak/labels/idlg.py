@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from ..observation import Observation
 from .base import LabelMethod, LabelResult, head_gradient, label_method
 
@@ -23,7 +25,7 @@ class IDLG(LabelMethod):
             return [f"iDLG recovers the label of a single sample; this batch has {obs.batch_size}"]
         return []
 
-    def recover(self, obs: Observation) -> LabelResult:
+    def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         self.check(obs)
         t0 = time.perf_counter()
         gw, gb = head_gradient(obs)

@@ -236,9 +236,8 @@ class ILRG(LabelMethod):
     paper = ("Ma et al. ICLR 2023, Instance-wise Batch Label Restoration via Gradients in Federated Learning "
              "(iLRG), openreview FIrQfNSOoTr")
 
-    def __init__(self, config: ILRGConfig | None = None, **overrides: Any):
-        from dataclasses import replace
-        self.config = replace(config or ILRGConfig(), **overrides)
+    Config = ILRGConfig
+    config: ILRGConfig
 
     def problems(self, obs: Observation) -> list[str]:
         problems: list[str] = []
@@ -249,7 +248,7 @@ class ILRG(LabelMethod):
                             f"({B}) < classes ({obs.num_classes}). Use llg-whitebox (or a model with a head bias)")
         return problems
 
-    def recover(self, obs: Observation) -> LabelResult:
+    def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         self.check(obs)
         t0 = time.perf_counter()
         gw, gb, W, b = _head_arrays(obs)

@@ -33,6 +33,7 @@ in the local rate), an untrained or briefly trained model — a well-trained mod
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -92,7 +93,7 @@ class LLGSimple(_Count):
 
     paper = "Wainakh et al. PoPETs 2022, User-Level Label Leakage from Gradients (LLG), arXiv:2105.09369"
 
-    def recover(self, obs: Observation) -> LabelResult:
+    def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         self.check(obs)
         t0 = time.perf_counter()
         w, _, note = _scaled_grads(obs)
@@ -120,7 +121,7 @@ class LLGBiasCorrected(_Count):
     paper = "Wainakh et al. 2022 (LLG), bias variant with exact impact (cf. breaching 'bias-corrected')"
     needs_bias = True
 
-    def recover(self, obs: Observation) -> LabelResult:
+    def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         self.check(obs)
         t0 = time.perf_counter()
         _, b, note = _scaled_grads(obs)
@@ -129,6 +130,14 @@ class LLGBiasCorrected(_Count):
         n = round_counts(x, B)
         return LabelResult(self.name, counts_to_labels(n), seconds=time.perf_counter() - t0,
                            details={"estimated_counts": x.round(3).tolist(), "update": note})
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLGWhiteboxConfig:
+    """``probe_inputs``: dummy inputs (default max(B, 64)); ``seed``: their seed."""
+
+    probe_inputs: int | None = None
+    seed: int = 0
 
 
 @label_method("llg-whitebox")
@@ -142,17 +151,16 @@ class LLGWhitebox(_Count):
 
     paper = "Wainakh et al. PoPETs 2022 (LLG*, white-box impact/offset estimate), arXiv:2105.09369"
 
-    def __init__(self, *, probe_inputs: int | None = None, seed: int = 0):
-        self.probe_inputs = probe_inputs
-        self.seed = seed
+    Config = LLGWhiteboxConfig
+    config: LLGWhiteboxConfig
 
-    def recover(self, obs: Observation) -> LabelResult:
+    def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         self.check(obs)
         t0 = time.perf_counter()
         w, b, note = _scaled_grads(obs)
         B = int(obs.batch_size)  # type: ignore[arg-type]
-        n_probe = self.probe_inputs or max(B, 64)
-        pr = probe(obs, n_probe, generator=torch.Generator().manual_seed(self.seed))
+        n_probe = self.config.probe_inputs or max(B, 64)
+        pr = probe(obs, n_probe, generator=generator or torch.Generator().manual_seed(self.config.seed))
         p = pr.probs.numpy()
         if b is not None:
             x = B * (p.mean(0) - b)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from ..observation import Observation
 from .base import LabelMethod, LabelResult, head_gradient, label_method, need_batch_size
 
@@ -21,7 +23,7 @@ class SumRule(LabelMethod):
                             f"({obs.num_classes}); use a count strategy for repeated labels")
         return problems
 
-    def recover(self, obs: Observation) -> LabelResult:
+    def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         self.check(obs)
         t0 = time.perf_counter()
         gw, _ = head_gradient(obs)

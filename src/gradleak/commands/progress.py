@@ -1,0 +1,42 @@
+"""Progress output of long commands: a tqdm bar per attack, the cost estimates before a run."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..attacks.base import Step, StepCallback
+from ..cost import CostEstimate
+
+
+def progress_bars(enabled: bool) -> Any:
+    """A factory of tqdm progress bars, one per attack (``None`` when disabled)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    def factory(name: str, index: int) -> StepCallback:
+        bar = None
+
+        def on_step(step: Step) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(desc=name, total=step.total, unit="it", leave=True, dynamic_ncols=True)
+            bar.total = step.total
+            bar.n = step.iteration
+            bar.set_postfix_str(f"loss {step.loss:.4g}{' ' + step.stage if step.stage else ''}", refresh=False)
+            bar.refresh()
+            if step.iteration >= step.total:
+                bar.close()
+
+        return on_step
+
+    return factory
+
+
+def print_estimates(estimates: Sequence[CostEstimate]) -> None:
+    if estimates:
+        total = sum(e.seconds for e in estimates)
+        print(f"estimated cost on this machine (≈ {total / 60:.1f} min in all):", file=sys.stderr)
+        for e in estimates:
+            print(f"  {e.describe()}", file=sys.stderr)
