@@ -26,7 +26,8 @@ from .labels import LABEL_METHODS, LabelResult
 from .labels.auto import recover_auto
 from .metrics import LPIPS, label_accuracy, score_images
 from .observation import Observation
-from .report import save_grid, write_html_report, write_json_atomic
+from .report import AuditImages, save_grid, write_html_report, write_json_atomic
+from .results import AuditResult
 from .scenario import GroundTruth, Scenario, simulate
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,10 @@ def run_audit(plan: AuditPlan, out: str | Path, *,
     }
     results["verdict"] = verdict(label_section, attacks)
     write_json_atomic(out / "results.json", results)
-    write_html_report(out / "report.html", results, out)
+    files = {a["name"]: a["images"] for a in attacks if "images" in a}
+    images = AuditImages(grids={n: out / f["grid"] for n, f in files.items()},
+                         stages={n: {s: out / p for s, p in f.get("stages", {}).items()} for n, f in files.items()})
+    write_html_report(out / "report.html", AuditResult.from_json(results), images)
     return results
 
 
