@@ -1,7 +1,7 @@
-"""A single self-contained HTML page from a ``results`` dict (schema 1).
+"""A single self-contained HTML page from an :class:`~gradleak.results.AuditResult`.
 
 Images are embedded as base64 data URIs and CSS is inline: the page needs no network and can be
-mailed as one file. This module only presents numbers that are already in ``results``.
+mailed as one file. This module only presents numbers that are already in the result.
 """
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ import math
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from ..results import SCHEMA, AttackRun, AuditResult, LabelSection, Verdict
 from .files import to_jsonable, write_bytes_atomic
 
-__all__ = ["render_html", "write_html_report"]
+__all__ = ["AuditImages", "render_html", "write_html_report"]
 
 LPIPS_UNAVAILABLE = "unavailable (no weights given)"
 _NA = "n/a"
@@ -28,33 +30,29 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def write_html_report(
-    path: str | os.PathLike[str],
-    results: Mapping[str, Any],
-    out_dir: str | os.PathLike[str] | None = None,
-) -> None:
-    """Render ``results`` to ``path`` atomically; image paths are relative to ``out_dir``.
+@dataclass(frozen=True)
+class AuditImages:
+    """The image files of an audit: ``grids[attack]`` and ``stages[attack][stage]``."""
 
-    ``out_dir`` defaults to the folder of ``path``. Missing images become a note, not an error.
-    """
-    folder = Path(path).parent if out_dir is None else Path(out_dir)
-    write_bytes_atomic(path, render_html(results, folder).encode("utf-8"))
+    grids: dict[str, Path] = field(default_factory=dict)
+    stages: dict[str, dict[str, Path]] = field(default_factory=dict)
 
 
-def render_html(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> str:
+def write_html_report(path: str | os.PathLike[str], result: AuditResult, images: AuditImages) -> None:
+    """Render ``result`` to ``path`` atomically. Missing image files become a note, not an error."""
+    write_bytes_atomic(path, render_html(result, images).encode("utf-8"))
+
+
+def render_html(result: AuditResult, images: AuditImages) -> str:
     """The report page as a string (see :func:`write_html_report`)."""
-    out = Path(out_dir)
-    errors: list[tuple[str, Any]] = []
-    labels = _map(results.get("labels"))
-    attacks = [a for a in _seq(results.get("attacks")) if isinstance(a, Mapping)]
     body = [
-        _header(results),
-        _verdict(_map(results.get("verdict"))),
-        _scenario(_map(results.get("scenario")), _map(results.get("config"))),
-        _labels(labels, _map(results.get("scenario")), errors),
-        _attacks(attacks, out, errors),
-        _errors(errors, results.get("error")),
-        _footer(results),
+        _header(result.setting),
+        _verdict(result.verdict),
+        _scenario(result.setting, result.config),
+        _labels(result.labels, result.class_names),
+        _attacks(result.attacks, images),
+        _errors(result),
+        _footer(result),
     ]
     title = "gradleak audit report"
     return (
@@ -68,236 +66,193 @@ def render_html(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
 
 # --- sections ---------------------------------------------------------------------------------
 
-def _header(results: Mapping[str, Any]) -> str:
-    scenario = _map(results.get("scenario"))
-    config = _map(results.get("config"))
-    what = " · ".join(
-        _e(v) for v in (scenario.get("model", config.get("model")),
-                        scenario.get("dataset", config.get("dataset"))) if v is not None
-    )
+def _header(setting: Mapping[str, Any]) -> str:
+    what = " · ".join(_e(setting[k]) for k in ("model", "dataset") if setting.get(k) is not None)
     sub = f"<p class=\"sub\">{what}</p>" if what else ""
     return f"<header><h1>gradleak audit report</h1>{sub}</header>"
 
 
-def _verdict(verdict: Mapping[str, Any]) -> str:
-    if not verdict:
-        return "<section class=\"verdict level-unknown\"><p>No verdict was recorded.</p></section>"
-    level = str(verdict.get("level") or "unknown")
-    css = {"high": "high", "critical": "high", "medium": "medium", "moderate": "medium",
-           "low": "low", "none": "low", "negligible": "low"}.get(level.lower(), "unknown")
-    summary = verdict.get("summary")
-    text = f"<p>{_e(summary)}</p>" if summary else ""
+def _verdict(verdict: Verdict) -> str:
+    css = verdict.level if verdict.level in ("high", "medium", "low") else "unknown"
+    text = f"<p>{_e(verdict.summary)}</p>" if verdict.summary else ""
     return (
         f"<section class=\"verdict level-{css}\"><div class=\"badge\">Leakage risk: "
-        f"<strong>{_e(level.upper())}</strong></div>{text}</section>"
+        f"<strong>{_e((verdict.level or 'unknown').upper())}</strong></div>{text}</section>"
     )
 
 
-def _scenario(scenario: Mapping[str, Any], config: Mapping[str, Any]) -> str:
-    if not scenario and not config:
+def _scenario(setting: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    if not setting and not config:
         return ""
-
-    def pick(key: str) -> Any:
-        return scenario.get(key, config.get(key))
-
-    dataset = _e(_fmt(pick("dataset")))
     details = []
-    if scenario.get("image_shape"):
-        details.append("×".join(str(int(d)) for d in scenario["image_shape"]))
-    if scenario.get("num_classes") is not None:
-        details.append(f"{_fmt(scenario['num_classes'])} classes")
+    if setting.get("image_shape"):
+        details.append("×".join(str(d) for d in setting["image_shape"]))
+    if setting.get("num_classes") is not None:
+        details.append(f"{setting['num_classes']} classes")
+    dataset = _e(_fmt(setting.get("dataset")))
     if details:
         dataset += f" <span class=\"muted\">({_e(', '.join(details))})</span>"
-    protocol = pick("protocol")
-    if isinstance(protocol, Mapping):
-        params = {k: v for k, v in protocol.items() if k != "name"}
-        protocol_html = f"<strong>{_e(_fmt(protocol.get('name')))}</strong>"
-        if params:
-            protocol_html += f" <span class=\"muted\">({_e(_kv(params))})</span>"
-    else:
-        protocol_html = _e(_fmt(protocol))
-    defenses = _seq(pick("defenses"))
-    defense_html = "<br>".join(_e(_defense(d)) for d in defenses) or "none"
-    aug = pick("augmentation")
-    if aug is None:
-        aug = {k: config[k] for k in ("label_smoothing", "mixup") if k in config}
-    assumes = scenario.get("attacker_assumes")
-    assumes_html = _e(_kv(assumes) if isinstance(assumes, Mapping) else _fmt(assumes))
-    aug_html = _e(_kv(aug, empty="none") if isinstance(aug, Mapping) else _fmt(aug))
+    protocol = dict(setting.get("protocol") or {})
+    protocol_html = f"<strong>{_e(_fmt(protocol.pop('name', None)))}</strong>"
+    if protocol:
+        protocol_html += f" <span class=\"muted\">({_e(_kv(protocol))})</span>"
     rows = [
-        ("Model", _e(_fmt(pick("model")))),
+        ("Model", _e(_fmt(setting.get("model")))),
         ("Dataset", dataset),
-        ("Batch size", _e(_fmt(pick("batch_size")))),
+        ("Batch size", _e(_fmt(setting.get("batch_size")))),
         ("Protocol", protocol_html),
-        ("Attacker assumes", assumes_html),
-        ("Defenses", defense_html),
-        ("Label augmentation", aug_html),
-        ("Seed", _e(_fmt(pick("seed")))),
+        ("Attacker assumes", _e(_kv(setting.get("attacker_assumes") or {}, empty="none"))),
+        ("Defenses", "<br>".join(_e(_fmt(d)) for d in setting.get("defenses") or ()) or "none"),
+        ("Label augmentation", _e(_kv(setting.get("augmentation") or {}, empty="none"))),
+        ("Seed", _e(_fmt(setting.get("seed")))),
     ]
-    table = "<table class=\"kv\">" + "".join(
-        f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    table = "<table class=\"kv\">" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
     full = ""
     if config:
-        full = ("<details><summary>Full configuration</summary>"
-                f"<pre>{_e(_json(config))}</pre></details>")
+        full = f"<details><summary>Full configuration</summary><pre>{_e(_json(config))}</pre></details>"
     return f"<section><h2>Scenario</h2>{table}{full}</section>"
 
 
-def _labels(labels: Mapping[str, Any], scenario: Mapping[str, Any], errors: list) -> str:
-    if not labels:
+def _labels(labels: LabelSection, names: Sequence[str]) -> str:
+    if not labels.runs:
         return "<section><h2>Labels</h2><p class=\"muted\">No label recovery was run.</p></section>"
-    names = [str(n) for n in _seq(scenario.get("class_names"))]
-    true = [_label_key(t) for t in _seq(labels.get("true"))]
-    used = labels.get("used_by_attacks")
-    rows = [
-        "<tr class=\"truth\"><th>true labels</th>"
-        f"<td>{_chips(true, None, names)}</td><td></td><td></td></tr>"
-    ]
-    seen = set(true)
-    for name, m in _map(labels.get("methods")).items():
-        m = _map(m)
-        tag = " <span class=\"tag\">used by attacks</span>" if used == name else ""
-        if m.get("error"):
-            errors.append((f"label method {name}", m["error"]))
-            cell = f"<span class=\"err\">failed: {_e(_error_line(m['error']))}</span>"
+    true = None if labels.true is None else list(labels.true)
+    chosen = labels.chosen
+    rows = []
+    if true is not None:
+        rows.append(f"<tr class=\"truth\"><th>true labels</th><td>{_chips(true, None, names)}</td><td></td><td></td></tr>")
+    seen = set(true or ())
+    for run in labels.runs:
+        name = _e(run.method)
+        if run.requested != run.method:
+            name += f" <span class=\"muted\">({_e(run.requested)})</span>"
+        if run is chosen:
+            name += " <span class=\"tag\">used by attacks</span>"
+        if run.result is None:
+            cell = f"<span class=\"err\">failed: {_e(run.error)}</span>"
         else:
-            recovered = [_label_key(r) for r in _seq(m.get("recovered"))]
-            seen.update(recovered)
-            cell = _chips(recovered, true if true else None, names)
-        rows.append(
-            f"<tr><th>{_e(name)}{tag}</th><td>{cell}</td>"
-            f"<td class=\"num\">{_pct(m.get('label_accuracy'))}</td>"
-            f"<td class=\"num\">{_seconds(m.get('seconds'))}</td></tr>"
-        )
-        soft = _soft(m.get("soft"), names)
-        if soft:
-            rows.append(f"<tr class=\"soft\"><td></td><td colspan=\"3\">{soft}</td></tr>")
+            seen.update(run.result.labels)
+            cell = _chips(run.result.labels, true, names)
+        seconds = None if run.result is None else run.result.seconds
+        rows.append(f"<tr><th>{name}</th><td>{cell}</td><td class=\"num\">{_pct(run.accuracy)}</td>"
+                    f"<td class=\"num\">{_seconds(seconds)}</td></tr>")
+        if run.result is not None and run.result.soft is not None:
+            rows.append(f"<tr class=\"soft\"><td></td><td colspan=\"3\">{_soft(run.result.soft.tolist(), names)}</td></tr>")
     table = (
         "<table class=\"grid labels\"><thead><tr><th>Method</th><th>Labels</th>"
         "<th class=\"num\">Label accuracy</th><th class=\"num\">Seconds</th></tr></thead><tbody>"
         + "".join(rows) + "</tbody></table>"
     )
     notes = []
-    if used:
-        notes.append(f"Attacks used the labels recovered by <strong>{_e(used)}</strong>.")
+    if chosen is not None:
+        notes.append(f"Attacks used the labels recovered by <strong>{_e(chosen.method)}</strong>.")
     if true:
         notes.append("Recovered labels are compared as a multiset; "
                      "<span class=\"chip miss\">red</span> marks a label beyond the true count.")
-    legend = _legend(seen, names)
     note_html = "".join(f"<p class=\"note\">{n}</p>" for n in notes)
-    return f"<section><h2>Labels</h2>{table}{note_html}{legend}</section>"
+    return f"<section><h2>Labels</h2>{table}{note_html}{_legend(seen, names)}</section>"
 
 
-def _attacks(attacks: list[Mapping[str, Any]], out: Path, errors: list) -> str:
-    if not attacks:
+def _attacks(runs: Sequence[AttackRun], images: AuditImages) -> str:
+    if not runs:
         return "<section><h2>Attacks</h2><p class=\"muted\">No attacks were run.</p></section>"
-    parts = ["<section><h2>Attacks</h2>", _attack_summary(attacks)]
-    for i, a in enumerate(attacks):
-        parts.append(_attack(i, a, out, errors))
+    parts = ["<section><h2>Attacks</h2>", _attack_summary(runs)]
+    parts += [_attack(i, run, images) for i, run in enumerate(runs)]
     parts.append("</section>")
     return "".join(parts)
 
 
-def _attack_summary(attacks: list[Mapping[str, Any]]) -> str:
+def _numbers(run: AttackRun) -> list[tuple[str, str]]:
+    """The headline numbers of a run, as (label, formatted value)."""
+    scores, result = run.scores, run.result
+    if scores is None:
+        lpips = _NA
+    else:
+        lpips = _e(LPIPS_UNAVAILABLE) if scores.lpips is None else _dec(scores.mean_lpips)
+    return [("Mean PSNR", _psnr(run.mean_psnr)), ("Mean SSIM", _dec(None if scores is None else scores.mean_ssim)),
+            ("Mean LPIPS", lpips), ("Iterations", _fmt(None if result is None else result.iterations, _NA)),
+            ("Seconds", _seconds(None if result is None else result.seconds))]
+
+
+def _attack_summary(runs: Sequence[AttackRun]) -> str:
+    head = "".join(f"<th class=\"num\">{label}</th>" for label, _ in _numbers(runs[0]))
     rows = "".join(
-        f"<tr><th><a href=\"#{_anchor(i)}\">{_e(_fmt(a.get('name')))}</a></th>"
-        f"<td class=\"num\">{_psnr(a.get('mean_psnr'))}</td>"
-        f"<td class=\"num\">{_dec(a.get('mean_ssim'))}</td>"
-        f"<td class=\"num\">{_lpips(a.get('mean_lpips'), failed=bool(a.get('error')))}</td>"
-        f"<td class=\"num\">{_int(a.get('iterations'))}</td>"
-        f"<td class=\"num\">{_seconds(a.get('seconds'))}</td>"
-        f"<td>{'<span class=err>failed</span>' if a.get('error') else 'ok'}</td></tr>"
-        for i, a in enumerate(attacks)
+        f"<tr><th><a href=\"#attack-{i}\">{_e(run.name)}</a></th>"
+        + "".join(f"<td class=\"num\">{value}</td>" for _, value in _numbers(run))
+        + f"<td>{'<span class=err>failed</span>' if run.error else 'ok'}</td></tr>"
+        for i, run in enumerate(runs)
     )
-    return (
-        "<table class=\"grid\"><thead><tr><th>Attack</th><th class=\"num\">Mean PSNR</th>"
-        "<th class=\"num\">Mean SSIM</th><th class=\"num\">Mean LPIPS</th>"
-        "<th class=\"num\">Iterations</th><th class=\"num\">Seconds</th><th>Status</th></tr>"
-        "</thead>"
-        f"<tbody>{rows}</tbody></table>"
-    )
+    return (f"<table class=\"grid\"><thead><tr><th>Attack</th>{head}<th>Status</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
 
 
-def _attack(i: int, a: Mapping[str, Any], out: Path, errors: list) -> str:
-    name = _fmt(a.get("name"))
-    parts = [f"<article class=\"attack\" id=\"{_anchor(i)}\"><h3>{_e(name)}</h3>"]
-    if a.get("error"):
-        errors.append((f"attack {name}", a["error"]))
-        parts.append(f"<p class=\"err\">This attack failed: {_e(_error_line(a['error']))}"
-                     " (details under Errors).</p>")
-    stats = [
-        ("Mean PSNR", _psnr(a.get("mean_psnr"))), ("Mean SSIM", _dec(a.get("mean_ssim"))),
-        ("Mean LPIPS", _lpips(a.get("mean_lpips"), failed=bool(a.get("error")))),
-        ("Iterations", _int(a.get("iterations"))), ("Restarts", _int(a.get("restarts"))),
-        ("Seconds", _seconds(a.get("seconds"))),
-        *([("Estimated seconds", _seconds(a["estimated_seconds"]))] if a.get("estimated_seconds") is not None else []),
-        ("Final loss", _dec(a.get("final_loss"), 4, "g")),
-    ]
+def _attack(i: int, run: AttackRun, images: AuditImages) -> str:
+    parts = [f"<article class=\"attack\" id=\"attack-{i}\"><h3>{_e(run.name)}</h3>"]
+    if run.error:
+        parts.append(f"<p class=\"err\">This attack failed: {_e(run.error)} (details under Errors).</p>")
+    result = run.result
+    stats = _numbers(run)
+    if result is not None:
+        stats += [("Restarts", _fmt(result.restarts)), ("Final loss", _dec(result.final_loss, 4, "g"))]
+    if run.estimate is not None:
+        stats.append(("Estimated seconds", _seconds(run.estimate.seconds)))
     parts.append("<div class=\"stats\">" + "".join(
         f"<div><span>{k}</span><strong>{v}</strong></div>" for k, v in stats) + "</div>")
-    images = _map(a.get("images"))
-    if images.get("grid"):
-        parts.append(_figure(out, images["grid"],
-                             "Top row: originals. Below: reconstructions (paired by best match)."))
-    for stage, rel in _map(images.get("stages")).items():
-        parts.append(_figure(out, rel, str(stage)))
-    curve = _loss_plot(a.get("loss_curve"))
-    if curve:
-        parts.append(f"<figure><img class=\"plot\" alt=\"objective curve\" src=\"{curve}\">"
-                     "<figcaption>Attack objective over iterations (gradient matching plus the attack's priors; log scale)</figcaption></figure>")
-    parts.append(_per_image(a))
-    if a.get("config"):
-        parts.append("<details><summary>Attack configuration</summary>"
-                     f"<pre>{_e(_json(a['config']))}</pre></details>")
+    if run.name in images.grids:
+        caption = ("Top row: originals. Below: reconstructions (paired by best match)." if run.scores is not None
+                   else "Reconstructions (no ground truth to compare with).")
+        parts.append(_figure(images.grids[run.name], caption))
+    for stage, path in images.stages.get(run.name, {}).items():
+        parts.append(_figure(path, stage))
+    if result is not None:
+        curve = _loss_plot(result.loss_curve)
+        if curve:
+            parts.append(f"<figure><img class=\"plot\" alt=\"objective curve\" src=\"{curve}\"><figcaption>Attack "
+                         "objective over iterations (gradient matching plus the attack's priors; log scale)"
+                         "</figcaption></figure>")
+    if run.scores is not None:
+        parts.append(_per_image(run.scores.psnr, run.scores.ssim, run.scores.lpips))
+    if result is not None and result.config:
+        parts.append(f"<details><summary>Attack configuration</summary><pre>{_e(_json(result.config))}</pre></details>")
     parts.append("</article>")
     return "".join(parts)
 
 
-def _per_image(a: Mapping[str, Any]) -> str:
-    psnr, ssim, lpips = (_seq(a.get(k)) for k in ("psnr", "ssim", "lpips"))
-    n = max(len(psnr), len(ssim), len(lpips))
-    if not n:
-        return ""
+def _per_image(psnr: Sequence[float], ssim: Sequence[float], lpips: Sequence[float] | None) -> str:
     head = ("<th class=\"num\">Image</th><th class=\"num\">PSNR</th><th class=\"num\">SSIM</th>"
-            + ("<th class=\"num\">LPIPS</th>" if lpips else ""))
+            + ("<th class=\"num\">LPIPS</th>" if lpips is not None else ""))
     rows = "".join(
-        f"<tr><td class=\"num\">{i}</td><td class=\"num\">{_psnr(_at(psnr, i))}</td>"
-        f"<td class=\"num\">{_dec(_at(ssim, i))}</td>"
-        + (f"<td class=\"num\">{_dec(_at(lpips, i))}</td>" if lpips else "") + "</tr>"
-        for i in range(n)
+        f"<tr><td class=\"num\">{i}</td><td class=\"num\">{_psnr(p)}</td><td class=\"num\">{_dec(s)}</td>"
+        + (f"<td class=\"num\">{_dec(lpips[i])}</td>" if lpips is not None else "") + "</tr>"
+        for i, (p, s) in enumerate(zip(psnr, ssim))
     )
-    opened = " open" if n <= 16 else ""
-    return (f"<details{opened}><summary>Per-image scores ({n})</summary>"
-            f"<table class=\"grid small\"><thead><tr>{head}</tr></thead>"
-            f"<tbody>{rows}</tbody></table>"
-            "</details>")
+    opened = " open" if len(psnr) <= 16 else ""
+    return (f"<details{opened}><summary>Per-image scores ({len(psnr)})</summary>"
+            f"<table class=\"grid small\"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></details>")
 
 
-def _errors(errors: list[tuple[str, Any]], top: Any) -> str:
-    if top:
-        errors = [("run", top), *errors]
+def _errors(result: AuditResult) -> str:
+    errors = [(f"label method {r.method}", r.error, None) for r in result.labels.runs if r.error]
+    errors += [(f"attack {a.name}", a.error, a.traceback) for a in result.attacks if a.error]
     if not errors:
         return ""
-    items = []
-    for where, err in errors:
-        trace = _map(err).get("traceback") if isinstance(err, Mapping) else None
-        pre = f"<pre>{_e(trace)}</pre>" if trace else ""
-        items.append(f"<li><strong>{_e(where)}</strong>: {_e(_error_line(err))}{pre}</li>")
-    return f"<section class=\"errors\"><h2>Errors</h2><ul>{''.join(items)}</ul></section>"
+    items = "".join(f"<li><strong>{_e(where)}</strong>: {_e(err)}{f'<pre>{_e(trace)}</pre>' if trace else ''}</li>"
+                    for where, err, trace in errors)
+    return f"<section class=\"errors\"><h2>Errors</h2><ul>{items}</ul></section>"
 
 
-def _footer(results: Mapping[str, Any]) -> str:
-    bits = [(results.get("gradleak_version"), "gradleak {}"),
-            (results.get("schema"), "results schema {}"), (results.get("created"), "created {}")]
-    return "<footer>" + " · ".join(f.format(_e(v)) for v, f in bits if v is not None) + "</footer>"
+def _footer(result: AuditResult) -> str:
+    bits = [f"gradleak {_e(result.version)}" if result.version else "", f"results schema {SCHEMA}",
+            f"created {_e(result.created)}" if result.created else ""]
+    return "<footer>" + " · ".join(b for b in bits if b) + "</footer>"
 
 
 # --- pieces -----------------------------------------------------------------------------------
 
-def _figure(out: Path, rel: Any, caption: str) -> str:
-    src = _data_uri(out / str(rel))
+def _figure(path: Path, caption: str) -> str:
+    src = _data_uri(path)
     if src is None:
-        return (f"<p class=\"note missing\">Image not available: {_e(rel)} "
+        return (f"<p class=\"note missing\">Image not available: {_e(path.name)} "
                 f"(not found or not a PNG/JPEG file in the output folder).</p>")
     return (f"<figure><img class=\"pixels\" alt=\"{_e(caption)}\" src=\"{src}\">"
             f"<figcaption>{_e(caption)}</figcaption></figure>")
@@ -317,13 +272,9 @@ def _data_uri(file: Path) -> str | None:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _loss_plot(curve: Any) -> str | None:
-    """The matching-loss curve as a PNG data URI, or ``None`` if it has no positive finite point."""
-    points = []
-    for i, p in enumerate(_seq(curve)):
-        step, loss = (p[0], p[1]) if isinstance(p, Sequence) and len(p) >= 2 else (i, p)
-        if _finite(step) and _finite(loss) and float(loss) > 0:
-            points.append((float(step), float(loss)))
+def _loss_plot(curve: Sequence[tuple[int, float]]) -> str | None:
+    """The objective curve as a PNG data URI, or ``None`` if it has no positive finite point."""
+    points = [(float(step), float(loss)) for step, loss in curve if math.isfinite(loss) and loss > 0]
     if not points:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -344,7 +295,7 @@ def _loss_plot(curve: Any) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _chips(labels: list[Any], truth: list[Any] | None, names: list[str]) -> str:
+def _chips(labels: Sequence[int], truth: Sequence[int] | None, names: Sequence[str]) -> str:
     if not labels:
         return "<span class=\"muted\">none</span>"
     budget = Counter(truth) if truth is not None else None
@@ -362,16 +313,12 @@ def _chips(labels: list[Any], truth: list[Any] | None, names: list[str]) -> str:
     return "".join(out)
 
 
-def _soft(soft: Any, names: list[str]) -> str:
-    vectors = [v for v in _seq(soft) if isinstance(v, Sequence) and not isinstance(v, str)]
-    if not vectors:
-        return ""
+def _soft(vectors: list[list[float]], names: Sequence[str]) -> str:
     lines = []
     for i, vec in enumerate(vectors[:_MAX_SOFT_ROWS]):
-        scored = sorted(((float(p), k) for k, p in enumerate(vec) if _finite(p)), reverse=True)
-        top = ", ".join(
-            f"{k}{' ' + _class_name(k, names) if _class_name(k, names) else ''}: {p:.2f}"
-            for p, k in scored[:_SOFT_TOP])
+        scored = sorted(((p, k) for k, p in enumerate(vec) if math.isfinite(p)), reverse=True)
+        top = ", ".join(f"{k}{' ' + _class_name(k, names) if _class_name(k, names) else ''}: {p:.2f}"
+                        for p, k in scored[:_SOFT_TOP])
         lines.append(f"<li>#{i}: {_e(top)}</li>")
     more = len(vectors) - _MAX_SOFT_ROWS
     if more > 0:
@@ -380,8 +327,8 @@ def _soft(soft: Any, names: list[str]) -> str:
             f"<ul class=\"soft\">{''.join(lines)}</ul></details>")
 
 
-def _legend(seen: set[Any], names: list[str]) -> str:
-    pairs = [(lab, _class_name(lab, names)) for lab in sorted(seen, key=str)]
+def _legend(seen: set[int], names: Sequence[str]) -> str:
+    pairs = [(lab, _class_name(lab, names)) for lab in sorted(seen)]
     pairs = [(lab, n) for lab, n in pairs if n]
     if not pairs:
         return ""
@@ -389,28 +336,8 @@ def _legend(seen: set[Any], names: list[str]) -> str:
     return f"<p class=\"note\">Classes: {items}{' …' if len(pairs) > 60 else ''}</p>"
 
 
-def _class_name(label: Any, names: list[str]) -> str:
-    if isinstance(label, int) and 0 <= label < len(names):
-        return names[label]
-    return ""
-
-
-def _label_key(x: Any) -> Any:
-    """Labels as ints where they are whole numbers, so 3 and 3.0 compare equal."""
-    if isinstance(x, float) and x.is_integer():
-        return int(x)
-    return x
-
-
-def _defense(d: Any) -> str:
-    if isinstance(d, Mapping):
-        params = {k: v for k, v in d.items() if k != "name"}
-        return f"{_fmt(d.get('name'))}({_kv(params)})" if params else _fmt(d.get("name"))
-    return _fmt(d)
-
-
-def _anchor(i: int) -> str:
-    return f"attack-{i}"
+def _class_name(label: int, names: Sequence[str]) -> str:
+    return names[label] if 0 <= label < len(names) else ""
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -419,19 +346,19 @@ def _e(x: Any) -> str:
     return escape(str(x), quote=True)
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _fmt(x: Any) -> str:
+def _fmt(x: Any, none: str = "none") -> str:
+    """A setting value in plain words; records (dicts with a ``name``) as ``name(key=value, ...)``."""
     if x is None:
-        return "none"
+        return none
     if isinstance(x, float):
         return f"{x:g}" if math.isfinite(x) else _NA
     if isinstance(x, (list, tuple)):
         return ", ".join(_fmt(v) for v in x) or "none"
     if isinstance(x, Mapping):
-        return _kv(x)
+        params = _kv({k: v for k, v in x.items() if k != "name"})
+        if "name" not in x:
+            return params
+        return f"{x['name']}({params})" if params else str(x["name"])
     return str(x)
 
 
@@ -439,67 +366,26 @@ def _kv(d: Mapping[str, Any], empty: str = "") -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in d.items()) or empty
 
 
-def _dec(x: Any, digits: int = 3, kind: str = "f") -> str:
-    return f"{float(x):.{digits}{kind}}" if _finite(x) else _NA
+def _dec(x: float | None, digits: int = 3, kind: str = "f") -> str:
+    return f"{x:.{digits}{kind}}" if x is not None and math.isfinite(x) else _NA
 
 
-def _psnr(x: Any) -> str:
-    return f"{float(x):.2f} dB" if _finite(x) else _NA
+def _psnr(x: float | None) -> str:
+    return f"{x:.2f} dB" if x is not None and math.isfinite(x) else _NA
 
 
-def _lpips(x: Any, *, failed: bool = False) -> str:
-    if _finite(x):
-        return _dec(x)
-    return _e(LPIPS_UNAVAILABLE) if x is None and not failed else _NA
+def _pct(x: float | None) -> str:
+    return f"{100 * x:.0f}%" if x is not None and math.isfinite(x) else _NA
 
 
-def _int(x: Any) -> str:
-    if isinstance(x, int) and not isinstance(x, bool):
-        return _e(x)
-    return _dec(x, 0) if _finite(x) else _NA
-
-
-def _pct(x: Any) -> str:
-    return f"{100 * float(x):.0f}%" if _finite(x) else _NA
-
-
-def _seconds(x: Any) -> str:
-    if not _finite(x):
+def _seconds(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
         return _NA
     return f"{x:.3g} s" if x < 10 else f"{x:.1f} s"
 
 
-def _error_line(err: Any) -> str:
-    if isinstance(err, Mapping):
-        kind, msg = err.get("type"), err.get("message")
-        return f"{kind}: {msg}" if kind and msg else str(msg or kind or _json(err))
-    return str(err)
-
-
 def _json(x: Any) -> str:
-    try:
-        return json.dumps(to_jsonable(x), indent=2, ensure_ascii=False)
-    except Exception:  # presentation only: fall back to repr for odd values
-        return repr(x)
-
-
-def _map(x: Any) -> Mapping[str, Any]:
-    return x if isinstance(x, Mapping) else {}
-
-
-def _seq(x: Any) -> list[Any]:
-    if x is None or isinstance(x, (str, bytes, Mapping)):
-        return []
-    if hasattr(x, "tolist"):
-        x = x.tolist()
-    try:
-        return list(x)
-    except TypeError:
-        return []
-
-
-def _at(xs: list[Any], i: int) -> Any:
-    return xs[i] if i < len(xs) else None
+    return json.dumps(to_jsonable(x), indent=2, ensure_ascii=False)
 
 
 _CSS = """

@@ -90,21 +90,21 @@ def image_grid(
 
 def save_grid(
     path: str | os.PathLike[str],
-    originals: torch.Tensor,
+    originals: torch.Tensor | None,
     reconstructions: torch.Tensor | Sequence[torch.Tensor],
     *,
     pad: int = 2,
     scale: int | None = None,
     max_cols: int | None = 16,
 ) -> str:
-    """Write originals (top row) over reconstructions (one row per stage or attack) as a PNG.
+    """Write originals (top row; none without them) over reconstructions (one row per stage or attack) as a PNG.
 
     Written atomically; long batches wrap every ``max_cols`` images. Returns ``path`` as a string.
     """
     if isinstance(reconstructions, torch.Tensor):
         reconstructions = [reconstructions]
-    recon = list(reconstructions)
-    grid = image_grid([originals, *recon], pad=pad, scale=scale, max_cols=max_cols)
+    rows = ([] if originals is None else [originals]) + list(reconstructions)
+    grid = image_grid(rows, pad=pad, scale=scale, max_cols=max_cols)
     return write_bytes_atomic(path, _png_bytes(grid))
 
 
