@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradleak.audit import run_labels
+from gradleak.auditing import run_labels
 from gradleak.errors import UnsupportedError
 from gradleak.labels import LABEL_METHODS, recover_labels
 from gradleak.labels.auto import choose

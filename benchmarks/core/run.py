@@ -23,7 +23,7 @@ import torch
 
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.matching import MatchingConfig, MatchingProblem, run_matching
-from gradleak.audit import AuditPlan
+from gradleak.auditing import AuditPlan
 from gradleak.labels import recover_labels
 from gradleak.metrics import psnr, score_images
 from gradleak.scenario import Scenario, simulate

@@ -32,7 +32,7 @@ import torch
 from . import __version__
 from .defenses import DEFENSES, Defense, LabelSmoothing, Mixup, parse_defense
 from .errors import InputError
-from .audit import AuditPlan, audit_scenario, make_attacks
+from .auditing import AuditPlan, audit_scenario, make_attacks
 from .protocols import FedAvg, FedSGD
 from .scenario import Scenario
 

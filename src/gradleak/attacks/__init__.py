@@ -9,6 +9,16 @@ import sys
 from ..plugins import import_submodules
 from .base import ATTACKS, Attack, AttackResult, Step, attack
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "Step", "attack"]
-
 import_submodules(sys.modules[__name__])
+
+from .analytic.fc import FCExact  # noqa: E402  (the registrations above import every attack module once)
+from .analytic.layerwise import RGAP  # noqa: E402
+from .analytic.tensor import TensorAttack  # noqa: E402
+from .dlg import DLG  # noqa: E402
+from .generative.ggl import GGL  # noqa: E402
+from .generative.gifd import GIFD  # noqa: E402
+from .gradinversion import GradInversion  # noqa: E402
+from .inverting_gradients import InvertingGradients  # noqa: E402
+
+__all__ = ["ATTACKS", "DLG", "GGL", "GIFD", "RGAP", "Attack", "AttackResult", "FCExact", "GradInversion",
+           "InvertingGradients", "Step", "TensorAttack", "attack"]

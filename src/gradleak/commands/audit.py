@@ -25,7 +25,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from ..audit import AuditPlan, audit_scenario, make_attacks
+    from ..auditing import AuditPlan, audit_scenario, make_attacks
     from ..errors import InputError
     from ..report import write_audit
 

@@ -18,7 +18,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from ..audit import AuditPlan, audit_scenario
+    from ..auditing import AuditPlan, audit_scenario
     from ..report import write_json_atomic
 
     plan = AuditPlan(label_methods=tuple(a.method or ["auto"]), attacks=())

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..audit import AuditPlan, audit, make_attacks
+from ..auditing import AuditPlan, audit, make_attacks
 from ..errors import GradleakError, InputError
 from ..observation import Observation
 from ..report import write_json_atomic

@@ -11,7 +11,6 @@ from ..observation import Observation
 from ..plugins import import_submodules
 from .base import LABEL_METHODS, LabelMethod, LabelResult, head_gradient, label_method
 
-__all__ = ["LABEL_METHODS", "LabelMethod", "LabelResult", "head_gradient", "label_method", "recover_labels"]
 
 
 def recover_labels(obs: Observation, method: str = "auto", **settings: Any) -> LabelResult:
@@ -20,3 +19,16 @@ def recover_labels(obs: Observation, method: str = "auto", **settings: Any) -> L
 
 
 import_submodules(sys.modules[__name__])
+
+from .augmented import Wang2024  # noqa: E402  (the registrations above import every method module once)
+from .auto import Auto  # noqa: E402
+from .fedavg import FedAvgLabels  # noqa: E402
+from .gradinversion_min import GradInversionMin  # noqa: E402
+from .idlg import IDLG  # noqa: E402
+from .ilrg import ILRG  # noqa: E402
+from .llg import LLGBiasCorrected, LLGSimple, LLGWhitebox  # noqa: E402
+from .sum_rule import SumRule  # noqa: E402
+
+__all__ = ["IDLG", "ILRG", "LABEL_METHODS", "Auto", "FedAvgLabels", "GradInversionMin", "LLGBiasCorrected",
+           "LLGSimple", "LLGWhitebox", "LabelMethod", "LabelResult", "SumRule", "Wang2024", "head_gradient",
+           "label_method", "recover_labels"]
