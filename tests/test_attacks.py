@@ -24,7 +24,8 @@ def grey_psnr(truth):
 
 def test_inverting_gradients_beats_grey_baseline(digit_case):
     obs, truth = digit_case
-    res = ATTACKS.get("inverting_gradients")(iterations=300, tv=0.0).run(obs, generator=torch.Generator().manual_seed(0))
+    res = ATTACKS.get("inverting_gradients")(iterations=300, tv=0.0).run(obs,
+                                                                         generator=torch.Generator().manual_seed(0))
     got = score_images(res.images, truth.images).mean_psnr
     assert got > grey_psnr(truth) + 15, got
     assert res.labels == truth.labels.tolist()
@@ -43,7 +44,8 @@ def test_fedavg_replay_attack():
     obs, truth = simulate(Scenario(model="mlp", model_kwargs={"width": 64, "depth": 1}, dataset="digits",
                                    image_size=8, batch_size=1, seed=4,
                                    protocol=FedAvg(local_steps=3, local_lr=0.1)))
-    res = ATTACKS.get("inverting_gradients")(iterations=300, tv=0.0).run(obs, generator=torch.Generator().manual_seed(0))
+    res = ATTACKS.get("inverting_gradients")(iterations=300, tv=0.0).run(obs,
+                                                                         generator=torch.Generator().manual_seed(0))
     assert score_images(res.images, truth.images).mean_psnr > grey_psnr(truth) + 10
 
 
@@ -94,7 +96,8 @@ def test_checkpoint_resume_matches_uninterrupted_run(digit_case, tmp_path):
 
 def test_schedules():
     cfg = MatchingConfig(iterations=80, schedule="step")
-    assert lr_factor(cfg, 0) == 1 and lr_factor(cfg, 30) == pytest.approx(0.1) and lr_factor(cfg, 79) == pytest.approx(1e-3)
+    assert lr_factor(cfg, 0) == 1 and lr_factor(cfg, 30) == pytest.approx(0.1)
+    assert lr_factor(cfg, 79) == pytest.approx(1e-3)
     cos = MatchingConfig(iterations=100, schedule="cosine", warmup=10)
     assert lr_factor(cos, 0) == pytest.approx(0.1) and lr_factor(cos, 99) < 0.01
 

@@ -1,7 +1,7 @@
 """A real Flower simulation (2 clients, 2 rounds, tiny MLP) with the capturing server, plus the store.
 
-The simulation starts Ray (~50 s, ~2.5 GB): it runs once per session (module fixture). Skipped only
-when the ``flower`` extra is not installed.
+The simulation starts Ray (~50 s, ~2.5 GB): it runs once per session (module fixture), and the tests that use
+it are marked slow. Skipped only when the ``flower`` extra is not installed.
 """
 import importlib.util
 
@@ -31,6 +31,7 @@ def simulated(tmp_path_factory):
     return store
 
 
+@pytest.mark.slow
 @needs_flwr
 def test_captured_update_is_the_clients_true_update(simulated):
     from gradleak.fl.flower import true_update
@@ -47,6 +48,7 @@ def test_captured_update_is_the_clients_true_update(simulated):
             torch.testing.assert_close(obs.update[k], v, atol=2e-6, rtol=1e-4)
 
 
+@pytest.mark.slow
 @needs_flwr
 def test_label_recovery_on_the_capture_succeeds(simulated):
     for c in simulated.captured():
@@ -57,6 +59,7 @@ def test_label_recovery_on_the_capture_succeeds(simulated):
         assert c["audit"]["labels"]["methods"][rec.method]["recovered"] == sorted(rec.labels)
 
 
+@pytest.mark.slow
 @needs_flwr
 def test_rounds_advance_and_the_store_resumes(simulated):
     r1 = simulated.load(1, simulated.captured(1)[0]["client"])

@@ -52,8 +52,8 @@ def test_l1_projection_is_exact():
         want = brute_force_l1(v, r)
         np.testing.assert_allclose(got, want, atol=1e-9)
         # and the KKT-free check: a generic QP solver agrees
-        qp = minimize(lambda w: 0.5 * np.sum((w - v) ** 2), np.zeros_like(v), jac=lambda w: w - v,
-                      constraints=[{"type": "ineq", "fun": lambda w: r - np.abs(w).sum()}], method="SLSQP",
+        qp = minimize(lambda w, v=v: 0.5 * np.sum((w - v) ** 2), np.zeros_like(v), jac=lambda w, v=v: w - v,
+                      constraints=[{"type": "ineq", "fun": lambda w, r=r: r - np.abs(w).sum()}], method="SLSQP",
                       options={"ftol": 1e-12, "maxiter": 500})
         np.testing.assert_allclose(got, qp.x, atol=1e-4)
 
@@ -141,7 +141,10 @@ def test_defense_estimate_copies_the_sparsity_mask_and_clip_bound():
     from gradleak.defenses import Clip, Sparsify
 
     x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    obs = tiny_observation(x, torch.tensor([1]), defense=lambda u, generator: Clip(0.5)(Sparsify(0.9)(u, generator=generator), generator=generator))
+    def defense(u, generator):
+        return Clip(0.5)(Sparsify(0.9)(u, generator=generator), generator=generator)
+
+    obs = tiny_observation(x, torch.tensor([1]), defense=defense)
     transform, est = defense_estimate(obs)
     clean = tiny_observation(x, torch.tensor([1])).update
     est_update = transform(clean)
@@ -163,9 +166,10 @@ def test_prior_trains_resumes_and_reloads_identically(tmp_path):
     H = load_prior(path)
     a = G.sample(5, generator=torch.Generator().manual_seed(11))
     b = H.sample(5, generator=torch.Generator().manual_seed(11))
-    assert torch.equal(a, b) and a.shape == (5, 1, 8, 8) and 0 <= float(a.min()) and float(a.max()) <= 1
+    assert torch.equal(a, b) and a.shape == (5, 1, 8, 8) and float(a.min()) >= 0 and float(a.max()) <= 1
     # the training checkpoint loads too, and a run stopped at step 3 resumes to the same weights
-    assert torch.equal(load_prior(tmp_path / "ckpt.safetensors").sample(5, generator=torch.Generator().manual_seed(11)), a)
+    from_checkpoint = load_prior(tmp_path / "ckpt.safetensors")
+    assert torch.equal(from_checkpoint.sample(5, generator=torch.Generator().manual_seed(11)), a)
     train_prior(data, gcfg, TrainConfig(steps=3, batch_size=8, checkpoint_every=3, sample_every=3),
                 checkpoint=tmp_path / "ckpt2.safetensors")
     resumed = train_prior(data, gcfg, cfg, checkpoint=tmp_path / "ckpt2.safetensors")

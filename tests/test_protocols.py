@@ -23,7 +23,8 @@ def test_fedsgd_equals_autograd_gradient(name, train):
     x, y = _batch()
     ref_model = copy.deepcopy(model)
     loss = torch.nn.functional.cross_entropy(ref_model(x), y)
-    ref = dict(zip([k for k, _ in ref_model.named_parameters()], torch.autograd.grad(loss, list(ref_model.parameters()))))
+    names, params = zip(*ref_model.named_parameters())
+    ref = dict(zip(names, torch.autograd.grad(loss, list(params))))
     upd = client_update(model, FedSGD(), x, y)
     assert set(upd) == set(ref)
     for k in ref:

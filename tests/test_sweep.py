@@ -46,6 +46,7 @@ def test_run_sweep_writes_json_plot_markdown_and_html(tmp_path):
     assert "data:image/png;base64," in html and "<table>" in html
 
 
+@pytest.mark.slow
 def test_process_pool_runs_jobs_in_order():
     jobs = [(strength, ("noise:0.1",)), (strength, ("quantize:4",)), (strength, (NONE,))]
     assert run_jobs(jobs, backend="process", workers=2) == [("noise", 0.1), ("quantize", -4.0), (NONE, 0.0)]
