@@ -14,10 +14,12 @@ from gradleak.labels import recover_labels
 from gradleak.metrics import label_accuracy
 from gradleak.observation import Observation
 from gradleak.protocols import FedAvg, FedSGD, client_update
+from gradleak.scenario import Scenario
 
 needs_flwr = pytest.mark.skipif(importlib.util.find_spec("flwr") is None,
                                 reason="Flower is not installed: pip install 'gradleak[flower]'")
-TASK = FlowerTask(model="mlp", model_kwargs={"width": 32}, dataset="digits", batch_size=3, lr=0.1, seed=0)
+TASK = FlowerTask(scenario=Scenario(model="mlp", model_kwargs={"width": 32}, dataset="digits", batch_size=3,
+                                   unique_labels=True, seed=0), lr=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -76,23 +78,23 @@ def test_rounds_advance_and_the_store_resumes(simulated):
 def test_fedavg_capture_equals_the_local_delta(tmp_path):
     from gradleak.fl.flower import CaptureStrategy
 
-    task = FlowerTask(model="mlp", model_kwargs={"width": 16}, batch_size=4, protocol=FedAvg(3, 0.05, 2),
-                      label_smoothing=0.1)
+    task = FlowerTask(scenario=Scenario(model="mlp", model_kwargs={"width": 16}, dataset="digits", batch_size=4,
+                                        protocol=FedAvg(3, 0.05, 2), label_smoothing=0.1))
     data = task.load_data()
     model = task.initial_model(data)
     sent = {k: v.clone() for k, v in model.state_dict().items()}
-    returned, metrics, batch = client_train(task, data, model, task.protocol, task.lr, 1, 2, 1)
+    returned, metrics, batch = client_train(task, data, model, task.scenario.protocol, task.lr, 1, 2, 1)
     strat = CaptureStrategy(CaptureStore(tmp_path), model_spec=task.model_spec(data),
-                            normalization=data.normalization, protocol=task.protocol)
+                            normalization=data.normalization, protocol=task.scenario.protocol)
     obs = strat.observation(sent, returned, int(metrics["num-examples"]))
-    expected = client_update(model, task.protocol, data.normalization.normalize(batch.images), batch.targets)
+    expected = client_update(model, task.scenario.protocol, data.normalization.normalize(batch.images), batch.targets)
     for k, v in expected.items():
         torch.testing.assert_close(obs.update[k], v)
     assert obs.kind == "delta"
 
 
 def test_store_is_bounded(tmp_path):
-    task = FlowerTask(model="mlp", model_kwargs={"width": 8})
+    task = FlowerTask(scenario=Scenario(model="mlp", model_kwargs={"width": 8}, dataset="digits"))
     data = task.load_data()
     model = task.initial_model(data)
     obs = Observation(model=model, update={k: torch.zeros_like(p) for k, p in model.named_parameters()},
@@ -107,3 +109,12 @@ def test_store_is_bounded(tmp_path):
         store.finish_round(r, model.state_dict())
     assert [c["round"] for c in store.captured()] == [2]
     assert not (tmp_path / "b" / "round_0001").exists() and CaptureStore(tmp_path / "b").resume()[0] == 2
+
+
+def test_task_travels_as_flat_config_named_as_the_cli_flags():
+    task = FlowerTask(scenario=Scenario(model="mlp", model_kwargs={"width": 8}, dataset="digits", batch_size=2,
+                                        protocol=FedAvg(3, 0.05, 2), bn_mode="train", mixup=0.5, seed=4), lr=0.3)
+    cfg = task.to_config()
+    assert cfg["batch-size"] == 2 and cfg["local-steps"] == 3 and cfg["bn-mode"] == "train"
+    assert FlowerTask.from_config(cfg) == task
+    assert FlowerTask.from_config({"model": "mlp", "data": "digits"}).scenario.bn_mode == "eval"   # one default
