@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .data import Dataset, load_dataset
 from .defenses import Defense, LabelSmoothing, Mixup
-from .defenses_extra import client_round
+from .client import client_round
 from .errors import InputError
 from .models import ModelSpec, find_head, load_weights
 from .observation import Observation
