@@ -159,8 +159,8 @@ def _prepare(a: argparse.Namespace) -> dict:
     import torch
 
     from gradleak.data import Dataset
-    from gradleak.data.normalization import Normalization
     from gradleak.models import build_model
+    from gradleak.normalization import Normalization
     from gradleak.scenario import Scenario, simulate
 
     from weights_map import ExportedCase, load_by_order
@@ -366,8 +366,8 @@ def value_at(curve: list[float], times: list[float], t: float, final: float, wal
 def score_run(case: Case, work: Path, tag: str, b: dict | None, g: dict | None, fl: dict | None,
               warmup: int) -> dict:
     """Everything derived for one image: scoring both sides with gradleak's metrics, offline."""
-    from gradleak.data.normalization import Normalization
     from gradleak.metrics import score_images
+    from gradleak.normalization import Normalization
     from safetensors.torch import load_file
 
     from weights_map import ExportedCase

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.normalization import Normalization
 from ..errors import InputError
 from ..models import find_head
+from ..normalization import Normalization
 from .images import pair_images
 
 __all__ = ["IIPResult", "image_identifiability", "penultimate_features"]
