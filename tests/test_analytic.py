@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from gradleak.analysis import analyze_model, copa_index, trace_chain
+from gradleak.analyze import analyze_model, copa_index
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.analytic.tensor import TensorConfig, match_cosines, reconstruct, single_query
+from gradleak.attacks.analytic.trace import trace_chain
 from gradleak.errors import UnsupportedError
 from gradleak.metrics import psnr, score_images
 from gradleak.scenario import Scenario, simulate

@@ -10,10 +10,11 @@ from gradleak.attacks import ATTACKS
 from gradleak.attacks.generative import GIFD, project_l1_ball
 from gradleak.attacks.generative.search import defense_estimate, project_sphere
 from gradleak.data import Normalization, load_dataset
-from gradleak.generative import Generator, GeneratorConfig, TrainConfig, load_prior, save_prior, train_prior
 from gradleak.metrics import psnr
 from gradleak.models import MODELS
 from gradleak.observation import Observation
+from gradleak.prior import Generator, GeneratorConfig, load_prior, save_prior
+from gradleak.prior.train import TrainConfig, train_prior
 from gradleak.protocols import FedSGD, client_update
 
 

@@ -6,11 +6,11 @@ from torch import nn
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.gradinversion import (GradInversionConfig, GroupConsensus, batch_statistics,
                                             load_bn_targets, save_batch_statistics)
+from gradleak.attacks.gradinversion.registration import phase_correlation, register, warp
 from gradleak.attacks.matching import MatchingConfig, MatchingProblem
 from gradleak.errors import InputError
-from gradleak.identifiability import image_identifiability
 from gradleak.metrics import psnr, score_images
-from gradleak.registration import phase_correlation, register, warp
+from gradleak.metrics.identifiability import image_identifiability
 from gradleak.scenario import Scenario, simulate
 
 

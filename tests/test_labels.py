@@ -14,8 +14,7 @@ from gradleak.errors import UnsupportedError
 from gradleak.labels import LABEL_METHODS, recover_labels
 from gradleak.labels.augmented import Wang2024, triple_scales
 from gradleak.labels.llg import round_counts
-from gradleak.labels.scoring import EXACT_TOL, exact_recovery, max_abs_error, score_labels
-from gradleak.metrics import label_accuracy
+from gradleak.metrics.labels import EXACT_TOL, exact_recovery, label_accuracy, max_abs_error, score_labels
 from gradleak.models import MLP
 from gradleak.scenario import Scenario, simulate
 

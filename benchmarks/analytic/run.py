@@ -69,7 +69,7 @@ def bench_fc(quick: bool) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 def bench_layerwise(quick: bool) -> dict:
-    from gradleak.analysis import analyze_model
+    from gradleak.analyze import analyze_model
     from gradleak.attacks import ATTACKS
     from gradleak.metrics import score_images
     from gradleak.scenario import Scenario, simulate
@@ -158,7 +158,7 @@ def bench_tensor(quick: bool) -> dict:
 def bench_ranking(quick: bool, previous: dict | None = None) -> dict:
     from scipy.stats import spearmanr
 
-    from gradleak.analysis import analyze_model
+    from gradleak.analyze import analyze_model
     from gradleak.attacks import ATTACKS
     from gradleak.errors import UnsupportedError
     from gradleak.metrics import score_images

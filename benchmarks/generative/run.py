@@ -36,11 +36,12 @@ from torch import nn
 from gradleak.attacks import ATTACKS
 from gradleak.data import Dataset, load_dataset
 from gradleak.defenses import Clip, GaussianNoise, Sparsify
-from gradleak.generative import GeneratorConfig, TrainConfig, load_prior, save_prior, train_prior
 from gradleak.labels import recover_labels
 from gradleak.metrics import score_images
 from gradleak.models.zoo import BasicBlock
 from gradleak.observation import update_norm
+from gradleak.prior import GeneratorConfig, load_prior, save_prior
+from gradleak.prior.train import TrainConfig, train_prior
 from gradleak.report import save_grid
 from gradleak.scenario import Scenario, simulate
 

@@ -29,9 +29,9 @@ from torch import nn
 
 from gradleak.attacks import ATTACKS
 from gradleak.data import load_dataset
-from gradleak.identifiability import image_identifiability
 from gradleak.labels import LABEL_METHODS, recover_labels
 from gradleak.metrics import label_accuracy, score_images
+from gradleak.metrics.identifiability import image_identifiability
 from gradleak.models.zoo import BasicBlock, ResNet
 from gradleak.scenario import Scenario, simulate
 

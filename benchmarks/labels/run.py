@@ -40,8 +40,7 @@ from gradleak.data import load_dataset
 from gradleak.data.dataset import Dataset
 from gradleak.errors import GradleakError
 from gradleak.labels import LABEL_METHODS
-from gradleak.labels.scoring import EXACT_TOL, exact_recovery, max_abs_error
-from gradleak.metrics import label_accuracy
+from gradleak.metrics.labels import EXACT_TOL, exact_recovery, label_accuracy, max_abs_error
 from gradleak.models import find_head
 from gradleak.protocols import cross_entropy
 from gradleak.scenario import Scenario, build_scenario_model, simulate

@@ -6,18 +6,19 @@ Cells (the issue's): ResNet-18 and LeNet-5, 10 and 100 classes, B = 8 / 32 / 128
 default; ResNet-18 / 10 classes with BatchNorm in train mode. Per trial: seed = 10000·model + 1000·classes +
 100·batch + trial (indices in those lists), labels = numpy ``default_rng(seed).integers(0, C, B)``, inputs = 32×32
 crops of scikit-image photos drawn from the same generator, normalised with CIFAR mean/std — the same recipe,
-seeds and architectures as ``/work/shared/bench/labels/run_ilrg.py``. Weights are drawn from the same scheme but by
+seeds and architectures as the official harness's ``run_ilrg.py``. Weights are drawn from the same scheme but by
 gradleak's module order, so individual weights differ from the official run's.
 
 gradleak side: every registered count method (iLRG, LLG family, ...) and ``auto`` on the same Observation (the
-server sees the head's gradient; the body is frozen to skip its backward pass). Official side: the harness in
-``/work/shared/bench/labels/`` run by subprocess when it and an export of BUAA-CST/iLRG are present (skipped with a
-note otherwise; ``--official-dir`` reuses result files already made by it).
+server sees the head's gradient; the body is frozen to skip its backward pass). Official side: the harness's
+``run_ilrg.py`` in the folder ``--harness DIR`` (or the environment variable ``GRADLEAK_ILRG_HARNESS``), run by
+subprocess when it and an export of BUAA-CST/iLRG are present (skipped with a note otherwise; ``--official-dir``
+reuses result files already made by it).
 
 Extra cells: FedAvg K = 1 / 5 local steps (LeNet-5 and ResNet-18, B = 32, 10 classes), and models trained a few
 epochs on the bundled ``photos`` data. Timing: iLRG recovery at B = 256, median of repeats, with the load average.
 
-Usage: python benchmarks/labels_vs_official/run.py [--trials 5] [--official-dir DIR] [--ilrg-src DIR]
+Usage: python benchmarks/labels_vs_official/run.py [--trials 5] [--official-dir DIR] [--harness DIR] [--ilrg-src DIR]
 """
 from __future__ import annotations
 
@@ -43,7 +44,6 @@ from gradleak.observation import Observation
 from gradleak.protocols import FedAvg, FedSGD
 
 HERE = Path(__file__).resolve().parent
-SHARED = Path("/work/shared/bench/labels")
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins",
           "camera", "moon", "page", "text", "brick", "grass", "gravel", "cat"]
 CIFAR = {10: ((0.4914672374725342, 0.4822617471218109, 0.4467701315879822),
@@ -211,15 +211,16 @@ def official(args) -> dict:
     out: dict = {}
     d = Path(args.official_dir) if args.official_dir else HERE / "official"
     py = Path(os.environ.get("ANCHOR_PY", Path.home() / ".cache/anchor-labels/venv/bin/python"))
+    script = Path(args.harness) / "run_ilrg.py" if args.harness else None
     for key, fname in files.items():
         path = d / fname
         if not path.exists():
-            if not (SHARED / "run_ilrg.py").exists() or not args.ilrg_src or not py.exists():
+            if script is None or not script.exists() or not args.ilrg_src or not py.exists():
                 out[key] = {"skipped": "official harness, its venv or the iLRG export is absent "
-                                       f"({SHARED}/run_ilrg.py, {py}, --ilrg-src)"}
+                                       f"({script or '--harness'}, {py}, --ilrg-src)"}
                 continue
             d.mkdir(parents=True, exist_ok=True)
-            cmd = [str(py), str(SHARED / "run_ilrg.py"), "--src", args.ilrg_src, "--out", str(path),
+            cmd = [str(py), str(script), "--src", args.ilrg_src, "--out", str(path),
                    "--trials", str(args.trials), *extra[key]]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
@@ -292,6 +293,8 @@ def main() -> None:
     ap.add_argument("--fedavg-trials", type=int, default=5)
     ap.add_argument("--resnet-fedavg-trials", type=int, default=2)
     ap.add_argument("--official-dir", default=None)
+    ap.add_argument("--harness", default=os.environ.get("GRADLEAK_ILRG_HARNESS"),
+                    help="folder holding the official harness's run_ilrg.py (default: $GRADLEAK_ILRG_HARNESS)")
     ap.add_argument("--ilrg-src", default=os.environ.get("ILRG_SRC"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "results.json"))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The breaching side of ``side_by_side.py``: one breaching==0.1.2 attack run, exported for gradleak.
 
-Runs with **breaching's own venv** (``setup_breaching_env.sh`` in the shared breaching bench folder), never
+Runs with **breaching's own venv** (``setup_breaching_env.sh`` in the harness folder, ``--harness``), never
 with gradleak's. It imports that folder's harness (``run_breaching_baseline.py``: torchvision CPU shim,
 scikit-image images, case ``1_single_image_small``) and the installed ``breaching`` package; it
 contains none of breaching's source. It writes two files:
@@ -87,6 +87,8 @@ def main() -> None:
     p.add_argument("--json", required=True)
     args = p.parse_args()
 
+    # The harness is a folder of scripts the user names (--harness), run in breaching's own venv where
+    # gradleak is not installed: putting that folder on the path is the only way to import it.
     sys.path.insert(0, os.path.abspath(args.harness))
     from run_breaching_baseline import build_case, natural_images, psnr_of, torchvision_cpu_shim
 

@@ -10,8 +10,10 @@ attack as a user runs it with a time stamp at every iteration; s/iteration = med
 the same model and batch (the floor; see ``side_by_side.py``). Peak memory = ``getrusage`` max RSS of
 the process, and its growth during the attack (peak at the end minus peak before the run).
 
-    python benchmarks/performance/cost_curve.py     # full grid → results_cost_curve.{json,md}, cost_curve.png
-    python benchmarks/performance/cost_curve.py --quick --out /tmp/cc   # B ∈ {1, 4}, 32 px, few iterations
+From the repository root, as a module (it imports ``side_by_side``'s floor step and records):
+
+    python -m benchmarks.performance.cost_curve     # full grid → results_cost_curve.{json,md}, cost_curve.png
+    python -m benchmarks.performance.cost_curve --quick --out /tmp/cc   # B ∈ {1, 4}, 32 px, few iterations
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.performance.side_by_side import cpu_model, floor_step, peak_rss_mb  # the same floor and records
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from side_by_side import cpu_model, floor_step, peak_rss_mb  # noqa: E402  (the same floor and records)
+REPO = HERE.parents[1]
 
 MODELS = {"convnet": "ConvNet (width 64)", "resnet18": "ResNet-18 (CIFAR stem)"}
 
@@ -180,12 +183,12 @@ def main() -> None:
     for model in a.models.split(","):
         for size in (int(s) for s in a.sizes.split(",")):
             for batch in (int(b) for b in a.batches.split(",")):
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--model", model, "--batch",
-                       str(batch), "--size", str(size), "--iters", str(a.iters), "--warmup", str(a.warmup),
+                cmd = [sys.executable, "-m", "benchmarks.performance.cost_curve", "--worker", "--model", model,
+                       "--batch", str(batch), "--size", str(size), "--iters", str(a.iters), "--warmup", str(a.warmup),
                        "--floor-reps", str(a.floor_reps), "--floor-warmup", str(a.floor_warmup),
                        "--threads", str(a.threads), "--bn-mode", a.bn_mode, "--json", str(tmp)]
                 t = time.perf_counter()
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(REPO))
                 if proc.returncode:
                     err = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
                     res["rows"].append({"model": model, "batch": batch, "size": size, "error": err})

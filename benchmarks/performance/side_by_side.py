@@ -25,9 +25,12 @@ stamps), and each side's PSNR at the other's wall time. Where breaching's venv o
 is missing, the breaching side is skipped (gradleak then uses its own seeded weights and the same
 kind of images) and the comparison fields are null.
 
-    python benchmarks/performance/side_by_side.py --wait-idle 600          # the full suite (README.md)
-    python benchmarks/performance/side_by_side.py --case ig-convnet-b1 --images 0 --iters 50
-    python benchmarks/performance/side_by_side.py --smoke                  # 3 iterations a case, into /tmp
+Run it from the repository root as a module (``benchmarks`` is a package, so the sibling modules import
+normally); the breaching side needs the harness folder (``--harness DIR`` or ``GRADLEAK_BREACHING_HARNESS``):
+
+    python -m benchmarks.performance.side_by_side --wait-idle 600          # the full suite (README.md)
+    python -m benchmarks.performance.side_by_side --case ig-convnet-b1 --images 0 --iters 50
+    python -m benchmarks.performance.side_by_side --smoke                  # 3 iterations a case, into /tmp
 """
 from __future__ import annotations
 
@@ -47,7 +50,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-DEFAULT_HARNESS = Path(os.environ.get("GRADLEAK_BREACHING_HARNESS", "/work/shared/bench/breaching"))
 DEFAULT_BREACHING_PY = Path(os.environ.get(
     "GRADLEAK_BREACHING_PYTHON", Path.home() / ".cache/anchor-breaching/venv/bin/python"))
 # the harness's normalisation (CIFAR-10 statistics, breaching's case 1_single_image_small)
@@ -159,11 +161,11 @@ def _prepare(a: argparse.Namespace) -> dict:
     import torch
 
     from gradleak.data import Dataset
-    from gradleak.data.normalization import Normalization
     from gradleak.models import build_model
+    from gradleak.normalization import Normalization
     from gradleak.scenario import Scenario, simulate
 
-    from weights_map import ExportedCase, load_by_order
+    from benchmarks.performance.weights_map import ExportedCase, load_by_order
 
     size, batch = a.size, a.batch
     model = build_model(GRADLEAK_MODEL[a.model], 10, (3, size, size))
@@ -326,7 +328,7 @@ def run_process(cmd: list[str], env: dict, log: Path) -> dict:
     """Run one side in its own process; record the CPU share that other processes took meanwhile."""
     st0, c0, t0 = proc_stat(), os.times(), time.perf_counter()
     with open(log, "w") as f:
-        rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=str(HERE)).returncode
+        rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=str(REPO)).returncode
     t1, c1, st1 = time.perf_counter(), os.times(), proc_stat()
     hz, ncpu = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
     own = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
@@ -366,11 +368,11 @@ def value_at(curve: list[float], times: list[float], t: float, final: float, wal
 def score_run(case: Case, work: Path, tag: str, b: dict | None, g: dict | None, fl: dict | None,
               warmup: int) -> dict:
     """Everything derived for one image: scoring both sides with gradleak's metrics, offline."""
-    from gradleak.data.normalization import Normalization
     from gradleak.metrics import score_images
+    from gradleak.normalization import Normalization
     from safetensors.torch import load_file
 
-    from weights_map import ExportedCase
+    from benchmarks.performance.weights_map import ExportedCase
 
     row: dict = {}
     if g is not None:
@@ -510,8 +512,9 @@ def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_brea
             if side == "floor" and case.restarts > 1:
                 continue
             out_json = work / f"{tag}.{side}.json"
-            cmd = [sys.executable, str(HERE / "side_by_side.py"), "--worker", side, "--attack", case.attack,
-                   "--restarts", str(case.restarts), "--case-file", str(source), "--out-json", str(out_json),
+            cmd = [sys.executable, "-m", "benchmarks.performance.side_by_side", "--worker", side,
+                   "--attack", case.attack, "--restarts", str(case.restarts), "--case-file", str(source),
+                   "--out-json", str(out_json),
                    "--out-tensors", str(work / f"{tag}.gradleak.safetensors"),
                    "--floor-reps", str(a.floor_reps), "--floor-warmup", str(a.floor_warmup),
                    "--floor-max-seconds", str(a.floor_max_seconds), *common]
@@ -623,7 +626,8 @@ def orchestrate(a: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(a.work or tempfile.mkdtemp(prefix="gradleak-sbs-"))
     work.mkdir(parents=True, exist_ok=True)
-    have = Path(a.breaching_python).exists() and (Path(a.harness) / "run_breaching_baseline.py").exists()
+    have = (Path(a.breaching_python).exists() and a.harness is not None
+            and (Path(a.harness) / "run_breaching_baseline.py").exists())
     if a.no_breaching:
         have = False
     env = dict(os.environ)
@@ -632,8 +636,8 @@ def orchestrate(a: argparse.Namespace) -> None:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     else:
         env.pop("OMP_WAIT_POLICY", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    why = "--no-breaching" if a.no_breaching else f"no {a.breaching_python} or no {a.harness}/run_breaching_baseline.py"
+    why = ("--no-breaching" if a.no_breaching else
+           f"no {a.breaching_python} or no {a.harness or '--harness DIR'}/run_breaching_baseline.py")
     print(f"breaching side: {'on (' + str(a.breaching_python) + ')' if have else 'skipped (' + why + ')'}; "
           f"policy {a.policy}, {a.threads} threads; work files in {work}", flush=True)
     results = {
@@ -692,7 +696,8 @@ def main() -> None:
     p.add_argument("--render", metavar="RESULTS_JSON", help="only rewrite the targets and the .md of a results file")
     p.add_argument("--no-breaching", action="store_true", help="skip the breaching side even if it is installed")
     p.add_argument("--breaching-python", default=str(DEFAULT_BREACHING_PY))
-    p.add_argument("--harness", default=str(DEFAULT_HARNESS), help="folder with run_breaching_baseline.py")
+    p.add_argument("--harness", default=os.environ.get("GRADLEAK_BREACHING_HARNESS"),
+                   help="folder with run_breaching_baseline.py (default: $GRADLEAK_BREACHING_HARNESS)")
     # worker mode (one side in its own process)
     p.add_argument("--worker", choices=("gradleak", "floor"), help=argparse.SUPPRESS)
     for flag, kind, default in (("--attack", str, "ig"), ("--model", str, "ConvNet"), ("--batch", int, 1),
@@ -709,7 +714,6 @@ def main() -> None:
         print(f"rewrote {Path(a.render).with_suffix('.md')}")
         return
     if a.worker:
-        sys.path.insert(0, str(HERE))
         rec = worker_gradleak(a) if a.worker == "gradleak" else worker_floor(a)
         Path(a.out_json).write_text(json.dumps(rec, default=str))
         return

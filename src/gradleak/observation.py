@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .data.normalization import Normalization
 from .errors import InputError, UnsafeFileError
 from .models import ModelSpec, find_head
+from .normalization import Normalization
 from .protocols import FedSGD, Protocol, protocol_from_json, stateless
 
 FORMAT = "gradleak-observation-1"

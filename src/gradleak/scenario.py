@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from .data import Dataset, load_dataset
+from .client import client_round
 from .defenses import Defense, LabelSmoothing, Mixup, parse_defense
-from .defenses_extra import client_round
 from .errors import InputError
 from .models import ModelSpec, find_head, load_weights
 from .observation import Observation

@@ -178,7 +178,8 @@ def leakage_cell(plan: SweepPlan, setting: str, client: int) -> dict[str, Any]:
 def utility_cell(plan: SweepPlan, setting: str) -> dict[str, Any]:
     """Train the plan's model for ``train_steps`` defended FL steps; test accuracy on held-out data."""
     from .data import load_dataset
-    from .defenses_extra import DPSGD, client_round, dp_epsilon
+    from .client import client_round
+    from .defenses import DPSGD, dp_epsilon
     from .models import ModelSpec
 
     torch.set_num_threads(1)

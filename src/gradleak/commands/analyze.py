@@ -1,6 +1,6 @@
 """``gradleak analyze``: per-layer leakage analysis of an architecture before any training —
 unknowns vs constraints, numerical rank (or a counting bound), which constraints dominate, Chen &
-Campbell's COPA index and R-GAP's rank view (see :mod:`gradleak.analysis`)."""
+Campbell's COPA index and R-GAP's rank view (see :mod:`gradleak.analyze`)."""
 from __future__ import annotations
 
 import argparse
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 def run(a: argparse.Namespace) -> int:
     import torch
 
-    from ..analysis import analyze_model
+    from ..analyze import analyze_model
     from ..models import build_model, load_weights
 
     if a.num_classes < 2:

@@ -37,7 +37,8 @@ def run(a: argparse.Namespace) -> int:
 
     from ..data import load_dataset
     from ..errors import InputError
-    from ..generative import GeneratorConfig, TrainConfig, save_prior, train_prior
+    from ..prior import GeneratorConfig, save_prior
+    from ..prior.train import TrainConfig, train_prior
     from ..report import save_grid
 
     data = load_dataset(a.data, size=a.image_size)

@@ -1,4 +1,5 @@
-"""Data: bundled real images, loaders for the user's own files, and normalisation.
+"""Data: bundled real images, loaders for the user's own files, and normalisation (re-exported from
+:mod:`gradleak.normalization`).
 
 ``load_dataset(spec)`` takes a bundled name (``dataset_names()``; ``photos`` is the default) or a
 path to CIFAR python pickles, an image folder ``root/<class>/*.png`` or idx files.
@@ -8,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..normalization import Normalization
 from .bundled import DATASETS, DEFAULT_DATASET, DEFAULT_SIZE
 from .dataset import Dataset
 from .loaders import load_cifar, load_idx, load_image_folder, load_path, read_idx, resize_images
-from .normalization import Normalization
 
 __all__ = [
     "DATASETS",

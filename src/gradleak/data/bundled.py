@@ -35,10 +35,10 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
+from ..normalization import Normalization
 from ..registry import Registry
 from .dataset import Dataset
 from .loaders import load_idx, resize_images
-from .normalization import Normalization
 
 __all__ = ["DATASETS", "DEFAULT_DATASET", "DEFAULT_SIZE", "FASHION_MNIST_DIRS"]
 

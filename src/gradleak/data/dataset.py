@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .normalization import Normalization
+from ..normalization import Normalization
 
 __all__ = ["Dataset"]
 

@@ -33,8 +33,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ..errors import GradleakError, InputError, UnsafeFileError
+from ..normalization import Normalization
 from .dataset import Dataset
-from .normalization import Normalization
 
 __all__ = [
     "load_path",

@@ -10,7 +10,7 @@ The server decides the protocol and sends it in the round's config (``Protocol.t
 ``lr`` on the batch: the server reads the gradient as ``(θ₀ − θ₁)/lr``) or ``fedavg`` (the client
 returns ``θ_K``; the server sees ``θ_K − θ₀``). Defenses and label augmentations are the client's own
 (``defenses``, ``label-smoothing``, ``mixup``) and run through
-:func:`~gradleak.defenses_extra.client_round`.
+:func:`~gradleak.client.client_round`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import Dataset, load_dataset
-from ..defenses_extra import client_round
+from ..client import client_round
 from ..errors import InputError
 from ..models import ModelSpec
 from ..protocols import FedSGD, Protocol

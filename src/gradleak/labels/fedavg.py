@@ -34,7 +34,7 @@ import torch
 
 from ..observation import Observation
 from .base import LabelMethod, LabelResult, label_method, need_batch_size
-from .ilrg import ILRGConfig, counts_to_labels, estimate_counts, softmax, _head_arrays
+from .ilrg import ILRGConfig, counts_to_labels, estimate_counts, head_arrays, softmax
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +88,7 @@ class FedAvgLabels(LabelMethod):
     def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         self.check(obs)
         t0 = time.perf_counter()
-        dW, db, W0, b0 = _head_arrays(obs)
+        dW, db, W0, b0 = head_arrays(obs)
         assert db is not None and b0 is not None
         K = int(obs.protocol.local_steps)  # type: ignore[union-attr]
         B = int(obs.batch_size)  # type: ignore[arg-type]

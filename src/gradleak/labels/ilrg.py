@@ -211,7 +211,8 @@ def bias_free_gradient(gw: np.ndarray, batch: int, logits: Callable[[np.ndarray]
     return a_all / s, s
 
 
-def _head_arrays(obs: Observation) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+def head_arrays(obs: Observation) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """The head's weight gradient, bias gradient, weight and bias as float64 arrays (biases None if absent)."""
     head = obs.head_module()
     gw_t, gb_t = obs.head_grads()
     gw = gw_t.detach().cpu().double().numpy()
@@ -251,7 +252,7 @@ class ILRG(LabelMethod):
     def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         self.check(obs)
         t0 = time.perf_counter()
-        gw, gb, W, b = _head_arrays(obs)
+        gw, gb, W, b = head_arrays(obs)
         note = "FedSGD gradient"
         if obs.kind == "delta":
             scale = obs.protocol.local_steps * obs.protocol.local_lr  # type: ignore[union-attr]

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .zoo import MODELS, _flat_size
+from .zoo import MODELS, flat_size
 
 _ACTIVATIONS = {
     "leaky_relu": lambda: nn.LeakyReLU(0.2),
@@ -61,7 +61,7 @@ class CNN6(nn.Module):
             layers.append((f"act{i + 1}", _activation(activation)))
         layers.append(("flatten", nn.Flatten()))
         self.body = nn.Sequential(OrderedDict(layers))
-        self.head = nn.Linear(_flat_size(self.body, input_shape), num_classes, bias=bias)
+        self.head = nn.Linear(flat_size(self.body, input_shape), num_classes, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))

@@ -16,7 +16,8 @@ from ..registry import Registry
 MODELS: Registry = Registry("model")
 
 
-def _flat_size(body: nn.Module, input_shape: Sequence[int]) -> int:
+def flat_size(body: nn.Module, input_shape: Sequence[int]) -> int:
+    """The number of features ``body`` outputs for one input of ``input_shape`` (its training mode is kept)."""
     with torch.no_grad():
         was_training = body.training
         body.eval()
@@ -60,7 +61,7 @@ class LeNet(nn.Module):
             nn.Conv2d(12, 12, 5, padding=2, stride=1), nn.Sigmoid(),
             nn.Flatten(),
         )
-        self.fc = nn.Linear(_flat_size(self.body, input_shape), num_classes)
+        self.fc = nn.Linear(flat_size(self.body, input_shape), num_classes)
         if dlg_init:
             for p in self.parameters():
                 nn.init.uniform_(p, -0.5, 0.5)
@@ -87,7 +88,7 @@ class ConvNet(nn.Module):
                 layers.append((f"pool{0 if i == 5 else 1}", nn.MaxPool2d(3)))
         layers.append(("flatten", nn.Flatten()))
         self.body = nn.Sequential(OrderedDict(layers))
-        self.linear = nn.Linear(_flat_size(self.body, input_shape), num_classes)
+        self.linear = nn.Linear(flat_size(self.body, input_shape), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.body(x))

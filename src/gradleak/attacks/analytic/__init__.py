@@ -7,5 +7,7 @@
 - :mod:`.tensor` — the tensor-decomposition reconstruction of Wang, Lee & Lei (AISTATS 2023) for
   two-layer networks at random Gaussian parameters, with its own single-query scenario.
 
-The per-layer rank analysis these methods rest on lives in :mod:`gradleak.analysis`.
+- :mod:`.trace` — tracing a model into a chain of layers; :mod:`.linalg` — the linear algebra of one
+  layer (operators, ranks, solving for its input), shared with the per-layer rank analysis these
+  methods rest on (:mod:`gradleak.analyze`).
 """

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ...analysis import _classify, symbolic_trace
 from ...errors import InputError
 from ...labels import LabelResult
 from ...observation import Observation
 from ..base import Attack, AttackResult, StepCallback, attack, no_progress
 from ..common import denormalize
+from .trace import classify_node, symbolic_trace
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,13 +59,13 @@ def first_linear(obs: Observation) -> tuple[str | None, str | None, list[str]]:
         node = users[0]
         if node.op == "output":
             return None, None, ["the model has no layer"]
-        op = _classify(gm, node)
+        op = classify_node(gm, node)
         if op.kind == "reshape":
             continue
         if op.kind != "affine" or not isinstance(op.module, nn.Linear):
             return None, None, [f"the first layer is {op.what} ({op.name}), not a fully connected nn.Linear"]
         after = list(node.users)
-        nxt = _classify(gm, after[0]).kind if len(after) == 1 and after[0].op != "output" else "output"
+        nxt = classify_node(gm, after[0]).kind if len(after) == 1 and after[0].op != "output" else "output"
         return op.name, nxt, ([] if op.module.bias is not None else
                               [f"the first layer {op.name} has no bias: the input is known only up to scale"])
 

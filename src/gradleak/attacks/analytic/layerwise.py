@@ -11,7 +11,7 @@ activations (LeakyReLU, sigmoid, tanh, softplus, BatchNorm in eval mode). Starti
    is the one negative entry of ``δ``;
 2. going down, ``z = σ⁻¹(x)`` and ``δ = (Wᵀδ_above) ⊙ σ'(z)``; each Linear layer's input follows from
    its gradient rows alone, each convolution's from ``[W; I ⊗ D₁(δ)] x = [z − b; vec ∇K]`` solved as in
-   :func:`gradleak.analysis.solve_conv` (gradient rows exactly, then the weight rows; under-determined
+   :func:`gradleak.attacks.analytic.linalg.solve_conv` (gradient rows exactly, then the weight rows; under-determined
    directions keep the minimum norm, as R-GAP's ``lstsq``).
 
 ``rgap`` is that recursion. ``layerwise`` (Chen & Campbell) adds, where a layer is rank deficient, the
@@ -19,7 +19,7 @@ pull-back constraint that its input is the image of the layer below, ``σ⁻¹(x
 (linearised at the current estimate and re-solved a few times; our reading of their objective), and
 optionally refines the input with gradient matching (cosine + TV + the layer's least-squares term),
 the hybrid of the BMVC paper with a CPU-sized budget. Per-layer ranks are reported: where the rank
-condition fails the reconstruction degrades, as :mod:`gradleak.analysis` predicts. Example::
+condition fails the reconstruction degrades, as :mod:`gradleak.analyze` predicts. Example::
 
     result = RGAP().run(obs, generator=torch.Generator().manual_seed(0))
 """
@@ -32,13 +32,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...analysis import DTYPE, RANK_RTOL, LayerSolution, Op, solve_conv, solve_fc, solve_head, trace_chain
 from ...errors import InputError
 from ...labels import LabelResult
 from ...observation import Observation
 from ...protocols import FedSGD
 from ..base import Attack, AttackResult, StepCallback, attack, no_progress
 from ..common import denormalize
+from .linalg import DTYPE, RANK_RTOL, LayerSolution, dense_operator, solve_conv, solve_fc, solve_head
+from .trace import Op, trace_chain
 
 
 @dataclass
@@ -77,8 +78,6 @@ def layerwise_problems(obs: Observation, method: str) -> tuple[list[Op], list[st
 
 def _below_range_complement(op_below: Op, rtol: float) -> Tensor | None:
     """An orthonormal basis [n_out, k] of the complement of range(W_below), or None if it is onto."""
-    from ...analysis import dense_operator
-
     w = dense_operator(op_below.module, op_below.in_shape)               # [n_out, n_in]
     if w.shape[0] <= w.shape[1]:
         s = torch.linalg.svdvals(w) if w.shape[0] <= 2000 else torch.linalg.eigvalsh(w @ w.T).clamp_min(0).sqrt()

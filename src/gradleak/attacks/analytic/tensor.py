@@ -39,13 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...analysis import _classify, symbolic_trace
 from ...errors import InputError, UnsupportedError
 from ...labels import LabelResult
 from ...observation import Observation
 from ...protocols import FedSGD, client_update
 from ..base import Attack, AttackResult, StepCallback, attack, no_progress
 from ..common import denormalize
+from .trace import classify_node, symbolic_trace
 
 DT = torch.float64
 
@@ -163,7 +163,7 @@ def _two_layer(obs: Observation) -> tuple[nn.Linear | None, str | None, Any, nn.
         node = users[0]
         if node.op == "output":
             break
-        op = _classify(gm, node)
+        op = classify_node(gm, node)
         if op.kind != "reshape":
             seq.append(op)
     kinds = [o.kind for o in seq]

@@ -1,6 +1,6 @@
 """Generative-prior attacks: GGL's latent search (:mod:`.ggl`) and GIFD's feature-domain search
 (:mod:`.gifd`), sharing the prior loading, defense estimate and projections of :mod:`.search`.
-Priors are trained with ``gradleak train-prior`` (:mod:`gradleak.generative`)."""
+Priors are trained with ``gradleak train-prior`` (:mod:`gradleak.prior`)."""
 from .gifd import GIFD, GIFDConfig
 from .ggl import GGL, GGLConfig
 from .search import defense_estimate, project_l1_ball, project_sphere

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from ...errors import InputError, UnsupportedError
-from ...generative import Generator, load_prior
+from ...prior import Generator, load_prior
 from ...observation import Observation
 from ..base import Step, StepCallback
 from ..matching import MatchingConfig, MatchingProblem, lr_factor

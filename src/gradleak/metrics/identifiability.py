@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data.normalization import Normalization
-from .errors import InputError
-from .metrics import pair_images
-from .models import find_head
+from ..errors import InputError
+from ..models import find_head
+from ..normalization import Normalization
+from .images import pair_images
 
 __all__ = ["IIPResult", "image_identifiability", "penultimate_features"]
 

@@ -1,4 +1,4 @@
-"""Image and label scores of a reconstruction against the client's ground truth.
+"""Image scores of a reconstruction against the client's ground truth.
 
 Images are ``[B, C, H, W]`` with values in [0, 1]; per-image scores are float64 tensors ``[B]``.
 
@@ -18,7 +18,6 @@ Images are ``[B, C, H, W]`` with values in [0, 1]; per-image scores are float64 
 """
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +29,12 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from .errors import InputError, UnsafeFileError
+from ..errors import InputError, UnsafeFileError
 
 __all__ = [
     "PSNR_CAP",
     "ImageScores",
     "LPIPS",
-    "label_accuracy",
     "mse",
     "pair_images",
     "psnr",
@@ -181,15 +179,6 @@ def score_images(recon: Tensor, orig: Tensor, *, lpips: LPIPS | None = None) -> 
             ssim=ssim(matched, target).tolist(),
             lpips=None if lpips is None else lpips(matched, target).tolist(),
         )
-
-
-def label_accuracy(true: Sequence[int], pred: Sequence[int]) -> float:
-    """Share of true labels recovered, as multisets: ``Σ_c min(#true_c, #pred_c) / len(true)``."""
-    true, pred = [int(t) for t in true], [int(p) for p in pred]
-    if not true:
-        raise InputError("label accuracy needs at least one true label")
-    t, p = Counter(true), Counter(pred)
-    return sum(min(n, p[c]) for c, n in t.items()) / len(true)
 
 
 # ---------------------------------------------------------------------------------------------- LPIPS

@@ -9,7 +9,7 @@ Each of |G| seeds x̂_g (optimised jointly: the engine ``vmap``s them as restart
 with Adam (lr 0.1, cosine decay, warm-up) plus Langevin noise ``lr(t)·α_n·η`` after every step.
 ``E_G``, the group consensus, is turned on after ``group_start`` of the run and refreshed every
 ``group_every``: the plain mean of the seeds ("lazy"), or the mean after registering every seed onto
-that mean (:mod:`gradleak.registration`: phase correlation + affine fit, replacing the paper's
+that mean (:mod:`.registration`: phase correlation + affine fit, replacing the paper's
 RANSAC-flow). BN targets are the model's running statistics, or the client batch's exact statistics
 when a file of them is given (``bn_statistics``; see :func:`batch_statistics`). Labels are the ones
 given, else the ``auto`` choice, as for every attack (the paper's min rule is ``gradinversion-min``:
@@ -33,13 +33,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError
-from ..labels import LabelResult
-from ..observation import Observation
-from ..registration import register
-from .base import Attack, AttackResult, StepCallback, attack, no_progress
-from .common import batch_size_of, denormalize, label_targets, protocol_assumptions, to_result
-from .matching import MatchingConfig, MatchingProblem, lr_factor, run_matching
+from ...errors import InputError
+from ...labels import LabelResult
+from ...observation import Observation
+from ..base import Attack, AttackResult, StepCallback, attack, no_progress
+from ..common import batch_size_of, denormalize, label_targets, protocol_assumptions, to_result
+from ..matching import MatchingConfig, MatchingProblem, lr_factor, run_matching
+from .registration import register
 
 GROUP_MODES = ("registered", "lazy", "none")
 OUTPUTS = ("auto", "consensus", "best")

@@ -1,4 +1,5 @@
-"""DP-SGD (Opacus), Soteria and gradient compression, each against a slow reference."""
+"""DP-SGD (Opacus), Soteria and gradient compression, each against a slow reference, and the client's
+round (:func:`gradleak.client.client_round`) that runs them."""
 import importlib.util
 import math
 
@@ -6,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradleak.defenses import DEFENSES, parse_defense
-from gradleak.defenses_extra import DPSGD, Compress, Soteria, client_round, dp_epsilon, head_input_and_sensitivity
+from gradleak.client import client_round
+from gradleak.defenses import (DEFENSES, DPSGD, BatchDefense, Compress, Soteria, TrainingDefense, dp_epsilon,
+                               head_input_and_sensitivity, parse_defense)
 from gradleak.errors import InputError
 from gradleak.models import build_model
 from gradleak.protocols import FedAvg, FedSGD, client_update

@@ -5,9 +5,8 @@ A non-saturating GAN (Goodfellow et al. 2014) with a spectrally normalised criti
 weights' initialisation, the batches and the latents — comes from the seed, and a checkpoint holds
 the random state, so a resumed run continues exactly where it stopped.
 
-Files (safetensors; the JSON metadata sits in the header, never pickle):
-``prior.safetensors`` holds the generator alone (what the attacks' ``prior`` takes);
-the training checkpoint also holds the critic, both optimisers and the random state.
+The training checkpoint (safetensors, :mod:`.io`) holds the generator, the critic, both optimisers and
+the random state.
 """
 from __future__ import annotations
 
@@ -23,12 +22,10 @@ from torch import Tensor, nn
 
 from ..data import Dataset, resize_images
 from ..errors import InputError
+from .io import CHECKPOINT_FORMAT, atomic_save
 from .models import Discriminator, Generator, GeneratorConfig
 
-__all__ = ["PRIOR_FORMAT", "TrainConfig", "TrainStep", "load_prior", "save_prior", "train_prior"]
-
-PRIOR_FORMAT = "gradleak-prior-1"
-CHECKPOINT_FORMAT = "gradleak-prior-checkpoint-1"
+__all__ = ["TrainConfig", "TrainStep", "train_prior"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,52 +119,7 @@ def train_prior(data: Dataset, gcfg: GeneratorConfig, cfg: TrainConfig = TrainCo
     return G
 
 
-# -- files --------------------------------------------------------------------------------------------
-def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
-
-
-def save_prior(G: Generator, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write the generator alone (its config and ``meta`` in the header)."""
-    path = Path(path)
-    info = {"format": PRIOR_FORMAT, **(meta or getattr(G, "meta", {}) or {}), "generator": G.config.to_json()}
-    _atomic_save(dict(G.state_dict()), path, {"gradleak": json.dumps(info)})
-    return path
-
-
-def load_prior(path: str | Path) -> Generator:
-    """A generator from a prior file (or a training checkpoint), in eval mode with frozen weights."""
-    from safetensors import safe_open
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"prior {str(path)!r} does not exist: train one with `gradleak train-prior`")
-    try:
-        with safe_open(str(path), "pt") as f:
-            info = json.loads((f.metadata() or {}).get("gradleak", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise InputError(f"{path} is not a gradleak prior (safetensors): {e}") from e
-    if info.get("format") not in (PRIOR_FORMAT, CHECKPOINT_FORMAT):
-        raise InputError(f"{path} is not a gradleak prior (format {info.get('format')!r})")
-    if info["format"] == CHECKPOINT_FORMAT:
-        tensors = {k[len("G."):]: v for k, v in tensors.items() if k.startswith("G.")}
-    G = Generator(GeneratorConfig(**info["generator"]))
-    try:
-        G.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise InputError(f"prior {path}: weights do not fit its recorded architecture: {e}") from e
-    G.eval()
-    G.requires_grad_(False)
-    G.meta = info  # type: ignore[assignment]
-    return G
-
-
+# -- checkpoints ---------------------------------------------------------------------------------------
 def _opt_tensors(prefix: str, opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> tuple[dict[str, Tensor], list[float]]:
     out, steps = {}, []
     for i, p in enumerate(params):
@@ -186,7 +138,7 @@ def _save_checkpoint(path: Path, meta: dict[str, Any], step: int, G: Generator, 
     td, steps_d = _opt_tensors("opt_d", opt_d, list(D.parameters()))
     tensors |= tg | td | {"rng": gen.get_state()}
     info = {"format": CHECKPOINT_FORMAT, **meta, "step": step, "opt_steps": [steps_g, steps_d]}
-    _atomic_save(tensors, path, {"gradleak": json.dumps(info)})
+    atomic_save(tensors, path, {"gradleak": json.dumps(info)})
 
 
 def _restore(path: Path, meta: dict[str, Any], G: Generator, D: Discriminator, opt_g: torch.optim.Optimizer,

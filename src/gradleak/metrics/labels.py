@@ -1,6 +1,6 @@
-"""Scores of recovered labels against the client's ground truth (used by benchmarks and reports only).
+"""Scores of recovered labels against the client's ground truth.
 
-- **Hard labels**: multiset accuracy ``Σ_c min(#true_c, #pred_c) / B`` (:func:`gradleak.metrics.label_accuracy`):
+- **Hard labels**: multiset accuracy ``Σ_c min(#true_c, #pred_c) / B`` (:func:`label_accuracy`):
   the order of a batch is unknown to the server, so labels are compared as multisets.
 - **Soft labels**: ``max_abs_error = max_{b,c} |ŷ_bc − y_bc|`` and *exact recovery* at a stated tolerance:
   a sample's label counts as exactly recovered when ``max_c |ŷ_c − y_c| ≤ tol``. Wang et al. (ICLR 2024)
@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,11 +19,19 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..metrics import label_accuracy
-from .augmented import EXACT_TOL
-from .base import LabelResult
+from ..labels.augmented import EXACT_TOL
+from ..labels.base import LabelResult
 
 __all__ = ["EXACT_TOL", "exact_recovery", "label_accuracy", "max_abs_error", "score_labels"]
+
+
+def label_accuracy(true: Sequence[int], pred: Sequence[int]) -> float:
+    """Share of true labels recovered, as multisets: ``Σ_c min(#true_c, #pred_c) / len(true)``."""
+    true, pred = [int(t) for t in true], [int(p) for p in pred]
+    if not true:
+        raise InputError("label accuracy needs at least one true label")
+    t, p = Counter(true), Counter(pred)
+    return sum(min(n, p[c]) for c, n in t.items()) / len(true)
 
 
 def _pair(pred: Tensor, true: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,1 @@
+"""Benchmarks of gradleak (not part of the package); run the scripts from the repository root."""

@@ -1,0 +1,1 @@
+"""Performance benchmarks: gradleak beside breaching, the floor step and the cost curve (see README.md)."""
