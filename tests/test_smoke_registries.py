@@ -11,7 +11,7 @@ import torch
 from gradleak.attacks import ATTACKS
 from gradleak.defenses import DEFENSES, parse_defense
 from gradleak.errors import UnsupportedError
-from gradleak.generative import Generator, GeneratorConfig, save_prior
+from gradleak.prior import Generator, GeneratorConfig, save_prior
 from gradleak.labels import LABEL_METHODS
 from gradleak.protocols import FedAvg
 from gradleak.scenario import Scenario, simulate

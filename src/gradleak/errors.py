@@ -5,13 +5,22 @@ bug and keeps its traceback.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class GradleakError(Exception):
     """Base class: something the user can fix. The message says what failed and what to do."""
 
 
 class InputError(GradleakError, ValueError):
-    """Bad input: wrong shape, non-finite values, an update that does not fit the model, ..."""
+    """Bad input: wrong shape, non-finite values, an update that does not fit the model, ...
+
+    With ``problems`` the message is ``message`` followed by one indented line per problem."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()):
+        self.problems = list(problems)
+        lines = "".join(f"\n  - {p}" for p in self.problems)
+        super().__init__(f"{message}:{lines}" if self.problems else message)
 
 
 class UnsupportedError(GradleakError):

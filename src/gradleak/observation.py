@@ -3,12 +3,15 @@
 The model (architecture + the parameters/buffers the server sent), the shared update (per-parameter
 gradient for FedSGD, parameter delta for FedAvg), protocol metadata and the defenses that were
 applied. The client's data and labels never live here. Saved as one safetensors file whose header
-holds the JSON metadata — never pickle.
+holds the JSON metadata — never pickle. The header names a zoo model or records the architecture
+hash of the user's model, never code: loading a user model's file takes the model from the caller
+(see :mod:`gradleak.observation_schema`).
 """
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,12 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import InputError, UnsafeFileError
-from .models import ModelSpec, find_head
+from .errors import GradleakError, InputError
+from .models import ModelSpec, architecture_hash, build_model, find_head
 from .normalization import Normalization
-from .protocols import FedSGD, Protocol, protocol_from_json, stateless
+from .observation_schema import FORMAT, ObservationHeader, parse_header
+from .protocols import FedSGD, Protocol, stateless
+from .schema import Problems, SafetensorsFile, finite_problems, read_safetensors, shape_problems, state_shapes
 
-FORMAT = "gradleak-observation-1"
+ModelFactory = Callable[..., nn.Module]
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +46,8 @@ class Observation:
         defenses: records of the defenses applied to the update, in order (an adaptive attacker may
             model them).
         head: module path of the classification head (``nn.Linear``); found by name if not given.
-        model_spec: how to rebuild the architecture, needed to :meth:`load` without the model.
+        model_spec: how to rebuild a zoo architecture (files record it, so :meth:`load` needs no model);
+            without one, or for a user's ``module:factory``, files record the architecture's hash.
     """
 
     model: nn.Module
@@ -81,10 +88,12 @@ class Observation:
         if self.num_classes < 2:
             problems.append(f"num_classes must be >= 2, got {self.num_classes}")
         head = dict(self.model.named_modules()).get(self.head)
-        if isinstance(head, nn.Linear) and head.out_features != self.num_classes:
+        if not isinstance(head, nn.Linear):
+            problems.append(f"head {self.head!r} is not an nn.Linear of the model")
+        elif head.out_features != self.num_classes:
             problems.append(f"head {self.head!r} has {head.out_features} outputs but num_classes is {self.num_classes}")
         if problems:
-            raise InputError("the observation is inconsistent:\n" + "\n".join(f"  - {p}" for p in problems))
+            raise InputError("the observation is inconsistent", problems)
 
     # -- views ------------------------------------------------------------------------------------
     def parameters(self) -> dict[str, Tensor]:
@@ -129,7 +138,8 @@ class Observation:
             "normalization": None if self.normalization is None else self.normalization.to_json(),
             "defenses": list(self.defenses),
             "head": self.head,
-            "model_spec": None if self.model_spec is None else self.model_spec.to_json(),
+            "model_spec": ({"kind": "zoo", **self.model_spec.to_json()} if self.model_spec is not None
+                           and self.model_spec.is_zoo else {"kind": "user", "sha256": architecture_hash(self.model, self.head)}),
             "model_training": self.model.training,
             "bn_train": self.bn_train,
         }
@@ -148,45 +158,80 @@ class Observation:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module | None = None) -> "Observation":
-        """Read a file written by :meth:`save`. ``model`` is needed if it was saved without a spec."""
-        from safetensors import SafetensorError, safe_open
+    def load(cls, path: str | Path, model: nn.Module | None = None, *,
+             model_factory: str | ModelFactory | None = None) -> "Observation":
+        """Read a file written by :meth:`save`, checking all of it before building anything.
 
-        path = Path(path)
-        if path.suffix in {".pt", ".pth", ".pkl", ".pickle", ".ckpt"}:
-            raise UnsafeFileError(f"{path}: pickle files are refused; observations are .safetensors files")
-        try:
-            with safe_open(str(path), "pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (OSError, SafetensorError) as e:
-            raise InputError(f"cannot read observation {path}: {e}") from None
-        if "gradleak" not in header:
-            raise InputError(f"{path} is a safetensors file but not a gradleak observation (no metadata)")
-        meta = json.loads(header["gradleak"])
-        if meta.get("format") != FORMAT:
-            raise InputError(f"{path}: unsupported observation format {meta.get('format')!r}")
-        spec = None if meta["model_spec"] is None else ModelSpec.from_json(meta["model_spec"])
-        if model is None:
-            if spec is None:
-                raise InputError(f"{path} was saved from a custom model without a spec; pass model=")
-            model = spec.build()
-        state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise InputError(f"{path}: the saved model state does not fit the model: {e}") from None
-        model.train(meta["model_training"])
+        A zoo model's file rebuilds its model. A user model's file needs the model from the caller:
+        ``model`` (an ``nn.Module``), or ``model_factory`` (a ``"module:factory"`` string or a callable,
+        called as ``factory(num_classes=..., input_shape=...)``); its architecture must have the hash the
+        file records. Every problem (header, tensor names and shapes, NaN or inf) raises one InputError.
+        """
+        f = read_safetensors(path, "gradleak", "observation")
+        h = parse_header(f.header, f"observation {f.path}")
+        on_meta = model is None and model_factory is None
+        model = _resolve_model(h, model, model_factory, f.path)
+        problems = Problems(_layout_problems(f, model))
+        problems.raise_if_any(f"observation {f.path} does not fit its model")
+        tensors = f.tensors()
+        problems += finite_problems(tensors)
+        problems.raise_if_any(f"observation {f.path} holds unusable values")
+        if on_meta:
+            model = h.spec.build()  # type: ignore[union-attr]
+        model.load_state_dict({k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")})
+        model.train(h.model_training)
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.train(meta["bn_train"])
+                m.train(h.bn_train)
         update = {k[len("update."):]: v for k, v in tensors.items() if k.startswith("update.")}
-        norm = meta.get("normalization")
-        return cls(model=model, update=update, protocol=protocol_from_json(meta["protocol"]),
-                   num_classes=int(meta["num_classes"]), input_shape=tuple(meta["input_shape"]),
-                   batch_size=meta.get("batch_size"),
-                   normalization=None if norm is None else Normalization.from_json(norm),
-                   defenses=tuple(meta.get("defenses", [])), head=meta.get("head"), model_spec=spec)
+        return cls(model=model, update=update, protocol=h.protocol, num_classes=h.num_classes,
+                   input_shape=h.input_shape, batch_size=h.batch_size, normalization=h.normalization,
+                   defenses=h.defenses, head=h.head, model_spec=h.spec)
+
+
+def _resolve_model(h: ObservationHeader, model: nn.Module | None, factory: str | ModelFactory | None,
+                   path: Path) -> nn.Module:
+    """The caller's model (checked against a user model's hash), or the zoo model on the meta device
+    (no memory until its layout is known to fit the file)."""
+    if model is not None and factory is not None:
+        raise InputError("pass the model or a model_factory, not both")
+    if factory is not None:
+        model = (build_model(factory, h.num_classes, h.input_shape) if isinstance(factory, str)
+                 else factory(num_classes=h.num_classes, input_shape=h.input_shape))
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model factory {factory!r} returned {type(model).__name__}, not an nn.Module")
+    if model is None and h.spec is None:
+        raise InputError(f"observation {path} was saved from a user model (not in the zoo), and a file never names "
+                         "code: pass the model, e.g. Observation.load(path, model_factory='module:factory') or "
+                         "model=<nn.Module> (CLI: --model module:factory)")
+    if model is None:
+        try:
+            with torch.device("meta"):
+                return h.spec.build()  # type: ignore[union-attr]
+        except GradleakError:
+            raise
+        except Exception as e:  # noqa: BLE001 (the zoo constructor met kwargs from the file it cannot take)
+            raise InputError(f"observation {path}: zoo model {h.spec.name!r} cannot be built with "  # type: ignore[union-attr]
+                             f"{h.spec.kwargs}: {type(e).__name__}: {e}") from None  # type: ignore[union-attr]
+    if h.user_sha256 is not None and architecture_hash(model, h.head) != h.user_sha256:
+        raise InputError(f"observation {path} was saved from another architecture than the model given "
+                         "(parameter/buffer names, shapes, dtypes or head differ from the recorded sha256)")
+    return model
+
+
+def _layout_problems(f: SafetensorsFile, model: nn.Module) -> list[str]:
+    """Every tensor of the file that the model does not expect, misses or has in another shape."""
+    problems = [f"unexpected tensor {k!r} (neither state.* nor update.*)" for k in sorted(f.shapes)
+                if not k.startswith(("state.", "update."))]
+    params = {k: tuple(v.shape) for k, v in model.named_parameters() if v.requires_grad}
+    for prefix, want in (("state.", state_shapes(model)), ("update.", params)):
+        have = {k[len(prefix):]: s for k, s in f.shapes.items() if k.startswith(prefix)}
+        problems += shape_problems(have, want, prefix)
+    floating = {f"state.{k}": v.is_floating_point() for k, v in model.state_dict().items()}
+    floating |= {f"update.{k}": True for k in params}
+    problems += [f"{k}: dtype {d} where the model has {'a floating' if floating[k] else 'an integer'} type"
+                 for k, d in sorted(f.dtypes.items()) if k in floating and (d in FLOAT_DTYPES) != floating[k]]
+    return problems
 
 
 def update_norm(update: dict[str, Tensor]) -> float:

@@ -131,15 +131,6 @@ class FedAvg:
 Protocol = Union[FedSGD, FedAvg]
 
 
-def protocol_from_json(d: dict[str, Any]) -> Protocol:
-    if d.get("name") == "fedsgd":
-        return FedSGD()
-    if d.get("name") == "fedavg":
-        return FedAvg(int(d["local_steps"]), float(d["local_lr"]),
-                      None if d.get("local_batch") is None else int(d["local_batch"]))
-    raise InputError(f"unknown protocol {d.get('name')!r}; use 'fedsgd' or 'fedavg'")
-
-
 def client_update(model: nn.Module, protocol: Protocol, x: Tensor, y: Tensor) -> Params:
     """What an honest client sends for batch ``(x, y)``: detached per-parameter tensors."""
     net = stateless(model)

@@ -17,7 +17,8 @@ from .defenses import Defense, LabelSmoothing, Mixup, parse_defense
 from .errors import InputError
 from .models import ModelSpec, find_head, load_weights
 from .observation import Observation
-from .protocols import FedSGD, Protocol, protocol_from_json
+from .observation_schema import protocol_from_json
+from .protocols import FedSGD, Protocol
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,6 +26,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from ..errors import InputError
 from ..observation import Observation
 from ..protocols import autograd_grad
+from ..schema import Problems, finite_problems, is_int, is_number, read_safetensors, shape_problems
 from .base import Step, StepCallback, no_progress
 
 ExtraTerm = Callable[[Tensor], Tensor]
@@ -343,10 +344,14 @@ def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: S
 
 
 class _Checkpoint:
-    """A resumable snapshot of a run: candidates, Adam state, iteration and curve (safetensors + JSON)."""
+    """A resumable snapshot of a run: candidates, Adam state, iteration and curve (safetensors + JSON).
+
+    Restoring checks the whole file first: a corrupt file, one of another run (other settings or
+    observation) or one whose tensors do not fit this run raises one InputError, and nothing is resumed."""
 
     def __init__(self, path: Path, cfg: MatchingConfig, fingerprint: str):
         self.path = path
+        self.iterations = cfg.iterations
         self.key = json.dumps({"config": asdict(cfg), "observation": fingerprint}, sort_keys=True, default=str)
 
     def save(self, variables: list[Tensor], opt: torch.optim.Optimizer, iteration: int,
@@ -360,7 +365,8 @@ class _Checkpoint:
             for name in ("exp_avg", "exp_avg_sq"):
                 if name in st:
                     tensors[f"var{i}.{name}"] = st[name].contiguous()
-        meta = {"config": self.key, "iteration": iteration, "curve": curve,
+        meta = {"config": self.key, "iteration": iteration,
+                "curve": [[it, b if math.isfinite(b) else None] for it, b in curve],
                 "steps": [float(opt.state.get(v, {}).get("step", 0)) for v in variables]}
         tmp = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,20 +374,34 @@ class _Checkpoint:
         tmp.replace(self.path)
 
     def restore(self, variables: list[Tensor], opt: torch.optim.Optimizer) -> tuple[int, list[tuple[int, float]]]:
-        from safetensors import safe_open
-
         if not self.path.exists():
             return 0, []
-        with safe_open(str(self.path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("gradleak-checkpoint", "{}"))
-            if meta.get("config") != self.key:
-                raise InputError(f"checkpoint {self.path} belongs to another run (other settings or another "
-                                 "observation); remove it or use another path")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        f = read_safetensors(self.path, "gradleak-checkpoint", "checkpoint")
+        meta = f.header
+        if meta.get("config") != self.key:
+            raise InputError(f"checkpoint {self.path} belongs to another run (other settings or another "
+                             "observation); remove it or use another path")
+        p = Problems()
+        iteration = p.integer(meta, "iteration", 0, self.iterations)
+        curve = p.get(meta, "curve", "")
+        if not (isinstance(curve, list) and len(curve) <= self.iterations + 1 and all(
+                isinstance(c, list) and len(c) == 2 and is_int(c[0]) and (c[1] is None or is_number(c[1])) for c in curve)):
+            p.append("curve: expected a list of [iteration, loss or null] pairs")
+        steps = p.get(meta, "steps", "")
+        if not (isinstance(steps, list) and len(steps) == len(variables) and all(is_number(x) and x >= 0 for x in steps)):
+            p.append(f"steps: expected {len(variables)} non-negative numbers")
+        want = {f"var{i}": tuple(v.shape) for i, v in enumerate(variables)}
+        want |= {f"var{i}.{n}": tuple(v.shape) for i, v in enumerate(variables) for n in ("exp_avg", "exp_avg_sq")
+                 if f"var{i}.exp_avg" in f.shapes}
+        p += shape_problems(f.shapes, want)
+        p.raise_if_any(f"checkpoint {self.path} cannot resume this run")
+        tensors = f.tensors()
+        p += finite_problems(tensors)
+        p.raise_if_any(f"checkpoint {self.path} cannot resume this run")
         for i, v in enumerate(variables):
             v.data.copy_(tensors[f"var{i}"])
             if f"var{i}.exp_avg" in tensors:
-                opt.state[v] = {"step": torch.tensor(meta["steps"][i]),
+                opt.state[v] = {"step": torch.tensor(float(steps[i])),
                                 "exp_avg": tensors[f"var{i}.exp_avg"].clone(),
                                 "exp_avg_sq": tensors[f"var{i}.exp_avg_sq"].clone()}
-        return int(meta["iteration"]), [tuple(p) for p in meta["curve"]]  # type: ignore[misc]
+        return iteration, [(it, math.inf if b is None else b) for it, b in curve]  # type: ignore[misc]

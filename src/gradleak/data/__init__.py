@@ -12,7 +12,7 @@ from ..errors import InputError
 from ..normalization import Normalization
 from .bundled import DATASETS, DEFAULT_DATASET, DEFAULT_SIZE
 from .dataset import Dataset
-from .loaders import load_cifar, load_idx, load_image_folder, load_path, read_idx, resize_images
+from .loaders import check_image_size, load_cifar, load_idx, load_image_folder, load_path, read_idx, resize_images
 
 __all__ = [
     "DATASETS",
@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_SIZE",
     "Dataset",
     "Normalization",
+    "check_image_size",
     "dataset_names",
     "load_cifar",
     "load_dataset",
@@ -38,6 +39,7 @@ def dataset_names() -> list[str]:
 
 def load_dataset(spec: str, *, size: int | None = None) -> Dataset:
     """A bundled dataset by name, or the user's data at a path; images resized to ``size`` if given."""
+    check_image_size(size)
     if spec in DATASETS:
         return DATASETS.get(spec)(size=size)
     path = Path(spec).expanduser()

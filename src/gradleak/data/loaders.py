@@ -16,6 +16,10 @@ Formats (``load_path`` picks one from what it finds):
   Fashion-MNIST layout), or a directory holding such a pair (the test pair ``t10k-*`` preferred).
 
 Except for CIFAR, normalisation is the per-channel mean and std of the loaded images.
+
+Sizes are bounded before anything is decoded or allocated: an image size in [1, ``MAX_IMAGE_SIZE``],
+``MAX_IMAGE_PIXELS`` per image file (read from its header, so a decompression bomb is refused unread),
+``MAX_TOTAL_PIXELS`` in the loaded or resized dataset and ``MAX_IDX_BYTES`` per (decompressed) idx file.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import gzip
 import logging
 import pickle
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +48,19 @@ __all__ = [
     "load_idx",
     "read_idx",
     "resize_images",
+    "check_image_size",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_SIZE",
 ]
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 DEFAULT_SIZE = 32
+MAX_IMAGE_SIZE = 4096
+MAX_IMAGE_PIXELS = 1 << 26
+MAX_TOTAL_PIXELS = 1 << 26
+MAX_IDX_BYTES = 1 << 28
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Training-set statistics (population std), as published and used by e.g. breaching.
@@ -58,12 +69,24 @@ CIFAR100_NORMALIZATION = Normalization((0.5071598, 0.4866936, 0.4412019), (0.267
 
 
 # --------------------------------------------------------------------------------------------- utils
+def check_image_size(size: int | None) -> None:
+    """Raise InputError unless ``size`` is ``None`` or an integer in [1, ``MAX_IMAGE_SIZE``]."""
+    if size is not None and not (isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_IMAGE_SIZE):
+        raise InputError(f"image size must be an integer in [1, {MAX_IMAGE_SIZE}], got {size!r}")
+
+
+def _check_total(n: int, pixels_each: int, where: object) -> None:
+    if n * pixels_each > MAX_TOTAL_PIXELS:
+        raise InputError(f"{where}: {n} images of {pixels_each} pixels exceed the limit of {MAX_TOTAL_PIXELS} pixels "
+                         "in all; pass a smaller image size (--image-size) or fewer images")
+
+
 def resize_images(images: Tensor, size: int) -> Tensor:
     """Resize ``[N, C, H, W]`` images in [0, 1] to ``size``×``size`` (antialiased bicubic, clamped)."""
-    if size < 1:
-        raise InputError(f"image size must be positive, got {size}")
+    check_image_size(size)
     if tuple(images.shape[-2:]) == (size, size):
         return images
+    _check_total(images.shape[0], size * size, "resizing")
     out = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
     return out.clamp_(0.0, 1.0)
 
@@ -215,6 +238,38 @@ def _square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
 
 
+def _open_image(p: Path) -> Image.Image:
+    """``Image.open`` that turns decompression bombs and unreadable files into InputError (lazy: no decoding)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(p)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"refusing image {p}: {e}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"cannot read image {p}: {e}") from None
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        img.close()
+        raise InputError(f"refusing image {p}: {w}x{h} pixels exceed the limit of {MAX_IMAGE_PIXELS} per image")
+    return img
+
+
+def _image_size(p: Path) -> tuple[int, int]:
+    with _open_image(p) as img:
+        return img.size
+
+
+def _decode_image(p: Path, size: int | None) -> Image.Image:
+    """The RGB image at ``p``, centre-cropped and resized to ``size`` if given."""
+    try:
+        with _open_image(p) as img:
+            rgb = img.convert("RGB")
+    except OSError as e:  # truncated or corrupt pixel data
+        raise InputError(f"cannot read image {p}: {e}") from None
+    return rgb if size is None else _square(rgb, size)
+
+
 def load_image_folder(root: str | Path, *, size: int | None = None) -> Dataset:
     """Images under ``root/<class>/`` (see the module docstring)."""
     root = Path(root)
@@ -232,22 +287,13 @@ def load_image_folder(root: str | Path, *, size: int | None = None) -> Dataset:
         raise InputError(
             f"{root}: expected an image folder root/<class>/*{'|'.join(IMAGE_EXTENSIONS)}, found no images"
         )
-    images = []
-    for p, _ in files:
-        try:
-            with Image.open(p) as img:
-                images.append(img.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise InputError(f"cannot read image {p}: {e}") from e
-    if size is None:
-        sizes = {img.size for img in images}
-        if len(sizes) > 1:
-            log.info("%s: images differ in size; centre-cropping and resizing to %d", root, DEFAULT_SIZE)
-            size = DEFAULT_SIZE
-    if size is not None:
-        if size < 1:
-            raise InputError(f"image size must be positive, got {size}")
-        images = [_square(img, size) for img in images]
+    check_image_size(size)
+    sizes = [_image_size(p) for p, _ in files]
+    if size is None and len(set(sizes)) > 1:
+        log.info("%s: images differ in size; centre-cropping and resizing to %d", root, DEFAULT_SIZE)
+        size = DEFAULT_SIZE
+    _check_total(len(files), size * size if size is not None else sizes[0][0] * sizes[0][1], root)
+    images = [_decode_image(p, size) for p, _ in files]
     arr = np.stack([np.asarray(img) for img in images])  # [N, H, W, 3] uint8
     grey = bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
     if grey:
@@ -268,9 +314,11 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_IDX_BYTES + 1)
     except (OSError, EOFError) as e:
         raise InputError(f"cannot read idx file {path}: {e}") from e
+    if len(raw) > MAX_IDX_BYTES:
+        raise InputError(f"{path}: idx file larger than {MAX_IDX_BYTES} bytes (decompressed)")
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_TYPES or raw[3] == 0:
         raise InputError(f"{path}: not an idx file (expected the magic bytes 00 00 <type> <ndim>)")
     ndim = raw[3]
@@ -356,6 +404,7 @@ def load_idx(
 # --------------------------------------------------------------------------------------------- entry
 def load_path(path: str | Path, *, size: int | None = None) -> Dataset:
     """Load the user's data at ``path``: CIFAR pickles, an image folder or idx files."""
+    check_image_size(size)
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"{path} does not exist")

@@ -15,7 +15,6 @@ many bytes, ``keep_rounds`` deletes the files of older rounds (their index entri
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -29,17 +28,73 @@ from torch import Tensor
 
 from ..auditing import AuditPlan, audit, make_attacks
 from ..errors import GradleakError, InputError
-from ..observation import Observation
+from ..observation import ModelFactory, Observation
 from ..report import write_json_atomic
+from ..schema import Problems, brief, parse_json, read_safetensors
 
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "gradleak-capture-1"
+MAX_INDEX_CHARS = 1 << 26
+MAX_ROUND = 1 << 31
+ENTRY_FIELDS = {"round", "client", "path", "bytes", "metrics", "batch_size", "protocol", "audit", "skipped", "deleted"}
 AuditHook = Callable[[Observation, dict[str, Any], Path], dict[str, Any]]
 
 
 def _key(server_round: int, client: str) -> str:
     return f"{server_round}/{client}"
+
+
+def _safe_relative(path: str) -> bool:
+    """True for a relative POSIX path inside the store: no absolute path, drive, backslash or ``..``."""
+    parts = path.split("/")
+    return bool(path) and not path.startswith("/") and "\\" not in path and ":" not in path and \
+        all(part not in ("", ".", "..") for part in parts)
+
+
+def _check_entry(p: Problems, e: Any, where: str) -> None:
+    if not isinstance(e, dict):
+        p.append(f"{where}expected a JSON object, got {brief(e)}")
+        return
+    p.only(e, ENTRY_FIELDS, where)
+    p.integer(e, "round", 0, MAX_ROUND, where)
+    p.string(e, "client", where)
+    if "path" in e and not (isinstance(e["path"], str) and _safe_relative(e["path"])):
+        p.append(f"{where}path: expected a relative path inside the store, got {brief(e['path'])}")
+    p.integer(e, "bytes", 0, 1 << 62, where, optional=True)
+    p.integer(e, "batch_size", 1, 1 << 31, where, nullable=True)
+    for key in ("metrics", "protocol", "audit"):
+        if e.get(key) is not None:
+            p.obj(e, key, where)
+    if "skipped" in e:
+        p.string(e, "skipped", where)
+    if "deleted" in e:
+        p.boolean(e, "deleted", where)
+
+
+def read_index(index: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """``(entries by round/client, latest round)`` of a capture index; one InputError lists every problem."""
+    try:
+        text = index.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read capture index {index}: {e}") from None
+    meta = parse_json(text, f"capture index {index}", max_chars=MAX_INDEX_CHARS)
+    if meta.get("format") != INDEX_FORMAT:
+        raise InputError(f"{index} is not a gradleak capture index (format {brief(meta.get('format'))})")
+    p = Problems()
+    p.only(meta, {"format", "latest_round", "captures"})
+    latest = p.integer(meta, "latest_round", 0, MAX_ROUND)
+    captures = p.get(meta, "captures", "")
+    if not isinstance(captures, list):
+        p.append(f"captures: expected a list, got {brief(captures)}")
+        captures = []
+    for i, e in enumerate(captures):
+        _check_entry(p, e, f"captures[{i}].")
+    p.raise_if_any(f"capture index {index} is invalid")
+    entries = {_key(e["round"], e["client"]): e for e in captures}
+    if len(entries) != len(captures):
+        raise InputError(f"capture index {index} is invalid: it lists a round/client pair twice")
+    return entries, latest  # type: ignore[return-value]
 
 
 class CaptureStore:
@@ -59,11 +114,7 @@ class CaptureStore:
         self.latest_round = 0
         index = self.root / "index.json"
         if index.exists():
-            meta = json.loads(index.read_text())
-            if meta.get("format") != INDEX_FORMAT:
-                raise InputError(f"{index} is not a gradleak capture index (format {meta.get('format')!r})")
-            self.entries = {_key(e["round"], e["client"]): e for e in meta["captures"]}
-            self.latest_round = int(meta.get("latest_round", 0))
+            self.entries, self.latest_round = read_index(index)
 
     # -- sizes -----------------------------------------------------------------------------------
     def bytes_used(self) -> int:
@@ -87,6 +138,8 @@ class CaptureStore:
         Returns the index entry, or ``None`` when the store's bounds skip it. A capture already on disk
         is kept as it is (resume).
         """
+        if not client or client.startswith(".") or any(c in client for c in "/\\:"):
+            raise InputError(f"client name {client!r} cannot name a file in the store")
         key = _key(server_round, client)
         with self._lock:
             if self.has(server_round, client):
@@ -136,7 +189,8 @@ class CaptureStore:
                     if e.get("path") and not e.get("deleted") and e["round"] <= self.latest_round - self.keep_rounds:
                         e["deleted"] = True
                 for folder in self.root.glob("round_*"):
-                    if folder.is_dir() and int(folder.name.split("_")[1]) <= self.latest_round - self.keep_rounds:
+                    number = folder.name.removeprefix("round_")
+                    if folder.is_dir() and number.isdigit() and int(number) <= self.latest_round - self.keep_rounds:
                         shutil.rmtree(folder, ignore_errors=True)
             self._write_index()
 
@@ -146,20 +200,25 @@ class CaptureStore:
                                                      "captures": entries})
 
     # -- reading ---------------------------------------------------------------------------------
-    def load(self, server_round: int, client: str) -> Observation:
+    def load(self, server_round: int, client: str, model: torch.nn.Module | None = None, *,
+             model_factory: str | ModelFactory | None = None) -> Observation:
+        """The captured Observation; a user model's capture needs ``model`` or ``model_factory``
+        (see :meth:`Observation.load`). A path that leaves the store (``..``, a symlink out) is refused."""
         e = self.entries.get(_key(server_round, client))
         if not e or not e.get("path") or e.get("deleted"):
             raise InputError(f"no capture of client {client} in round {server_round} under {self.root}")
-        return Observation.load(self.root / e["path"])
+        path = (self.root / e["path"]).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise InputError(f"capture {e['path']!r} of client {client} in round {server_round} leads outside "
+                             f"the store {self.root}; refusing to read it")
+        return Observation.load(path, model, model_factory=model_factory)
 
     def resume(self) -> tuple[int, dict[str, Tensor]] | None:
         """``(last aggregated round, global state after it)`` to restart a server from, or ``None``."""
-        from safetensors.torch import load_file
-
         path = self.root / "latest.safetensors"
         if not path.exists():
             return None
-        return self.latest_round, load_file(str(path))
+        return self.latest_round, read_safetensors(path, None, "global state").tensors()
 
 
 @dataclass

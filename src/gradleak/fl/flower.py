@@ -38,7 +38,8 @@ from ..data import Dataset, Normalization
 from ..errors import InputError
 from ..models import ModelSpec
 from ..observation import Observation
-from ..protocols import FedSGD, Protocol, protocol_from_json
+from ..observation_schema import protocol_from_json
+from ..protocols import FedSGD, Protocol
 from .capture import AuditHook, CaptureStore, LabelAttackAudit
 from .task import FlowerTask, client_batch, client_train, shard
 

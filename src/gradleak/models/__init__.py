@@ -1,7 +1,9 @@
 """Models: the zoo, a registry, the user's own factories and weights, and finding the head by name."""
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InputError, UnsafeFileError
+from ..errors import InputError
 from .zoo import MODELS, ConvNet, LeNet, MLP, ResNet
 from . import rgap as _rgap  # noqa: F401  (registers cnn6, cnn6-d, fcn3, twolayer)
 
-__all__ = ["MODELS", "ModelSpec", "build_model", "load_weights", "save_weights", "find_head",
+__all__ = ["MODELS", "ModelSpec", "architecture_hash", "build_model", "load_weights", "save_weights", "find_head",
            "ConvNet", "LeNet", "MLP", "ResNet"]
 
 
@@ -30,17 +32,28 @@ class ModelSpec:
     def build(self) -> nn.Module:
         return build_model(self.name, self.num_classes, self.input_shape, **self.kwargs)
 
+    @property
+    def is_zoo(self) -> bool:
+        """True for a registered zoo model (a file may name it); False for a user's ``module:factory``."""
+        return self.name in MODELS
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "num_classes": self.num_classes, "input_shape": list(self.input_shape),
                 "kwargs": dict(self.kwargs)}
 
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ModelSpec":
-        return cls(d["name"], int(d["num_classes"]), tuple(d["input_shape"]), dict(d.get("kwargs", {})))
+
+def architecture_hash(model: nn.Module, head: str | None) -> str:
+    """SHA-256 of an architecture as a file records it: every state entry's name, shape and dtype
+    (parameters and persistent buffers) and the head's name. Equal hashes: the same layout of weights."""
+    layout = [[k, list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()]
+    return hashlib.sha256(json.dumps({"state": layout, "head": head}).encode()).hexdigest()
 
 
 def build_model(name: str, num_classes: int, input_shape: Sequence[int], **kwargs: Any) -> nn.Module:
-    """Build a zoo model by name, or call the user's ``module:factory(num_classes, input_shape, **kw)``."""
+    """Build a zoo model by name, or call the user's ``module:factory(num_classes, input_shape, **kw)``.
+
+    ``name`` imports code when it is ``module:factory``: pass only names the user gave, never one read
+    from a file."""
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
@@ -55,31 +68,16 @@ def build_model(name: str, num_classes: int, input_shape: Sequence[int], **kwarg
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a safetensors state dict into ``model`` (strict). Pickle files are refused."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """Load a safetensors state dict into ``model`` (strict). Pickle files are refused; a file that does
+    not fit (missing, unexpected or wrongly shaped entries, NaN or inf) raises one InputError listing all."""
+    from ..schema import Problems, finite_problems, read_safetensors, shape_problems, state_shapes
 
-    path = Path(path)
-    if path.suffix in {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt"}:
-        raise UnsafeFileError(f"{path}: pickle-based weight files can run code when loaded and are refused; "
-                              "convert them once with safetensors.torch.save_file(model.state_dict(), 'w.safetensors')")
-    try:
-        state = load_file(str(path))
-    except (OSError, SafetensorError) as e:
-        raise InputError(f"cannot read weights {path}: {e}") from None
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            parts.append("wrong shape " + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:5]))
-        raise InputError(f"weights {path} do not fit the model: " + "; ".join(parts))
+    f = read_safetensors(path, None, "weights file")
+    problems = Problems(shape_problems(f.shapes, state_shapes(model)))
+    problems.raise_if_any(f"weights {path} do not fit the model")
+    state = f.tensors()
+    problems += finite_problems(state)
+    problems.raise_if_any(f"weights {path} are not usable")
     model.load_state_dict(state)
     return model
 

@@ -5,6 +5,7 @@ recovery and analytic attacks find it by name instead of guessing.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -35,7 +36,7 @@ class MLP(nn.Module):
                  bias: bool = True):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
-        d = int(torch.tensor(input_shape).prod())
+        d = math.prod(input_shape)
         for _ in range(depth):
             layers += [nn.Linear(d, width), nn.ReLU()]
             d = width

@@ -8,15 +8,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..schema import Problems, finite_problems, read_safetensors, shape_problems, state_shapes
 from .models import Generator, GeneratorConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "PRIOR_FORMAT", "atomic_save", "load_prior", "save_prior"]
 
 PRIOR_FORMAT = "gradleak-prior-1"
 CHECKPOINT_FORMAT = "gradleak-prior-checkpoint-1"
+# bounds on a generator recorded in a file, checked before anything is built
+GENERATOR_BOUNDS = {"size": (8, 64), "channels": (1, 3), "z_dim": (1, 1024), "width": (1, 1024),
+                    "max_width": (1, 1024), "num_classes": (0, 100_000)}
 
 
 def atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -37,28 +42,47 @@ def save_prior(G: Generator, path: str | Path, meta: dict[str, Any] | None = Non
     return path
 
 
-def load_prior(path: str | Path) -> Generator:
-    """A generator from a prior file (or a training checkpoint), in eval mode with frozen weights."""
-    from safetensors import safe_open
+def _generator_config(p: Problems, info: dict[str, Any]) -> GeneratorConfig | None:
+    d = p.obj(info, "generator")
+    if d is None:
+        return None
+    p.only(d, set(GENERATOR_BOUNDS), "generator.")
+    values = {k: p.integer(d, k, lo, hi, "generator.") for k, (lo, hi) in GENERATOR_BOUNDS.items()}
+    if any(v is None for v in values.values()):
+        return None
+    try:
+        return GeneratorConfig(**values)  # type: ignore[arg-type]
+    except InputError as e:
+        p.append(f"generator: {e}")
+        return None
 
+
+def load_prior(path: str | Path) -> Generator:
+    """A generator from a prior file (or a training checkpoint), in eval mode with frozen weights.
+
+    The header and the tensor shapes are checked before the generator is built; any problem (or a
+    corrupt file) raises one InputError."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"prior {str(path)!r} does not exist: train one with `gradleak train-prior`")
-    try:
-        with safe_open(str(path), "pt") as f:
-            info = json.loads((f.metadata() or {}).get("gradleak", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise InputError(f"{path} is not a gradleak prior (safetensors): {e}") from e
+    f = read_safetensors(path, "gradleak", "prior")
+    info = f.header
     if info.get("format") not in (PRIOR_FORMAT, CHECKPOINT_FORMAT):
-        raise InputError(f"{path} is not a gradleak prior (format {info.get('format')!r})")
-    if info["format"] == CHECKPOINT_FORMAT:
-        tensors = {k[len("G."):]: v for k, v in tensors.items() if k.startswith("G.")}
-    G = Generator(GeneratorConfig(**info["generator"]))
-    try:
-        G.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise InputError(f"prior {path}: weights do not fit its recorded architecture: {e}") from e
+        raise InputError(f"{path} is not a gradleak prior (format {str(info.get('format'))[:60]!r})")
+    p = Problems()
+    gcfg = _generator_config(p, info)
+    p.raise_if_any(f"prior {path} has a bad header")
+    prefix = "G." if info["format"] == CHECKPOINT_FORMAT else ""
+    with torch.device("meta"):
+        want = state_shapes(Generator(gcfg))  # type: ignore[arg-type]
+    have = {k[len(prefix):]: v for k, v in f.shapes.items() if k.startswith(prefix)}
+    p += shape_problems(have, want)
+    p.raise_if_any(f"prior {path}: weights do not fit its recorded architecture")
+    tensors = {k[len(prefix):]: v for k, v in f.tensors().items() if k.startswith(prefix)}
+    p += finite_problems(tensors)
+    p.raise_if_any(f"prior {path} holds unusable weights")
+    G = Generator(gcfg)  # type: ignore[arg-type]
+    G.load_state_dict(tensors)
     G.eval()
     G.requires_grad_(False)
     G.meta = info  # type: ignore[assignment]

@@ -22,10 +22,13 @@ from torch import Tensor, nn
 
 from ..data import Dataset, resize_images
 from ..errors import InputError
+from ..schema import Problems, finite_problems, is_number, read_safetensors, shape_problems, state_shapes
 from .io import CHECKPOINT_FORMAT, atomic_save
 from .models import Discriminator, Generator, GeneratorConfig
 
 __all__ = ["TrainConfig", "TrainStep", "train_prior"]
+
+MAX_STEPS = 1 << 31   # a checkpoint's recorded step is checked against this before anything is restored
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,24 +146,45 @@ def _save_checkpoint(path: Path, meta: dict[str, Any], step: int, G: Generator, 
 
 def _restore(path: Path, meta: dict[str, Any], G: Generator, D: Discriminator, opt_g: torch.optim.Optimizer,
              opt_d: torch.optim.Optimizer, gen: torch.Generator) -> int:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        info = json.loads((f.metadata() or {}).get("gradleak", "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    """Resume from a training checkpoint of the same run; anything else raises one InputError."""
+    f = read_safetensors(path, "gradleak", "prior checkpoint")
+    info = f.header
     free = ("steps", "checkpoint_every", "sample_every")  # may change between a run and its resumption
     mine = {k: v for k, v in meta["training"].items() if k not in free}
-    theirs = {k: v for k, v in info.get("training", {}).items() if k not in free}
+    training = info.get("training")
+    theirs = {k: v for k, v in training.items() if k not in free} if isinstance(training, dict) else None
     if info.get("format") != CHECKPOINT_FORMAT or info.get("generator") != meta["generator"] or \
             json.dumps(mine, sort_keys=True) != json.dumps(theirs, sort_keys=True):
         raise InputError(f"checkpoint {path} belongs to a run with other settings; remove it or use another folder")
+    p = Problems()
+    step = p.integer(info, "step", 0, MAX_STEPS)
+    groups = (("opt_g", opt_g, list(G.parameters())), ("opt_d", opt_d, list(D.parameters())))
+    opt_steps = p.get(info, "opt_steps", "")
+    if not (isinstance(opt_steps, list) and [len(s) if isinstance(s, list) else -1 for s in opt_steps]
+            == [len(params) for _, _, params in groups] and all(is_number(x) and x >= 0 for s in opt_steps for x in s)):
+        p.append("opt_steps: expected one non-negative number per parameter of G and of D")
+    want = {f"G.{k}": v for k, v in state_shapes(G).items()} | {f"D.{k}": v for k, v in state_shapes(D).items()}
+    want["rng"] = tuple(gen.get_state().shape)
+    for prefix, _, params in groups:
+        for i, q in enumerate(params):
+            if f"{prefix}.{i}.exp_avg" in f.shapes or f"{prefix}.{i}.exp_avg_sq" in f.shapes:
+                want[f"{prefix}.{i}.exp_avg"] = want[f"{prefix}.{i}.exp_avg_sq"] = tuple(q.shape)
+    p += shape_problems(f.shapes, want)
+    if f.dtypes.get("rng", "U8") != "U8":
+        p.append(f"rng: dtype {f.dtypes['rng']}, expected U8")
+    p.raise_if_any(f"checkpoint {path} cannot resume this run")
+    tensors = f.tensors()
+    p += finite_problems(tensors)
+    p.raise_if_any(f"checkpoint {path} cannot resume this run")
     G.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("G.")})
     D.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("D.")})
-    for prefix, opt, params, steps in (("opt_g", opt_g, list(G.parameters()), info["opt_steps"][0]),
-                                       ("opt_d", opt_d, list(D.parameters()), info["opt_steps"][1])):
-        for i, p in enumerate(params):
+    for (prefix, opt, params), steps in zip(groups, opt_steps):
+        for i, q in enumerate(params):
             if f"{prefix}.{i}.exp_avg" in tensors:
-                opt.state[p] = {"step": torch.tensor(steps[i]), "exp_avg": tensors[f"{prefix}.{i}.exp_avg"].clone(),
+                opt.state[q] = {"step": torch.tensor(steps[i]), "exp_avg": tensors[f"{prefix}.{i}.exp_avg"].clone(),
                                 "exp_avg_sq": tensors[f"{prefix}.{i}.exp_avg_sq"].clone()}
-    gen.set_state(tensors["rng"])
-    return int(info["step"])
+    try:
+        gen.set_state(tensors["rng"])
+    except RuntimeError as e:
+        raise InputError(f"checkpoint {path}: its random state is invalid ({e})") from None
+    return step  # type: ignore[return-value]
