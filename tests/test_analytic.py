@@ -63,7 +63,8 @@ def test_layerwise_handles_biases_and_sigmoid():
 
 
 def test_layerwise_lists_every_unmet_need():
-    obs, _ = simulate(Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", batch_size=2))
+    obs, _ = simulate(Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", batch_size=2,
+                               bn_mode="train"))
     with pytest.raises(UnsupportedError) as e:
         ATTACKS.get("rgap")().check(obs)
     msg = str(e.value)

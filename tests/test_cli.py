@@ -37,7 +37,7 @@ def test_audit_writes_results_report_and_grid(tmp_path, capsys):
 
 def test_labels_command(tmp_path, capsys):
     assert main(["labels", "--model", "mlp", "--data", "digits", "--image-size", "8", "--batch-size", "4",
-                 "--method", "sum", "--out", str(tmp_path)]) == 0
+                 "--unique-labels", "--method", "sum", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["labels"]["methods"]["sum"]["label_accuracy"] == 1.0
 
@@ -47,9 +47,11 @@ def test_labels_command(tmp_path, capsys):
     (["audit", "--defense", "blur:3"], "unknown defense 'blur'"),
     (["audit", "--defense", "clip:-2"], "positive"),
     (["audit", "--attack", "nope", "--data", "digits"], "unknown attack"),
-    (["audit", "--data", "faces", "--batch-size", "3"], "unique labels"),
+    (["audit", "--data", "faces", "--batch-size", "3", "--unique-labels"], "unique labels"),
+    (["audit", "--attack", "analytic_fc", "--restarts", "4"], "attack 'analytic_fc' has no setting 'restarts'"),
+    (["audit", "--prior", "p.safetensors"], "--prior applies to attacks with a generative prior"),
     (["audit", "--data", "/no/such/dir"], "/no/such/dir"),
-    (["labels", "--data", "digits", "--batch-size", "12", "--repeat-labels", "--method", "sum"], "batch size"),
+    (["labels", "--data", "digits", "--batch-size", "12", "--method", "sum"], "batch size"),
     (["audit", "--protocol", "fedavg", "--local-steps", "0"], "local_steps"),
 ])
 def test_bad_input_gives_one_message_and_exit_2(argv, message, capsys, tmp_path):
@@ -96,8 +98,7 @@ def test_checkpoint_dir_resumes_a_finished_run(tmp_path):
 def test_audit_prints_its_cost_estimate_before_running(tmp_path, capsys):
     out = tmp_path / "est"
     loud = [a for a in TINY if a != "--quiet"]
-    assert main(["audit", *loud, "--attack", "inverting_gradients", "--attack", "dlg", "--attack", "analytic_fc",
-                 "--out", str(out)]) == 0
+    assert main(["audit", *loud, "--attack", "inverting_gradients", "--attack", "dlg", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     first_bar = err.index("%|")  # the first progress bar comes after the estimate
     assert -1 < err.index("estimated cost") < first_bar
@@ -105,5 +106,13 @@ def test_audit_prints_its_cost_estimate_before_running(tmp_path, capsys):
     assert "dlg: ≈" in err and "(600 steps ×" in err  # L-BFGS: 30 iterations × up to 20 evaluations
     res = json.loads((out / "results.json").read_text())
     by_name = {a["name"]: a for a in res["attacks"]}
-    assert by_name["inverting_gradients"]["estimated_seconds"] > 0
-    assert "estimated_seconds" not in by_name["analytic_fc"]  # analytic: no matching steps to estimate
+    assert by_name["inverting_gradients"]["estimated_seconds"] > 0 and by_name["dlg"]["estimated_seconds"] > 0
+
+
+def test_analytic_attacks_have_no_cost_estimate():
+    import gradleak as gl
+
+    obs, truth = gl.simulate(gl.Scenario(model="mlp", dataset="digits", image_size=8))
+    plan = gl.AuditPlan(attacks=gl.make_attacks(["analytic_fc"]), estimate_costs=True)
+    run = gl.audit(obs, plan, truth=truth).attacks[0]
+    assert run.error is None and run.estimate is None and run.scores is not None  # no matching steps to estimate

@@ -23,7 +23,8 @@ def smooth_image(size=32, seed=0):
 @pytest.fixture(scope="module")
 def digit_batch():
     """A narrow ConvNet with BN whose running statistics come from the digits themselves."""
-    sc = Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", image_size=16, batch_size=2, seed=0)
+    sc = Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", image_size=16, batch_size=2, seed=0,
+                  bn_mode="train", unique_labels=True)
     from gradleak.data import load_dataset
     from gradleak.scenario import build_scenario_model
     data = load_dataset("digits", size=16)

@@ -126,10 +126,12 @@ def test_auto_falls_back_when_the_pick_refuses():
 
 def test_audit_reports_the_auto_choice():
     obs, truth = _case(batch_size=8, seed=4)
-    section, chosen = run_labels(obs, truth, ["auto"])
-    assert chosen is not None and chosen.method in section["methods"]
-    entry = section["methods"][chosen.method]
-    assert entry["details"]["auto"]["picked"] == chosen.method and entry["label_accuracy"] == 1.0
+    section = run_labels(obs, ["auto"], truth)
+    chosen = section.chosen
+    assert chosen is not None and chosen.requested == "auto" and chosen.result is not None
+    assert chosen.result.details["auto"]["picked"] == chosen.method and chosen.accuracy == 1.0
+    entry = section.to_json()["methods"][chosen.method]
+    assert entry["requested"] == "auto" and entry["label_accuracy"] == 1.0
 
 
 def test_round_counts_sum_and_nonnegative():

@@ -21,7 +21,7 @@ from gradleak.attacks.matching import MatchingConfig, MatchingProblem, run_match
 from gradleak.data import load_image_folder, load_path
 from gradleak.errors import GradleakError, InputError
 from gradleak.fl.capture import INDEX_FORMAT, CaptureStore
-from gradleak.generative import Generator, GeneratorConfig, load_prior, save_prior
+from gradleak.prior import Generator, GeneratorConfig, load_prior, save_prior
 from gradleak.models import MLP, load_weights
 from gradleak.observation import Observation
 from gradleak.scenario import Scenario, simulate

@@ -71,7 +71,7 @@ class DPSGD(TrainingDefense):
         from opacus.optimizers import DPOptimizer
         from opacus.validators import ModuleValidator
 
-        net = copy.deepcopy(model)
+        net = copy.deepcopy(model).train()  # Opacus trains in train mode; the models it accepts have no BatchNorm
         errors = ModuleValidator.validate(net, strict=False)
         if errors:
             lines = "; ".join(str(e) for e in errors[:5])
