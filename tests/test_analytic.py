@@ -1,5 +1,6 @@
 """Analytic attacks and the per-layer analysis (PAPERS.md §3): exact FC recovery, R-GAP / layer-wise
 inversion of a small conv net, the tensor method of Wang, Lee & Lei, and `analyze`'s counts."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,7 @@ def test_fc_batch_reports_exact_samples():
     s = score_images(res.images, truth.images)
     exact = res.assumptions["exact"]
     assert sum(exact) >= 2
-    for j, flag in enumerate(exact):      # every sample flagged exact is exact
+    for j, flag in enumerate(exact):  # every sample flagged exact is exact
         if flag:
             i = s.order.index(j)
             assert (res.images[j] - truth.images[i]).abs().max() < 1e-5
@@ -63,8 +64,9 @@ def test_layerwise_handles_biases_and_sigmoid():
 
 
 def test_layerwise_lists_every_unmet_need():
-    obs, _ = simulate(Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", batch_size=2,
-                               bn_mode="train"))
+    obs, _ = simulate(
+        Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", batch_size=2, bn_mode="train")
+    )
     with pytest.raises(UnsupportedError) as e:
         ATTACKS.get("rgap")().check(obs)
     msg = str(e.value)
@@ -90,8 +92,11 @@ def test_tensor_recovers_small_batch():
 
 @pytest.mark.parametrize("case", ["batch_exceeds_dim", "uniform_init", "linear"])
 def test_tensor_flags_cases_outside_its_conditions(case):
-    kw = {"batch_exceeds_dim": dict(d=4, batch_size=6), "uniform_init": dict(gaussian=False),
-          "linear": dict(activation="identity")}[case]
+    kw = {
+        "batch_exceeds_dim": dict(d=4, batch_size=6),
+        "uniform_init": dict(gaussian=False),
+        "linear": dict(activation="identity"),
+    }[case]
     obs, _ = single_query(**{"d": 10, "batch_size": 3, "width": 2000, **kw})
     with pytest.raises(UnsupportedError):
         ATTACKS.get("tensor")().check(obs)
@@ -156,8 +161,13 @@ def test_deficiency_predicts_layerwise_failure():
         assert a.layers[0].deficiency == (-2 if channels == 1 else 0)
         assert a.layers[0].rank == a.layers[0].counting_bound == (7 if channels == 1 else 9)
         assert a.copa_index == (-2 if channels == 1 else 0)
-        obs = Observation(model=net, update=client_update(net, FedSGD(), x, torch.tensor([1])), num_classes=3,
-                          input_shape=(1, 3, 3), batch_size=1)
+        obs = Observation(
+            model=net,
+            update=client_update(net, FedSGD(), x, torch.tensor([1])),
+            num_classes=3,
+            input_shape=(1, 3, 3),
+            batch_size=1,
+        )
         res = ATTACKS.get("rgap")().run(obs, generator=gen())
         errors[channels] = float((res.images - x).abs().max())
     assert errors[2] < 1e-5 and errors[1] > 1e-3

@@ -1,4 +1,5 @@
 """Optimisation attacks on tiny models: they must beat a constant-grey guess by a wide margin."""
+
 import pytest
 import torch
 
@@ -13,8 +14,11 @@ from gradleak.scenario import Scenario, simulate
 @pytest.fixture(scope="module")
 def digit_case():
     # MLP on 8×8 digits: small enough for a few hundred iterations in a second or two
-    return simulate(Scenario(model="mlp", model_kwargs={"width": 64, "depth": 1}, dataset="digits",
-                             image_size=8, batch_size=1, seed=2))
+    return simulate(
+        Scenario(
+            model="mlp", model_kwargs={"width": 64, "depth": 1}, dataset="digits", image_size=8, batch_size=1, seed=2
+        )
+    )
 
 
 def grey_psnr(truth):
@@ -24,8 +28,9 @@ def grey_psnr(truth):
 
 def test_inverting_gradients_beats_grey_baseline(digit_case):
     obs, truth = digit_case
-    res = ATTACKS.get("inverting_gradients")(iterations=300, tv=0.0).run(obs,
-                                                                         generator=torch.Generator().manual_seed(0))
+    res = ATTACKS.get("inverting_gradients")(iterations=300, tv=0.0).run(
+        obs, generator=torch.Generator().manual_seed(0)
+    )
     got = score_images(res.images, truth.images).mean_psnr
     assert got > grey_psnr(truth) + 15, got
     assert res.labels == truth.labels.tolist()
@@ -41,11 +46,21 @@ def test_dlg_recovers_image_and_label(digit_case):
 
 def test_fedavg_replay_attack():
     from gradleak.protocols import FedAvg
-    obs, truth = simulate(Scenario(model="mlp", model_kwargs={"width": 64, "depth": 1}, dataset="digits",
-                                   image_size=8, batch_size=1, seed=4,
-                                   protocol=FedAvg(local_steps=3, local_lr=0.1)))
-    res = ATTACKS.get("inverting_gradients")(iterations=300, tv=0.0).run(obs,
-                                                                         generator=torch.Generator().manual_seed(0))
+
+    obs, truth = simulate(
+        Scenario(
+            model="mlp",
+            model_kwargs={"width": 64, "depth": 1},
+            dataset="digits",
+            image_size=8,
+            batch_size=1,
+            seed=4,
+            protocol=FedAvg(local_steps=3, local_lr=0.1),
+        )
+    )
+    res = ATTACKS.get("inverting_gradients")(iterations=300, tv=0.0).run(
+        obs, generator=torch.Generator().manual_seed(0)
+    )
     assert score_images(res.images, truth.images).mean_psnr > grey_psnr(truth) + 10
 
 
@@ -66,8 +81,9 @@ def test_batched_restarts_equal_separate_runs(digit_case):
     both = run_matching(MatchingProblem(obs, labels, cfg2), batch_size=1, generator=torch.Generator(), init=init)
     cfg1 = MatchingConfig(iterations=15, restarts=1, tv=0.01)
     for r in range(2):
-        one = run_matching(MatchingProblem(obs, labels, cfg1), batch_size=1, generator=torch.Generator(),
-                           init=init[r:r + 1])
+        one = run_matching(
+            MatchingProblem(obs, labels, cfg1), batch_size=1, generator=torch.Generator(), init=init[r : r + 1]
+        )
         torch.testing.assert_close(one.x, both.all_x[r], rtol=1e-4, atol=1e-5)
 
 
@@ -86,11 +102,17 @@ def test_checkpoint_resume_matches_uninterrupted_run(digit_case, tmp_path):
 
     ck = tmp_path / "run.ckpt"
     with pytest.raises(Stop):
-        run_matching(MatchingProblem(obs, labels, cfg), batch_size=1, generator=torch.Generator().manual_seed(1),
-                     checkpoint=ck, on_step=stop_at_25)
+        run_matching(
+            MatchingProblem(obs, labels, cfg),
+            batch_size=1,
+            generator=torch.Generator().manual_seed(1),
+            checkpoint=ck,
+            on_step=stop_at_25,
+        )
     assert ck.exists()
-    resumed = run_matching(MatchingProblem(obs, labels, cfg), batch_size=1,
-                           generator=torch.Generator().manual_seed(1), checkpoint=ck)
+    resumed = run_matching(
+        MatchingProblem(obs, labels, cfg), batch_size=1, generator=torch.Generator().manual_seed(1), checkpoint=ck
+    )
     torch.testing.assert_close(resumed.x, full.x, rtol=1e-5, atol=1e-6)
 
 
@@ -103,37 +125,51 @@ def test_schedules():
 
 
 def test_bn_term_pulls_statistics_toward_running_stats():
-    obs, _ = simulate(Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", image_size=16,
-                               batch_size=2, seed=0))
+    obs, _ = simulate(
+        Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", image_size=16, batch_size=2, seed=0)
+    )
     bn = obs.model.body.bn0
     bn.running_mean.fill_(0.5)
     cfg = MatchingConfig(iterations=1, bn=1.0)
     prob = MatchingProblem(obs, torch.tensor([0, 1]), cfg)
     x = torch.randn(2, *obs.input_shape, requires_grad=True)
     before = prob.bn_loss(x)
-    g, = torch.autograd.grad(before, x)
+    (g,) = torch.autograd.grad(before, x)
     after = prob.bn_loss((x - 0.05 * g).detach())
     assert after < before
 
 
 def test_checkpoint_of_another_observation_is_refused(digit_case, tmp_path):
     from gradleak.errors import InputError
+
     obs, _ = digit_case
-    other, _ = simulate(Scenario(model="mlp", model_kwargs={"width": 64, "depth": 1}, dataset="digits",
-                                 image_size=8, batch_size=1, seed=9))
+    other, _ = simulate(
+        Scenario(
+            model="mlp", model_kwargs={"width": 64, "depth": 1}, dataset="digits", image_size=8, batch_size=1, seed=9
+        )
+    )
     cfg = MatchingConfig(iterations=5, checkpoint_every=5)
     ck = tmp_path / "c.ckpt"
     run_matching(MatchingProblem(obs, torch.tensor([0]), cfg), batch_size=1, generator=torch.Generator(), checkpoint=ck)
     with pytest.raises(InputError, match="another run"):
-        run_matching(MatchingProblem(other, torch.tensor([0]), cfg), batch_size=1, generator=torch.Generator(),
-                     checkpoint=ck)
+        run_matching(
+            MatchingProblem(other, torch.tensor([0]), cfg), batch_size=1, generator=torch.Generator(), checkpoint=ck
+        )
 
 
 @pytest.mark.parametrize("protocol, joint", [(None, False), (FedAvg(2, 0.1), False), (None, True)])
 def test_single_candidate_autograd_step_equals_the_vmapped_step(protocol, joint):
     # one restart runs through plain autograd, several through vmap(torch.func): same numbers
-    sc = Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", image_size=16, batch_size=2,
-                  seed=1, bn_mode="train", **({"protocol": protocol} if protocol else {}))
+    sc = Scenario(
+        model="convnet",
+        model_kwargs={"width": 4},
+        dataset="digits",
+        image_size=16,
+        batch_size=2,
+        seed=1,
+        bn_mode="train",
+        **({"protocol": protocol} if protocol else {}),
+    )
     obs, truth = simulate(sc)
     cfg = MatchingConfig(iterations=1, restarts=2, tv=0.1, l2=0.01, bn=0.5, optimize_labels=joint)
     step = objective_fn(MatchingProblem(obs, None if joint else truth.labels, cfg))

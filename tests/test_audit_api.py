@@ -1,4 +1,5 @@
 """The one audit API: gradleak.audit / audit_scenario, typed results, one scenario surface, attack settings."""
+
 import json
 
 import pytest
@@ -16,7 +17,7 @@ def test_cli_and_api_share_one_scenario_default():
     args = parser().parse_args(["audit"])
     assert scenario_from_args(args) == gl.Scenario()
     assert gl.Scenario().bn_mode == "eval" and not gl.Scenario().unique_labels
-    for command in (["sweep"], ["fl-demo"]):   # they pick another model and data, never another BN mode
+    for command in (["sweep"], ["fl-demo"]):  # they pick another model and data, never another BN mode
         sc = scenario_from_args(parser().parse_args(command))
         assert sc.bn_mode == "eval" and sc.model == "mlp" and sc.model_kwargs == {"width": 64}
 
@@ -25,8 +26,27 @@ def test_api_and_cli_give_the_same_psnr(tmp_path):
     scenario = gl.Scenario(**TINY, seed=3)
     plan = gl.AuditPlan(attacks=(gl.attacks.InvertingGradients(iterations=25),), seed=scenario.seed)
     result, truth = gl.audit_scenario(scenario, plan)
-    assert main(["audit", "--model", "mlp", "--data", "digits", "--image-size", "8", "--seed", "3",
-                 "--iterations", "25", "--quiet", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                "--model",
+                "mlp",
+                "--data",
+                "digits",
+                "--image-size",
+                "8",
+                "--seed",
+                "3",
+                "--iterations",
+                "25",
+                "--quiet",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["attacks"][0]["mean_psnr"] == result.attack("inverting_gradients").mean_psnr
     assert written["labels"]["true"] == truth.labels.tolist()
@@ -34,8 +54,9 @@ def test_api_and_cli_give_the_same_psnr(tmp_path):
 
 def test_result_is_typed_and_json_round_trips():
     obs, truth = gl.simulate(gl.Scenario(**TINY, batch_size=2))
-    plan = gl.AuditPlan(label_methods=("auto", "sum", "idlg"),
-                        attacks=(gl.attacks.InvertingGradients(iterations=5), gl.attacks.RGAP()))
+    plan = gl.AuditPlan(
+        label_methods=("auto", "sum", "idlg"), attacks=(gl.attacks.InvertingGradients(iterations=5), gl.attacks.RGAP())
+    )
     result = gl.audit(obs, plan, truth=truth)
     assert [r.requested for r in result.labels.runs] == ["auto", "sum", "idlg"]
     assert result.labels.runs[2].error is not None and "single sample" in result.labels.runs[2].error
@@ -87,6 +108,6 @@ def test_labels_none_means_auto_for_every_attack_that_needs_labels():
 def test_realistic_batches_repeat_labels_unless_asked():
     sc = gl.Scenario(model="mlp", dataset="faces", image_size=8, batch_size=6)
     _, truth = gl.simulate(sc)
-    assert len(set(truth.labels.tolist())) < 6          # faces has 2 classes: a loader's batch repeats them
+    assert len(set(truth.labels.tolist())) < 6  # faces has 2 classes: a loader's batch repeats them
     with pytest.raises(gl.InputError, match="unique labels"):
         gl.simulate(gl.Scenario(model="mlp", dataset="faces", image_size=8, batch_size=6, unique_labels=True))

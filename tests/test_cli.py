@@ -1,4 +1,5 @@
 """The command line end to end on tiny cases, and its handling of bad input."""
+
 import json
 import pickle
 
@@ -20,8 +21,23 @@ def test_list(capsys):
 
 def test_audit_writes_results_report_and_grid(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["audit", *TINY, "--attack", "inverting_gradients", "--attack", "dlg",
-                 "--defense", "clip:100", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                *TINY,
+                "--attack",
+                "inverting_gradients",
+                "--attack",
+                "dlg",
+                "--defense",
+                "clip:100",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["schema"] == 1
     assert [a["name"] for a in res["attacks"]] == ["inverting_gradients", "dlg"]
@@ -36,24 +52,46 @@ def test_audit_writes_results_report_and_grid(tmp_path, capsys):
 
 
 def test_labels_command(tmp_path, capsys):
-    assert main(["labels", "--model", "mlp", "--data", "digits", "--image-size", "8", "--batch-size", "4",
-                 "--unique-labels", "--method", "sum", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "labels",
+                "--model",
+                "mlp",
+                "--data",
+                "digits",
+                "--image-size",
+                "8",
+                "--batch-size",
+                "4",
+                "--unique-labels",
+                "--method",
+                "sum",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["labels"]["methods"]["sum"]["label_accuracy"] == 1.0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["audit", "--model", "nope"], "unknown model 'nope'"),
-    (["audit", "--defense", "blur:3"], "unknown defense 'blur'"),
-    (["audit", "--defense", "clip:-2"], "positive"),
-    (["audit", "--attack", "nope", "--data", "digits"], "unknown attack"),
-    (["audit", "--data", "faces", "--batch-size", "3", "--unique-labels"], "unique labels"),
-    (["audit", "--attack", "analytic_fc", "--restarts", "4"], "attack 'analytic_fc' has no setting 'restarts'"),
-    (["audit", "--prior", "p.safetensors"], "--prior applies to attacks with a generative prior"),
-    (["audit", "--data", "/no/such/dir"], "/no/such/dir"),
-    (["labels", "--data", "digits", "--batch-size", "12", "--method", "sum"], "batch size"),
-    (["audit", "--protocol", "fedavg", "--local-steps", "0"], "local_steps"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["audit", "--model", "nope"], "unknown model 'nope'"),
+        (["audit", "--defense", "blur:3"], "unknown defense 'blur'"),
+        (["audit", "--defense", "clip:-2"], "positive"),
+        (["audit", "--attack", "nope", "--data", "digits"], "unknown attack"),
+        (["audit", "--data", "faces", "--batch-size", "3", "--unique-labels"], "unique labels"),
+        (["audit", "--attack", "analytic_fc", "--restarts", "4"], "attack 'analytic_fc' has no setting 'restarts'"),
+        (["audit", "--prior", "p.safetensors"], "--prior applies to attacks with a generative prior"),
+        (["audit", "--data", "/no/such/dir"], "/no/such/dir"),
+        (["labels", "--data", "digits", "--batch-size", "12", "--method", "sum"], "batch size"),
+        (["audit", "--protocol", "fedavg", "--local-steps", "0"], "local_steps"),
+    ],
+)
 def test_bad_input_gives_one_message_and_exit_2(argv, message, capsys, tmp_path):
     code = main([*argv, "--out", str(tmp_path / "o")] if argv[0] == "audit" else argv)
     err = capsys.readouterr().err
@@ -74,8 +112,25 @@ def test_pickle_weights_are_refused_and_earlier_results_kept(tmp_path, capsys):
 
 def test_fedavg_audit_reports_what_the_attacker_assumed(tmp_path):
     out = tmp_path / "fa"
-    assert main(["audit", *TINY, "--protocol", "fedavg", "--local-steps", "3", "--local-lr", "0.1",
-                 "--assume-local-steps", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                *TINY,
+                "--protocol",
+                "fedavg",
+                "--local-steps",
+                "3",
+                "--local-lr",
+                "0.1",
+                "--assume-local-steps",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["scenario"]["protocol"]["local_steps"] == 3
     assert res["scenario"]["attacker_assumes"]["protocol"]["local_steps"] == 2

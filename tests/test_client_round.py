@@ -1,5 +1,6 @@
 """DP-SGD (Opacus), Soteria and gradient compression, each against a slow reference, and the client's
 round (:func:`gradleak.client.client_round`) that runs them."""
+
 import importlib.util
 import math
 
@@ -8,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gradleak.client import client_round
-from gradleak.defenses import (DEFENSES, DPSGD, BatchDefense, Compress, Soteria, TrainingDefense, dp_epsilon,
-                               head_input_and_sensitivity, parse_defense)
+from gradleak.defenses import DEFENSES, DPSGD, Compress, Soteria, dp_epsilon, head_input_and_sensitivity, parse_defense
 from gradleak.errors import InputError
 from gradleak.models import build_model
 from gradleak.protocols import FedAvg, FedSGD, client_update
@@ -31,7 +31,7 @@ def _per_example_grads(model, x, y):
     out = []
     for i in range(len(x)):
         model.zero_grad()
-        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
         out.append({k: p.grad.detach().clone() for k, p in model.named_parameters()})
     return out
 
@@ -86,7 +86,7 @@ def test_dpsgd_noise_is_seeded_scaled_and_accounted():
     assert all(torch.equal(a[k], b[k]) for k in a)
     clean, _ = client_round(model, FedSGD(), x, y, [DPSGD(noise=0.0, clip=1.0)], generator=torch.Generator())
     resid = torch.cat([(a[k] - clean[k]).flatten() for k in a])
-    assert resid.std().item() == pytest.approx(2.0 * 1.0 / 2, rel=0.1)   # σ·C / batch
+    assert resid.std().item() == pytest.approx(2.0 * 1.0 / 2, rel=0.1)  # σ·C / batch
     assert rec[0]["epsilon"] == pytest.approx(dp_epsilon(2.0, 1.0, 1, 1e-5))
     assert dp_epsilon(4.0, 1.0, 1, 1e-5) < rec[0]["epsilon"] < dp_epsilon(1.0, 1.0, 1, 1e-5)
 
@@ -133,16 +133,24 @@ def test_compress_is_global_topk_and_unbiased():
     u = {"a": torch.randn(100, generator=g), "b": 10 * torch.randn(100, generator=g)}
     out = Compress(0.9)(u, generator=g)
     assert int((out["a"] != 0).sum() + (out["b"] != 0).sum()) == 20
-    assert int((out["b"] != 0).sum()) > int((out["a"] != 0).sum())   # one threshold for all tensors
+    assert int((out["b"] != 0).sum()) > int((out["a"] != 0).sum())  # one threshold for all tensors
     draws = torch.stack([Compress(0.0, 2)(u, generator=g)["a"] for _ in range(2000)])
-    assert draws[0].unique().numel() <= 7                               # sign × 4 levels
+    assert draws[0].unique().numel() <= 7  # sign × 4 levels
     torch.testing.assert_close(draws.mean(0), u["a"], atol=0.06, rtol=0)  # stochastic rounding: unbiased
 
 
 def test_every_registered_defense_runs_through_client_round(gen):
     model, x, y = _case()
-    values = {"clip": "1", "noise": "0.01", "laplace": "0.01", "sparsify": "0.5", "quantize": "4", "dpsgd": "1",
-              "soteria": "0.5", "compress": "0.5"}
+    values = {
+        "clip": "1",
+        "noise": "0.01",
+        "laplace": "0.01",
+        "sparsify": "0.5",
+        "quantize": "4",
+        "dpsgd": "1",
+        "soteria": "0.5",
+        "compress": "0.5",
+    }
     for name, cls in DEFENSES.items():
         if name == "dpsgd" and not HAS_OPACUS:
             continue
@@ -156,6 +164,7 @@ def test_every_registered_defense_runs_through_client_round(gen):
 
 @needs_opacus
 def test_scenario_records_dpsgd_epsilon():
-    obs, truth = simulate(Scenario(model="mlp", dataset="digits", batch_size=2,
-                                   defenses=(parse_defense("dpsgd:noise=1,clip=1"),)))
+    obs, truth = simulate(
+        Scenario(model="mlp", dataset="digits", batch_size=2, defenses=(parse_defense("dpsgd:noise=1,clip=1"),))
+    )
     assert obs.defenses[0]["name"] == "dpsgd" and obs.defenses[0]["epsilon"] > 0

@@ -1,4 +1,5 @@
 """gradleak.data: normalisation, bundled datasets, and loaders on files written here."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,15 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gradleak.data import (
-    Dataset,
-    Normalization,
-    bundled,
-    dataset_names,
-    load_dataset,
-    load_path,
-    read_idx,
-)
+from gradleak.data import Dataset, Normalization, bundled, dataset_names, load_dataset, load_path, read_idx
 from gradleak.errors import GradleakError, InputError, UnknownNameError, UnsafeFileError
 
 
@@ -164,12 +157,16 @@ def cifar10_dir(tmp_path):
     root.mkdir()
     for k, protocol in ((1, 2), (2, 4)):
         imgs = _cifar_images(6, k)
-        _write_pickle(root / f"data_batch_{k}", {
-            b"batch_label": f"training batch {k} of 2".encode(),
-            b"labels": [int(i) for i in np.arange(6) % 10],
-            b"data": imgs.reshape(6, -1),
-            b"filenames": [f"img{i}.png".encode() for i in range(6)],
-        }, protocol)
+        _write_pickle(
+            root / f"data_batch_{k}",
+            {
+                b"batch_label": f"training batch {k} of 2".encode(),
+                b"labels": [int(i) for i in np.arange(6) % 10],
+                b"data": imgs.reshape(6, -1),
+                b"filenames": [f"img{i}.png".encode() for i in range(6)],
+            },
+            protocol,
+        )
     test = _cifar_images(5, 9)
     _write_pickle(root / "test_batch", {b"labels": [9, 8, 7, 6, 5], b"data": test.reshape(5, -1)}, 5)
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
@@ -200,9 +197,9 @@ def test_cifar100(tmp_path):
     root = tmp_path / "cifar-100-python"
     root.mkdir()
     imgs = _cifar_images(4, 3)
-    _write_pickle(root / "test", {
-        b"fine_labels": [0, 99, 42, 7], b"coarse_labels": [0, 1, 2, 3], b"data": imgs.reshape(4, -1)
-    })
+    _write_pickle(
+        root / "test", {b"fine_labels": [0, 99, 42, 7], b"coarse_labels": [0, 1, 2, 3], b"data": imgs.reshape(4, -1)}
+    )
     _write_pickle(root / "meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)]})
     ds = load_dataset(str(root))
     assert ds.num_classes == 100 and ds.labels.tolist() == [0, 99, 42, 7] and ds.classes[99] == "c99"

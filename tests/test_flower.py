@@ -3,6 +3,7 @@
 The simulation starts Ray (~50 s, ~2.5 GB): it runs once per session (module fixture), and the tests that use
 it are marked slow. Skipped only when the ``flower`` extra is not installed.
 """
+
 import importlib.util
 
 import pytest
@@ -16,10 +17,15 @@ from gradleak.observation import Observation
 from gradleak.protocols import FedAvg, FedSGD, client_update
 from gradleak.scenario import Scenario
 
-needs_flwr = pytest.mark.skipif(importlib.util.find_spec("flwr") is None,
-                                reason="Flower is not installed: pip install 'gradleak[flower]'")
-TASK = FlowerTask(scenario=Scenario(model="mlp", model_kwargs={"width": 32}, dataset="digits", batch_size=3,
-                                   unique_labels=True, seed=0), lr=0.1)
+needs_flwr = pytest.mark.skipif(
+    importlib.util.find_spec("flwr") is None, reason="Flower is not installed: pip install 'gradleak[flower]'"
+)
+TASK = FlowerTask(
+    scenario=Scenario(
+        model="mlp", model_kwargs={"width": 32}, dataset="digits", batch_size=3, unique_labels=True, seed=0
+    ),
+    lr=0.1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +77,33 @@ def test_rounds_advance_and_the_store_resumes(simulated):
     last, state = reopened.resume()
     assert last == 2 and set(state) == set(r2.model.state_dict())
     before = reopened.entries[f"1/{simulated.captured(1)[0]['client']}"]["bytes"]
-    assert reopened.add(1, simulated.captured(1)[0]["client"], r1)["bytes"] == before   # not written twice
+    assert reopened.add(1, simulated.captured(1)[0]["client"], r1)["bytes"] == before  # not written twice
 
 
 @needs_flwr
 def test_fedavg_capture_equals_the_local_delta(tmp_path):
     from gradleak.fl.flower import CaptureStrategy
 
-    task = FlowerTask(scenario=Scenario(model="mlp", model_kwargs={"width": 16}, dataset="digits", batch_size=4,
-                                        protocol=FedAvg(3, 0.05, 2), label_smoothing=0.1))
+    task = FlowerTask(
+        scenario=Scenario(
+            model="mlp",
+            model_kwargs={"width": 16},
+            dataset="digits",
+            batch_size=4,
+            protocol=FedAvg(3, 0.05, 2),
+            label_smoothing=0.1,
+        )
+    )
     data = task.load_data()
     model = task.initial_model(data)
     sent = {k: v.clone() for k, v in model.state_dict().items()}
     returned, metrics, batch = client_train(task, data, model, task.scenario.protocol, task.lr, 1, 2, 1)
-    strat = CaptureStrategy(CaptureStore(tmp_path), model_spec=task.model_spec(data),
-                            normalization=data.normalization, protocol=task.scenario.protocol)
+    strat = CaptureStrategy(
+        CaptureStore(tmp_path),
+        model_spec=task.model_spec(data),
+        normalization=data.normalization,
+        protocol=task.scenario.protocol,
+    )
     obs = strat.observation(sent, returned, int(metrics["num-examples"]))
     expected = client_update(model, task.scenario.protocol, data.normalization.normalize(batch.images), batch.targets)
     for k, v in expected.items():
@@ -97,10 +115,16 @@ def test_store_is_bounded(tmp_path):
     task = FlowerTask(scenario=Scenario(model="mlp", model_kwargs={"width": 8}, dataset="digits"))
     data = task.load_data()
     model = task.initial_model(data)
-    obs = Observation(model=model, update={k: torch.zeros_like(p) for k, p in model.named_parameters()},
-                      protocol=FedSGD(), num_classes=10, input_shape=data.image_shape, batch_size=1)
+    obs = Observation(
+        model=model,
+        update={k: torch.zeros_like(p) for k, p in model.named_parameters()},
+        protocol=FedSGD(),
+        num_classes=10,
+        input_shape=data.image_shape,
+        batch_size=1,
+    )
     store = CaptureStore(tmp_path / "a", max_bytes=1)
-    assert store.add(1, "7", obs) is not None and store.add(1, "8", obs) is None     # budget reached
+    assert store.add(1, "7", obs) is not None and store.add(1, "8", obs) is None  # budget reached
     assert store.entries["1/8"]["skipped"] == "max_bytes"
     store = CaptureStore(tmp_path / "b", keep_rounds=1, max_clients_per_round=1)
     for r in (1, 2):
@@ -112,9 +136,20 @@ def test_store_is_bounded(tmp_path):
 
 
 def test_task_travels_as_flat_config_named_as_the_cli_flags():
-    task = FlowerTask(scenario=Scenario(model="mlp", model_kwargs={"width": 8}, dataset="digits", batch_size=2,
-                                        protocol=FedAvg(3, 0.05, 2), bn_mode="train", mixup=0.5, seed=4), lr=0.3)
+    task = FlowerTask(
+        scenario=Scenario(
+            model="mlp",
+            model_kwargs={"width": 8},
+            dataset="digits",
+            batch_size=2,
+            protocol=FedAvg(3, 0.05, 2),
+            bn_mode="train",
+            mixup=0.5,
+            seed=4,
+        ),
+        lr=0.3,
+    )
     cfg = task.to_config()
     assert cfg["batch-size"] == 2 and cfg["local-steps"] == 3 and cfg["bn-mode"] == "train"
     assert FlowerTask.from_config(cfg) == task
-    assert FlowerTask.from_config({"model": "mlp", "data": "digits"}).scenario.bn_mode == "eval"   # one default
+    assert FlowerTask.from_config({"model": "mlp", "data": "digits"}).scenario.bn_mode == "eval"  # one default

@@ -1,4 +1,5 @@
 """Generative priors: the l1-ball projection, latent and feature-domain search, prior training and files."""
+
 import itertools
 
 import numpy as np
@@ -24,7 +25,7 @@ def brute_force_l1(v: np.ndarray, r: float) -> np.ndarray:
     feasible (signs preserved, ‖w‖₁ ≤ r) candidate closest to v (plus v itself if inside)."""
     if np.abs(v).sum() <= r:
         return v.copy()
-    best, best_d = np.zeros_like(v), float(np.sum(v ** 2))
+    best, best_d = np.zeros_like(v), float(np.sum(v**2))
     n = len(v)
     for k in range(1, n + 1):
         for S in itertools.combinations(range(n), k):
@@ -53,9 +54,14 @@ def test_l1_projection_is_exact():
         want = brute_force_l1(v, r)
         np.testing.assert_allclose(got, want, atol=1e-9)
         # and the KKT-free check: a generic QP solver agrees
-        qp = minimize(lambda w, v=v: 0.5 * np.sum((w - v) ** 2), np.zeros_like(v), jac=lambda w, v=v: w - v,
-                      constraints=[{"type": "ineq", "fun": lambda w, r=r: r - np.abs(w).sum()}], method="SLSQP",
-                      options={"ftol": 1e-12, "maxiter": 500})
+        qp = minimize(
+            lambda w, v=v: 0.5 * np.sum((w - v) ** 2),
+            np.zeros_like(v),
+            jac=lambda w, v=v: w - v,
+            constraints=[{"type": "ineq", "fun": lambda w, r=r: r - np.abs(w).sum()}],
+            method="SLSQP",
+            options={"ftol": 1e-12, "maxiter": 500},
+        )
         np.testing.assert_allclose(got, qp.x, atol=1e-4)
 
 
@@ -64,7 +70,7 @@ def test_l1_projection_batched_per_row_radius_and_ties():
     r = torch.tensor([2.0, 1.0, 1.5, 0.0], dtype=torch.float64)
     w = project_l1_ball(v, r)
     assert torch.allclose(w[0], torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64))
-    assert torch.equal(w[1], v[1])                            # inside: unchanged
+    assert torch.equal(w[1], v[1])  # inside: unchanged
     assert torch.allclose(w[2], torch.full((3,), 0.5, dtype=torch.float64))
     assert torch.equal(w[3], torch.zeros(3, dtype=torch.float64))
     big = torch.randn(64, 500, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -90,8 +96,9 @@ def tiny_observation(images01: torch.Tensor, labels: torch.Tensor, defense=None)
     update = client_update(model, FedSGD(), norm.normalize(images01), labels)
     if defense is not None:
         update = defense(update, generator=torch.Generator().manual_seed(0))
-    return Observation(model=model, update=update, num_classes=4, input_shape=shape, batch_size=len(labels),
-                       normalization=norm)
+    return Observation(
+        model=model, update=update, num_classes=4, input_shape=shape, batch_size=len(labels), normalization=norm
+    )
 
 
 def test_latent_search_recovers_the_generating_latent(tmp_path):
@@ -100,8 +107,9 @@ def test_latent_search_recovers_the_generating_latent(tmp_path):
     z_star = project_sphere(torch.randn(1, 4, generator=torch.Generator().manual_seed(5)), 2.0)
     x_star = (G(z_star) + 1) / 2
     obs = tiny_observation(x_star, torch.tensor([1]))
-    res = ATTACKS.get("ggl")(prior=str(path), iterations=150, restarts=4, distance="cosine",
-                             lr=0.1).run(obs, generator=torch.Generator().manual_seed(0))
+    res = ATTACKS.get("ggl")(prior=str(path), iterations=150, restarts=4, distance="cosine", lr=0.1).run(
+        obs, generator=torch.Generator().manual_seed(0)
+    )
     assert res.final_loss < 1e-3
     assert float(psnr(res.images, x_star).mean()) > 30
 
@@ -112,8 +120,9 @@ def test_cmaes_latent_search_recovers_the_image(tmp_path):
     z_star = torch.randn(1, 4, generator=torch.Generator().manual_seed(5))
     x_star = (G(z_star) + 1) / 2
     obs = tiny_observation(x_star, torch.tensor([2]))
-    res = ATTACKS.get("ggl")(prior=str(path), optimizer="cmaes", iterations=40, population=16, sigma=1.0
-                             ).run(obs, generator=torch.Generator().manual_seed(0))
+    res = ATTACKS.get("ggl")(prior=str(path), optimizer="cmaes", iterations=40, population=16, sigma=1.0).run(
+        obs, generator=torch.Generator().manual_seed(0)
+    )
     assert float(psnr(res.images, x_star).mean()) > 25
 
 
@@ -121,7 +130,7 @@ def test_feature_stages_stay_inside_their_l1_balls_and_best_stage_wins(tmp_path)
     G = tiny_generator(classes=4)
     path = save_prior(G, tmp_path / "prior.safetensors")
     gen = torch.Generator().manual_seed(7)
-    x = torch.rand(2, 1, 8, 8, generator=gen)              # off the generator's manifold
+    x = torch.rand(2, 1, 8, 8, generator=gen)  # off the generator's manifold
     obs = tiny_observation(x, torch.tensor([0, 3]))
     attack = GIFD(prior=str(path), iterations=60, restarts=3, radius=(0.2, 0.4))
     stages, _, _ = attack.search_stages(obs, torch.tensor([0, 3]), 2, generator=torch.Generator().manual_seed(0))
@@ -142,6 +151,7 @@ def test_defense_estimate_copies_the_sparsity_mask_and_clip_bound():
     from gradleak.defenses import Clip, Sparsify
 
     x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
     def defense(u, generator):
         return Clip(0.5)(Sparsify(0.9)(u, generator=generator), generator=generator)
 
@@ -160,8 +170,9 @@ def test_prior_trains_resumes_and_reloads_identically(tmp_path):
     gcfg = GeneratorConfig(size=8, channels=1, z_dim=8, width=8, num_classes=10)
     samples = []
     cfg = TrainConfig(steps=6, batch_size=8, checkpoint_every=3, sample_every=3)
-    G = train_prior(data, gcfg, cfg, checkpoint=tmp_path / "ckpt.safetensors",
-                    on_sample=lambda step, im: samples.append(step))
+    G = train_prior(
+        data, gcfg, cfg, checkpoint=tmp_path / "ckpt.safetensors", on_sample=lambda step, im: samples.append(step)
+    )
     assert samples == [3, 6]
     path = save_prior(G, tmp_path / "prior.safetensors")
     H = load_prior(path)
@@ -171,8 +182,12 @@ def test_prior_trains_resumes_and_reloads_identically(tmp_path):
     # the training checkpoint loads too, and a run stopped at step 3 resumes to the same weights
     from_checkpoint = load_prior(tmp_path / "ckpt.safetensors")
     assert torch.equal(from_checkpoint.sample(5, generator=torch.Generator().manual_seed(11)), a)
-    train_prior(data, gcfg, TrainConfig(steps=3, batch_size=8, checkpoint_every=3, sample_every=3),
-                checkpoint=tmp_path / "ckpt2.safetensors")
+    train_prior(
+        data,
+        gcfg,
+        TrainConfig(steps=3, batch_size=8, checkpoint_every=3, sample_every=3),
+        checkpoint=tmp_path / "ckpt2.safetensors",
+    )
     resumed = train_prior(data, gcfg, cfg, checkpoint=tmp_path / "ckpt2.safetensors")
     for p, q in zip(resumed.state_dict().values(), G.state_dict().values()):
         assert torch.allclose(p, q, atol=1e-6)
@@ -182,14 +197,62 @@ def test_train_prior_command_and_audit_with_prior(tmp_path):
     from gradleak.cli import main
 
     out = tmp_path / "prior"
-    assert main(["train-prior", "--data", "digits", "--image-size", "8", "--steps", "4", "--batch-size", "8",
-                 "--width", "4", "--z-dim", "4", "--out", str(out), "--quiet", "--sample-every", "2"]) == 0
+    assert (
+        main(
+            [
+                "train-prior",
+                "--data",
+                "digits",
+                "--image-size",
+                "8",
+                "--steps",
+                "4",
+                "--batch-size",
+                "8",
+                "--width",
+                "4",
+                "--z-dim",
+                "4",
+                "--out",
+                str(out),
+                "--quiet",
+                "--sample-every",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert (out / "prior.safetensors").exists() and (out / "samples" / "step_000004.png").exists()
     audit = tmp_path / "audit"
-    assert main(["audit", "--model", "mlp", "--data", "digits", "--image-size", "8", "--attack", "ggl",
-                 "--attack", "gifd", "--prior", str(out / "prior.safetensors"), "--iterations", "12",
-                 "--restarts", "2", "--out", str(audit), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                "--model",
+                "mlp",
+                "--data",
+                "digits",
+                "--image-size",
+                "8",
+                "--attack",
+                "ggl",
+                "--attack",
+                "gifd",
+                "--prior",
+                str(out / "prior.safetensors"),
+                "--iterations",
+                "12",
+                "--restarts",
+                "2",
+                "--out",
+                str(audit),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     import json
+
     res = json.loads((audit / "results.json").read_text())
     gifd = next(a for a in res["attacks"] if a["name"] == "gifd")
     assert gifd["error"] is None and set(gifd["images"]["stages"]) == {"latent", "h0", "h1"}

@@ -1,11 +1,17 @@
 """GradInversion (Yin et al. 2021): BN term, registration, group consistency, IIP, a tiny batch attack."""
+
 import pytest
 import torch
 from torch import nn
 
 from gradleak.attacks import ATTACKS
-from gradleak.attacks.gradinversion import (GradInversionConfig, GroupConsensus, batch_statistics,
-                                            load_bn_targets, save_batch_statistics)
+from gradleak.attacks.gradinversion import (
+    GradInversionConfig,
+    GroupConsensus,
+    batch_statistics,
+    load_bn_targets,
+    save_batch_statistics,
+)
 from gradleak.attacks.gradinversion.registration import phase_correlation, register, warp
 from gradleak.attacks.matching import MatchingConfig, MatchingProblem
 from gradleak.errors import InputError
@@ -17,16 +23,25 @@ from gradleak.scenario import Scenario, simulate
 def smooth_image(size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.nn.functional.avg_pool2d(torch.rand(1, 3, size + 8, size + 8, generator=g), 5, 1)
-    return x[..., 2:2 + size, 2:2 + size].contiguous()
+    return x[..., 2 : 2 + size, 2 : 2 + size].contiguous()
 
 
 @pytest.fixture(scope="module")
 def digit_batch():
     """A narrow ConvNet with BN whose running statistics come from the digits themselves."""
-    sc = Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", image_size=16, batch_size=2, seed=0,
-                  bn_mode="train", unique_labels=True)
+    sc = Scenario(
+        model="convnet",
+        model_kwargs={"width": 4},
+        dataset="digits",
+        image_size=16,
+        batch_size=2,
+        seed=0,
+        bn_mode="train",
+        unique_labels=True,
+    )
     from gradleak.data import load_dataset
     from gradleak.scenario import build_scenario_model
+
     data = load_dataset("digits", size=16)
     model, _ = build_scenario_model(sc, data.num_classes, data.image_shape)
     for m in model.modules():
@@ -45,7 +60,7 @@ def test_bn_term_gradient_pulls_statistics_toward_stored(digit_batch):
     losses = []
     for _ in range(20):
         loss = prob.bn_loss(x)
-        g, = torch.autograd.grad(loss, x)
+        (g,) = torch.autograd.grad(loss, x)
         losses.append(float(loss.detach()))
         x = (x - 0.05 * g / g.norm() * x.detach().norm()).detach().requires_grad_(True)
     assert losses[-1] < 0.5 * losses[0], losses
@@ -53,8 +68,10 @@ def test_bn_term_gradient_pulls_statistics_toward_stored(digit_batch):
     bn0 = obs.model.body.bn0
     conv = obs.model.body.conv0
     with torch.no_grad():
+
         def gap(z):
             return float((conv(z).mean((0, 2, 3)) - bn0.running_mean).norm())
+
         x0 = 3 * torch.randn(2, *obs.input_shape, generator=torch.Generator().manual_seed(0)) + 1
         assert gap(x.detach()) < gap(x0)
 
@@ -66,7 +83,7 @@ def test_exact_batch_statistics_file(digit_batch, tmp_path):
     targets = load_bn_targets(obs.model, path)
     assert len(targets) == 8
     prob = MatchingProblem(obs, truth.labels, MatchingConfig(bn=1.0), bn_targets=targets)
-    assert float(prob.bn_loss(x)) < 1e-4                     # the true batch matches its own statistics
+    assert float(prob.bn_loss(x)) < 1e-4  # the true batch matches its own statistics
     assert float(prob.bn_loss(torch.zeros_like(x))) > 1e-2
     stats = batch_statistics(obs.model, x)
     assert set(stats) == {f"body.bn{i}.{k}" for i in range(8) for k in ("mean", "var")}
@@ -77,14 +94,21 @@ def test_exact_batch_statistics_file(digit_batch, tmp_path):
 def test_exact_batch_statistics_follow_the_clients_bn_mode(tmp_path):
     # eval-mode client with running statistics far from the batch's: the deeper layers' inputs depend on
     # the running statistics, so the exact statistics must come from the same (eval) forward
-    sc = Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", image_size=16, batch_size=2,
-                  seed=0, bn_mode="eval")
+    sc = Scenario(
+        model="convnet",
+        model_kwargs={"width": 4},
+        dataset="digits",
+        image_size=16,
+        batch_size=2,
+        seed=0,
+        bn_mode="eval",
+    )
     obs, truth = simulate(sc)
     x = obs.normalization.normalize(truth.images)
     targets = load_bn_targets(obs.model, save_batch_statistics(obs.model, x, tmp_path / "bn.safetensors"))
     prob = MatchingProblem(obs, truth.labels, MatchingConfig(bn=1.0), bn_targets=targets)
     assert float(prob.bn_loss(x)) < 1e-5
-    assert not obs.model.training                            # the model's mode is left as it was
+    assert not obs.model.training  # the model's mode is left as it was
 
 
 def test_phase_correlation_recovers_shift():
@@ -99,7 +123,7 @@ def test_registration_recovers_shift_and_affine():
     theta = torch.tensor([[[1.05, 0.04, 0.12], [-0.03, 0.96, -0.08]]])
     moved = warp(img, theta)
     reg = register(moved, img, steps=150, lr=0.01)
-    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))    # borders are extrapolated
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4))  # borders are extrapolated
     err_before = float((moved - img)[inner].abs().mean())
     err_after = float((reg.aligned - img)[inner].abs().mean())
     assert err_after < 0.25 * err_before, (err_before, err_after)
@@ -121,17 +145,33 @@ def _run(obs, truth, **kw):
 def test_group_with_identical_seeds_reduces_to_single_seed(digit_batch):
     obs, truth, _ = digit_batch
     init = torch.randn(1, 2, *obs.input_shape, generator=torch.Generator().manual_seed(3))
-    cfg = MatchingConfig(iterations=12, restarts=3, distance="layer_l2", lr=0.1, signed=False,
-                         schedule="cosine", warmup=2, tv=0.1, l2=1e-3, bn=100.0)
+    cfg = MatchingConfig(
+        iterations=12,
+        restarts=3,
+        distance="layer_l2",
+        lr=0.1,
+        signed=False,
+        schedule="cosine",
+        warmup=2,
+        tv=0.1,
+        l2=1e-3,
+        bn=100.0,
+    )
     from gradleak.attacks.matching import run_matching
+
     results = {}
     for mode, seeds in (("registered", 3), ("lazy", 3), ("none", 1)):
         c = MatchingConfig(**{**cfg.__dict__, "restarts": seeds})
         group = GroupConsensus(mode, 10.0, 3, 1, 0.0, c, 0)
         prob = MatchingProblem(obs, truth.labels, c, extra_terms=[group.term])
         group.box = (prob.lower, prob.upper)
-        m = run_matching(prob, batch_size=2, generator=torch.Generator(), init=init.expand(seeds, -1, -1, -1, -1),
-                         post_step=group.post_step)
+        m = run_matching(
+            prob,
+            batch_size=2,
+            generator=torch.Generator(),
+            init=init.expand(seeds, -1, -1, -1, -1),
+            post_step=group.post_step,
+        )
         results[mode] = m
         if mode != "none":
             assert group.consensus is not None
@@ -146,11 +186,31 @@ def test_small_batch_reconstruction_beats_grey():
     # narrow ConvNet with BN (fresh 0/1 running statistics), client in eval mode, two 16×16 digits. The BN
     # term is off: toward 0/1 statistics it is a wrong prior, and with real-data statistics the matching
     # itself stalls at a test's budget (benchmarks/gradinversion/bn_regimes_table.md)
-    obs, truth = simulate(Scenario(model="convnet", model_kwargs={"width": 4}, dataset="digits", image_size=16,
-                                   batch_size=2, seed=0, bn_mode="eval"))
+    obs, truth = simulate(
+        Scenario(
+            model="convnet",
+            model_kwargs={"width": 4},
+            dataset="digits",
+            image_size=16,
+            batch_size=2,
+            seed=0,
+            bn_mode="eval",
+        )
+    )
     grey = float(psnr(torch.full_like(truth.images, float(truth.images.mean())), truth.images).mean())
-    res = _run(obs, truth, iterations=150, restarts=2, warmup=5, grad_weight=1.0, distance="cosine", bn=0.0,
-               group="registered", group_every=0.05, noise=0.05)
+    res = _run(
+        obs,
+        truth,
+        iterations=150,
+        restarts=2,
+        warmup=5,
+        grad_weight=1.0,
+        distance="cosine",
+        bn=0.0,
+        group="registered",
+        group_every=0.05,
+        noise=0.05,
+    )
     got = score_images(res.images, truth.images)
     assert got.mean_psnr > grey + 1.5, (got.mean_psnr, grey)
     assert sorted(res.labels) == sorted(truth.labels.tolist())
@@ -159,8 +219,16 @@ def test_small_batch_reconstruction_beats_grey():
 
 
 def test_without_batchnorm_the_bn_term_is_off():
-    obs, truth = simulate(Scenario(model="convnet", model_kwargs={"width": 4, "batchnorm": False}, dataset="digits",
-                                   image_size=16, batch_size=2, seed=1))
+    obs, truth = simulate(
+        Scenario(
+            model="convnet",
+            model_kwargs={"width": 4, "batchnorm": False},
+            dataset="digits",
+            image_size=16,
+            batch_size=2,
+            seed=1,
+        )
+    )
     res = _run(obs, truth, iterations=3, restarts=2, group="lazy", group_start=0.0, group_every=0.5)
     assert res.assumptions["bn_term"].startswith("off")
     assert res.assumptions["output"] == "consensus" and torch.isfinite(res.images).all()

@@ -1,5 +1,6 @@
 """Label recovery: every method on a case built for its assumptions, and a loud refusal on one that breaks
 them; exact soft labels (Wang et al. 2024) with and without a bias; the necessary-condition check; scores."""
+
 from __future__ import annotations
 
 import functools
@@ -25,8 +26,16 @@ def digits():
 
 
 def observe(batch_size=1, unique=True, seed=0, model_kwargs=None, model=None, **aug):
-    sc = Scenario(model="mlp", model_kwargs=model_kwargs or {}, dataset="digits", image_size=8, batch_size=batch_size,
-                  unique_labels=unique, seed=seed, **aug)
+    sc = Scenario(
+        model="mlp",
+        model_kwargs=model_kwargs or {},
+        dataset="digits",
+        image_size=8,
+        batch_size=batch_size,
+        unique_labels=unique,
+        seed=seed,
+        **aug,
+    )
     return simulate(sc, dataset=digits(), model=model)
 
 
@@ -41,10 +50,18 @@ def head_input(obs, images):
 
 # -- hard labels ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method,B,unique", [
-    ("idlg", 1, True), ("sum", 6, True), ("gradinversion-min", 6, True),
-    ("llg-simple", 6, True), ("llg-bias-corrected", 24, False), ("llg-whitebox", 24, False),
-])
+
+@pytest.mark.parametrize(
+    "method,B,unique",
+    [
+        ("idlg", 1, True),
+        ("sum", 6, True),
+        ("gradinversion-min", 6, True),
+        ("llg-simple", 6, True),
+        ("llg-bias-corrected", 24, False),
+        ("llg-whitebox", 24, False),
+    ],
+)
 def test_method_recovers_labels_under_its_assumptions(method, B, unique):
     obs, gt = observe(B, unique, seed=1)
     res = LABEL_METHODS.get(method)().recover(obs)
@@ -103,11 +120,12 @@ def test_every_registered_method_but_fedavg_recovers_a_single_fedsgd_label():
             refused[name] = str(e)
             continue
         assert res.labels == gt.labels.tolist(), name
-    assert set(refused) == {"fedavg"}, refused     # only the FedAvg-delta method needs another observation
+    assert set(refused) == {"fedavg"}, refused  # only the FedAvg-delta method needs another observation
     assert "FedAvg parameter delta" in refused["fedavg"]
 
 
 # -- soft labels (Wang et al. 2024) --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("aug", [{"label_smoothing": 0.1}, {"label_smoothing": 0.35}, {"mixup": 0.4}])
@@ -129,13 +147,19 @@ def test_wang2024_recovers_soft_labels_and_features_exactly(bias, aug):
 def test_wang2024_structure_option_and_fedavg_single_step():
     from gradleak.protocols import FedAvg
 
-    sc = Scenario(model="mlp", model_kwargs={"bias": False}, dataset="digits", image_size=8, label_smoothing=0.2,
-                  seed=3, protocol=FedAvg(local_steps=1, local_lr=0.1))
+    sc = Scenario(
+        model="mlp",
+        model_kwargs={"bias": False},
+        dataset="digits",
+        image_size=8,
+        label_smoothing=0.2,
+        seed=3,
+        protocol=FedAvg(local_steps=1, local_lr=0.1),
+    )
     obs, gt = simulate(sc, dataset=digits())
     res = Wang2024(structure="smoothing").recover(obs)
     assert max_abs_error(res.soft, gt.targets) < 1e-4
-    sc5 = Scenario(model="mlp", dataset="digits", image_size=8, label_smoothing=0.2,
-                   protocol=FedAvg(local_steps=5))
+    sc5 = Scenario(model="mlp", dataset="digits", image_size=8, label_smoothing=0.2, protocol=FedAvg(local_steps=5))
     with pytest.raises(UnsupportedError, match="5 local steps"):
         Wang2024().recover(simulate(sc5, dataset=digits())[0])
 
@@ -178,6 +202,7 @@ def test_triple_scales_invert_the_monotone_ratio():
 
 # -- scores ----------------------------------------------------------------------------------------------------
 
+
 def test_soft_scores():
     true = torch.tensor([[0.9, 0.05, 0.05]])
     assert exact_recovery(true + 1e-4, true) == 1.0
@@ -192,7 +217,11 @@ def test_cli_labels_runs_every_method(capsys):
     from gradleak.cli import main
 
     methods = [a for n in ("auto", "idlg", "wang2024", "gradinversion-min", "llg-whitebox") for a in ("--method", n)]
-    assert main(["labels", "--model", "mlp", "--data", "digits", "--image-size", "8", "--label-smoothing", "0.1",
-                 *methods]) == 0
+    assert (
+        main(
+            ["labels", "--model", "mlp", "--data", "digits", "--image-size", "8", "--label-smoothing", "0.1", *methods]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "wang2024" in out and "llg-whitebox" in out

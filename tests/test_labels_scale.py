@@ -1,4 +1,5 @@
 """Label recovery at scale: iLRG counts with repeats (rank condition), FedAvg rounds, the ``auto`` choice."""
+
 import copy
 
 import numpy as np
@@ -25,7 +26,7 @@ def _case(**kw):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ilrg_counts_exact_with_repeats(seed):
-    obs, truth = _case(batch_size=24, seed=seed)          # 24 samples over 10 classes: repeats
+    obs, truth = _case(batch_size=24, seed=seed)  # 24 samples over 10 classes: repeats
     res = ILRG().recover(obs)
     assert len(set(truth.labels.tolist())) < 24
     assert sorted(res.labels) == sorted(truth.labels.tolist())
@@ -41,8 +42,17 @@ def test_ilrg_rank_condition_holds_and_is_reported_small_batch():
 
 
 def test_ilrg_batchnorm_train_mode():
-    obs, truth = simulate(Scenario(model="convnet", model_kwargs={"width": 4}, dataset="photos", batch_size=16,
-                                   unique_labels=False, bn_mode="train", seed=1))
+    obs, truth = simulate(
+        Scenario(
+            model="convnet",
+            model_kwargs={"width": 4},
+            dataset="photos",
+            batch_size=16,
+            unique_labels=False,
+            bn_mode="train",
+            seed=1,
+        )
+    )
     assert obs.bn_train
     assert label_accuracy(truth.labels.tolist(), ILRG().recover(obs).labels) == 1.0
 
@@ -78,12 +88,12 @@ def test_ilrg_refuses_when_rank_condition_fails():
     obs = _saturated(100.0)
     with pytest.raises(UnsupportedError, match="rank"):
         ILRG(strict=True).recover(obs)
-    res = ILRG().recover(obs)                                # lenient: an answer flagged as approximate
+    res = ILRG().recover(obs)  # lenient: an answer flagged as approximate
     assert not res.details["rank_condition"]["holds"] and "warning" in res.details
 
 
 def test_fedavg_labels_three_local_steps():
-    for lb in (None, 4):                                     # full-batch steps; 3 mini-batches of 4 = 1 epoch
+    for lb in (None, 4):  # full-batch steps; 3 mini-batches of 4 = 1 epoch
         obs, truth = _case(batch_size=12, seed=5, protocol=FedAvg(local_steps=3, local_lr=0.1, local_batch=lb))
         res = LABEL_METHODS.get("fedavg")().recover(obs)
         assert sorted(res.labels) == sorted(truth.labels.tolist())
@@ -112,14 +122,23 @@ def test_auto_picks_by_what_the_server_sees():
     assert choose(obsf)[0] == "fedavg"
     res = recover_labels(obsf)
     assert res.method == "fedavg" and res.details["auto"]["picked"] == "fedavg" and res.details["auto"]["reason"]
-    obsb, _ = simulate(Scenario(model="convnet", model_kwargs={"width": 4}, dataset="photos", batch_size=8,
-                                unique_labels=False, bn_mode="train", seed=0))
+    obsb, _ = simulate(
+        Scenario(
+            model="convnet",
+            model_kwargs={"width": 4},
+            dataset="photos",
+            batch_size=8,
+            unique_labels=False,
+            bn_mode="train",
+            seed=0,
+        )
+    )
     expected = "llg-whitebox" if "llg-whitebox" in LABEL_METHODS.names() else "ilrg"
     assert choose(obsb)[0] == expected
 
 
 def test_auto_falls_back_when_the_pick_refuses():
-    obs = _saturated(1e4)                                    # a vanishing gradient: iLRG refuses at run time
+    obs = _saturated(1e4)  # a vanishing gradient: iLRG refuses at run time
     res = recover_labels(obs)
     assert res.method != "ilrg" and any(t["method"] == "ilrg" for t in res.details["auto"]["skipped"])
 

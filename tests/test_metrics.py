@@ -1,4 +1,5 @@
 """gradleak.metrics: PSNR/SSIM against references, pairing, label accuracy, LPIPS loading."""
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,7 @@ from safetensors.torch import save_file
 from skimage.metrics import structural_similarity
 
 from gradleak.errors import InputError, UnsafeFileError
-from gradleak.metrics import (
-    LPIPS,
-    PSNR_CAP,
-    ImageScores,
-    label_accuracy,
-    mse,
-    pair_images,
-    psnr,
-    score_images,
-    ssim,
-)
+from gradleak.metrics import LPIPS, PSNR_CAP, ImageScores, label_accuracy, mse, pair_images, psnr, score_images, ssim
 
 
 def _real(grey: bool) -> torch.Tensor:
@@ -43,8 +34,13 @@ def test_ssim_matches_skimage(grey):
         ours = ssim(other.float(), orig.float())
         for i in range(len(orig)):
             ref = structural_similarity(
-                other[i].numpy(), orig[i].numpy(), gaussian_weights=True, sigma=1.5,
-                use_sample_covariance=False, data_range=1, channel_axis=0,
+                other[i].numpy(),
+                orig[i].numpy(),
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+                data_range=1,
+                channel_axis=0,
             )
             assert float(ours[i]) == pytest.approx(ref, abs=1e-4)
     assert torch.allclose(ssim(orig, orig), torch.ones(2, dtype=torch.float64))
@@ -112,8 +108,11 @@ def test_label_accuracy_multiset():
 
 # ------------------------------------------------------------------------------------------ LPIPS
 _CONVS = {  # lpips package names: slice, index in AlexNet features, shape
-    (1, 0): (64, 3, 11, 11), (2, 3): (192, 64, 5, 5), (3, 6): (384, 192, 3, 3),
-    (4, 8): (256, 384, 3, 3), (5, 10): (256, 256, 3, 3),
+    (1, 0): (64, 3, 11, 11),
+    (2, 3): (192, 64, 5, 5),
+    (3, 6): (384, 192, 3, 3),
+    (4, 8): (256, 384, 3, 3),
+    (5, 10): (256, 256, 3, 3),
 }
 
 

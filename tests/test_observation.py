@@ -25,8 +25,15 @@ def test_save_load_roundtrip(obs, tmp_path):
 
 
 def test_fedavg_protocol_survives_save(tmp_path):
-    o, _ = simulate(Scenario(model="mlp", dataset="digits", image_size=8, batch_size=2,
-                             protocol=FedAvg(local_steps=3, local_lr=0.1, local_batch=1)))
+    o, _ = simulate(
+        Scenario(
+            model="mlp",
+            dataset="digits",
+            image_size=8,
+            batch_size=2,
+            protocol=FedAvg(local_steps=3, local_lr=0.1, local_batch=1),
+        )
+    )
     back = Observation.load(o.save(tmp_path / "f.safetensors"))
     assert back.protocol == o.protocol and back.kind == "delta"
 
@@ -50,6 +57,7 @@ def test_pickle_and_foreign_files_are_refused(obs, tmp_path):
     with pytest.raises(UnsafeFileError):
         Observation.load(p)
     from safetensors.torch import save_file
+
     q = tmp_path / "other.safetensors"
     save_file({"x": torch.zeros(2)}, str(q))
     with pytest.raises(InputError, match="not a gradleak observation"):

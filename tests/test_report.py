@@ -1,4 +1,5 @@
 """Tests for gradleak.report: atomic files, PNG grids and the HTML page."""
+
 from __future__ import annotations
 
 import json
@@ -43,51 +44,107 @@ def _result(curve_nan: bool = True) -> AuditResult:
     """Two labelled samples; one attack scored with a stage and an estimate, one scored with LPIPS,
     one refused (its error holds markup) and one crashed."""
     soft = torch.tensor([[0.1, 0.0, 0.0, 0.9, 0.0], [0.0, 0.2, 0.0, 0.0, 0.8]])
-    labels = LabelSection(runs=(
-        LabelRun(requested="auto", method="idlg", result=LabelResult("idlg", [3, 4], soft=soft, seconds=0.001),
-                 accuracy=0.5),
-        LabelRun(requested="llg", method="llg", error="needs a bias gradient <head>"),
-    ), true=(3, 1))
+    labels = LabelSection(
+        runs=(
+            LabelRun(
+                requested="auto",
+                method="idlg",
+                result=LabelResult("idlg", [3, 4], soft=soft, seconds=0.001),
+                accuracy=0.5,
+            ),
+            LabelRun(requested="llg", method="llg", error="needs a bias gradient <head>"),
+        ),
+        true=(3, 1),
+    )
     ig = AttackRun(
-        name="inverting_gradients", seed=0,
-        result=AttackResult(name="inverting_gradients", images=_images(2, seed=1), iterations=1000, seconds=120.5,
-                            final_loss=0.01,
-                            loss_curve=[(0, 0.9), (10, 0.5), (20, float("nan") if curve_nan else 0.3), (30, 0.1)],
-                            stages={"stage 0": _images(2, seed=2), "mean": _images(1, seed=3)},
-                            config={"lr": 0.1}),
+        name="inverting_gradients",
+        seed=0,
+        result=AttackResult(
+            name="inverting_gradients",
+            images=_images(2, seed=1),
+            iterations=1000,
+            seconds=120.5,
+            final_loss=0.01,
+            loss_curve=[(0, 0.9), (10, 0.5), (20, float("nan") if curve_nan else 0.3), (30, 0.1)],
+            stages={"stage 0": _images(2, seed=2), "mean": _images(1, seed=3)},
+            config={"lr": 0.1},
+        ),
         scores=ImageScores(order=[1, 0], psnr=[19.5, 17.0], ssim=[0.6, 0.5]),
-        estimate=CostEstimate("inverting_gradients", steps=1000, candidates=1, seconds_per_step=0.1, peak_rss_mb=300.0))
+        estimate=CostEstimate("inverting_gradients", steps=1000, candidates=1, seconds_per_step=0.1, peak_rss_mb=300.0),
+    )
     dlg = AttackRun(
-        name="dlg", seed=1,
-        result=AttackResult(name="dlg", images=_images(2, seed=4), iterations=50, seconds=2.0, final_loss=0.5,
-                            loss_curve=[(0, 1.0), (49, 0.5)]),
-        scores=ImageScores(order=[0, 1], psnr=[12.0, 13.0], ssim=[0.2, 0.3], lpips=[0.25, 0.5]))
+        name="dlg",
+        seed=1,
+        result=AttackResult(
+            name="dlg",
+            images=_images(2, seed=4),
+            iterations=50,
+            seconds=2.0,
+            final_loss=0.5,
+            loss_curve=[(0, 1.0), (49, 0.5)],
+        ),
+        scores=ImageScores(order=[0, 1], psnr=[12.0, 13.0], ssim=[0.2, 0.3], lpips=[0.25, 0.5]),
+    )
     refused = AttackRun(name="ggl", seed=2, error="needs <script>alert(1)</script>")
-    crashed = AttackRun(name="gradinversion", seed=3, error="RuntimeError: diverged",
-                        traceback="Traceback (most recent call last):\n  line <1>")
+    crashed = AttackRun(
+        name="gradinversion",
+        seed=3,
+        error="RuntimeError: diverged",
+        traceback="Traceback (most recent call last):\n  line <1>",
+    )
     attacks = (ig, dlg, refused, crashed)
-    setting = {"model": "convnet", "dataset": "photos", "image_shape": [3, 32, 32], "num_classes": 5,
-               "batch_size": 2, "protocol": {"name": "fedavg", "local_steps": 2},
-               "attacker_assumes": {"protocol": {"name": "fedsgd"}, "batch_size": 2, "bn": "eval"},
-               "defenses": [{"name": "clip", "max_norm": 4.0}], "augmentation": {"label_smoothing": 0.0, "mixup": None},
-               "seed": 0}
-    return AuditResult(labels=labels, attacks=attacks, verdict=verdict(labels, attacks), setting=setting,
-                       config={"model": "convnet", "attacks": ["inverting_gradients", "dlg", "ggl", "gradinversion"]},
-                       class_names=("astronaut", "camera", "coffee", "cat", "rocket"), version="0.2.0",
-                       created="2026-11-25T12:00:00+00:00")
+    setting = {
+        "model": "convnet",
+        "dataset": "photos",
+        "image_shape": [3, 32, 32],
+        "num_classes": 5,
+        "batch_size": 2,
+        "protocol": {"name": "fedavg", "local_steps": 2},
+        "attacker_assumes": {"protocol": {"name": "fedsgd"}, "batch_size": 2, "bn": "eval"},
+        "defenses": [{"name": "clip", "max_norm": 4.0}],
+        "augmentation": {"label_smoothing": 0.0, "mixup": None},
+        "seed": 0,
+    }
+    return AuditResult(
+        labels=labels,
+        attacks=attacks,
+        verdict=verdict(labels, attacks),
+        setting=setting,
+        config={"model": "convnet", "attacks": ["inverting_gradients", "dlg", "ggl", "gradinversion"]},
+        class_names=("astronaut", "camera", "coffee", "cat", "rocket"),
+        version="0.2.0",
+        created="2026-11-25T12:00:00+00:00",
+    )
 
 
 # --- files ------------------------------------------------------------------------------------
 
+
 def test_json_nan_and_inf_become_null(tmp_path):
     path = tmp_path / "r.json"
-    write_json_atomic(path, {"a": float("nan"), "b": [float("inf"), -math.inf, 1.5],
-                             "t": torch.tensor([1.0, float("nan")]), "n": np.float32(2.5),
-                             "i": np.int64(3), "s": torch.tensor(4), "arr": np.arange(2)})
+    write_json_atomic(
+        path,
+        {
+            "a": float("nan"),
+            "b": [float("inf"), -math.inf, 1.5],
+            "t": torch.tensor([1.0, float("nan")]),
+            "n": np.float32(2.5),
+            "i": np.int64(3),
+            "s": torch.tensor(4),
+            "arr": np.arange(2),
+        },
+    )
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
-    assert json.loads(text) == {"a": None, "b": [None, None, 1.5], "t": [1.0, None], "n": 2.5,
-                                "i": 3, "s": 4, "arr": [0, 1]}
+    assert json.loads(text) == {
+        "a": None,
+        "b": [None, None, 1.5],
+        "t": [1.0, None],
+        "n": 2.5,
+        "i": 3,
+        "s": 4,
+        "arr": [0, 1],
+    }
 
 
 def test_json_failure_leaves_old_file_intact(tmp_path):
@@ -121,6 +178,7 @@ def test_write_creates_parent_folders(tmp_path):
 
 
 # --- images -----------------------------------------------------------------------------------
+
 
 def test_grid_size_and_top_left_pixel():
     originals, recon = _images(2), _images(2, seed=1)
@@ -160,11 +218,11 @@ def test_save_grid_and_images(tmp_path):
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["orig_000.png", "orig_001.png"]
     with Image.open(paths[1]) as img:
         assert img.size == (32, 32)
-        assert np.array_equal(np.asarray(img),
-                              (originals[1] * 255).round().byte().permute(1, 2, 0).numpy())
+        assert np.array_equal(np.asarray(img), (originals[1] * 255).round().byte().permute(1, 2, 0).numpy())
 
 
 # --- audit folder and html -----------------------------------------------------------------
+
 
 def test_write_audit_writes_grids_json_and_page(tmp_path):
     result, truth = _result(), _images(2)
@@ -183,9 +241,14 @@ def test_write_audit_writes_grids_json_and_page(tmp_path):
     data = json.loads(paths["json"].read_text())
     assert data["schema"] == 1
     assert [a.get("images") for a in data["attacks"]] == [
-        {"grid": "inverting_gradients.png",
-         "stages": {"stage 0": "inverting_gradients_stage_0.png", "mean": "inverting_gradients_mean.png"}},
-        {"grid": "dlg.png"}, None, None]
+        {
+            "grid": "inverting_gradients.png",
+            "stages": {"stage 0": "inverting_gradients_stage_0.png", "mean": "inverting_gradients_mean.png"},
+        },
+        {"grid": "dlg.png"},
+        None,
+        None,
+    ]
     assert data["attacks"][0]["estimated_seconds"] == pytest.approx(100.0)
 
     page = paths["html"].read_text(encoding="utf-8")
@@ -196,7 +259,7 @@ def test_write_audit_writes_grids_json_and_page(tmp_path):
     assert "line &lt;1&gt;" in page and "<h2>Errors</h2>" in page  # the crash's traceback
     assert "needs a bias gradient &lt;head&gt;" in page
     assert ">3<" in page and ">4<" in page and "50%" in page and "3 cat: 0.90" in page  # labels, soft labels
-    assert "idlg <span class=\"muted\">(auto)</span>" in page
+    assert 'idlg <span class="muted">(auto)</span>' in page
     assert "3×32×32, 5 classes" in page and "clip(max_norm=4)" in page and "protocol=fedsgd, batch_size=2" in page
     assert "100.0 s" in page  # the estimate
     assert page.count('<img class="pixels"') == 4  # two grids, two stages
@@ -207,8 +270,11 @@ def test_write_audit_writes_grids_json_and_page(tmp_path):
 
 
 def test_write_audit_without_truth_shows_only_reconstructions(tmp_path):
-    run = AttackRun(name="dlg", seed=0, result=AttackResult(name="dlg", images=_images(3), iterations=1, seconds=0.1,
-                                                            final_loss=0.1))
+    run = AttackRun(
+        name="dlg",
+        seed=0,
+        result=AttackResult(name="dlg", images=_images(3), iterations=1, seconds=0.1, final_loss=0.1),
+    )
     result = AuditResult(labels=LabelSection(), attacks=(run,), verdict=verdict(LabelSection(), (run,)))
     paths = write_audit(result, tmp_path, truth_images=None)
     with Image.open(paths["dlg"]) as grid:
@@ -218,8 +284,10 @@ def test_write_audit_without_truth_shows_only_reconstructions(tmp_path):
 
 
 def test_html_missing_image_is_a_note(tmp_path):
-    images = AuditImages(grids={"inverting_gradients": tmp_path / "missing.png"},
-                         stages={"inverting_gradients": {"stage 0": tmp_path / "stage.png"}})
+    images = AuditImages(
+        grids={"inverting_gradients": tmp_path / "missing.png"},
+        stages={"inverting_gradients": {"stage 0": tmp_path / "stage.png"}},
+    )
     (tmp_path / "stage.png").write_bytes(b"not an image")
     page = render_html(_result(), images)
     assert "Image not available: missing.png" in page and "Image not available: stage.png" in page
@@ -235,6 +303,7 @@ def test_html_minimal_result():
 
 
 # --- results.json -----------------------------------------------------------------------------
+
 
 def test_results_round_trip_through_json():
     data = json.loads(json.dumps(_result(curve_nan=False).to_json()))

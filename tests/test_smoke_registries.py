@@ -1,6 +1,7 @@
 """Every registered attack, label method and defense runs on a tiny observation (a new one is covered
 automatically): each method runs on at least one small scenario, refuses the others with its reasons, and
 returns a well-formed result."""
+
 import dataclasses
 import functools
 import importlib.util
@@ -11,8 +12,8 @@ import torch
 from gradleak.attacks import ATTACKS
 from gradleak.defenses import DEFENSES, parse_defense
 from gradleak.errors import UnsupportedError
-from gradleak.prior import Generator, GeneratorConfig, save_prior
 from gradleak.labels import LABEL_METHODS
+from gradleak.prior import Generator, GeneratorConfig, save_prior
 from gradleak.protocols import FedAvg
 from gradleak.scenario import Scenario, simulate
 
@@ -21,10 +22,11 @@ DIGITS = {"dataset": "digits", "image_size": 8, "seed": 0}
 SCENARIOS = {
     "fedsgd-mlp-b1": Scenario(model="mlp", model_kwargs={"width": 32}, batch_size=1, **DIGITS),
     "fedsgd-mlp-b2": Scenario(model="mlp", model_kwargs={"width": 32}, batch_size=2, **DIGITS),
-    "fedsgd-cnn6-b1": Scenario(model="cnn6", batch_size=1, **DIGITS),                      # invertible layers
+    "fedsgd-cnn6-b1": Scenario(model="cnn6", batch_size=1, **DIGITS),  # invertible layers
     "fedsgd-twolayer-b2": Scenario(model="twolayer", model_kwargs={"width": 2000}, batch_size=2, **DIGITS),
-    "fedavg-mlp-b2": Scenario(model="mlp", model_kwargs={"width": 32}, batch_size=2,
-                              protocol=FedAvg(local_steps=2, local_lr=0.1), **DIGITS),
+    "fedavg-mlp-b2": Scenario(
+        model="mlp", model_kwargs={"width": 32}, batch_size=2, protocol=FedAvg(local_steps=2, local_lr=0.1), **DIGITS
+    ),
 }
 # settings that keep an iterative attack to a few steps (set only where its config has the field)
 FEW_STEPS = {"iterations": 3, "restarts": 1, "warmup": 0, "log_every": 1, "refine_steps": 5, "trials": 2}

@@ -1,22 +1,36 @@
 """The privacy–utility sweep on a tiny grid: grid expansion, cells, summary, files, CLI, process pool."""
+
 import json
 
 import pytest
 
 from gradleak.cli import main
 from gradleak.errors import InputError
-from gradleak.sweep import (NONE, SweepPlan, expand_grid, leakage_cell, run_jobs, run_sweep, strength,
-                            utility_cell, write_sweep)
+from gradleak.sweep import (
+    NONE,
+    SweepPlan,
+    expand_grid,
+    leakage_cell,
+    run_jobs,
+    run_sweep,
+    strength,
+    utility_cell,
+    write_sweep,
+)
 
 TINY = dict(clients=1, iterations=5, train_steps=3, train_batch=8)
 
 
 def test_expand_grid_and_strength_direction():
     assert expand_grid("dpsgd:noise=0.5|1,clip=1|2") == [
-        "dpsgd:noise=0.5,clip=1", "dpsgd:noise=0.5,clip=2", "dpsgd:noise=1,clip=1", "dpsgd:noise=1,clip=2"]
+        "dpsgd:noise=0.5,clip=1",
+        "dpsgd:noise=0.5,clip=2",
+        "dpsgd:noise=1,clip=1",
+        "dpsgd:noise=1,clip=2",
+    ]
     assert expand_grid("noise:0.1") == ["noise:0.1"]
     assert strength("noise:0.1")[1] < strength("noise:1")[1]
-    assert strength("quantize:8")[1] < strength("quantize:2")[1]        # fewer bits = stronger
+    assert strength("quantize:8")[1] < strength("quantize:2")[1]  # fewer bits = stronger
     assert strength(NONE) == (NONE, 0.0)
     with pytest.raises(InputError):
         SweepPlan(settings=("noise:-1",))
@@ -53,8 +67,27 @@ def test_process_pool_runs_jobs_in_order():
 
 
 def test_sweep_command(tmp_path, capsys):
-    assert main(["sweep", "--grid", "noise:0.01|0.1", "--clients", "1", "--iterations", "5", "--train-steps", "2",
-                 "--backend", "serial", "--quiet", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--grid",
+                "noise:0.01|0.1",
+                "--clients",
+                "1",
+                "--iterations",
+                "5",
+                "--train-steps",
+                "2",
+                "--backend",
+                "serial",
+                "--quiet",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "sweep.json").exists() and (tmp_path / "report.html").exists()
     assert "noise:0.1" in capsys.readouterr().out
     assert main(["sweep", "--grid", "blur:3", "--out", str(tmp_path)]) == 2

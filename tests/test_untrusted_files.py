@@ -1,5 +1,7 @@
 """Files other people make stay data: loading never imports code or writes files, and every bad file
 raises one GradleakError (never another exception)."""
+
+import contextlib
 import io
 import json
 import os
@@ -21,22 +23,31 @@ from gradleak.attacks.matching import MatchingConfig, MatchingProblem, run_match
 from gradleak.data import load_image_folder, load_path
 from gradleak.errors import GradleakError, InputError
 from gradleak.fl.capture import INDEX_FORMAT, CaptureStore
-from gradleak.prior import Generator, GeneratorConfig, load_prior, save_prior
 from gradleak.models import MLP, load_weights
 from gradleak.observation import Observation
+from gradleak.prior import Generator, GeneratorConfig, load_prior, save_prior
 from gradleak.scenario import Scenario, simulate
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
     | st.sampled_from([-1, 0, 10**12, 2**63, 1e308, "ten", "mlp", "logging:basicConfig"]),
-    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=8)
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=8,
+)
 
 
 @pytest.fixture(scope="module")
 def obs():
-    return simulate(Scenario(model="mlp", model_kwargs={"width": 16, "depth": 1}, dataset="digits", image_size=8,
-                             batch_size=2, seed=1))[0]
+    return simulate(
+        Scenario(
+            model="mlp", model_kwargs={"width": 16, "depth": 1}, dataset="digits", image_size=8, batch_size=2, seed=1
+        )
+    )[0]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +55,9 @@ def saved(obs, tmp_path_factory):
     """The observation's header and tensors, as a file holds them."""
     path = obs.save(tmp_path_factory.mktemp("obs") / "o.safetensors")
     from safetensors import safe_open
+
     with safe_open(str(path), "pt") as f:
-        return json.loads(f.metadata()["gradleak"]), {k: f.get_tensor(k) for k in f.keys()}
+        return json.loads(f.metadata()["gradleak"]), {k: f.get_tensor(k) for k in f}
 
 
 def write(path: Path, header, tensors: dict) -> Path:
@@ -60,23 +72,25 @@ def listing(folder: Path) -> list[str]:
 
 def load_only_gradleak_errors(fn) -> None:
     """Run ``fn``; it may succeed or raise a GradleakError, nothing else."""
-    try:
+    with contextlib.suppress(GradleakError):
         fn()
-    except GradleakError:
-        pass
 
 
 # -- observation files never name code -------------------------------------------------------------
-@pytest.mark.parametrize("name, kwargs", [
-    ("logging:basicConfig", {"filename": "VICTIM", "filemode": "w", "force": True}),
-    ("numpy:savez", {"file": "VICTIM"}),
-    ("evil_marker_mod:factory", {}),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("logging:basicConfig", {"filename": "VICTIM", "filemode": "w", "force": True}),
+        ("numpy:savez", {"file": "VICTIM"}),
+        ("evil_marker_mod:factory", {}),
+    ],
+)
 @pytest.mark.parametrize("fmt", ["gradleak-observation-1", "gradleak-observation-2"])
 def test_a_header_naming_code_imports_and_writes_nothing(saved, tmp_path, monkeypatch, name, kwargs, fmt):
     (tmp_path / "evil_marker_mod.py").write_text(
         "from pathlib import Path\nPath(__file__).with_name('MARKER').write_text('imported')\n"
-        "def factory(**kw):\n    Path(__file__).with_name('CALLED').write_text('called')\n")
+        "def factory(**kw):\n    Path(__file__).with_name('CALLED').write_text('called')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     victim = tmp_path / "VICTIM"
@@ -99,11 +113,14 @@ def test_user_model_files_need_the_model_from_the_caller(obs, tmp_path, monkeypa
         Observation.load(path)
     (tmp_path / "my_models_for_test.py").write_text(
         "from gradleak.models import MLP\n"
-        "def make(num_classes, input_shape):\n    return MLP(num_classes, input_shape, width=16, depth=1)\n")
+        "def make(num_classes, input_shape):\n    return MLP(num_classes, input_shape, width=16, depth=1)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    for back in (Observation.load(path, model=MLP(10, (1, 8, 8), width=16, depth=1)),
-                 Observation.load(path, model_factory=lambda **kw: MLP(**kw, width=16, depth=1)),
-                 Observation.load(path, model_factory="my_models_for_test:make")):
+    for back in (
+        Observation.load(path, model=MLP(10, (1, 8, 8), width=16, depth=1)),
+        Observation.load(path, model_factory=lambda **kw: MLP(**kw, width=16, depth=1)),
+        Observation.load(path, model_factory="my_models_for_test:make"),
+    ):
         assert back.metadata() == user.metadata()
         assert all(torch.equal(back.update[k], obs.update[k]) for k in obs.update)
     with pytest.raises(InputError, match="another architecture"):
@@ -117,27 +134,32 @@ def test_zoo_observation_loads_as_before(obs, tmp_path):
 
 
 # -- regressions: each bad header is one InputError --------------------------------------------------
-@pytest.mark.parametrize("change, expect", [
-    (lambda h: "{not json", "not valid JSON"),
-    (lambda h: "[1, 2]", "JSON object"),
-    (lambda h: json.dumps(h).replace('"bn_train": false', '"bn_train": NaN'), "not valid JSON"),
-    (lambda h: {k: v for k, v in h.items() if k != "model_spec"}, "model_spec: missing"),
-    (lambda h: {**h, "num_classes": "ten"}, "num_classes"),
-    (lambda h: {**h, "input_shape": [1, 8, 8, 8, 8]}, "input_shape"),
-    (lambda h: {**h, "input_shape": [3, 100000, 100000]}, "input_shape"),
-    (lambda h: {**h, "batch_size": 0}, "batch_size"),
-    (lambda h: {**h, "protocol": {"name": "fedavg", "local_steps": 10**9, "local_lr": 0.1, "local_batch": None}},
-     "local_steps"),
-    (lambda h: {**h, "protocol": {"name": "fedprox"}}, "protocol.name"),
-    (lambda h: {**h, "normalization": {"mean": [0.5, 0.5], "std": [0.1, 0.1]}}, "normalization.mean"),
-    (lambda h: {**h, "defenses": "clip"}, "defenses"),
-    (lambda h: {**h, "model_spec": {**h["model_spec"], "kwargs": {"width": 10**9}}}, "kwargs"),
-    (lambda h: {**h, "model_spec": {"kind": "user", "sha256": "0" * 64}}, "user model"),
-    (lambda h: {**h, "head": "nonexistent"}, "nonexistent"),
-    (lambda h: {**h, "extra": 1}, "unknown field"),
-    (lambda h: {**h, "format": "gradleak-observation-9"}, "format"),
-    (lambda h: "x" * (2 << 20), "characters"),
-])
+@pytest.mark.parametrize(
+    "change, expect",
+    [
+        (lambda h: "{not json", "not valid JSON"),
+        (lambda h: "[1, 2]", "JSON object"),
+        (lambda h: json.dumps(h).replace('"bn_train": false', '"bn_train": NaN'), "not valid JSON"),
+        (lambda h: {k: v for k, v in h.items() if k != "model_spec"}, "model_spec: missing"),
+        (lambda h: {**h, "num_classes": "ten"}, "num_classes"),
+        (lambda h: {**h, "input_shape": [1, 8, 8, 8, 8]}, "input_shape"),
+        (lambda h: {**h, "input_shape": [3, 100000, 100000]}, "input_shape"),
+        (lambda h: {**h, "batch_size": 0}, "batch_size"),
+        (
+            lambda h: {**h, "protocol": {"name": "fedavg", "local_steps": 10**9, "local_lr": 0.1, "local_batch": None}},
+            "local_steps",
+        ),
+        (lambda h: {**h, "protocol": {"name": "fedprox"}}, "protocol.name"),
+        (lambda h: {**h, "normalization": {"mean": [0.5, 0.5], "std": [0.1, 0.1]}}, "normalization.mean"),
+        (lambda h: {**h, "defenses": "clip"}, "defenses"),
+        (lambda h: {**h, "model_spec": {**h["model_spec"], "kwargs": {"width": 10**9}}}, "kwargs"),
+        (lambda h: {**h, "model_spec": {"kind": "user", "sha256": "0" * 64}}, "user model"),
+        (lambda h: {**h, "head": "nonexistent"}, "nonexistent"),
+        (lambda h: {**h, "extra": 1}, "unknown field"),
+        (lambda h: {**h, "format": "gradleak-observation-9"}, "format"),
+        (lambda h: "x" * (2 << 20), "characters"),
+    ],
+)
 def test_bad_headers_are_one_input_error(saved, tmp_path, change, expect):
     header, tensors = saved
     path = write(tmp_path / "bad.safetensors", change(header), tensors)
@@ -147,7 +169,9 @@ def test_bad_headers_are_one_input_error(saved, tmp_path, change, expect):
 
 def test_all_header_problems_are_listed_at_once(saved, tmp_path):
     header, tensors = saved
-    path = write(tmp_path / "bad.safetensors", {**header, "num_classes": "ten", "batch_size": -3, "bn_train": 1}, tensors)
+    path = write(
+        tmp_path / "bad.safetensors", {**header, "num_classes": "ten", "batch_size": -3, "bn_train": 1}, tensors
+    )
     with pytest.raises(InputError) as e:
         Observation.load(path)
     assert [p.split(":")[0] for p in e.value.problems] == ["num_classes", "batch_size", "bn_train", "model_spec"]
@@ -186,9 +210,25 @@ def test_truncated_file(obs, tmp_path):
 
 
 # -- fuzz: only GradleakError, nothing written ------------------------------------------------------
-FIELDS = ["format", "protocol", "num_classes", "input_shape", "batch_size", "normalization", "defenses", "head",
-          "model_spec", "model_training", "bn_train", "model_spec.name", "model_spec.kwargs", "model_spec.kind",
-          "model_spec.input_shape", "protocol.name", "protocol.local_steps"]
+FIELDS = [
+    "format",
+    "protocol",
+    "num_classes",
+    "input_shape",
+    "batch_size",
+    "normalization",
+    "defenses",
+    "head",
+    "model_spec",
+    "model_training",
+    "bn_train",
+    "model_spec.name",
+    "model_spec.kwargs",
+    "model_spec.kind",
+    "model_spec.input_shape",
+    "protocol.name",
+    "protocol.local_steps",
+]
 
 
 def mutate(header: dict, changes: list) -> dict:
@@ -255,8 +295,11 @@ def test_fuzz_corrupt_bytes(obs, tmp_path_factory, data):
 
 # -- capture stores ---------------------------------------------------------------------------------
 @settings(max_examples=40, deadline=None)
-@given(st.one_of(JSON, st.lists(JSON, max_size=3).map(lambda c: {"format": INDEX_FORMAT, "latest_round": 1,
-                                                                   "captures": c})))
+@given(
+    st.one_of(
+        JSON, st.lists(JSON, max_size=3).map(lambda c: {"format": INDEX_FORMAT, "latest_round": 1, "captures": c})
+    )
+)
 def test_fuzz_capture_index(index):
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "index.json").write_text(json.dumps(index))
@@ -274,8 +317,15 @@ def test_corrupt_capture_index(tmp_path, text):
 def test_capture_paths_must_stay_in_the_store(tmp_path, rel):
     root = tmp_path / "store"
     root.mkdir()
-    (root / "index.json").write_text(json.dumps({"format": INDEX_FORMAT, "latest_round": 1, "captures": [
-        {"round": 1, "client": "a", "path": rel, "bytes": 1}]}))
+    (root / "index.json").write_text(
+        json.dumps(
+            {
+                "format": INDEX_FORMAT,
+                "latest_round": 1,
+                "captures": [{"round": 1, "client": "a", "path": rel, "bytes": 1}],
+            }
+        )
+    )
     with pytest.raises(InputError, match="relative path inside the store"):
         CaptureStore(root)
 
@@ -299,12 +349,18 @@ def prior_file(tmp_path_factory):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from(["format", "generator", "generator.size", "generator.z_dim", "generator.max_width",
-                        "generator.channels"]), st.booleans(), JSON)
+@given(
+    st.sampled_from(
+        ["format", "generator", "generator.size", "generator.z_dim", "generator.max_width", "generator.channels"]
+    ),
+    st.booleans(),
+    JSON,
+)
 def test_fuzz_prior_headers(prior_file, field, delete, value):
     from safetensors import safe_open
+
     with safe_open(str(prior_file), "pt") as f:
-        header, tensors = json.loads(f.metadata()["gradleak"]), {k: f.get_tensor(k) for k in f.keys()}
+        header, tensors = json.loads(f.metadata()["gradleak"]), {k: f.get_tensor(k) for k in f}
     with tempfile.TemporaryDirectory() as d:
         path = write(Path(d) / "p.safetensors", mutate(header, [(field, delete, value)]), tensors)
         load_only_gradleak_errors(lambda: load_prior(path))
@@ -319,6 +375,7 @@ def test_corrupt_prior(tmp_path, content):
 
 def test_prior_with_huge_recorded_generator_is_refused_before_building(prior_file, tmp_path):
     from safetensors import safe_open
+
     with safe_open(str(prior_file), "pt") as f:
         header = json.loads(f.metadata()["gradleak"])
     header["generator"]["z_dim"] = 10**9
@@ -336,6 +393,7 @@ def test_matching_checkpoint_corrupt_or_misshaped(obs, tmp_path):
     ck.unlink()
     run_matching(problem, batch_size=2, generator=torch.Generator(), checkpoint=ck)
     from safetensors import safe_open
+
     with safe_open(str(ck), "pt") as f:
         meta = f.metadata()
     save_file({"var0": torch.zeros(1, 5, 1, 8, 8)}, str(ck), metadata=meta)

@@ -12,6 +12,7 @@ Sections (each writes into results.json; results.md and analytic.png summarise):
 Run: python benchmarks/analytic/run.py [--quick] [--only SECTION ...]
 Records the thread count, OMP wait policy and load average; timings depend on them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,14 @@ def log(*a) -> None:
 
 
 def env() -> dict:
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "python": platform.python_version(),
-            "load_average_start": os.getloadavg()}
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "python": platform.python_version(),
+        "load_average_start": os.getloadavg(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -45,25 +51,48 @@ def bench_fc(quick: bool) -> dict:
     from gradleak.scenario import Scenario, simulate
 
     rows = []
-    cases = [("photos", 1, 1000), ("faces", 1, 1000), ("digits", 1, 256), ("photos", 4, 1000),
-             ("photos", 8, 1000), ("faces", 8, 4000)]
+    cases = [
+        ("photos", 1, 1000),
+        ("faces", 1, 1000),
+        ("digits", 1, 256),
+        ("photos", 4, 1000),
+        ("photos", 8, 1000),
+        ("faces", 8, 4000),
+    ]
     for data, b, width in cases[: 4 if quick else None]:
         for seed in range(1 if quick else 3):
-            sc = Scenario(model="mlp", model_kwargs={"width": width}, dataset=data, batch_size=b, seed=seed,
-                          unique_labels=data != "faces")
+            sc = Scenario(
+                model="mlp",
+                model_kwargs={"width": width},
+                dataset=data,
+                batch_size=b,
+                seed=seed,
+                unique_labels=data != "faces",
+            )
             obs, truth = simulate(sc)
             res = ATTACKS.get("analytic_fc")().run(obs, generator=torch.Generator().manual_seed(seed))
             s = score_images(res.images, truth.images)
             exact = res.assumptions["exact"]
-            per = [s.psnr[s.order.index(j)] for j in range(b)]      # PSNR of each reconstruction j
-            rows.append({"data": data, "batch_size": b, "width": width, "seed": seed, "seconds": res.seconds,
-                         "exact_flags": exact, "exact_count": sum(exact),
-                         "psnr_exact": [p for p, e in zip(per, exact) if e],
-                         "psnr_not_exact": [p for p, e in zip(per, exact) if not e],
-                         "min_psnr_exact": min([p for p, e in zip(per, exact) if e], default=None),
-                         "false_exact": sum(1 for p, e in zip(per, exact) if e and p < 60)})
-            log(f"fc {data} B={b} w={width} seed={seed}: exact {sum(exact)}/{b}, "
-                f"min PSNR exact {rows[-1]['min_psnr_exact']}")
+            per = [s.psnr[s.order.index(j)] for j in range(b)]  # PSNR of each reconstruction j
+            rows.append(
+                {
+                    "data": data,
+                    "batch_size": b,
+                    "width": width,
+                    "seed": seed,
+                    "seconds": res.seconds,
+                    "exact_flags": exact,
+                    "exact_count": sum(exact),
+                    "psnr_exact": [p for p, e in zip(per, exact) if e],
+                    "psnr_not_exact": [p for p, e in zip(per, exact) if not e],
+                    "min_psnr_exact": min([p for p, e in zip(per, exact) if e], default=None),
+                    "false_exact": sum(1 for p, e in zip(per, exact) if e and p < 60),
+                }
+            )
+            log(
+                f"fc {data} B={b} w={width} seed={seed}: exact {sum(exact)}/{b}, "
+                f"min PSNR exact {rows[-1]['min_psnr_exact']}"
+            )
     return {"rows": rows, "target": "PSNR > 60 dB for the samples recovered exactly"}
 
 
@@ -83,20 +112,32 @@ def bench_layerwise(quick: bool) -> dict:
             t = time.perf_counter()
             an = analyze_model(obs.model, obs.input_shape, obs.num_classes, name=f"cnn6 width2={w}")
             t_an = time.perf_counter() - t
-            row = {"width2": w, "seed": seed, "copa_index": an.copa_index, "rgap_rank_index": an.rgap_rank_index,
-                   "conv2_rank": an.layers[1].rank, "conv2_unknowns": an.layers[1].unknowns,
-                   "analysis_seconds": t_an}
+            row = {
+                "width2": w,
+                "seed": seed,
+                "copa_index": an.copa_index,
+                "rgap_rank_index": an.rgap_rank_index,
+                "conv2_rank": an.layers[1].rank,
+                "conv2_unknowns": an.layers[1].unknowns,
+                "analysis_seconds": t_an,
+            }
             for name in ("rgap", "layerwise"):
                 if name == "layerwise" and an.copa_index == 0:
-                    continue          # identical to rgap when nothing is deficient
+                    continue  # identical to rgap when nothing is deficient
                 res = ATTACKS.get(name)().run(obs, generator=torch.Generator().manual_seed(seed))
                 s = score_images(res.images, truth.images)
-                row[name] = {"psnr": s.psnr[0], "ssim": s.ssim[0], "seconds": res.seconds,
-                             "label_ok": res.labels == truth.labels.tolist(),
-                             "gradient_distance": res.final_loss,
-                             "deficient_layers": res.assumptions["deficient_layers"]}
-                log(f"layerwise cnn6 width2={w} seed={seed} {name}: PSNR {s.psnr[0]:.1f} dB "
-                    f"(COPA {an.copa_index}, {res.seconds:.0f} s)")
+                row[name] = {
+                    "psnr": s.psnr[0],
+                    "ssim": s.ssim[0],
+                    "seconds": res.seconds,
+                    "label_ok": res.labels == truth.labels.tolist(),
+                    "gradient_distance": res.final_loss,
+                    "deficient_layers": res.assumptions["deficient_layers"],
+                }
+                log(
+                    f"layerwise cnn6 width2={w} seed={seed} {name}: PSNR {s.psnr[0]:.1f} dB "
+                    f"(COPA {an.copa_index}, {res.seconds:.0f} s)"
+                )
             rows.append(row)
     return {"rows": rows, "target": "PSNR > 40 dB for B=1 where the rank condition holds; degradation below it"}
 
@@ -114,19 +155,33 @@ def bench_tensor(quick: bool) -> dict:
         except UnsupportedError as e:
             return {"d": d, "B": b, "m": m, "seed": seed, "error": str(e)}
         cos, order = match_cosines(rec.x, truth.x)
-        rel = [float(min((rec.x[j] - truth.x[i]).norm(), (rec.x[j] + truth.x[i]).norm()) / truth.x[i].norm())
-               for i, j in enumerate(order)]
-        lab = sorted(rec.labels) == sorted(truth.labels.tolist())   # exact only where no sample flipped
-        out = {"d": d, "B": b, "m": m, "seed": seed, "min_cos": min(cos), "mean_cos": sum(cos) / len(cos),
-               "min_abs_cos": min(abs(c) for c in cos), "max_rel_error": max(rel), "labels_ok": lab,
-               "noise": rec.noise, "fit_residual": rec.fit_residual, "seconds": time.perf_counter() - t}
-        log(f"tensor d={d} B={b} m={m} seed={seed}: min |cos| {out['min_abs_cos']:.4f}, noise {rec.noise:.3f}, "
-            f"{out['seconds']:.1f} s")
+        rel = [
+            float(min((rec.x[j] - truth.x[i]).norm(), (rec.x[j] + truth.x[i]).norm()) / truth.x[i].norm())
+            for i, j in enumerate(order)
+        ]
+        lab = sorted(rec.labels) == sorted(truth.labels.tolist())  # exact only where no sample flipped
+        out = {
+            "d": d,
+            "B": b,
+            "m": m,
+            "seed": seed,
+            "min_cos": min(cos),
+            "mean_cos": sum(cos) / len(cos),
+            "min_abs_cos": min(abs(c) for c in cos),
+            "max_rel_error": max(rel),
+            "labels_ok": lab,
+            "noise": rec.noise,
+            "fit_residual": rec.fit_residual,
+            "seconds": time.perf_counter() - t,
+        }
+        log(
+            f"tensor d={d} B={b} m={m} seed={seed}: min |cos| {out['min_abs_cos']:.4f}, noise {rec.noise:.3f}, "
+            f"{out['seconds']:.1f} s"
+        )
         return out
 
     seeds = range(2 if quick else 3)
-    vs_m = [one(20, 5, m, s) for m in ([2000, 20000] if quick else [1000, 3000, 10000, 30000, 100000])
-            for s in seeds]
+    vs_m = [one(20, 5, m, s) for m in ([2000, 20000] if quick else [1000, 3000, 10000, 30000, 100000]) for s in seeds]
     vs_b = [one(50, b, 100000, s) for b in ([5, 25] if quick else [5, 10, 25]) for s in seeds[:2]]
     big = [] if quick else [one(100, b, 100000, 0) for b in (10, 50)]
     # real data: standardised 8×8 digits as d = 64 vectors
@@ -142,16 +197,28 @@ def bench_tensor(quick: bool) -> dict:
     from gradleak.metrics import psnr
 
     rec_img = dg.normalization.denormalize(rec.x.float().view(-1, *dg.image_shape)).clamp(0, 1)
-    p = [float(psnr(rec_img[j:j + 1], imgs[i:i + 1])) for i, j in enumerate(order)]
-    digits = {"d": 64, "B": 8, "m": 100000, "min_cos": min(cos), "psnr": p,
-              "labels_ok": sorted(rec.labels) == sorted(labels.tolist()), "noise": rec.noise}
+    p = [float(psnr(rec_img[j : j + 1], imgs[i : i + 1])) for i, j in enumerate(order)]
+    digits = {
+        "d": 64,
+        "B": 8,
+        "m": 100000,
+        "min_cos": min(cos),
+        "psnr": p,
+        "labels_ok": sorted(rec.labels) == sorted(labels.tolist()),
+        "noise": rec.noise,
+    }
     log(f"tensor digits: min cos {min(cos):.4f}, PSNR {min(p):.1f}–{max(p):.1f}")
     torch.save  # noqa: B018  (no files written here)
-    return {"vs_width": vs_m, "vs_batch": vs_b, "d100": big, "digits": digits,
-            "images": {"true": imgs, "recon": rec_img[order]},
-            "target": "every sample cosine > 0.99 for d = 20–100, B ≤ d/2, m in the paper's range",
-            "paper_numbers": "not available to us (PAPERS.md §3: experiments and width rate uncertain); "
-                             "PAPERS.md's own check: d=20, B=5, tanh: min |cos| ≥ 0.987 at m = 2e4, ≥ 0.998 at 2e5"}
+    return {
+        "vs_width": vs_m,
+        "vs_batch": vs_b,
+        "d100": big,
+        "digits": digits,
+        "images": {"true": imgs, "recon": rec_img[order]},
+        "target": "every sample cosine > 0.99 for d = 20–100, B ≤ d/2, m in the paper's range",
+        "paper_numbers": "not available to us (PAPERS.md §3: experiments and width rate uncertain); "
+        "PAPERS.md's own check: d=20, B=5, tanh: min |cos| ≥ 0.987 at m = 2e4, ≥ 0.998 at 2e5",
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,7 +233,7 @@ def bench_ranking(quick: bool, previous: dict | None = None) -> dict:
 
     models = ["cnn6", "cnn6-d", "lenet", "convnet", "resnet18"]
     its = 100 if quick else 200
-    reuse = {}            # the layer-wise section ran R-GAP on the same scenarios (same seed → same init/data)
+    reuse = {}  # the layer-wise section ran R-GAP on the same scenarios (same seed → same init/data)
     for r in (previous or {}).get("rows", []):
         if r["seed"] == 0 and r["width2"] in (36, 20):
             reuse["cnn6" if r["width2"] == 36 else "cnn6-d"] = r["rgap"]
@@ -174,8 +241,13 @@ def bench_ranking(quick: bool, previous: dict | None = None) -> dict:
     for name in models:
         obs, truth = simulate(Scenario(model=name, dataset="photos", seed=0))
         an = analyze_model(obs.model, obs.input_shape, obs.num_classes, name=name)
-        row = {"model": name, "copa_index": an.copa_index, "rgap_rank_index": an.rgap_rank_index,
-               "analysis_exact": an.exact, "analysis_seconds": an.seconds}
+        row = {
+            "model": name,
+            "copa_index": an.copa_index,
+            "rgap_rank_index": an.rgap_rank_index,
+            "analysis_exact": an.exact,
+            "analysis_seconds": an.seconds,
+        }
         for att, kw in (("rgap", {}), ("inverting_gradients", {"iterations": its})):
             if att == "rgap" and name in reuse:
                 row[att] = {k: reuse[name][k] for k in ("psnr", "ssim", "seconds")}
@@ -191,16 +263,21 @@ def bench_ranking(quick: bool, previous: dict | None = None) -> dict:
         psnrs = [row[a]["psnr"] for a in ("rgap", "inverting_gradients") if "psnr" in row[a]]
         row["best_psnr"] = max(psnrs)
         rows.append(row)
-        log(f"ranking {name}: COPA {an.copa_index} (exact={an.exact}), best PSNR {row['best_psnr']:.1f} "
-            f"[rgap {row['rgap'].get('psnr')}, IG {row['inverting_gradients'].get('psnr')}]")
+        log(
+            f"ranking {name}: COPA {an.copa_index} (exact={an.exact}), best PSNR {row['best_psnr']:.1f} "
+            f"[rgap {row['rgap'].get('psnr')}, IG {row['inverting_gradients'].get('psnr')}]"
+        )
     copa = [r["copa_index"] for r in rows]
     rho_best = spearmanr(copa, [r["best_psnr"] for r in rows])
     ig = [(r["copa_index"], r["inverting_gradients"]["psnr"]) for r in rows if "psnr" in r["inverting_gradients"]]
     rho_ig = spearmanr([c for c, _ in ig], [p for _, p in ig])
-    return {"rows": rows, "ig_iterations": its,
-            "spearman_copa_vs_best_psnr": {"rho": float(rho_best.statistic), "p": float(rho_best.pvalue)},
-            "spearman_copa_vs_ig_psnr": {"rho": float(rho_ig.statistic), "p": float(rho_ig.pvalue)},
-            "note": "higher COPA (closer to 0) should mean more leakage → positive rho expected"}
+    return {
+        "rows": rows,
+        "ig_iterations": its,
+        "spearman_copa_vs_best_psnr": {"rho": float(rho_best.statistic), "p": float(rho_best.pvalue)},
+        "spearman_copa_vs_ig_psnr": {"rho": float(rho_ig.statistic), "p": float(rho_ig.pvalue)},
+        "note": "higher COPA (closer to 0) should mean more leakage → positive rho expected",
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -216,16 +293,24 @@ def plot(results: dict, path: Path) -> None:
         ax = axes[0]
         ms = sorted({r["m"] for r in t["vs_width"] if "min_cos" in r})
         for agg, lab in ((max, "worst seed"), (lambda v: sum(v) / len(v), "mean")):
-            ax.plot(ms, [agg([1 - r["min_abs_cos"] for r in t["vs_width"] if r["m"] == m and "min_cos" in r])
-                         for m in ms], "o-", label=f"1 − min |cos| over samples ({lab})")
+            ax.plot(
+                ms,
+                [agg([1 - r["min_abs_cos"] for r in t["vs_width"] if r["m"] == m and "min_cos" in r]) for m in ms],
+                "o-",
+                label=f"1 − min |cos| over samples ({lab})",
+            )
         ax.axhline(0.01, ls="--", c="k", lw=0.8, label="target cos 0.99")
         ax.set(xscale="log", yscale="log", xlabel="width m", title="tensor: d=20, B=5, tanh")
         ax.legend(fontsize=7)
         ax = axes[1]
         for d_, rows in (("50, m=1e5", t["vs_batch"]), ("100, m=1e5", t["d100"])):
             bs = sorted({r["B"] for r in rows if "min_cos" in r})
-            ax.plot(bs, [max(1 - r["min_abs_cos"] for r in rows if r["B"] == b and "min_cos" in r) for b in bs],
-                    "o-", label=f"d={d_}")
+            ax.plot(
+                bs,
+                [max(1 - r["min_abs_cos"] for r in rows if r["B"] == b and "min_cos" in r) for b in bs],
+                "o-",
+                label=f"d={d_}",
+            )
         ax.axhline(0.01, ls="--", c="k", lw=0.8)
         ax.set(yscale="log", xlabel="batch B", ylabel="1 − min |cos| (worst seed)", title="tensor: error vs B")
         ax.legend(fontsize=7)
@@ -249,73 +334,119 @@ def plot(results: dict, path: Path) -> None:
             x = -math.log10(1 - r["copa_index"])
             ax.scatter(x, r["best_psnr"])
             ax.annotate(r["model"], (x, r["best_psnr"]), fontsize=7)
-        ax.set(xlabel="−log10(1 − COPA index)", ylabel="best PSNR (dB)",
-               title=f"ranking: Spearman ρ = {rk['spearman_copa_vs_best_psnr']['rho']:.2f}")
+        ax.set(
+            xlabel="−log10(1 − COPA index)",
+            ylabel="best PSNR (dB)",
+            title=f"ranking: Spearman ρ = {rk['spearman_copa_vs_best_psnr']['rho']:.2f}",
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def markdown(results: dict) -> str:
-    out = ["# Analytic attacks and leakage analysis — benchmark (issue 7)", "",
-           f"Total wall time {results['seconds']:.0f} s on this 2-core machine, which other jobs loaded heavily "
-           "during the run (load averages per section in results.json: wall times are inflated several-fold; "
-           "`cpu_seconds` per section is this process's CPU time).", ""]
+    out = [
+        "# Analytic attacks and leakage analysis — benchmark (issue 7)",
+        "",
+        f"Total wall time {results['seconds']:.0f} s on this 2-core machine, which other jobs loaded heavily "
+        "during the run (load averages per section in results.json: wall times are inflated several-fold; "
+        "`cpu_seconds` per section is this process's CPU time).",
+        "",
+    ]
     fc = results.get("fc")
     if fc:
-        out += ["## Exact FC recovery (MLP, first layer with bias)", "",
-                "| data | B | width | seed | exact | min PSNR of exact (dB) | flagged exact but wrong |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            "## Exact FC recovery (MLP, first layer with bias)",
+            "",
+            "| data | B | width | seed | exact | min PSNR of exact (dB) | flagged exact but wrong |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in fc["rows"]:
-            out.append(f"| {r['data']} | {r['batch_size']} | {r['width']} | {r['seed']} | {r['exact_count']}/"
-                       f"{r['batch_size']} | {r['min_psnr_exact']} | {r['false_exact']} |")
+            out.append(
+                f"| {r['data']} | {r['batch_size']} | {r['width']} | {r['seed']} | {r['exact_count']}/"
+                f"{r['batch_size']} | {r['min_psnr_exact']} | {r['false_exact']} |"
+            )
         out.append("")
     lw = results.get("layerwise")
     if lw:
-        out += ["## Layer-wise (CNN6 family, 32×32 photos, B=1)", "",
-                "| conv2 width | seed | conv2 rank / unknowns | COPA | R-GAP PSNR | layer-wise+pull-back PSNR | R-GAP s |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            "## Layer-wise (CNN6 family, 32×32 photos, B=1)",
+            "",
+            "| conv2 width | seed | conv2 rank / unknowns | COPA | R-GAP PSNR | layer-wise+pull-back PSNR | R-GAP s |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in lw["rows"]:
             lwp = f"{r['layerwise']['psnr']:.1f}" if "layerwise" in r else "= R-GAP"
-            out.append(f"| {r['width2']} | {r['seed']} | {r['conv2_rank']} / {r['conv2_unknowns']} | "
-                       f"{r['copa_index']} | {r['rgap']['psnr']:.1f} | {lwp} | {r['rgap']['seconds']:.0f} |")
+            out.append(
+                f"| {r['width2']} | {r['seed']} | {r['conv2_rank']} / {r['conv2_unknowns']} | "
+                f"{r['copa_index']} | {r['rgap']['psnr']:.1f} | {lwp} | {r['rgap']['seconds']:.0f} |"
+            )
         out.append("")
     t = results.get("tensor")
     if t:
-        out += ["## Tensor decomposition (two-layer tanh, random Gaussian parameters, 2 classes)", "",
-                "With two classes and odd σ the pair (x, y) and (−x, other class) give the same gradient "
-                "(PAPERS.md §3), so samples are identified up to that flip: |cos| is the score.", "",
-                "| d | B | m | seed | min abs cos | max rel. error (up to flip) | labels | noise | s |", "|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "## Tensor decomposition (two-layer tanh, random Gaussian parameters, 2 classes)",
+            "",
+            "With two classes and odd σ the pair (x, y) and (−x, other class) give the same gradient "
+            "(PAPERS.md §3), so samples are identified up to that flip: |cos| is the score.",
+            "",
+            "| d | B | m | seed | min abs cos | max rel. error (up to flip) | labels | noise | s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in t["vs_width"] + t["vs_batch"] + t["d100"]:
             if "error" in r:
                 out.append(f"| {r['d']} | {r['B']} | {r['m']} | {r['seed']} | refused: {r['error'][:60]} | | | | |")
                 continue
-            out.append(f"| {r['d']} | {r['B']} | {r['m']} | {r['seed']} | {r['min_abs_cos']:.4f} | {r['max_rel_error']:.3f} | "
-                       f"{'ok' if r['labels_ok'] else 'wrong'} | {r['noise']:.3f} | {r['seconds']:.1f} |")
+            out.append(
+                f"| {r['d']} | {r['B']} | {r['m']} | {r['seed']} | {r['min_abs_cos']:.4f} | {r['max_rel_error']:.3f} | "
+                f"{'ok' if r['labels_ok'] else 'wrong'} | {r['noise']:.3f} | {r['seconds']:.1f} |"
+            )
         dg = t["digits"]
-        out += ["", f"Digits (d=64, B=8, m=1e5, 10 classes): min cos {dg['min_cos']:.4f}, PSNR "
-                f"{min(dg['psnr']):.1f}–{max(dg['psnr']):.1f} dB, labels {'ok' if dg['labels_ok'] else 'wrong'}.",
-                "", f"Paper's numbers: {t['paper_numbers']}.", ""]
+        out += [
+            "",
+            f"Digits (d=64, B=8, m=1e5, 10 classes): min cos {dg['min_cos']:.4f}, PSNR "
+            f"{min(dg['psnr']):.1f}–{max(dg['psnr']):.1f} dB, labels {'ok' if dg['labels_ok'] else 'wrong'}.",
+            "",
+            f"Paper's numbers: {t['paper_numbers']}.",
+            "",
+        ]
     rk = results.get("ranking")
     if rk:
-        out += ["## `analyze` vs measured reconstruction (32×32 photos, B=1, untrained)", "",
-                f"| model | COPA index | rank index | exact | R-GAP PSNR | IG ({rk['ig_iterations']} it) PSNR | best |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            "## `analyze` vs measured reconstruction (32×32 photos, B=1, untrained)",
+            "",
+            f"| model | COPA index | rank index | exact | R-GAP PSNR | IG ({rk['ig_iterations']} it) PSNR | best |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in rk["rows"]:
             rg = r["rgap"].get("psnr")
             ig = r["inverting_gradients"].get("psnr")
-            out.append(f"| {r['model']} | {r['copa_index']} | {r['rgap_rank_index']} | {r['analysis_exact']} | "
-                       f"{'n/a' if rg is None else f'{rg:.1f}'} | {'n/a' if ig is None else f'{ig:.1f}'} | "
-                       f"{r['best_psnr']:.1f} |")
-        out += ["", f"Spearman(COPA, best PSNR) = {rk['spearman_copa_vs_best_psnr']['rho']:.2f} "
-                f"(p = {rk['spearman_copa_vs_best_psnr']['p']:.2f}); Spearman(COPA, IG PSNR) = "
-                f"{rk['spearman_copa_vs_ig_psnr']['rho']:.2f} (p = {rk['spearman_copa_vs_ig_psnr']['p']:.2f}).", ""]
+            out.append(
+                f"| {r['model']} | {r['copa_index']} | {r['rgap_rank_index']} | {r['analysis_exact']} | "
+                f"{'n/a' if rg is None else f'{rg:.1f}'} | {'n/a' if ig is None else f'{ig:.1f}'} | "
+                f"{r['best_psnr']:.1f} |"
+            )
+        out += [
+            "",
+            f"Spearman(COPA, best PSNR) = {rk['spearman_copa_vs_best_psnr']['rho']:.2f} "
+            f"(p = {rk['spearman_copa_vs_best_psnr']['p']:.2f}); Spearman(COPA, IG PSNR) = "
+            f"{rk['spearman_copa_vs_ig_psnr']['rho']:.2f} (p = {rk['spearman_copa_vs_ig_psnr']['p']:.2f}).",
+            "",
+        ]
         lw20 = [r for r in (lw or {}).get("rows", []) if r["width2"] == 20 and "layerwise" in r]
         if lw20:
-            out += [f"The COPA index predicts the per-layer method (R-GAP). The layer-wise variant with the pull-back "
-                    f"constraint reaches {lw20[0]['layerwise']['psnr']:.1f} dB on CNN6-d (table above): extra "
-                    "constraints from the layer below can cover a small deficiency, which the index does not count.", ""]
-    out += ["## Time per section", "", "| section | wall s | CPU s | load average (1 min) start → end |", "|---|---|---|---|"]
+            out += [
+                f"The COPA index predicts the per-layer method (R-GAP). The layer-wise variant with the pull-back "
+                f"constraint reaches {lw20[0]['layerwise']['psnr']:.1f} dB on CNN6-d (table above): extra "
+                "constraints from the layer below can cover a small deficiency, which the index does not count.",
+                "",
+            ]
+    out += [
+        "## Time per section",
+        "",
+        "| section | wall s | CPU s | load average (1 min) start → end |",
+        "|---|---|---|---|",
+    ]
     for k in ("fc", "layerwise", "tensor", "ranking"):
         if k in results:
             e = results[k].get("environment", {})

@@ -9,6 +9,7 @@
     python benchmarks/core/run.py                 # both parts; writes results.json and results.md here
     python benchmarks/core/run.py --part speed    # one part
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,14 @@ HERE = Path(__file__).parent
 
 
 def machine() -> dict:
-    return {"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-            "load_before": os.getloadavg(), "cpu": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+    return {
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "load_before": os.getloadavg(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 def speed(model: str, batch: int, iters: int = 30, warmup: int = 5) -> dict:
@@ -43,12 +49,22 @@ def speed(model: str, batch: int, iters: int = 30, warmup: int = 5) -> dict:
     labels = torch.tensor(recover_labels(obs, "idlg" if batch == 1 else "sum").labels)
     stamps: list[float] = []
     cfg = MatchingConfig(iterations=iters + warmup, tv=0.2, log_every=1, checkpoint_every=10**9)
-    run_matching(MatchingProblem(obs, labels, cfg), batch_size=batch, generator=torch.Generator().manual_seed(0),
-                 on_step=lambda s: stamps.append(time.perf_counter()))
-    gaps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
+    run_matching(
+        MatchingProblem(obs, labels, cfg),
+        batch_size=batch,
+        generator=torch.Generator().manual_seed(0),
+        on_step=lambda s: stamps.append(time.perf_counter()),
+    )
+    gaps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :])]
     med = statistics.median(gaps)
-    return {"model": model, "batch": batch, "s_per_it": med, "it_per_s": 1 / med, "iters_timed": len(gaps),
-            "load_after": os.getloadavg()}
+    return {
+        "model": model,
+        "batch": batch,
+        "s_per_it": med,
+        "it_per_s": 1 / med,
+        "iters_timed": len(gaps),
+        "load_after": os.getloadavg(),
+    }
 
 
 def quality(seeds: list[int]) -> list[dict]:
@@ -61,9 +77,18 @@ def quality(seeds: list[int]) -> list[dict]:
         res = ATTACKS.get("inverting_gradients")().run(obs, generator=torch.Generator().manual_seed(seed))
         s = score_images(res.images, truth.images)
         grey = torch.full_like(truth.images, float(truth.images.mean()))
-        rows.append({"seed": seed, "class": truth.classes[int(truth.labels[0])], "iterations": res.iterations,
-                     "seconds": time.perf_counter() - t0, "psnr": s.mean_psnr, "ssim": s.mean_ssim,
-                     "grey_psnr": float(psnr(grey, truth.images).mean()), "final_loss": res.final_loss})
+        rows.append(
+            {
+                "seed": seed,
+                "class": truth.classes[int(truth.labels[0])],
+                "iterations": res.iterations,
+                "seconds": time.perf_counter() - t0,
+                "psnr": s.mean_psnr,
+                "ssim": s.mean_ssim,
+                "grey_psnr": float(psnr(grey, truth.images).mean()),
+                "final_loss": res.final_loss,
+            }
+        )
     return rows
 
 
@@ -81,20 +106,36 @@ def main() -> None:
     if a.part in ("quality", "all"):
         results["machine_quality"] = machine()
         rows = quality([int(s) for s in a.seeds.split(",")])
-        results["quality"] = {"rows": rows, "mean_psnr": statistics.mean(r["psnr"] for r in rows),
-                              "mean_ssim": statistics.mean(r["ssim"] for r in rows),
-                              "min_psnr": min(r["psnr"] for r in rows)}
+        results["quality"] = {
+            "rows": rows,
+            "mean_psnr": statistics.mean(r["psnr"] for r in rows),
+            "mean_ssim": statistics.mean(r["ssim"] for r in rows),
+            "min_psnr": min(r["psnr"] for r in rows),
+        }
     out.write_text(json.dumps(results, indent=2))
     md = ["# Core benchmark", ""]
     if "speed" in results:
-        md += [f"Speed — machine: {results['machine_speed']}", "","| model | batch | s/iteration | iterations/s |", "|---|---|---|---|"]
+        md += [
+            f"Speed — machine: {results['machine_speed']}",
+            "",
+            "| model | batch | s/iteration | iterations/s |",
+            "|---|---|---|---|",
+        ]
         md += [f"| {r['model']} | {r['batch']} | {r['s_per_it']:.3f} | {r['it_per_s']:.2f} |" for r in results["speed"]]
         md.append("")
     if "quality" in results:
         q = results["quality"]
-        md += [f"Quality — machine: {results['machine_quality']} (quality does not depend on load)", "","| seed | class | iterations | seconds | PSNR dB | SSIM | grey PSNR dB |", "|---|---|---|---|---|---|---|"]
-        md += [f"| {r['seed']} | {r['class']} | {r['iterations']} | {r['seconds']:.0f} | {r['psnr']:.2f} | "
-               f"{r['ssim']:.3f} | {r['grey_psnr']:.2f} |" for r in q["rows"]]
+        md += [
+            f"Quality — machine: {results['machine_quality']} (quality does not depend on load)",
+            "",
+            "| seed | class | iterations | seconds | PSNR dB | SSIM | grey PSNR dB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        md += [
+            f"| {r['seed']} | {r['class']} | {r['iterations']} | {r['seconds']:.0f} | {r['psnr']:.2f} | "
+            f"{r['ssim']:.3f} | {r['grey_psnr']:.2f} |"
+            for r in q["rows"]
+        ]
         md += ["", f"Mean PSNR {q['mean_psnr']:.2f} dB (min {q['min_psnr']:.2f}), mean SSIM {q['mean_ssim']:.3f}."]
     (out.with_suffix(".md")).write_text("\n".join(md) + "\n")
 

@@ -18,6 +18,7 @@ Run: ``python benchmarks/generative/run.py`` (runs already recorded in ``results
 numbers; ``--only in/1/none,ood/4/noise`` runs chosen cells, and ``noise0.01`` rows — σ = 0.01·max|g| —
 only when named there). Timings depend on the machine's load; the quality numbers do not (seeded).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,7 @@ SIZE = 16
 HOLDOUT = 1000
 ATTACK_NAMES = ("inverting_gradients", "ggl", "gifd")
 DEFENSES = ("none", "noise", "clip", "sparsify")
-EXTRA_DEFENSES = ("noise0.01",)   # opt-in (--only): a tenfold weaker noise, sigma = 0.01 * max|g_clean|
+EXTRA_DEFENSES = ("noise0.01",)  # opt-in (--only): a tenfold weaker noise, sigma = 0.01 * max|g_clean|
 
 
 class ThinResNet18(nn.Module):
@@ -92,21 +93,29 @@ def victims(dist: str) -> Dataset:
         data = load_dataset("fashion-mnist", size=SIZE)
         return data.subset(list(range(len(data) - HOLDOUT, len(data))))
     data = load_dataset("faces", size=SIZE)
-    return data.subset(torch.nonzero(data.labels == 0).flatten())   # the 100 faces
+    return data.subset(torch.nonzero(data.labels == 0).flatten())  # the 100 faces
 
 
 def batches(dist: str, B: int, n_batches: int) -> list[list[int]]:
     data = victims(dist)
     g = torch.Generator().manual_seed(1234)
-    if dist == "in":   # distinct classes inside a batch, fixed draw
+    if dist == "in":  # distinct classes inside a batch, fixed draw
         out = []
         for _ in range(n_batches):
             classes = torch.randperm(10, generator=g)[:B]
-            out.append([int(torch.nonzero(data.labels == c).flatten()[torch.randint(
-                int((data.labels == c).sum()), (1,), generator=g)]) for c in classes])
+            out.append(
+                [
+                    int(
+                        torch.nonzero(data.labels == c).flatten()[
+                            torch.randint(int((data.labels == c).sum()), (1,), generator=g)
+                        ]
+                    )
+                    for c in classes
+                ]
+            )
         return out
     perm = torch.randperm(len(data), generator=g)[: B * n_batches].tolist()
-    return [perm[i * B:(i + 1) * B] for i in range(n_batches)]
+    return [perm[i * B : (i + 1) * B] for i in range(n_batches)]
 
 
 def observe(dist: str, idx: list[int], defense: str):
@@ -122,7 +131,9 @@ def observe(dist: str, idx: list[int], defense: str):
         scale = max(float(v.abs().max()) for v in obs.update.values())
         d = GaussianNoise((0.1 if defense == "noise" else 0.01) * scale)
         info["sigma"] = d.sigma
-        info["noise_to_gradient_norm"] = d.sigma * sum(v.numel() for v in obs.update.values()) ** 0.5 / info["clean_norm"]
+        info["noise_to_gradient_norm"] = (
+            d.sigma * sum(v.numel() for v in obs.update.values()) ** 0.5 / info["clean_norm"]
+        )
     elif defense == "clip":
         d = Clip(0.5 * info["clean_norm"])
     else:
@@ -149,16 +160,31 @@ def main(argv=None) -> int:
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
     results.setdefault("runs", {})
     results["setup"] = {
-        "steps_per_restart": a.steps, "restarts": a.restarts, "image_size": SIZE, "model": "ResNet-18 topology, width 16",
-        "prior": Path(a.prior).name, "prior_meta": load_prior(a.prior).meta.get("training"),
-        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "defenses": {"noise": "sigma = 0.1 * max|g_clean|", "noise0.01": "sigma = 0.01 * max|g_clean| (extra rows)", "clip": "max_norm = 0.5 * ||g_clean||",
-                     "sparsify": "ratio 0.9 per tensor"},
+        "steps_per_restart": a.steps,
+        "restarts": a.restarts,
+        "image_size": SIZE,
+        "model": "ResNet-18 topology, width 16",
+        "prior": Path(a.prior).name,
+        "prior_meta": load_prior(a.prior).meta.get("training"),
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "defenses": {
+            "noise": "sigma = 0.1 * max|g_clean|",
+            "noise0.01": "sigma = 0.01 * max|g_clean| (extra rows)",
+            "clip": "max_norm = 0.5 * ||g_clean||",
+            "sparsify": "ratio 0.9 per tensor",
+        },
     }
     only = set(a.only.split(",")) if a.only else None
-    cells = [(dist, B, d) for dist in ("in", "ood") for B in (1, 4) for d in DEFENSES + EXTRA_DEFENSES
-             if d in DEFENSES or (only and f"{dist}/{B}/{d}" in only)]
+    cells = [
+        (dist, B, d)
+        for dist in ("in", "ood")
+        for B in (1, 4)
+        for d in DEFENSES + EXTRA_DEFENSES
+        if d in DEFENSES or (only and f"{dist}/{B}/{d}" in only)
+    ]
     for dist, B, defense in cells:
         cell = f"{dist}/{B}/{defense}"
         if only and cell not in only:
@@ -180,15 +206,27 @@ def main(argv=None) -> int:
                 recon[name].append(r.images[s.order])
                 if key not in results["runs"]:
                     results["runs"][key] = {
-                        "psnr": s.psnr, "ssim": s.ssim, "seconds": time.perf_counter() - t0,
-                        "final_loss": r.final_loss, "label_accuracy": float((torch.tensor(labels.labels).sort().values
-                                                                             == truth.labels.sort().values).float().mean()),
-                        "chosen_stage": r.assumptions.get("chosen_stage"), "defense": info}
-                print(f"{key}: PSNR {sum(s.psnr) / len(s.psnr):.2f} SSIM {sum(s.ssim) / len(s.ssim):.3f} "
-                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                        "psnr": s.psnr,
+                        "ssim": s.ssim,
+                        "seconds": time.perf_counter() - t0,
+                        "final_loss": r.final_loss,
+                        "label_accuracy": float(
+                            (torch.tensor(labels.labels).sort().values == truth.labels.sort().values).float().mean()
+                        ),
+                        "chosen_stage": r.assumptions.get("chosen_stage"),
+                        "defense": info,
+                    }
+                print(
+                    f"{key}: PSNR {sum(s.psnr) / len(s.psnr):.2f} SSIM {sum(s.ssim) / len(s.ssim):.3f} "
+                    f"({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
             res_path.write_text(json.dumps(results, indent=1))
-        save_grid(out / "grids" / f"{dist}_b{B}_{defense}.png", torch.cat(originals),
-                  [torch.cat(recon[n]) for n in ATTACK_NAMES])
+        save_grid(
+            out / "grids" / f"{dist}_b{B}_{defense}.png",
+            torch.cat(originals),
+            [torch.cat(recon[n]) for n in ATTACK_NAMES],
+        )
     summarize(results, out)
     return 0
 
@@ -202,36 +240,54 @@ def summarize(results: dict, out: Path) -> None:
         t["ssim"] += run["ssim"]
         t["seconds"] += run["seconds"]
     summary = []
-    for (dist, B, defense), attacks in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1], (DEFENSES + EXTRA_DEFENSES).index(kv[0][2]))):
-        m = {n: (sum(v["psnr"]) / len(v["psnr"]), sum(v["ssim"]) / len(v["ssim"]), len(v["psnr"]), v["seconds"])
-             for n, v in attacks.items()}
-        entry = {"distribution": dist, "batch": B, "defense": defense,
-                 **{f"{n}_{k}": m[n][i] for n in m for i, k in enumerate(("psnr", "ssim", "images", "seconds"))}}
+    for (dist, B, defense), attacks in sorted(
+        table.items(), key=lambda kv: (kv[0][0], kv[0][1], (DEFENSES + EXTRA_DEFENSES).index(kv[0][2]))
+    ):
+        m = {
+            n: (sum(v["psnr"]) / len(v["psnr"]), sum(v["ssim"]) / len(v["ssim"]), len(v["psnr"]), v["seconds"])
+            for n, v in attacks.items()
+        }
+        entry = {
+            "distribution": dist,
+            "batch": B,
+            "defense": defense,
+            **{f"{n}_{k}": m[n][i] for n in m for i, k in enumerate(("psnr", "ssim", "images", "seconds"))},
+        }
         if all(n in m for n in ATTACK_NAMES):
             ig, ggl, gifd = (m[n] for n in ATTACK_NAMES)
             entry["gifd_ge_ggl"] = bool(gifd[0] >= ggl[0] and gifd[1] >= ggl[1])
             entry["ggl_gt_ig"] = bool(ggl[0] > ig[0])
-            rows.append(f"| {dist} | {B} | {defense} | {ig[0]:.2f} / {ig[1]:.3f} | {ggl[0]:.2f} / {ggl[1]:.3f} | "
-                        f"{gifd[0]:.2f} / {gifd[1]:.3f} | {gifd[2]} | {'yes' if entry['gifd_ge_ggl'] else '**no**'} | "
-                        f"{'yes' if entry['ggl_gt_ig'] else '**no**'} |")
+            rows.append(
+                f"| {dist} | {B} | {defense} | {ig[0]:.2f} / {ig[1]:.3f} | {ggl[0]:.2f} / {ggl[1]:.3f} | "
+                f"{gifd[0]:.2f} / {gifd[1]:.3f} | {gifd[2]} | {'yes' if entry['gifd_ge_ggl'] else '**no**'} | "
+                f"{'yes' if entry['ggl_gt_ig'] else '**no**'} |"
+            )
         summary.append(entry)
     results["summary"] = summary
     (out / "results.json").write_text(json.dumps(results, indent=1))
     s = results["setup"]
-    md = ["# Generative-prior attacks: IG vs GGL vs GIFD", "",
-          f"Budget per row: {s['steps_per_restart']} gradient queries per restart × {s['restarts']} restarts. "
-          f"{s['model']}, {s['image_size']}×{s['image_size']} grey, random init, BN eval, FedSGD. "
-          "Prior: class-conditional DCGAN on Fashion-MNIST (first 9000 test images). "
-          "`in` = held-out Fashion-MNIST, `ood` = LFW faces. Mean PSNR (dB) / SSIM over the images "
-          "(B=1: 5 updates; B=4: 2 updates = 8 images). Defenses: " +
-          "; ".join(f"{k}: {v}" for k, v in s["defenses"].items()) + ".", "",
-          "| data | B | defense | IG | GGL | GIFD | images | GIFD ≥ GGL (PSNR and SSIM) | GGL > IG (PSNR) |",
-          "|---|---|---|---|---|---|---|---|---|", *rows, "",
-          f"GIFD ≥ GGL holds in {sum(e.get('gifd_ge_ggl', False) for e in summary)} of {len(rows)} rows, "
-          f"GGL > IG in {sum(e.get('ggl_gt_ig', False) for e in summary)} of {len(rows)}. "
-          f"Timings ({s.get('note', 'see results.json')}) are in results.json. "
-          "`grids/<data>_b<B>_<defense>.png`: originals, then Inverting Gradients, GGL, GIFD (one row each). "
-          "`prior_samples.png`: samples of the prior.", ""]
+    md = [
+        "# Generative-prior attacks: IG vs GGL vs GIFD",
+        "",
+        f"Budget per row: {s['steps_per_restart']} gradient queries per restart × {s['restarts']} restarts. "
+        f"{s['model']}, {s['image_size']}×{s['image_size']} grey, random init, BN eval, FedSGD. "
+        "Prior: class-conditional DCGAN on Fashion-MNIST (first 9000 test images). "
+        "`in` = held-out Fashion-MNIST, `ood` = LFW faces. Mean PSNR (dB) / SSIM over the images "
+        "(B=1: 5 updates; B=4: 2 updates = 8 images). Defenses: "
+        + "; ".join(f"{k}: {v}" for k, v in s["defenses"].items())
+        + ".",
+        "",
+        "| data | B | defense | IG | GGL | GIFD | images | GIFD ≥ GGL (PSNR and SSIM) | GGL > IG (PSNR) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"GIFD ≥ GGL holds in {sum(e.get('gifd_ge_ggl', False) for e in summary)} of {len(rows)} rows, "
+        f"GGL > IG in {sum(e.get('ggl_gt_ig', False) for e in summary)} of {len(rows)}. "
+        f"Timings ({s.get('note', 'see results.json')}) are in results.json. "
+        "`grids/<data>_b<B>_<defense>.png`: originals, then Inverting Gradients, GGL, GIFD (one row each). "
+        "`prior_samples.png`: samples of the prior.",
+        "",
+    ]
     (out / "results.md").write_text("\n".join(md))
 
 

@@ -14,6 +14,7 @@ loss. The client is in eval mode (FedSGD), the model the zoo ConvNet at width 8,
 
     python benchmarks/gradinversion/bn_regimes.py [--iterations 300] [--seeds 0 1 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,14 +40,21 @@ ROWS = ("inverting gradients", "GI grad only", "GI + BN (running)", "GI + BN (ex
 
 def make_case(regime: str, seed: int, args):
     data = load_dataset("photos", size=args.size)
-    sc = Scenario(model="convnet", model_kwargs={"width": args.width}, dataset="photos", image_size=args.size,
-                  batch_size=args.batch, seed=seed, bn_mode="eval")
+    sc = Scenario(
+        model="convnet",
+        model_kwargs={"width": args.width},
+        dataset="photos",
+        image_size=args.size,
+        batch_size=args.batch,
+        seed=seed,
+        bn_mode="eval",
+    )
     model, _ = build_scenario_model(sc, data.num_classes, data.image_shape)
     if regime == "real-data":
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.reset_running_stats()
-                m.momentum = None                      # cumulative average = exact population statistics
+                m.momentum = None  # cumulative average = exact population statistics
         with torch.no_grad():
             model.train()(data.normalization.normalize(data.images))
         model.eval()
@@ -81,33 +89,72 @@ def main() -> None:
         for regime in ("identity", "real-data"):
             for seed in args.seeds:
                 obs, truth = make_case(regime, seed, args)
-                stats_file = str(save_batch_statistics(obs.model, obs.normalization.normalize(truth.images),
-                                                       Path(tmp) / f"{regime}{seed}.safetensors"))
+                stats_file = str(
+                    save_batch_statistics(
+                        obs.model, obs.normalization.normalize(truth.images), Path(tmp) / f"{regime}{seed}.safetensors"
+                    )
+                )
                 grey = score_images(torch.full_like(truth.images, float(truth.images.mean())), truth.images)
-                runs.append({"regime": regime, "seed": seed, "row": "grey image", "psnr": grey.mean_psnr,
-                             "ssim": grey.mean_ssim, "final_match": None})
+                runs.append(
+                    {
+                        "regime": regime,
+                        "seed": seed,
+                        "row": "grey image",
+                        "psnr": grey.mean_psnr,
+                        "ssim": grey.mean_ssim,
+                        "final_match": None,
+                    }
+                )
                 for row in ROWS:
                     t0 = time.perf_counter()
                     res = run_row(row, obs, truth, stats_file, args, seed)
                     s = score_images(res.images, truth.images)
-                    runs.append({"regime": regime, "seed": seed, "row": row, "psnr": s.mean_psnr, "ssim": s.mean_ssim,
-                                 "final_match": res.final_loss, "seconds": time.perf_counter() - t0})
-                    print(f"[{time.perf_counter() - t_start:5.0f}s] {regime} seed {seed} {row}: PSNR {s.mean_psnr:.2f} "
-                          f"SSIM {s.mean_ssim:.3f} loss {res.final_loss:.3g}", flush=True)
-    lines = ["| regime | row | PSNR (dB) | SSIM | final matching distance, median (IG: cosine; GI: Σ_l ‖·‖₂) |", "|---|---|---|---|---|"]
+                    runs.append(
+                        {
+                            "regime": regime,
+                            "seed": seed,
+                            "row": row,
+                            "psnr": s.mean_psnr,
+                            "ssim": s.mean_ssim,
+                            "final_match": res.final_loss,
+                            "seconds": time.perf_counter() - t0,
+                        }
+                    )
+                    print(
+                        f"[{time.perf_counter() - t_start:5.0f}s] {regime} seed {seed} {row}: PSNR {s.mean_psnr:.2f} "
+                        f"SSIM {s.mean_ssim:.3f} loss {res.final_loss:.3g}",
+                        flush=True,
+                    )
+    lines = [
+        "| regime | row | PSNR (dB) | SSIM | final matching distance, median (IG: cosine; GI: Σ_l ‖·‖₂) |",
+        "|---|---|---|---|---|",
+    ]
     for regime in ("identity", "real-data"):
         for row in ("grey image",) + ROWS:
             rs = [r for r in runs if r["regime"] == regime and r["row"] == row]
             ps, ss = [r["psnr"] for r in rs], [r["ssim"] for r in rs]
             loss = [r["final_match"] for r in rs if r["final_match"] is not None]
-            lines.append(f"| {regime} | {row} | {statistics.mean(ps):.2f} ± {statistics.stdev(ps):.2f} | "
-                         f"{statistics.mean(ss):.3f} | {f'{statistics.median(loss):.3g}' if loss else '–'} |")
+            lines.append(
+                f"| {regime} | {row} | {statistics.mean(ps):.2f} ± {statistics.stdev(ps):.2f} | "
+                f"{statistics.mean(ss):.3f} | {f'{statistics.median(loss):.3g}' if loss else '–'} |"
+            )
     out = Path(args.out)
-    (out / "bn_regimes.json").write_text(json.dumps({
-        "benchmark": "GradInversion BN term by regime (issue 4)", "settings": vars(args),
-        "machine": {"torch": torch.__version__, "platform": platform.platform(), "threads": torch.get_num_threads(),
-                    "load_average_at_end": os.getloadavg()},
-        "runs": runs}, indent=1))
+    (out / "bn_regimes.json").write_text(
+        json.dumps(
+            {
+                "benchmark": "GradInversion BN term by regime (issue 4)",
+                "settings": vars(args),
+                "machine": {
+                    "torch": torch.__version__,
+                    "platform": platform.platform(),
+                    "threads": torch.get_num_threads(),
+                    "load_average_at_end": os.getloadavg(),
+                },
+                "runs": runs,
+            },
+            indent=1,
+        )
+    )
     table = "\n".join(lines)
     (out / "bn_regimes_table.md").write_text(table + "\n")
     print(table)

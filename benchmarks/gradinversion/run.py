@@ -13,6 +13,7 @@ the default 0/1. The client trains in train mode (batch statistics), FedSGD, dis
 Writes ``results.json`` (every run) and ``results.md`` (summary) into ``--out``; resumable: runs
 already in ``results.json`` are skipped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ from torch import nn
 
 from gradleak.attacks import ATTACKS
 from gradleak.data import load_dataset
-from gradleak.labels import LABEL_METHODS, recover_labels
+from gradleak.labels import recover_labels
 from gradleak.metrics import label_accuracy, score_images
 from gradleak.metrics.identifiability import image_identifiability
 from gradleak.models.zoo import BasicBlock, ResNet
@@ -78,7 +79,7 @@ def build_model(data, width: int, seed: int = 0, train_steps: int = 0) -> tuple[
             info["train_accuracy"] = float((model(x_all).argmax(1) == data.labels).double().mean())
         info["bn_statistics"] = "running statistics of the brief training on the 80 photos"
         return model, info
-    for m in model.modules():                          # exact population statistics of the data
+    for m in model.modules():  # exact population statistics of the data
         if isinstance(m, nn.BatchNorm2d):
             m.reset_running_stats()
             m.momentum = None
@@ -107,8 +108,14 @@ def run_one(row: str, obs, truth, data, index, labels, args, seed: int) -> dict:
         res = ATTACKS.get("inverting_gradients")(iterations=args.iterations).run(obs, labels, generator=gen)
         outputs = {"output": res.images}
     else:
-        kw = dict(iterations=args.iterations, restarts=args.group_size, warmup=args.warmup,
-                  group_start=args.group_start, group_every=args.group_every, **GI_ROWS[row])
+        kw = dict(
+            iterations=args.iterations,
+            restarts=args.group_size,
+            warmup=args.warmup,
+            group_start=args.group_start,
+            group_every=args.group_every,
+            **GI_ROWS[row],
+        )
         if args.distance:
             kw["distance"] = args.distance
         if args.grad_weight:
@@ -119,39 +126,60 @@ def run_one(row: str, obs, truth, data, index, labels, args, seed: int) -> dict:
             kw["bn"] = args.bn
         res = ATTACKS.get("gradinversion")(**kw).run(obs, labels, generator=gen)
         outputs = {"output": res.images, **{k: v for k, v in res.stages.items()}}
-    entry = {"row": row, "batch": len(truth.labels), "seed": seed, "iterations": args.iterations,
-             "seconds": time.perf_counter() - t0, "final_loss": res.final_loss,
-             "assumptions": res.assumptions}
+    entry = {
+        "row": row,
+        "batch": len(truth.labels),
+        "seed": seed,
+        "iterations": args.iterations,
+        "seconds": time.perf_counter() - t0,
+        "final_loss": res.final_loss,
+        "assumptions": res.assumptions,
+    }
     for name, imgs in outputs.items():
         s = score_images(imgs, truth.images)
         iip = image_identifiability(obs.model, imgs, data.images, index, normalization=data.normalization)
-        entry[name] = {"psnr": s.mean_psnr, "ssim": s.mean_ssim, "iip": iip.precision,
-                       "psnr_each": s.psnr, "ssim_each": s.ssim}
+        entry[name] = {
+            "psnr": s.mean_psnr,
+            "ssim": s.mean_ssim,
+            "iip": iip.precision,
+            "psnr_each": s.psnr,
+            "ssim_each": s.ssim,
+        }
     return entry
 
 
 def summarise(runs: list[dict], args, greys: dict) -> str:
     rows = list(GI_ROWS) + ["inverting gradients"]
-    lines = ["| batch | method | PSNR (dB) | SSIM | IIP | best-seed PSNR | best-seed SSIM | runs |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| batch | method | PSNR (dB) | SSIM | IIP | best-seed PSNR | best-seed SSIM | runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for b in args.batches:
         for row in rows:
             rs = [r for r in runs if r["batch"] == b and r["row"] == row]
             if not rs:
                 continue
+
             def ms(key, sub="output"):
                 v = [r[sub][key] for r in rs if sub in r]
                 if not v:
                     return "–"
                 sd = statistics.stdev(v) if len(v) > 1 else 0.0
-                return f"{statistics.mean(v):.2f} ± {sd:.2f}" if key == "psnr" else f"{statistics.mean(v):.3f} ± {sd:.3f}"
+                return (
+                    f"{statistics.mean(v):.2f} ± {sd:.2f}" if key == "psnr" else f"{statistics.mean(v):.3f} ± {sd:.3f}"
+                )
+
             sub = "best candidate" if any("best candidate" in r for r in rs) else "output"
-            lines.append(f"| {b} | {row} | {ms('psnr')} | {ms('ssim')} | {ms('iip')} | {ms('psnr', sub)} | "
-                         f"{ms('ssim', sub)} | {len(rs)} |")
+            lines.append(
+                f"| {b} | {row} | {ms('psnr')} | {ms('ssim')} | {ms('iip')} | {ms('psnr', sub)} | "
+                f"{ms('ssim', sub)} | {len(rs)} |"
+            )
         gs = [v for k, v in greys.items() if k.startswith(f"{b}/")]
         if gs:
-            lines.append(f"| {b} | *grey image (batch mean)* | {statistics.mean(g['psnr'] for g in gs):.2f} | "
-                         f"{statistics.mean(g['ssim'] for g in gs):.3f} | – | – | – | {len(gs)} |")
+            lines.append(
+                f"| {b} | *grey image (batch mean)* | {statistics.mean(g['psnr'] for g in gs):.2f} | "
+                f"{statistics.mean(g['ssim'] for g in gs):.3f} | – | – | – | {len(gs)} |"
+            )
     return "\n".join(lines)
 
 
@@ -183,8 +211,7 @@ def main() -> None:
     prev = json.loads(path.read_text()) if path.exists() else {}
     same = ("seeds", "batches", "rows", "out")  # settings that may differ between resumed runs
     key = {k: v for k, v in vars(args).items() if k not in same}
-    runs = (prev.get("runs", []) if {k: v for k, v in prev.get("settings", {}).items() if k not in same} == key
-            else [])
+    runs = prev.get("runs", []) if {k: v for k, v in prev.get("settings", {}).items() if k not in same} == key else []
     done = {(r["row"], r["batch"], r["seed"]) for r in runs}
     rows = args.rows or (list(GI_ROWS) + ["inverting gradients"])
     label_acc, greys = {}, {}
@@ -204,19 +231,30 @@ def main() -> None:
                 entry = run_one(row, obs, truth, data, index, labels, args, seed)
                 entry["label_accuracy"] = label_acc[f"{b}/{seed}"]
                 runs.append(entry)
-                print(f"[{time.perf_counter() - t_start:7.0f}s] B={b} seed={seed} {row}: "
-                      f"PSNR {entry['output']['psnr']:.2f} SSIM {entry['output']['ssim']:.3f} "
-                      f"IIP {entry['output']['iip']:.2f} ({entry['seconds']:.0f}s)", flush=True)
+                print(
+                    f"[{time.perf_counter() - t_start:7.0f}s] B={b} seed={seed} {row}: "
+                    f"PSNR {entry['output']['psnr']:.2f} SSIM {entry['output']['ssim']:.3f} "
+                    f"IIP {entry['output']['iip']:.2f} ({entry['seconds']:.0f}s)",
+                    flush=True,
+                )
                 settings = {k: v for k, v in vars(args).items() if k != "out"}
-                result = {"schema": 1, "benchmark": "gradinversion ablation (issue 4)",
-                          "settings": settings, "label_method": label_method,
-                          "model": {"topology": f"ResNet-18, base width {args.width}", **model_info},
-                          "grey_baseline": greys,
-                          "machine": {"python": sys.version.split()[0], "torch": torch.__version__,
-                                      "platform": platform.platform(), "threads": torch.get_num_threads(),
-                                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-                                      "load_average_at_end": os.getloadavg()},
-                          "runs": runs}
+                result = {
+                    "schema": 1,
+                    "benchmark": "gradinversion ablation (issue 4)",
+                    "settings": settings,
+                    "label_method": label_method,
+                    "model": {"topology": f"ResNet-18, base width {args.width}", **model_info},
+                    "grey_baseline": greys,
+                    "machine": {
+                        "python": sys.version.split()[0],
+                        "torch": torch.__version__,
+                        "platform": platform.platform(),
+                        "threads": torch.get_num_threads(),
+                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+                        "load_average_at_end": os.getloadavg(),
+                    },
+                    "runs": runs,
+                }
                 path.write_text(json.dumps(result, indent=1))
     (out / "summary_table.md").write_text(summarise(runs, args, greys) + "\n")
     print(summarise(runs, args, greys))

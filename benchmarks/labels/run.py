@@ -17,9 +17,11 @@ batch 32, BN train) on that data set. Sizes are reduced for the 2-core budget (s
 
     python benchmarks/labels/run.py --out benchmarks/labels
     # or the two halves side by side, then merged (how the committed results were made):
-    python benchmarks/labels/run.py --only soft --out /tmp/soft & python benchmarks/labels/run.py --only count --out /tmp/count
+    python benchmarks/labels/run.py --only soft --out /tmp/soft &
+    python benchmarks/labels/run.py --only count --out /tmp/count
     python benchmarks/labels/run.py --merge /tmp/soft/results.json /tmp/count/results.json --out benchmarks/labels
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +42,7 @@ from gradleak.data import load_dataset
 from gradleak.data.dataset import Dataset
 from gradleak.errors import GradleakError
 from gradleak.labels import LABEL_METHODS
-from gradleak.metrics.labels import EXACT_TOL, exact_recovery, label_accuracy, max_abs_error
+from gradleak.metrics.labels import EXACT_TOL, label_accuracy, max_abs_error
 from gradleak.models import find_head
 from gradleak.protocols import cross_entropy
 from gradleak.scenario import Scenario, build_scenario_model, simulate
@@ -124,7 +126,7 @@ def base_model(name: str, n: int, shape, init: str, data: Dataset, steps: int, c
 
 def count_sweep(args, out: dict, save) -> None:
     cache: dict = {}
-    for mname, (kw, size) in MODELS.items():
+    for mname, (_kw, size) in MODELS.items():
         data = datasets(size)
         for init in ("random", "trained"):
             for n, ds in data.items():
@@ -133,18 +135,26 @@ def count_sweep(args, out: dict, save) -> None:
                     out["trained_models"][f"{mname}-N{n}"] = info
                 for bn in ("eval", "train"):
                     for B in (1, 8, 32, 64):
-                        for uniq in ((True,) if B == 1 else (True, False)):
-                            if uniq and B > n:
+                        for uniq in (True,) if B == 1 else (True, False):
+                            if uniq and n < B:
                                 continue
-                            cell = {"model": mname, "init": init, "classes": n, "bn": bn, "B": B,
-                                    "labels": "unique" if uniq else "repeats", "methods": {}}
+                            cell = {
+                                "model": mname,
+                                "init": init,
+                                "classes": n,
+                                "bn": bn,
+                                "B": B,
+                                "labels": "unique" if uniq else "repeats",
+                                "methods": {},
+                            }
                             acc = {m: [] for m in COUNT_METHODS}
                             secs = {m: [] for m in COUNT_METHODS}
                             refused = {m: "" for m in COUNT_METHODS}
                             t0 = time.time()
                             for t in range(args.trials):
-                                sc = Scenario(model=mname, batch_size=B, unique_labels=uniq, seed=1000 * B + t,
-                                              bn_mode=bn)
+                                sc = Scenario(
+                                    model=mname, batch_size=B, unique_labels=uniq, seed=1000 * B + t, bn_mode=bn
+                                )
                                 obs, gt = simulate(sc, dataset=ds, model=copy.deepcopy(model))
                                 for m in COUNT_METHODS:
                                     try:
@@ -156,23 +166,34 @@ def count_sweep(args, out: dict, save) -> None:
                                     secs[m].append(r.seconds)
                             for m in COUNT_METHODS:
                                 cell["methods"][m] = (
-                                    {"accuracy": statistics.mean(acc[m]), "min": min(acc[m]),
-                                     "seconds_median": statistics.median(secs[m]), "seconds_max": max(secs[m])}
-                                    if acc[m] else {"refused": refused[m]})
+                                    {
+                                        "accuracy": statistics.mean(acc[m]),
+                                        "min": min(acc[m]),
+                                        "seconds_median": statistics.median(secs[m]),
+                                        "seconds_max": max(secs[m]),
+                                    }
+                                    if acc[m]
+                                    else {"refused": refused[m]}
+                                )
                             best = max((v["accuracy"], k) for k, v in cell["methods"].items() if "accuracy" in v)
                             cell["best"] = {"method": best[1], "accuracy": best[0]}
                             cell["seconds"] = time.time() - t0
                             out["count_cells"].append(cell)
-                            print(f"{mname:8s} {init:7s} N={n:3d} bn={bn:5s} B={B:2d} {cell['labels']:7s} "
-                                  + " ".join(f"{m}={v['accuracy']:.3f}" for m, v in cell["methods"].items()
-                                             if "accuracy" in v) + f"  ({cell['seconds']:.0f}s)", flush=True)
+                            print(
+                                f"{mname:8s} {init:7s} N={n:3d} bn={bn:5s} B={B:2d} {cell['labels']:7s} "
+                                + " ".join(
+                                    f"{m}={v['accuracy']:.3f}" for m, v in cell["methods"].items() if "accuracy" in v
+                                )
+                                + f"  ({cell['seconds']:.0f}s)",
+                                flush=True,
+                            )
                             save()
 
 
 def soft_sweep(args, out: dict, save) -> None:
     cache: dict = {}
     augs = [("ls0.1", {"label_smoothing": 0.1}), ("ls0.2", {"label_smoothing": 0.2}), ("mixup", {"mixup": 0.4})]
-    for mname, (kw, size) in MODELS.items():
+    for mname, (_kw, size) in MODELS.items():
         data = datasets(size)
         inits = ("random", "kaiming", "trained") if mname == "resnet18" else ("random", "trained")
         for init in inits:
@@ -183,8 +204,9 @@ def soft_sweep(args, out: dict, save) -> None:
                     for aname, aug in augs:
                         errs, secs, refused = [], [], 0
                         for t in range(args.soft_trials):
-                            sc = Scenario(model=mname, batch_size=1, seed=7000 + t, bn_mode="eval",
-                                          unique_labels=True, **aug)
+                            sc = Scenario(
+                                model=mname, batch_size=1, seed=7000 + t, bn_mode="eval", unique_labels=True, **aug
+                            )
                             obs, gt = simulate(sc, dataset=ds, model=copy.deepcopy(m0))
                             try:
                                 r = LABEL_METHODS.get("wang2024")().recover(obs)
@@ -195,15 +217,27 @@ def soft_sweep(args, out: dict, save) -> None:
                             errs.append(max_abs_error(r.soft, gt.targets))
                             secs.append(r.seconds)
                         exact = sum(e <= EXACT_TOL for e in errs)
-                        cell = {"model": mname, "init": init, "classes": n, "bias": bias, "augmentation": aname,
-                                "trials": args.soft_trials, "exact": exact, "refused": refused,
-                                "max_abs_error_worst": max(errs), "max_abs_error_median": statistics.median(errs),
-                                "seconds_median": statistics.median(secs) if secs else None,
-                                "seconds_max": max(secs) if secs else None}
+                        cell = {
+                            "model": mname,
+                            "init": init,
+                            "classes": n,
+                            "bias": bias,
+                            "augmentation": aname,
+                            "trials": args.soft_trials,
+                            "exact": exact,
+                            "refused": refused,
+                            "max_abs_error_worst": max(errs),
+                            "max_abs_error_median": statistics.median(errs),
+                            "seconds_median": statistics.median(secs) if secs else None,
+                            "seconds_max": max(secs) if secs else None,
+                        }
                         out["soft_cells"].append(cell)
-                        print(f"wang2024 {mname:8s} {init:7s} N={n:3d} bias={bias!s:5s} {aname:6s} "
-                              f"exact {exact}/{args.soft_trials} worst err {max(errs):.1e} "
-                              f"t med {cell['seconds_median'] or 0:.4f} max {cell['seconds_max'] or 0:.4f}", flush=True)
+                        print(
+                            f"wang2024 {mname:8s} {init:7s} N={n:3d} bias={bias!s:5s} {aname:6s} "
+                            f"exact {exact}/{args.soft_trials} worst err {max(errs):.1e} "
+                            f"t med {cell['seconds_median'] or 0:.4f} max {cell['seconds_max'] or 0:.4f}",
+                            flush=True,
+                        )
                         save()
 
 
@@ -214,55 +248,92 @@ def _acc(v: dict) -> str:
 def write_markdown(out: dict, path: Path) -> None:
     """results.md: the key numbers against the issue's targets, then every cell."""
     runs = out.get("runs")
-    L = [f"# Label-recovery benchmark (issue 3) — generated by `run.py` from `results.json`", "",
-         *([f"Two processes ran side by side (`--only soft`: {runs['soft']['wall_seconds']:.0f} s; `--only count`: "
-            f"{runs['count']['wall_seconds']:.0f} s) and were merged with `--merge`.", ""] if runs else []),
-         f"Machine: {out['machine']['platform']}, torch {out['machine']['torch']}, {out['machine']['threads']} threads, "
-         f"OMP_WAIT_POLICY={out['machine']['omp_wait_policy']}, load average at start "
-         f"{', '.join(f'{x:.1f}' for x in out['machine']['load_average_start'])} (a shared 2-core machine: "
-         "other jobs ran beside this one, so seconds are pessimistic). Models: ConvNet width 16 at 32×32, "
-         "ResNet-18 (CIFAR stem) at 16×16 — reduced from width 64 / 32×32 to fit the 2-core budget. "
-         f"Trials: {out['config']['trials']} per count cell, {out['config']['soft_trials']} per soft-label cell. "
-         f"Briefly trained = {out['config']['train_steps']} SGD steps (lr 0.01, momentum 0.9, batch 32) on the "
-         "cell's data set (10 classes: bundled photos; 100 classes: the photos ×10 with random labels).", ""]
+    L = [
+        "# Label-recovery benchmark (issue 3) — generated by `run.py` from `results.json`",
+        "",
+        *(
+            [
+                f"Two processes ran side by side (`--only soft`: {runs['soft']['wall_seconds']:.0f} s; `--only count`: "
+                f"{runs['count']['wall_seconds']:.0f} s) and were merged with `--merge`.",
+                "",
+            ]
+            if runs
+            else []
+        ),
+        f"Machine: {out['machine']['platform']}, torch {out['machine']['torch']}, {out['machine']['threads']} threads, "
+        f"OMP_WAIT_POLICY={out['machine']['omp_wait_policy']}, load average at start "
+        f"{', '.join(f'{x:.1f}' for x in out['machine']['load_average_start'])} (a shared 2-core machine: "
+        "other jobs ran beside this one, so seconds are pessimistic). Models: ConvNet width 16 at 32×32, "
+        "ResNet-18 (CIFAR stem) at 16×16 — reduced from width 64 / 32×32 to fit the 2-core budget. "
+        f"Trials: {out['config']['trials']} per count cell, {out['config']['soft_trials']} per soft-label cell. "
+        f"Briefly trained = {out['config']['train_steps']} SGD steps (lr 0.01, momentum 0.9, batch 32) on the "
+        "cell's data set (10 classes: bundled photos; 100 classes: the photos ×10 with random labels).",
+        "",
+    ]
     if out["trained_models"]:
-        L += ["Trained models: " + "; ".join(f"{k}: train accuracy {v['train_accuracy']:.2f}, loss {v['final_loss']:.2f}"
-                                            for k, v in out["trained_models"].items()), ""]
+        L += [
+            "Trained models: "
+            + "; ".join(
+                f"{k}: train accuracy {v['train_accuracy']:.2f}, loss {v['final_loss']:.2f}"
+                for k, v in out["trained_models"].items()
+            ),
+            "",
+        ]
     soft = out["soft_cells"]
     if soft:
         tot = sum(c["exact"] for c in soft)
         n = sum(c["trials"] for c in soft)
         worst_t = max((c["seconds_max"] or 0) for c in soft)
-        L += ["## Exact soft labels (`wang2024`), B = 1", "",
-              f"All cells: **{tot}/{n} exact** (max-abs error ≤ {EXACT_TOL:g}), "
-              f"{sum(c['refused'] for c in soft)} refused by the necessary-condition check; worst error of an "
-              f"answered trial {max((c['max_abs_error_worst'] for c in soft if c['refused'] == 0), default=0):.1e}; worst time per recovery **{worst_t * 1000:.1f} ms** "
-              "(given the gradient).", "",
-              "| model | init | classes | bias | augmentation | exact | refused | worst error | median ms | worst ms |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        L += [
+            "## Exact soft labels (`wang2024`), B = 1",
+            "",
+            f"All cells: **{tot}/{n} exact** (max-abs error ≤ {EXACT_TOL:g}), "
+            f"{sum(c['refused'] for c in soft)} refused by the necessary-condition check; worst error of an "
+            f"answered trial {max((c['max_abs_error_worst'] for c in soft if c['refused'] == 0), default=0):.1e}; "
+            f"worst time per recovery **{worst_t * 1000:.1f} ms** "
+            "(given the gradient).",
+            "",
+            "| model | init | classes | bias | augmentation | exact | refused | worst error | median ms | worst ms |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for c in soft:
-            L.append(f"| {c['model']} | {c['init']} | {c['classes']} | {'yes' if c['bias'] else 'no'} | "
-                     f"{c['augmentation']} | {c['exact']}/{c['trials']} | {c['refused']} | "
-                     f"{c['max_abs_error_worst']:.1e} | {(c['seconds_median'] or 0) * 1000:.1f} | "
-                     f"{(c['seconds_max'] or 0) * 1000:.1f} |")
+            L.append(
+                f"| {c['model']} | {c['init']} | {c['classes']} | {'yes' if c['bias'] else 'no'} | "
+                f"{c['augmentation']} | {c['exact']}/{c['trials']} | {c['refused']} | "
+                f"{c['max_abs_error_worst']:.1e} | {(c['seconds_median'] or 0) * 1000:.1f} | "
+                f"{(c['seconds_max'] or 0) * 1000:.1f} |"
+            )
         L.append("")
     cells = out["count_cells"]
     if cells:
         methods = COUNT_METHODS
-        L += ["## Hard labels and counts (multiset accuracy, mean over trials)", "",
-              "Key cells against the issue's targets (ConvNet, 10 classes, labels with repeats; reference = the "
-              "field's framework measured here: best strategy 1.00 at B=8, 0.75 at B=32):", ""]
+        L += [
+            "## Hard labels and counts (multiset accuracy, mean over trials)",
+            "",
+            "Key cells against the issue's targets (ConvNet, 10 classes, labels with repeats; reference = the "
+            "field's framework measured here: best strategy 1.00 at B=8, 0.75 at B=32):",
+            "",
+        ]
         L += ["| model | init | BN | B | labels | best method | accuracy |", "|---|---|---|---|---|---|---|"]
         for c in cells:
             if c["classes"] == 10 and c["labels"] == "repeats" and c["B"] in (8, 32, 64):
-                L.append(f"| {c['model']} | {c['init']} | {c['bn']} | {c['B']} | {c['labels']} | "
-                         f"{c['best']['method']} | {c['best']['accuracy']:.3f} |")
-        L += ["", "Every cell (`refused` = the method declined the observation, e.g. the min rule at B > N):", "",
-              "| model | init | N | BN | B | labels | " + " | ".join(methods) + " |",
-              "|---|---|---|---|---|---|" + "---|" * len(methods)]
+                L.append(
+                    f"| {c['model']} | {c['init']} | {c['bn']} | {c['B']} | {c['labels']} | "
+                    f"{c['best']['method']} | {c['best']['accuracy']:.3f} |"
+                )
+        L += [
+            "",
+            "Every cell (`refused` = the method declined the observation, e.g. the min rule at B > N):",
+            "",
+            "| model | init | N | BN | B | labels | " + " | ".join(methods) + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(methods),
+        ]
         for c in cells:
-            L.append(f"| {c['model']} | {c['init']} | {c['classes']} | {c['bn']} | {c['B']} | {c['labels']} | "
-                     + " | ".join(_acc(c["methods"][m]) for m in methods) + " |")
+            L.append(
+                f"| {c['model']} | {c['init']} | {c['classes']} | {c['bn']} | {c['B']} | {c['labels']} | "
+                + " | ".join(_acc(c["methods"][m]) for m in methods)
+                + " |"
+            )
         L.append("")
     path.write_text("\n".join(L) + "\n")
 
@@ -276,14 +347,24 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=["count", "soft"], default=None)
     ap.add_argument("--markdown-only", action="store_true", help="rewrite results.md from results.json")
-    ap.add_argument("--merge", nargs=2, metavar=("SOFT_JSON", "COUNT_JSON"),
-                    help="combine a --only soft and a --only count run into OUT/results.json and results.md")
+    ap.add_argument(
+        "--merge",
+        nargs=2,
+        metavar=("SOFT_JSON", "COUNT_JSON"),
+        help="combine a --only soft and a --only count run into OUT/results.json and results.md",
+    )
     args = ap.parse_args()
     if args.merge:
         soft, count = (json.loads(Path(f).read_text()) for f in args.merge)
-        merged = {**count, "soft_cells": soft["soft_cells"], "partial": soft["partial"] or count["partial"],
-                  "runs": {"soft": {k: soft[k] for k in ("created", "machine", "config", "wall_seconds")},
-                           "count": {k: count[k] for k in ("created", "machine", "config", "wall_seconds")}}}
+        merged = {
+            **count,
+            "soft_cells": soft["soft_cells"],
+            "partial": soft["partial"] or count["partial"],
+            "runs": {
+                "soft": {k: soft[k] for k in ("created", "machine", "config", "wall_seconds")},
+                "count": {k: count[k] for k in ("created", "machine", "config", "wall_seconds")},
+            },
+        }
         merged["config"] = {**count["config"], "soft_trials": soft["config"]["soft_trials"], "only": None}
         merged["trained_models"] = {**soft.get("trained_models", {}), **count.get("trained_models", {})}
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -296,12 +377,24 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
-    out = {"benchmark": "labels (issue 3)", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
-                       "threads": args.threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-                       "load_average_start": os.getloadavg()},
-           "config": vars(args), "models": {k: {"kwargs": v[0], "image_size": v[1]} for k, v in MODELS.items()},
-           "trained_models": {}, "count_cells": [], "soft_cells": [], "partial": True}
+    out = {
+        "benchmark": "labels (issue 3)",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+            "load_average_start": os.getloadavg(),
+        },
+        "config": vars(args),
+        "models": {k: {"kwargs": v[0], "image_size": v[1]} for k, v in MODELS.items()},
+        "trained_models": {},
+        "count_cells": [],
+        "soft_cells": [],
+        "partial": True,
+    }
     t0 = time.time()
 
     def save() -> None:

@@ -20,6 +20,7 @@ epochs on the bundled ``photos`` data. Timing: iLRG recovery at B = 256, median 
 
 Usage: python benchmarks/labels_vs_official/run.py [--trials 5] [--official-dir DIR] [--harness DIR] [--ilrg-src DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -44,12 +44,34 @@ from gradleak.observation import Observation
 from gradleak.protocols import FedAvg, FedSGD
 
 HERE = Path(__file__).resolve().parent
-PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "coins",
-          "camera", "moon", "page", "text", "brick", "grass", "gravel", "cat"]
-CIFAR = {10: ((0.4914672374725342, 0.4822617471218109, 0.4467701315879822),
-              (0.24703224003314972, 0.24348513782024384, 0.26158785820007324)),
-         100: ((0.5071598291397095, 0.4866936206817627, 0.44120192527770996),
-               (0.2673342823982239, 0.2564384639263153, 0.2761504650115967))}
+PHOTOS = [
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "coins",
+    "camera",
+    "moon",
+    "page",
+    "text",
+    "brick",
+    "grass",
+    "gravel",
+    "cat",
+]
+CIFAR = {
+    10: (
+        (0.4914672374725342, 0.4822617471218109, 0.4467701315879822),
+        (0.24703224003314972, 0.24348513782024384, 0.26158785820007324),
+    ),
+    100: (
+        (0.5071598291397095, 0.4866936206817627, 0.44120192527770996),
+        (0.2673342823982239, 0.2564384639263153, 0.2761504650115967),
+    ),
+}
 COUNT_METHODS = ["ilrg", "llg-whitebox", "llg-bias-corrected", "llg-simple"]
 
 
@@ -60,9 +82,19 @@ class LeNet5(nn.Module):
 
     def __init__(self, num_classes: int, input_shape=(3, 32, 32)):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(input_shape[0], 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-                                  nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                                  nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(input_shape[0], 6, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(400, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+        )
         self.fc = nn.Linear(84, num_classes)
 
     def forward(self, x):
@@ -100,7 +132,7 @@ def photo_crops(n: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
         h, w = img.shape[:2]
         s = int(rng.integers(max(size, min(h, w) // 4), min(h, w) + 1))
         y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-        c = resize(img[y:y + s, x:x + s], (size, size), anti_aliasing=True, preserve_range=True)
+        c = resize(img[y : y + s, x : x + s], (size, size), anti_aliasing=True, preserve_range=True)
         out.append(np.clip(np.rint(c), 0, 255).astype(np.uint8))
     return np.stack(out)
 
@@ -139,9 +171,15 @@ def fedsgd_obs(net: nn.Module, x, y, classes: int, bn_train: bool) -> Observatio
     params = {n: p for n, p in net.named_parameters() if p.requires_grad}
     loss = nn.functional.cross_entropy(net(x), y)
     grads = torch.autograd.grad(loss, list(params.values()))
-    server = copy.deepcopy(net)   # BN in train mode updated running stats; the server's copy is what was sent
-    return Observation(model=server, update={n: g.detach() for n, g in zip(params, grads)}, protocol=FedSGD(),
-                       num_classes=classes, input_shape=(3, 32, 32), batch_size=len(y))
+    server = copy.deepcopy(net)  # BN in train mode updated running stats; the server's copy is what was sent
+    return Observation(
+        model=server,
+        update={n: g.detach() for n, g in zip(params, grads)},
+        protocol=FedSGD(),
+        num_classes=classes,
+        input_shape=(3, 32, 32),
+        batch_size=len(y),
+    )
 
 
 def fedavg_obs(net: nn.Module, x, y, classes: int, K: int, lr: float, bn_train: bool) -> Observation:
@@ -159,8 +197,14 @@ def fedavg_obs(net: nn.Module, x, y, classes: int, K: int, lr: float, bn_train: 
                 p -= lr * gg
     sent = dict(server.named_parameters())
     upd = {n: (p.detach() - sent[n].detach()) for n, p in client.named_parameters() if sent[n].requires_grad}
-    return Observation(model=server, update=upd, protocol=FedAvg(K, lr), num_classes=classes,
-                       input_shape=(3, 32, 32), batch_size=len(y))
+    return Observation(
+        model=server,
+        update=upd,
+        protocol=FedAvg(K, lr),
+        num_classes=classes,
+        input_shape=(3, 32, 32),
+        batch_size=len(y),
+    )
 
 
 def run_methods(obs: Observation, y: torch.Tensor, methods: list[str]) -> dict:
@@ -190,8 +234,12 @@ def summarise(trials: list[dict]) -> dict:
     s = {}
     for k in keys:
         accs = [t["methods"][k]["acc"] for t in trials if t["methods"].get(k, {}).get("acc") is not None]
-        s[k] = {"mean": float(np.mean(accs)) if accs else None, "min": float(np.min(accs)) if accs else None,
-                "ran": len(accs), "of": len(trials)}
+        s[k] = {
+            "mean": float(np.mean(accs)) if accs else None,
+            "min": float(np.min(accs)) if accs else None,
+            "ran": len(accs),
+            "of": len(trials),
+        }
         picks = [t["methods"][k].get("picked") for t in trials if t["methods"].get(k, {}).get("picked")]
         if picks:
             s[k]["picked"] = sorted(set(picks))
@@ -204,10 +252,16 @@ def summarise(trials: list[dict]) -> dict:
 # ------------------------------------------------------------------------------------------ official
 def official(args) -> dict:
     """The harness's three runs (eval/their init, eval/torch init, train/their init), or why they were skipped."""
-    files = {"eval_theirs": "ilrg_eval_theirs.json", "eval_torch": "ilrg_eval_torch.json",
-             "train_theirs": "ilrg_train_theirs.json"}
-    extra = {"eval_theirs": [], "eval_torch": ["--init", "torch-default"],
-             "train_theirs": ["--train-mode", "--models", "resnet18", "--classes", "10"]}
+    files = {
+        "eval_theirs": "ilrg_eval_theirs.json",
+        "eval_torch": "ilrg_eval_torch.json",
+        "train_theirs": "ilrg_train_theirs.json",
+    }
+    extra = {
+        "eval_theirs": [],
+        "eval_torch": ["--init", "torch-default"],
+        "train_theirs": ["--train-mode", "--models", "resnet18", "--classes", "10"],
+    }
     out: dict = {}
     d = Path(args.official_dir) if args.official_dir else HERE / "official"
     py = Path(os.environ.get("ANCHOR_PY", Path.home() / ".cache/anchor-labels/venv/bin/python"))
@@ -216,12 +270,23 @@ def official(args) -> dict:
         path = d / fname
         if not path.exists():
             if script is None or not script.exists() or not args.ilrg_src or not py.exists():
-                out[key] = {"skipped": "official harness, its venv or the iLRG export is absent "
-                                       f"({script or '--harness'}, {py}, --ilrg-src)"}
+                out[key] = {
+                    "skipped": "official harness, its venv or the iLRG export is absent "
+                    f"({script or '--harness'}, {py}, --ilrg-src)"
+                }
                 continue
             d.mkdir(parents=True, exist_ok=True)
-            cmd = [str(py), str(script), "--src", args.ilrg_src, "--out", str(path),
-                   "--trials", str(args.trials), *extra[key]]
+            cmd = [
+                str(py),
+                str(script),
+                "--src",
+                args.ilrg_src,
+                "--out",
+                str(path),
+                "--trials",
+                str(args.trials),
+                *extra[key],
+            ]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 out[key] = {"skipped": f"harness failed: {r.stderr[-500:]}"}
@@ -229,16 +294,26 @@ def official(args) -> dict:
         data = json.loads(path.read_text())
         labels_match = all(
             t["labels"] == np.random.default_rng(t["seed"]).integers(0, c["classes"], size=c["batch"]).tolist()
-            for c in data["cells"] for t in c["per_trial"])
-        out[key] = {"load_start": data["machine_start"]["loadavg_1_5_15"], "wall_s": data["wall_s"],
-                    "labels_match_ours": labels_match, "cells": {
-            f"{c['model']}/{c['classes']}/{c['batch']}": {"mean": c["multiset_acc_mean"], "min": c["multiset_acc_min"],
-                                                          "sym_mean": c["multiset_acc_sym_mean"],
-                                                          "mod_mean": c["multiset_acc_mod_mean"],
-                                                          "sum_pred_minus_B": c["sum_pred_minus_B"],
-                                                          "exact": c["exact_multiset_rate"],
-                                                          "median_s": c["time_recovery_s_median"]}
-            for c in data["cells"]}}
+            for c in data["cells"]
+            for t in c["per_trial"]
+        )
+        out[key] = {
+            "load_start": data["machine_start"]["loadavg_1_5_15"],
+            "wall_s": data["wall_s"],
+            "labels_match_ours": labels_match,
+            "cells": {
+                f"{c['model']}/{c['classes']}/{c['batch']}": {
+                    "mean": c["multiset_acc_mean"],
+                    "min": c["multiset_acc_min"],
+                    "sym_mean": c["multiset_acc_sym_mean"],
+                    "mod_mean": c["multiset_acc_mod_mean"],
+                    "sum_pred_minus_B": c["sum_pred_minus_B"],
+                    "exact": c["exact_multiset_rate"],
+                    "median_s": c["time_recovery_s_median"],
+                }
+                for c in data["cells"]
+            },
+        }
     return out
 
 
@@ -259,12 +334,22 @@ def fedsgd_cells(args, runs) -> list:
                         net = head_only(make_model(model, C, seed, init))
                         obs = fedsgd_obs(net, x, y, C, bn == "train")
                         trials.append({"seed": seed, "methods": run_methods(obs, y, COUNT_METHODS)})
-                    cell = {"kind": "fedsgd", "model": model, "classes": C, "batch": B, "bn": bn, "init": init,
-                            "summary": summarise(trials), "trials": trials}
+                    cell = {
+                        "kind": "fedsgd",
+                        "model": model,
+                        "classes": C,
+                        "batch": B,
+                        "bn": bn,
+                        "init": init,
+                        "summary": summarise(trials),
+                        "trials": trials,
+                    }
                     cells.append(cell)
-                    print(f"{bn:5s} {init:6s} {model:8s} C={C:3d} B={B:3d} " + " ".join(
-                        f"{k}={v['mean']:.3f}" for k, v in cell["summary"].items() if v["mean"] is not None),
-                        flush=True)
+                    print(
+                        f"{bn:5s} {init:6s} {model:8s} C={C:3d} B={B:3d} "
+                        + " ".join(f"{k}={v['mean']:.3f}" for k, v in cell["summary"].items() if v["mean"] is not None),
+                        flush=True,
+                    )
     return cells
 
 
@@ -280,9 +365,13 @@ def timing_ilrg() -> dict:
             t0 = time.perf_counter()
             res = method.recover(obs)
             secs.append(time.perf_counter() - t0)
-        timing[f"resnet18/{C}/256"] = {"median_s": float(np.median(secs)), "min_s": float(np.min(secs)),
-                                       "max_s": float(np.max(secs)), "acc": label_accuracy(y.tolist(), res.labels),
-                                       "loadavg": os.getloadavg()}
+        timing[f"resnet18/{C}/256"] = {
+            "median_s": float(np.median(secs)),
+            "min_s": float(np.min(secs)),
+            "max_s": float(np.max(secs)),
+            "acc": label_accuracy(y.tolist(), res.labels),
+            "loadavg": os.getloadavg(),
+        }
         print(f"timing B=256 C={C}: median {np.median(secs) * 1e3:.1f} ms", flush=True)
     return timing
 
@@ -293,14 +382,20 @@ def main() -> None:
     ap.add_argument("--fedavg-trials", type=int, default=5)
     ap.add_argument("--resnet-fedavg-trials", type=int, default=2)
     ap.add_argument("--official-dir", default=None)
-    ap.add_argument("--harness", default=os.environ.get("GRADLEAK_ILRG_HARNESS"),
-                    help="folder holding the official harness's run_ilrg.py (default: $GRADLEAK_ILRG_HARNESS)")
+    ap.add_argument(
+        "--harness",
+        default=os.environ.get("GRADLEAK_ILRG_HARNESS"),
+        help="folder holding the official harness's run_ilrg.py (default: $GRADLEAK_ILRG_HARNESS)",
+    )
     ap.add_argument("--ilrg-src", default=os.environ.get("ILRG_SRC"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(HERE / "results.json"))
     ap.add_argument("--report-only", action="store_true", help="reread the official files, rewrite results.md")
-    ap.add_argument("--timing-only", action="store_true", help="redo the B=256 timing under this process's "
-                    "OMP_WAIT_POLICY and add it to results.json")
+    ap.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="redo the B=256 timing under this process's OMP_WAIT_POLICY and add it to results.json",
+    )
     ap.add_argument("--only-bn-train", action="store_true", help="redo the BatchNorm-train FedSGD cells")
     args = ap.parse_args()
     if args.timing_only or args.only_bn_train:
@@ -325,19 +420,31 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t_start = time.time()
     load0 = os.getloadavg()
-    results: dict = {"schema": 1, "machine": {"cpu_count": os.cpu_count(), "threads": args.threads,
-                                              "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-                                              "torch": torch.__version__, "platform": platform.platform(),
-                                              "loadavg_start": load0},
-                     "setup": {"trials": args.trials, "seeds": "10000*model_index + 1000*class_index + "
-                               "100*batch_index + trial (models resnet18, lenet5; classes 10, 100; B 8, 32, 128)"},
-                     "cells": []}
+    results: dict = {
+        "schema": 1,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "threads": args.threads,
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "loadavg_start": load0,
+        },
+        "setup": {
+            "trials": args.trials,
+            "seeds": "10000*model_index + 1000*class_index + "
+            "100*batch_index + trial (models resnet18, lenet5; classes 10, 100; B 8, 32, 128)",
+        },
+        "cells": [],
+    }
     results["cells"] += fedsgd_cells(args, [("eval", "theirs"), ("eval", "torch"), ("train", "theirs")])
     # FedAvg: K local steps, full-batch, lr 0.05 (LeNet-5) / 0.01 (ResNet-18, BN train), B=32, 10 classes
-    for model, K, lr, bn, n in [("lenet5", 1, 0.05, "eval", args.fedavg_trials),
-                                ("lenet5", 5, 0.05, "eval", args.fedavg_trials),
-                                ("resnet18", 1, 0.01, "train", args.resnet_fedavg_trials),
-                                ("resnet18", 5, 0.01, "train", args.resnet_fedavg_trials)]:
+    for model, K, lr, bn, n in [
+        ("lenet5", 1, 0.05, "eval", args.fedavg_trials),
+        ("lenet5", 5, 0.05, "eval", args.fedavg_trials),
+        ("resnet18", 1, 0.01, "train", args.resnet_fedavg_trials),
+        ("resnet18", 5, 0.01, "train", args.resnet_fedavg_trials),
+    ]:
         trials = []
         for t in range(n):
             seed = 50000 + 100 * K + t
@@ -347,16 +454,31 @@ def main() -> None:
             m = run_methods(obs, y, ["fedavg"] + COUNT_METHODS)
             try:
                 r = LABEL_METHODS.get("fedavg")(estimate_lr=True).recover(obs)
-                m["fedavg (lr estimated)"] = {"acc": label_accuracy(y.tolist(), r.labels),
-                                              "lr_estimated": r.details["local_lr_estimated"]}
+                m["fedavg (lr estimated)"] = {
+                    "acc": label_accuracy(y.tolist(), r.labels),
+                    "lr_estimated": r.details["local_lr_estimated"],
+                }
             except GradleakError as e:
                 m["fedavg (lr estimated)"] = {"acc": None, "error": str(e)[:200]}
             trials.append({"seed": seed, "methods": m})
-        cell = {"kind": "fedavg", "model": model, "classes": 10, "batch": 32, "local_steps": K, "local_lr": lr,
-                "bn": bn, "init": "theirs", "summary": summarise(trials), "trials": trials}
+        cell = {
+            "kind": "fedavg",
+            "model": model,
+            "classes": 10,
+            "batch": 32,
+            "local_steps": K,
+            "local_lr": lr,
+            "bn": bn,
+            "init": "theirs",
+            "summary": summarise(trials),
+            "trials": trials,
+        }
         results["cells"].append(cell)
-        print(f"fedavg {model} K={K} " + " ".join(f"{k}={v['mean']:.3f}" for k, v in cell["summary"].items()
-                                                 if v["mean"] is not None), flush=True)
+        print(
+            f"fedavg {model} K={K} "
+            + " ".join(f"{k}={v['mean']:.3f}" for k, v in cell["summary"].items() if v["mean"] is not None),
+            flush=True,
+        )
     # trained models: LeNet-5 trained E epochs on the bundled photos (80 images, 10 classes), then FedSGD batches
     from gradleak.data import load_dataset
 
@@ -370,7 +492,7 @@ def main() -> None:
         for _ in range(epochs):
             perm = torch.randperm(len(xs), generator=gen)
             for i in range(0, len(xs), 16):
-                idx = perm[i:i + 16]
+                idx = perm[i : i + 16]
                 opt.zero_grad()
                 nn.functional.cross_entropy(net(xs[idx]), data.labels[idx]).backward()
                 opt.step()
@@ -382,13 +504,28 @@ def main() -> None:
                 g = torch.Generator().manual_seed(70000 + 100 * B + t)
                 idx = torch.randint(len(xs), (B,), generator=g)
                 obs = fedsgd_obs(head_only(copy.deepcopy(net)), xs[idx], data.labels[idx], 10, False)
-                trials.append({"seed": 70000 + 100 * B + t, "methods": run_methods(obs, data.labels[idx], COUNT_METHODS)})
-            cell = {"kind": "trained", "model": "lenet5", "dataset": "photos", "epochs": epochs,
-                    "train_accuracy": train_acc, "classes": 10, "batch": B, "bn": "n/a", "init": "theirs",
-                    "summary": summarise(trials), "trials": trials}
+                trials.append(
+                    {"seed": 70000 + 100 * B + t, "methods": run_methods(obs, data.labels[idx], COUNT_METHODS)}
+                )
+            cell = {
+                "kind": "trained",
+                "model": "lenet5",
+                "dataset": "photos",
+                "epochs": epochs,
+                "train_accuracy": train_acc,
+                "classes": 10,
+                "batch": B,
+                "bn": "n/a",
+                "init": "theirs",
+                "summary": summarise(trials),
+                "trials": trials,
+            }
             results["cells"].append(cell)
-            print(f"trained {epochs}ep (acc {train_acc:.2f}) B={B} " + " ".join(
-                f"{k}={v['mean']:.3f}" for k, v in cell["summary"].items() if v["mean"] is not None), flush=True)
+            print(
+                f"trained {epochs}ep (acc {train_acc:.2f}) B={B} "
+                + " ".join(f"{k}={v['mean']:.3f}" for k, v in cell["summary"].items() if v["mean"] is not None),
+                flush=True,
+            )
     results["timing_ilrg_B256"] = timing_ilrg()
     results["official"] = official(args)
     results["machine"]["loadavg_end"] = os.getloadavg()
@@ -410,65 +547,103 @@ def _fmt_off(v) -> str:
 
 def write_markdown(r: dict, path: Path) -> None:
     off = r.get("official", {})
-    lines = ["# Label recovery at scale: gradleak vs the official iLRG code", "",
-             f"Generated by `run.py` ({r['wall_s']:.0f} s; load average {r['machine']['loadavg_start'][0]:.1f} → "
-             f"{r['machine']['loadavg_end'][0]:.1f} on {r['machine']['cpu_count']} cores, {r['machine']['threads']} "
-             f"torch threads). Multiset accuracy Σ_c min(true_c, pred_c)/B, mean / min over {r['setup']['trials']} "
-             "trials; `auto` names the method it picked. gradleak's counts always sum to B. Official column: "
-             "their `multiset_acc` mean (lenient: their counts need not sum to B, and over-counting is not penalised) / "
-             "`multiset_acc_sym` mean (Σ min / max(B, Σ pred)), with Σpred − B per trial. Same seeds, labels, inputs, "
-             "architectures and init scheme as the official harness.", "",
-             "## FedSGD cells (the issue's)", "",
-             "| BN | init | model | C | B | official iLRG (lenient / sum-aware) | gradleak ilrg | llg-whitebox | llg-bias-corrected | "
-             "llg-simple | auto (picked) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Label recovery at scale: gradleak vs the official iLRG code",
+        "",
+        f"Generated by `run.py` ({r['wall_s']:.0f} s; load average {r['machine']['loadavg_start'][0]:.1f} → "
+        f"{r['machine']['loadavg_end'][0]:.1f} on {r['machine']['cpu_count']} cores, {r['machine']['threads']} "
+        f"torch threads). Multiset accuracy Σ_c min(true_c, pred_c)/B, mean / min over {r['setup']['trials']} "
+        "trials; `auto` names the method it picked. gradleak's counts always sum to B. Official column: "
+        "their `multiset_acc` mean (lenient: their counts need not sum to B, and over-counting is not penalised) / "
+        "`multiset_acc_sym` mean (Σ min / max(B, Σ pred)), with Σpred − B per trial. Same seeds, labels, inputs, "
+        "architectures and init scheme as the official harness.",
+        "",
+        "## FedSGD cells (the issue's)",
+        "",
+        "| BN | init | model | C | B | official iLRG (lenient / sum-aware) | gradleak ilrg | llg-whitebox | "
+        "llg-bias-corrected | "
+        "llg-simple | auto (picked) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in r["cells"]:
         if c["kind"] != "fedsgd":
             continue
-        key = {("eval", "theirs"): "eval_theirs", ("eval", "torch"): "eval_torch",
-               ("train", "theirs"): "train_theirs"}[(c["bn"], c["init"])]
+        key = {("eval", "theirs"): "eval_theirs", ("eval", "torch"): "eval_torch", ("train", "theirs"): "train_theirs"}[
+            (c["bn"], c["init"])
+        ]
         o = off.get(key, {}).get("cells", {}).get(f"{c['model']}/{c['classes']}/{c['batch']}")
         s = c["summary"]
         auto = s.get("auto", {})
-        lines.append(f"| {c['bn']} | {c['init']} | {c['model']} | {c['classes']} | {c['batch']} | {_fmt_off(o)} | "
-                     f"{_fmt(s.get('ilrg'))} | {_fmt(s.get('llg-whitebox'))} | {_fmt(s.get('llg-bias-corrected'))} | "
-                     f"{_fmt(s.get('llg-simple'))} | {_fmt(auto)} ({', '.join(auto.get('picked', []))}) |")
-    lines += ["", "## FedAvg (B = 32, 10 classes, full-batch local steps)", "",
-              "| model | BN | K | lr | fedavg | fedavg, lr estimated | ilrg (−Δ/(lr·K)) | llg-whitebox | "
-              "llg-bias-corrected | auto (picked) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {c['bn']} | {c['init']} | {c['model']} | {c['classes']} | {c['batch']} | {_fmt_off(o)} | "
+            f"{_fmt(s.get('ilrg'))} | {_fmt(s.get('llg-whitebox'))} | {_fmt(s.get('llg-bias-corrected'))} | "
+            f"{_fmt(s.get('llg-simple'))} | {_fmt(auto)} ({', '.join(auto.get('picked', []))}) |"
+        )
+    lines += [
+        "",
+        "## FedAvg (B = 32, 10 classes, full-batch local steps)",
+        "",
+        "| model | BN | K | lr | fedavg | fedavg, lr estimated | ilrg (−Δ/(lr·K)) | llg-whitebox | "
+        "llg-bias-corrected | auto (picked) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in r["cells"]:
         if c["kind"] != "fedavg":
             continue
         s = c["summary"]
         auto = s.get("auto", {})
-        lines.append(f"| {c['model']} | {c['bn']} | {c['local_steps']} | {c['local_lr']} | {_fmt(s.get('fedavg'))} | "
-                     f"{_fmt(s.get('fedavg (lr estimated)'))} | {_fmt(s.get('ilrg'))} | {_fmt(s.get('llg-whitebox'))} | "
-                     f"{_fmt(s.get('llg-bias-corrected'))} | {_fmt(auto)} ({', '.join(auto.get('picked', []))}) |")
-    lines += ["", "## Trained models (LeNet-5 on the bundled photos, FedSGD, eval)", "",
-              "| epochs | train acc | B | ilrg | llg-whitebox | llg-bias-corrected | llg-simple | auto (picked) |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {c['model']} | {c['bn']} | {c['local_steps']} | {c['local_lr']} | {_fmt(s.get('fedavg'))} | "
+            f"{_fmt(s.get('fedavg (lr estimated)'))} | {_fmt(s.get('ilrg'))} | {_fmt(s.get('llg-whitebox'))} | "
+            f"{_fmt(s.get('llg-bias-corrected'))} | {_fmt(auto)} ({', '.join(auto.get('picked', []))}) |"
+        )
+    lines += [
+        "",
+        "## Trained models (LeNet-5 on the bundled photos, FedSGD, eval)",
+        "",
+        "| epochs | train acc | B | ilrg | llg-whitebox | llg-bias-corrected | llg-simple | auto (picked) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in r["cells"]:
         if c["kind"] != "trained":
             continue
         s = c["summary"]
         auto = s.get("auto", {})
-        lines.append(f"| {c['epochs']} | {c['train_accuracy']:.2f} | {c['batch']} | {_fmt(s.get('ilrg'))} | "
-                     f"{_fmt(s.get('llg-whitebox'))} | {_fmt(s.get('llg-bias-corrected'))} | {_fmt(s.get('llg-simple'))} | "
-                     f"{_fmt(auto)} ({', '.join(auto.get('picked', []))}) |")
-    lines += ["", "## iLRG time at B = 256 (ResNet-18 head, `recover()` median of 21)", "",
-              "First lines: the full run (default OpenMP wait policy, other jobs loading the machine); then reruns "
-              "under the stated policy and thread count.", ""]
+        lines.append(
+            f"| {c['epochs']} | {c['train_accuracy']:.2f} | {c['batch']} | {_fmt(s.get('ilrg'))} | "
+            f"{_fmt(s.get('llg-whitebox'))} | {_fmt(s.get('llg-bias-corrected'))} | {_fmt(s.get('llg-simple'))} | "
+            f"{_fmt(auto)} ({', '.join(auto.get('picked', []))}) |"
+        )
+    lines += [
+        "",
+        "## iLRG time at B = 256 (ResNet-18 head, `recover()` median of 21)",
+        "",
+        "First lines: the full run (default OpenMP wait policy, other jobs loading the machine); then reruns "
+        "under the stated policy and thread count.",
+        "",
+    ]
     for k, v in r["timing_ilrg_B256"].items():
-        lines.append(f"- {k}: median {v['median_s'] * 1e3:.1f} ms (min {v['min_s'] * 1e3:.1f}, max "
-                     f"{v['max_s'] * 1e3:.1f}), accuracy {v['acc']:.3f}, load average {v['loadavg'][0]:.1f}")
+        lines.append(
+            f"- {k}: median {v['median_s'] * 1e3:.1f} ms (min {v['min_s'] * 1e3:.1f}, max "
+            f"{v['max_s'] * 1e3:.1f}), accuracy {v['acc']:.3f}, load average {v['loadavg'][0]:.1f}"
+        )
     for pol, tv in r.get("timing_ilrg_B256_by_policy", {}).items():
         for k, v in tv.items():
-            lines.append(f"- {k}, {pol}: median {v['median_s'] * 1e3:.1f} ms (min {v['min_s'] * 1e3:.1f}, max "
-                         f"{v['max_s'] * 1e3:.1f}), load average {v['loadavg'][0]:.1f}")
+            lines.append(
+                f"- {k}, {pol}: median {v['median_s'] * 1e3:.1f} ms (min {v['min_s'] * 1e3:.1f}, max "
+                f"{v['max_s'] * 1e3:.1f}), load average {v['loadavg'][0]:.1f}"
+            )
     lines += ["", "## Official side", ""]
     for k, v in off.items():
-        lines.append(f"- {k}: " + (v["skipped"] if "skipped" in v else
-                                   f"ran in {v['wall_s']:.0f} s, load average at start {v['load_start'][0]:.1f}; "
-                                   f"labels identical to ours: {v.get('labels_match_ours')}"))
+        lines.append(
+            f"- {k}: "
+            + (
+                v["skipped"]
+                if "skipped" in v
+                else f"ran in {v['wall_s']:.0f} s, load average at start {v['load_start'][0]:.1f}; "
+                f"labels identical to ours: {v.get('labels_match_ours')}"
+            )
+        )
     path.write_text("\n".join(lines) + "\n")
 
 

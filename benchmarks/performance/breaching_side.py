@@ -22,6 +22,7 @@ The only change to breaching's case: for a ConvNet at an image size other than 3
 input size on the server's and the user's model, so the 64×64 case can run at all (recorded in the JSON).
 Safetensors are written with a 30-line writer below (breaching's venv has no ``safetensors``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,8 +80,12 @@ def main() -> None:
     p.add_argument("--image-index", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", type=int, default=3, help="labels are (label + i) %% 10, as in the harness")
-    p.add_argument("--provide-labels", choices=("yes", "no"), default="yes",
-                   help="give the user's labels to the attack (IG); 'no' for DLG's joint label optimisation")
+    p.add_argument(
+        "--provide-labels",
+        choices=("yes", "no"),
+        default="yes",
+        help="give the user's labels to the attack (IG); 'no' for DLG's joint label optimisation",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--snapshot-every", type=int, default=10)
     p.add_argument("--export", required=True)
@@ -98,8 +103,9 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    import breaching
     from importlib.metadata import version
+
+    import breaching
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     rss_after_imports = peak_rss_mb()
@@ -118,10 +124,13 @@ def main() -> None:
                 n_in = body(torch.zeros(1, 3, args.size, args.size)).shape[1]
             inner.linear = torch.nn.Linear(n_in, cfg_case.data.classes)
             user.model.model.model.linear = torch.nn.Linear(n_in, cfg_case.data.classes)
-        adapted = (f"ConvNet head replaced by a seeded Linear({n_in}, {cfg_case.data.classes}) "
-                   f"for {args.size}x{args.size} inputs")
+        adapted = (
+            f"ConvNet head replaced by a seeded Linear({n_in}, {cfg_case.data.classes}) "
+            f"for {args.size}x{args.size} inputs"
+        )
     cfg_attack = breaching.get_attack_config(
-        args.attack, overrides=[f"optim.max_iterations={args.iters}", f"optim.callback={max(1, args.iters // 5)}"])
+        args.attack, overrides=[f"optim.max_iterations={args.iters}", f"optim.callback={max(1, args.iters // 5)}"]
+    )
     attacker = breaching.attacks.prepare_attack(server.model, server.loss, cfg_attack, setup)
     shared, payloads, true = server.run_protocol(user)
 
@@ -134,8 +143,12 @@ def main() -> None:
     with torch.no_grad():
         ref = user.model
         logits = ref(true["data"])
-    tensors = {"images01": images, "labels": torch.as_tensor(labels, dtype=torch.long), "user_inputs": true["data"],
-               "logits": logits}
+    tensors = {
+        "images01": images,
+        "labels": torch.as_tensor(labels, dtype=torch.long),
+        "user_inputs": true["data"],
+        "logits": logits,
+    }
     for i, t in enumerate(sent_p):
         tensors[f"param.{i}"] = t.detach().float()
     for i, t in enumerate(sent_b or []):
@@ -181,23 +194,47 @@ def main() -> None:
     tensors["final"] = rec["data"].detach().float()
     if snaps:
         tensors["snapshots"] = torch.stack([s[2] for s in snaps])
-    meta = dict(param_names=names_p, buffer_names=names_b, mean=list(cfg_case.data.mean), std=list(cfg_case.data.std),
-                user_mode="train" if user_mode_train else "eval", size=args.size, model=args.model)
+    meta = dict(
+        param_names=names_p,
+        buffer_names=names_b,
+        mean=list(cfg_case.data.mean),
+        std=list(cfg_case.data.std),
+        user_mode="train" if user_mode_train else "eval",
+        size=args.size,
+        model=args.model,
+    )
     write_safetensors(args.export, tensors, meta)
 
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     record = dict(
-        side="breaching", attack=args.attack, model=args.model, batch=args.batch, size=args.size,
-        image_index=args.image_index, seed=args.seed, labels=labels, labels_given=args.provide_labels == "yes",
-        iterations=n_done, stamps_rel=[s - t0 for s in stamps], closure_calls=closure_calls[0],
-        gaps=gaps, wall_s=t1 - t0,
-        snapshot_iterations=[s[0] for s in snaps], snapshot_times_rel=[s[1] - t0 for s in snaps],
+        side="breaching",
+        attack=args.attack,
+        model=args.model,
+        batch=args.batch,
+        size=args.size,
+        image_index=args.image_index,
+        seed=args.seed,
+        labels=labels,
+        labels_given=args.provide_labels == "yes",
+        iterations=n_done,
+        stamps_rel=[s - t0 for s in stamps],
+        closure_calls=closure_calls[0],
+        gaps=gaps,
+        wall_s=t1 - t0,
+        snapshot_iterations=[s[0] for s in snaps],
+        snapshot_times_rel=[s[1] - t0 for s in snaps],
         psnr_breaching_metric=float(psnr),
         rec_labels=None if rec.get("labels") is None else rec["labels"].view(-1).tolist(),
-        peak_rss_mb=peak_rss_mb(), peak_rss_before_run_mb=rss_before, peak_rss_after_imports_mb=rss_after_imports,
-        rss_end_mb=rss_now_mb(), load_before=list(load_before), load_after=list(load_after),
-        torch_threads=torch.get_num_threads(), user_bn_mode="train" if user_mode_train else "eval",
-        adapted=adapted, params=sum(p.numel() for p in model.parameters()),
+        peak_rss_mb=peak_rss_mb(),
+        peak_rss_before_run_mb=rss_before,
+        peak_rss_after_imports_mb=rss_after_imports,
+        rss_end_mb=rss_now_mb(),
+        load_before=list(load_before),
+        load_after=list(load_after),
+        torch_threads=torch.get_num_threads(),
+        user_bn_mode="train" if user_mode_train else "eval",
+        adapted=adapted,
+        params=sum(p.numel() for p in model.parameters()),
         versions=dict(torch=torch.__version__, breaching=version("breaching"), torchvision_shim=shim.split(" (")[0]),
     )
     with open(args.json, "w") as f:

@@ -15,6 +15,7 @@ From the repository root, as a module (it imports ``side_by_side``'s floor step 
     python -m benchmarks.performance.cost_curve     # full grid → results_cost_curve.{json,md}, cost_curve.png
     python -m benchmarks.performance.cost_curve --quick --out /tmp/cc   # B ∈ {1, 4}, 32 px, few iterations
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ def worker(a: argparse.Namespace) -> dict:
 
     torch.set_num_threads(a.threads)
     rss_imports = peak_rss_mb()
-    sc = Scenario(model=a.model, batch_size=a.batch, image_size=a.size, unique_labels=a.batch <= 10,
-                  bn_mode=a.bn_mode, seed=0)
+    sc = Scenario(
+        model=a.model, batch_size=a.batch, image_size=a.size, unique_labels=a.batch <= 10, bn_mode=a.bn_mode, seed=0
+    )
     obs, truth = simulate(sc)
     labels = LabelResult("given", [int(v) for v in truth.labels])
     stamps: list[float] = []
@@ -54,11 +56,12 @@ def worker(a: argparse.Namespace) -> dict:
     attack = ATTACKS.get("inverting_gradients")(iterations=n, log_every=1)
     rss_before = peak_rss_mb()
     t0 = time.perf_counter()
-    attack.run(obs, labels, generator=torch.Generator().manual_seed(0),
-               on_step=lambda s: stamps.append(time.perf_counter()))
+    attack.run(
+        obs, labels, generator=torch.Generator().manual_seed(0), on_step=lambda s: stamps.append(time.perf_counter())
+    )
     wall = time.perf_counter() - t0
     rss_attack = peak_rss_mb()
-    gaps = [b - a_ for a_, b in zip(stamps, stamps[1:])][a.warmup:]
+    gaps = [b - a_ for a_, b in zip(stamps, stamps[1:])][a.warmup :]
 
     # the floor on the same model and batch
     model = obs.model
@@ -75,11 +78,23 @@ def worker(a: argparse.Namespace) -> dict:
         if i >= a.floor_warmup:
             floor.append(time.perf_counter() - t)
     s_it = statistics.median(gaps)
-    return dict(model=a.model, batch=a.batch, size=a.size, bn_mode=a.bn_mode, iterations_timed=len(gaps),
-                s_per_it=s_it, s_per_it_min=min(gaps), wall_s=wall, floor_s=statistics.median(floor),
-                overhead_ratio=s_it / statistics.median(floor), peak_rss_mb=rss_attack,
-                rss_growth_mb=rss_attack - rss_before, rss_after_imports_mb=rss_imports,
-                threads=torch.get_num_threads(), load=list(os.getloadavg()))
+    return dict(
+        model=a.model,
+        batch=a.batch,
+        size=a.size,
+        bn_mode=a.bn_mode,
+        iterations_timed=len(gaps),
+        s_per_it=s_it,
+        s_per_it_min=min(gaps),
+        wall_s=wall,
+        floor_s=statistics.median(floor),
+        overhead_ratio=s_it / statistics.median(floor),
+        peak_rss_mb=rss_attack,
+        rss_growth_mb=rss_attack - rss_before,
+        rss_after_imports_mb=rss_imports,
+        threads=torch.get_num_threads(),
+        load=list(os.getloadavg()),
+    )
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -93,8 +108,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     colors = {"convnet": "tab:blue", "resnet18": "tab:orange"}
     for model in MODELS:
         for size in sorted({r["size"] for r in rows}):
-            pts = sorted((r["batch"], r["s_per_it"], r["peak_rss_mb"]) for r in rows
-                         if r["model"] == model and r["size"] == size)
+            pts = sorted(
+                (r["batch"], r["s_per_it"], r["peak_rss_mb"]) for r in rows if r["model"] == model and r["size"] == size
+            )
             if not pts:
                 continue
             b, s, m = zip(*pts)
@@ -118,20 +134,26 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def markdown(res: dict) -> str:
     s = res["settings"]
-    lines = [f"# gradleak cost curve{' — QUICK/SMOKE, NOT RESULTS' if res['quick'] else ''}", "",
-             f"{res['date']}; {res['machine']['cpus']} CPUs ({res['machine']['cpu_model']}), torch "
-             f"{res['machine']['torch']}, OMP_WAIT_POLICY={s['omp_wait_policy']}, {s['threads']} threads, "
-             f"BN {s['bn_mode']}; load average before {res['machine']['load_before']}, after {res['load_after']}. "
-             f"Inverting Gradients, {s['iters']} timed iterations after {s['warmup']} warm-up.", "",
-             "| model | size | batch | s/iteration | floor s | overhead | peak RSS MB | RSS growth in run MB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# gradleak cost curve{' — QUICK/SMOKE, NOT RESULTS' if res['quick'] else ''}",
+        "",
+        f"{res['date']}; {res['machine']['cpus']} CPUs ({res['machine']['cpu_model']}), torch "
+        f"{res['machine']['torch']}, OMP_WAIT_POLICY={s['omp_wait_policy']}, {s['threads']} threads, "
+        f"BN {s['bn_mode']}; load average before {res['machine']['load_before']}, after {res['load_after']}. "
+        f"Inverting Gradients, {s['iters']} timed iterations after {s['warmup']} warm-up.",
+        "",
+        "| model | size | batch | s/iteration | floor s | overhead | peak RSS MB | RSS growth in run MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | failed: {r['error']} | | | | |")
             continue
-        lines.append(f"| {MODELS[r['model']]} | {r['size']} | {r['batch']} | {r['s_per_it']:.3f} | "
-                     f"{r['floor_s']:.3f} | "
-                     f"{r['overhead_ratio']:.2f} | {r['peak_rss_mb']:.0f} | {r['rss_growth_mb']:.0f} |")
+        lines.append(
+            f"| {MODELS[r['model']]} | {r['size']} | {r['batch']} | {r['s_per_it']:.3f} | "
+            f"{r['floor_s']:.3f} | "
+            f"{r['overhead_ratio']:.2f} | {r['peak_rss_mb']:.0f} | {r['rss_growth_mb']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -171,22 +193,58 @@ def main() -> None:
         env.pop("OMP_WAIT_POLICY", None)
     import torch
 
-    res = {"schema": 1, "quick": a.quick, "about": "gradleak IG cost curve (benchmarks/performance/cost_curve.py)",
-           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "torch": torch.__version__,
-                       "python": platform.python_version(), "load_before": list(os.getloadavg())},
-           "settings": {"omp_wait_policy": "PASSIVE" if a.policy == "passive" else "unset (default)",
-                        "threads": a.threads, "bn_mode": a.bn_mode, "iters": a.iters, "warmup": a.warmup,
-                        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])},
-           "rows": []}
+    res = {
+        "schema": 1,
+        "quick": a.quick,
+        "about": "gradleak IG cost curve (benchmarks/performance/cost_curve.py)",
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "load_before": list(os.getloadavg()),
+        },
+        "settings": {
+            "omp_wait_policy": "PASSIVE" if a.policy == "passive" else "unset (default)",
+            "threads": a.threads,
+            "bn_mode": a.bn_mode,
+            "iters": a.iters,
+            "warmup": a.warmup,
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        },
+        "rows": [],
+    }
     tmp = out / ".cost_curve_point.json"
     for model in a.models.split(","):
         for size in (int(s) for s in a.sizes.split(",")):
             for batch in (int(b) for b in a.batches.split(",")):
-                cmd = [sys.executable, "-m", "benchmarks.performance.cost_curve", "--worker", "--model", model,
-                       "--batch", str(batch), "--size", str(size), "--iters", str(a.iters), "--warmup", str(a.warmup),
-                       "--floor-reps", str(a.floor_reps), "--floor-warmup", str(a.floor_warmup),
-                       "--threads", str(a.threads), "--bn-mode", a.bn_mode, "--json", str(tmp)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.performance.cost_curve",
+                    "--worker",
+                    "--model",
+                    model,
+                    "--batch",
+                    str(batch),
+                    "--size",
+                    str(size),
+                    "--iters",
+                    str(a.iters),
+                    "--warmup",
+                    str(a.warmup),
+                    "--floor-reps",
+                    str(a.floor_reps),
+                    "--floor-warmup",
+                    str(a.floor_warmup),
+                    "--threads",
+                    str(a.threads),
+                    "--bn-mode",
+                    a.bn_mode,
+                    "--json",
+                    str(tmp),
+                ]
                 t = time.perf_counter()
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(REPO))
                 if proc.returncode:
@@ -197,17 +255,23 @@ def main() -> None:
                 row = json.loads(tmp.read_text())
                 row["process_wall_s"] = time.perf_counter() - t
                 res["rows"].append(row)
-                print(f"{model} {size}px B={batch}: {row['s_per_it']:.3f} s/it (floor {row['floor_s']:.3f}), "
-                      f"peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"{model} {size}px B={batch}: {row['s_per_it']:.3f} s/it (floor {row['floor_s']:.3f}), "
+                    f"peak RSS {row['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
     tmp.unlink(missing_ok=True)
     res["load_after"] = list(os.getloadavg())
     ok = [r for r in res["rows"] if "error" not in r]
     (out / "results_cost_curve.json").write_text(json.dumps(res, indent=1))
     (out / "results_cost_curve.md").write_text(markdown(res))
     if ok:
-        plot(ok, out / "cost_curve.png",
-             f"gradleak Inverting Gradients, {res['machine']['cpus']} CPUs, {a.threads} threads, "
-             f"OMP_WAIT_POLICY {res['settings']['omp_wait_policy']}{' (QUICK, not results)' if a.quick else ''}")
+        plot(
+            ok,
+            out / "cost_curve.png",
+            f"gradleak Inverting Gradients, {res['machine']['cpus']} CPUs, {a.threads} threads, "
+            f"OMP_WAIT_POLICY {res['settings']['omp_wait_policy']}{' (QUICK, not results)' if a.quick else ''}",
+        )
     print(f"wrote {out / 'results_cost_curve.json'}, {out / 'results_cost_curve.md'}, {out / 'cost_curve.png'}")
 
 

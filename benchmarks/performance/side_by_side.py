@@ -32,6 +32,7 @@ normally); the breaching side needs the harness folder (``--harness DIR`` or ``G
     python -m benchmarks.performance.side_by_side --case ig-convnet-b1 --images 0 --iters 50
     python -m benchmarks.performance.side_by_side --smoke                  # 3 iterations a case, into /tmp
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-DEFAULT_BREACHING_PY = Path(os.environ.get(
-    "GRADLEAK_BREACHING_PYTHON", Path.home() / ".cache/anchor-breaching/venv/bin/python"))
+DEFAULT_BREACHING_PY = Path(
+    os.environ.get("GRADLEAK_BREACHING_PYTHON", Path.home() / ".cache/anchor-breaching/venv/bin/python")
+)
 # the harness's normalisation (CIFAR-10 statistics, breaching's case 1_single_image_small)
 CIFAR10_MEAN = (0.4914672374725342, 0.4822617471218109, 0.4467701315879822)
 CIFAR10_STD = (0.24703224003314972, 0.24348513782024384, 0.26158785820007324)
@@ -63,14 +65,14 @@ ATTACK = {"ig": ("inverting_gradients", "invertinggradients"), "dlg": ("dlg", "d
 @dataclass(frozen=True)
 class Case:
     name: str
-    attack: str                     # "ig" | "dlg"
-    model: str                      # breaching's name: ConvNet | ResNet18
+    attack: str  # "ig" | "dlg"
+    model: str  # breaching's name: ConvNet | ResNet18
     batch: int
     size: int = 32
     images: tuple[int, ...] = (0,)  # harness image index (0 astronaut, 1 chelsea, 2 coffee, ...); seed = index
     iters: int = 300
     restarts: int = 1
-    breaching: bool = True          # False: gradleak-only case (no breaching counterpart)
+    breaching: bool = True  # False: gradleak-only case (no breaching counterpart)
     note: str = ""
 
 
@@ -78,15 +80,42 @@ CASES = [
     Case("ig-convnet-b1", "ig", "ConvNet", 1, images=(0, 1, 2), iters=300),
     Case("ig-resnet18-b1", "ig", "ResNet18", 1, images=(0, 1, 2), iters=300),
     Case("ig-convnet-b4", "ig", "ConvNet", 4, iters=300),
-    Case("dlg-convnet-b1", "dlg", "ConvNet", 1, iters=12,
-         note="L-BFGS, up to 20 evaluations per iteration; labels optimised jointly on both sides"),
+    Case(
+        "dlg-convnet-b1",
+        "dlg",
+        "ConvNet",
+        1,
+        iters=12,
+        note="L-BFGS, up to 20 evaluations per iteration; labels optimised jointly on both sides",
+    ),
     Case("ig-resnet18-b8", "ig", "ResNet18", 8, iters=100),
-    Case("ig-convnet-b1-64px", "ig", "ConvNet", 1, size=64, iters=100,
-         note="breaching's ConvNet head is fixed to 32x32: the harness gives it a seeded head of the right size"),
-    Case("ig-resnet18-b32", "ig", "ResNet18", 32, iters=10,
-         note="for peak memory (issue 9: gradleak's no higher than breaching's); 10 iterations, PSNR not meaningful"),
-    Case("ig-convnet-b1-8restarts", "ig", "ConvNet", 1, iters=30, restarts=8, breaching=False,
-         note="gradleak only: restart throughput (8 restarts against ig-convnet-b1's one)"),
+    Case(
+        "ig-convnet-b1-64px",
+        "ig",
+        "ConvNet",
+        1,
+        size=64,
+        iters=100,
+        note="breaching's ConvNet head is fixed to 32x32: the harness gives it a seeded head of the right size",
+    ),
+    Case(
+        "ig-resnet18-b32",
+        "ig",
+        "ResNet18",
+        32,
+        iters=10,
+        note="for peak memory (issue 9: gradleak's no higher than breaching's); 10 iterations, PSNR not meaningful",
+    ),
+    Case(
+        "ig-convnet-b1-8restarts",
+        "ig",
+        "ConvNet",
+        1,
+        iters=30,
+        restarts=8,
+        breaching=False,
+        note="gradleak only: restart throughput (8 restarts against ig-convnet-b1's one)",
+    ),
 ]
 
 WATCH_ENV = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -120,8 +149,11 @@ def wait_idle(max_wait: float, limit: float = 0.05, need: int = 3) -> dict:
         quiet = quiet + 1 if busy < limit else 0
         if quiet >= need:
             break
-    return {"waited_s": round(time.time() - t0, 1), "busy_last_5s": None if busy is None else round(busy, 3),
-            "idle_reached": quiet >= need}
+    return {
+        "waited_s": round(time.time() - t0, 1),
+        "busy_last_5s": None if busy is None else round(busy, 3),
+        "idle_reached": quiet >= need,
+    }
 
 
 def median_gap(stamps: list[float], warmup: int) -> tuple[float | None, int]:
@@ -150,7 +182,7 @@ def own_images(n: int, size: int, first: int, seed: int):
         else:
             s = int(min(h, w) * rng.uniform(0.3, 1.0))
             y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
-        crop = resize(img[y:y + s, x:x + s], (size, size), anti_aliasing=True)
+        crop = resize(img[y : y + s, x : x + s], (size, size), anti_aliasing=True)
         out.append(torch.as_tensor(crop, dtype=torch.float).permute(2, 0, 1))
     return torch.stack(out).clamp(0, 1)
 
@@ -160,12 +192,11 @@ def _prepare(a: argparse.Namespace) -> dict:
     """The case as gradleak sees it: the breaching export if there is one, else gradleak's own."""
     import torch
 
+    from benchmarks.performance.weights_map import ExportedCase, load_by_order
     from gradleak.data import Dataset
     from gradleak.models import build_model
     from gradleak.normalization import Normalization
     from gradleak.scenario import Scenario, simulate
-
-    from benchmarks.performance.weights_map import ExportedCase, load_by_order
 
     size, batch = a.size, a.batch
     model = build_model(GRADLEAK_MODEL[a.model], 10, (3, size, size))
@@ -179,10 +210,13 @@ def _prepare(a: argparse.Namespace) -> dict:
             out = model(ex.user_inputs)
         norm = Normalization(tuple(ex.meta["mean"]), tuple(ex.meta["std"]))
         images, labels = ex.images01, ex.labels
-        checks = {"weights": "breaching's initial weights, mapped by order and shape",
-                  "mapped_tensors": len(pairs), "example_pairs": pairs[:2] + pairs[-1:],
-                  "max_abs_logit_diff": float((out - ex.logits).abs().max()),
-                  "max_abs_input_diff": float((norm.normalize(images) - ex.user_inputs).abs().max())}
+        checks = {
+            "weights": "breaching's initial weights, mapped by order and shape",
+            "mapped_tensors": len(pairs),
+            "example_pairs": pairs[:2] + pairs[-1:],
+            "max_abs_logit_diff": float((out - ex.logits).abs().max()),
+            "max_abs_input_diff": float((norm.normalize(images) - ex.user_inputs).abs().max()),
+        }
     else:
         torch.manual_seed(a.seed)
         model = build_model(GRADLEAK_MODEL[a.model], 10, (3, size, size))
@@ -192,8 +226,9 @@ def _prepare(a: argparse.Namespace) -> dict:
         labels = torch.tensor([(a.label + i) % 10 for i in range(batch)])
         ex = None
     model.train(bn_mode == "train")
-    data = Dataset("breaching-harness-images", images.float().contiguous(), labels.long(),
-                   tuple(str(i) for i in range(10)), norm)
+    data = Dataset(
+        "breaching-harness-images", images.float().contiguous(), labels.long(), tuple(str(i) for i in range(10)), norm
+    )
     sc = Scenario(model=GRADLEAK_MODEL[a.model], batch_size=batch, unique_labels=False, bn_mode=bn_mode, seed=a.seed)
     obs, truth = simulate(sc, dataset=data, model=model)
     if ex is not None:  # the gradient gradleak's client computed against the one breaching's user shared
@@ -214,10 +249,10 @@ def _prepare(a: argparse.Namespace) -> dict:
 
 def worker_gradleak(a: argparse.Namespace) -> dict:
     import torch
+    from safetensors.torch import save_file
 
     from gradleak.attacks import ATTACKS
     from gradleak.labels import LabelResult
-    from safetensors.torch import save_file
 
     torch.set_num_threads(a.threads)
     rss_imports = peak_rss_mb()
@@ -267,14 +302,34 @@ def worker_gradleak(a: argparse.Namespace) -> dict:
         tensors["snapshots"] = torch.stack([obs.normalization.denormalize(s[2][best]) for s in snaps]).contiguous()
     save_file(tensors, a.out_tensors)
     return dict(
-        side="gradleak", attack=name, model=a.model, batch=a.batch, size=a.size, restarts=a.restarts,
-        image_index=a.image_index, seed=a.seed, labels=[int(v) for v in truth.labels], bn_mode=prep["bn_mode"],
-        iterations=res.iterations, stamps_rel=[t - t0 for _, t in stamps], stamp_iterations=[i for i, _ in stamps],
-        wall_s=t1 - t0, attack_seconds=res.seconds, final_loss=res.final_loss, rec_labels=res.labels,
-        snapshot_hook=hook, snapshot_iterations=[s[0] for s in snaps], snapshot_times_rel=[s[1] - t0 for s in snaps],
-        peak_rss_mb=peak_rss_mb(), peak_rss_before_run_mb=rss_before, peak_rss_after_imports_mb=rss_imports,
-        load_before=list(load_before), load_after=list(os.getloadavg()), torch_threads=torch.get_num_threads(),
-        checks=prep["checks"], params=sum(p.numel() for p in prep["model"].parameters()),
+        side="gradleak",
+        attack=name,
+        model=a.model,
+        batch=a.batch,
+        size=a.size,
+        restarts=a.restarts,
+        image_index=a.image_index,
+        seed=a.seed,
+        labels=[int(v) for v in truth.labels],
+        bn_mode=prep["bn_mode"],
+        iterations=res.iterations,
+        stamps_rel=[t - t0 for _, t in stamps],
+        stamp_iterations=[i for i, _ in stamps],
+        wall_s=t1 - t0,
+        attack_seconds=res.seconds,
+        final_loss=res.final_loss,
+        rec_labels=res.labels,
+        snapshot_hook=hook,
+        snapshot_iterations=[s[0] for s in snaps],
+        snapshot_times_rel=[s[1] - t0 for s in snaps],
+        peak_rss_mb=peak_rss_mb(),
+        peak_rss_before_run_mb=rss_before,
+        peak_rss_after_imports_mb=rss_imports,
+        load_before=list(load_before),
+        load_after=list(os.getloadavg()),
+        torch_threads=torch.get_num_threads(),
+        checks=prep["checks"],
+        params=sum(p.numel() for p in prep["model"].parameters()),
         config=res.config,
     )
 
@@ -317,10 +372,22 @@ def worker_floor(a: argparse.Namespace) -> dict:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return dict(side="floor", model=a.model, batch=a.batch, size=a.size, bn_mode=prep["bn_mode"],
-                reps=len(times), warmup=a.floor_warmup, s_median=statistics.median(times), s_min=min(times),
-                s_all=times, peak_rss_mb=peak_rss_mb(), peak_rss_before_run_mb=rss_before,
-                torch_threads=torch.get_num_threads(), checks=prep["checks"])
+    return dict(
+        side="floor",
+        model=a.model,
+        batch=a.batch,
+        size=a.size,
+        bn_mode=prep["bn_mode"],
+        reps=len(times),
+        warmup=a.floor_warmup,
+        s_median=statistics.median(times),
+        s_min=min(times),
+        s_all=times,
+        peak_rss_mb=peak_rss_mb(),
+        peak_rss_before_run_mb=rss_before,
+        torch_threads=torch.get_num_threads(),
+        checks=prep["checks"],
+    )
 
 
 # ============================================================================== orchestration
@@ -334,9 +401,13 @@ def run_process(cmd: list[str], env: dict, log: Path) -> dict:
     own = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
     busy = (st1[0] - st0[0]) / hz
     wall = t1 - t0
-    return {"rc": rc, "process_wall_s": round(wall, 2), "own_cpu_s": round(own, 2),
-            "others_cpu_fraction": round(max(0.0, busy - own) / (wall * ncpu), 3),
-            "steal_fraction": round((st1[1] - st0[1]) / hz / (wall * ncpu), 3)}
+    return {
+        "rc": rc,
+        "process_wall_s": round(wall, 2),
+        "own_cpu_s": round(own, 2),
+        "others_cpu_fraction": round(max(0.0, busy - own) / (wall * ncpu), 3),
+        "steal_fraction": round((st1[1] - st0[1]) / hz / (wall * ncpu), 3),
+    }
 
 
 def psnr_curve(snapshots, truth) -> list[dict]:
@@ -365,14 +436,13 @@ def value_at(curve: list[float], times: list[float], t: float, final: float, wal
     return before[-1] if before else None
 
 
-def score_run(case: Case, work: Path, tag: str, b: dict | None, g: dict | None, fl: dict | None,
-              warmup: int) -> dict:
+def score_run(case: Case, work: Path, tag: str, b: dict | None, g: dict | None, fl: dict | None, warmup: int) -> dict:
     """Everything derived for one image: scoring both sides with gradleak's metrics, offline."""
-    from gradleak.metrics import score_images
-    from gradleak.normalization import Normalization
     from safetensors.torch import load_file
 
     from benchmarks.performance.weights_map import ExportedCase
+    from gradleak.metrics import score_images
+    from gradleak.normalization import Normalization
 
     row: dict = {}
     if g is not None:
@@ -381,31 +451,55 @@ def score_run(case: Case, work: Path, tag: str, b: dict | None, g: dict | None, 
         fin = score_images(gt["final"], truth)
         s_it, n_timed = median_gap(g["stamps_rel"], warmup)
         g_curve = psnr_curve(gt["snapshots"], truth) if "snapshots" in gt else []
-        row["gradleak"] = {"s_per_it_median": s_it, "timed_iterations": n_timed, "wall_s": g["wall_s"],
-                           "psnr": fin.mean_psnr, "ssim": fin.mean_ssim, "psnr_per_image": fin.psnr,
-                           "peak_rss_mb": g["peak_rss_mb"],
-                           "rss_growth_during_run_mb": g["peak_rss_mb"] - g["peak_rss_before_run_mb"],
-                           "curve": [{"iteration": i, "t_s": t, **c} for i, t, c in
-                                     zip(g["snapshot_iterations"], g["snapshot_times_rel"], g_curve)],
-                           "checks": g["checks"], "iterations": g["iterations"], "labels": g["labels"]}
+        row["gradleak"] = {
+            "s_per_it_median": s_it,
+            "timed_iterations": n_timed,
+            "wall_s": g["wall_s"],
+            "psnr": fin.mean_psnr,
+            "ssim": fin.mean_ssim,
+            "psnr_per_image": fin.psnr,
+            "peak_rss_mb": g["peak_rss_mb"],
+            "rss_growth_during_run_mb": g["peak_rss_mb"] - g["peak_rss_before_run_mb"],
+            "curve": [
+                {"iteration": i, "t_s": t, **c}
+                for i, t, c in zip(g["snapshot_iterations"], g["snapshot_times_rel"], g_curve)
+            ],
+            "checks": g["checks"],
+            "iterations": g["iterations"],
+            "labels": g["labels"],
+        }
     if b is not None:
         ex = ExportedCase.read(work / f"{tag}.breaching.safetensors")
         norm = Normalization(tuple(ex.meta["mean"]), tuple(ex.meta["std"]))
         truth_b = ex.images01
         fin_b = score_images(norm.denormalize(ex.final).clamp(0, 1), truth_b)
         b_curve = psnr_curve(norm.denormalize(ex.snapshots).clamp(0, 1), truth_b) if ex.snapshots is not None else []
-        s_it = statistics.median(b["gaps"][min(warmup, len(b["gaps"]) // 3):]) if b["gaps"] else None
-        row["breaching"] = {"s_per_it_median": s_it, "wall_s": b["wall_s"], "psnr": fin_b.mean_psnr,
-                            "ssim": fin_b.mean_ssim, "psnr_per_image": fin_b.psnr,
-                            "psnr_breaching_metric": b["psnr_breaching_metric"], "peak_rss_mb": b["peak_rss_mb"],
-                            "rss_growth_during_run_mb": b["peak_rss_mb"] - b["peak_rss_before_run_mb"],
-                            "closure_calls_per_it": b["closure_calls"] / max(1, b["iterations"]),
-                            "curve": [{"iteration": i, "t_s": t, **c} for i, t, c in
-                                      zip(b["snapshot_iterations"], b["snapshot_times_rel"], b_curve)],
-                            "iterations": b["iterations"], "labels": b["labels"], "adapted": b.get("adapted")}
+        s_it = statistics.median(b["gaps"][min(warmup, len(b["gaps"]) // 3) :]) if b["gaps"] else None
+        row["breaching"] = {
+            "s_per_it_median": s_it,
+            "wall_s": b["wall_s"],
+            "psnr": fin_b.mean_psnr,
+            "ssim": fin_b.mean_ssim,
+            "psnr_per_image": fin_b.psnr,
+            "psnr_breaching_metric": b["psnr_breaching_metric"],
+            "peak_rss_mb": b["peak_rss_mb"],
+            "rss_growth_during_run_mb": b["peak_rss_mb"] - b["peak_rss_before_run_mb"],
+            "closure_calls_per_it": b["closure_calls"] / max(1, b["iterations"]),
+            "curve": [
+                {"iteration": i, "t_s": t, **c}
+                for i, t, c in zip(b["snapshot_iterations"], b["snapshot_times_rel"], b_curve)
+            ],
+            "iterations": b["iterations"],
+            "labels": b["labels"],
+            "adapted": b.get("adapted"),
+        }
     if fl is not None:
-        row["floor"] = {"s_median": fl["s_median"], "s_min": fl["s_min"], "reps": fl["reps"],
-                        "peak_rss_mb": fl["peak_rss_mb"]}
+        row["floor"] = {
+            "s_median": fl["s_median"],
+            "s_min": fl["s_min"],
+            "reps": fl["reps"],
+            "peak_rss_mb": fl["peak_rss_mb"],
+        }
     gr, br = row.get("gradleak"), row.get("breaching")
     d: dict = {}
     if gr and fl and gr["s_per_it_median"] and case.attack == "ig":
@@ -421,8 +515,7 @@ def score_run(case: Case, work: Path, tag: str, b: dict | None, g: dict | None, 
         d["gradleak_time_to_breaching_psnr_s"] = hit[1] if hit else None
         d["time_to_psnr_vs_breaching_wall"] = hit[1] / br["wall_s"] if hit else None
         d["gradleak_best_psnr_if_not_reached"] = None if hit else max(curve)
-        d["gradleak_psnr_at_breaching_wall"] = value_at(curve[:-1], times[:-1], br["wall_s"], gr["psnr"],
-                                                        gr["wall_s"])
+        d["gradleak_psnr_at_breaching_wall"] = value_at(curve[:-1], times[:-1], br["wall_s"], gr["psnr"], gr["wall_s"])
         bc = [c["psnr"] for c in br["curve"]]
         bt = [c["t_s"] for c in br["curve"]]
         d["breaching_psnr_at_gradleak_wall"] = value_at(bc, bt, gr["wall_s"], br["psnr"], br["wall_s"])
@@ -439,19 +532,31 @@ def summarise(case: Case, runs: list[dict]) -> dict:
         vals = [r[path[0]][path[1]] for r in runs if path[0] in r and r[path[0]].get(path[1]) is not None]
         return statistics.median(vals) if vals else None
 
-    out = {k: med(p) for k, p in {
-        "breaching_s_per_it": ("breaching", "s_per_it_median"), "gradleak_s_per_it": ("gradleak", "s_per_it_median"),
-        "floor_s": ("floor", "s_median"), "breaching_wall_s": ("breaching", "wall_s"),
-        "gradleak_wall_s": ("gradleak", "wall_s"), "breaching_psnr": ("breaching", "psnr"),
-        "gradleak_psnr": ("gradleak", "psnr"), "breaching_ssim": ("breaching", "ssim"),
-        "gradleak_ssim": ("gradleak", "ssim"), "breaching_peak_rss_mb": ("breaching", "peak_rss_mb"),
-        "gradleak_peak_rss_mb": ("gradleak", "peak_rss_mb"), "overhead_ratio": ("derived", "overhead_ratio"),
-        "time_to_psnr_vs_breaching_wall": ("derived", "time_to_psnr_vs_breaching_wall"),
-        "gradleak_time_to_breaching_psnr_s": ("derived", "gradleak_time_to_breaching_psnr_s"),
-        "gradleak_psnr_at_breaching_wall": ("derived", "gradleak_psnr_at_breaching_wall"),
-    }.items()}
-    reached = [r["derived"].get("gradleak_time_to_breaching_psnr_s") is not None for r in runs
-               if "breaching_final_psnr" in r.get("derived", {})]
+    out = {
+        k: med(p)
+        for k, p in {
+            "breaching_s_per_it": ("breaching", "s_per_it_median"),
+            "gradleak_s_per_it": ("gradleak", "s_per_it_median"),
+            "floor_s": ("floor", "s_median"),
+            "breaching_wall_s": ("breaching", "wall_s"),
+            "gradleak_wall_s": ("gradleak", "wall_s"),
+            "breaching_psnr": ("breaching", "psnr"),
+            "gradleak_psnr": ("gradleak", "psnr"),
+            "breaching_ssim": ("breaching", "ssim"),
+            "gradleak_ssim": ("gradleak", "ssim"),
+            "breaching_peak_rss_mb": ("breaching", "peak_rss_mb"),
+            "gradleak_peak_rss_mb": ("gradleak", "peak_rss_mb"),
+            "overhead_ratio": ("derived", "overhead_ratio"),
+            "time_to_psnr_vs_breaching_wall": ("derived", "time_to_psnr_vs_breaching_wall"),
+            "gradleak_time_to_breaching_psnr_s": ("derived", "gradleak_time_to_breaching_psnr_s"),
+            "gradleak_psnr_at_breaching_wall": ("derived", "gradleak_psnr_at_breaching_wall"),
+        }.items()
+    }
+    reached = [
+        r["derived"].get("gradleak_time_to_breaching_psnr_s") is not None
+        for r in runs
+        if "breaching_final_psnr" in r.get("derived", {})
+    ]
     out["reached_breaching_psnr"] = f"{sum(reached)}/{len(reached)}" if reached else None
     out["images"] = len(runs)
     return out
@@ -469,17 +574,38 @@ def targets(cases: list[dict]) -> list[dict]:
         rows.append({"target": f"overhead vs floor, {name}", "want": "<= 1.15", "value": get(name, "overhead_ratio")})
     for name in ("ig-convnet-b1", "ig-resnet18-b1"):
         v = get(name, "time_to_psnr_vs_breaching_wall")
-        rows.append({"target": f"time to breaching's PSNR / breaching's wall, {name} (median over images)",
-                     "want": "<= 0.20", "value": v, "reached": get(name, "reached_breaching_psnr")})
+        rows.append(
+            {
+                "target": f"time to breaching's PSNR / breaching's wall, {name} (median over images)",
+                "want": "<= 0.20",
+                "value": v,
+                "reached": get(name, "reached_breaching_psnr"),
+            }
+        )
         g, b = get(name, "gradleak_psnr_at_breaching_wall"), get(name, "breaching_psnr")
-        rows.append({"target": f"gradleak PSNR at breaching's wall - breaching's final PSNR, {name} (dB)",
-                     "want": ">= 0", "value": None if g is None or b is None else g - b})
+        rows.append(
+            {
+                "target": f"gradleak PSNR at breaching's wall - breaching's final PSNR, {name} (dB)",
+                "want": ">= 0",
+                "value": None if g is None or b is None else g - b,
+            }
+        )
     r8, r1 = get("ig-convnet-b1-8restarts", "gradleak_s_per_it"), get("ig-convnet-b1", "gradleak_s_per_it")
-    rows.append({"target": "8 restarts / 1 restart, s/iteration, ConvNet B=1", "want": "<= 3",
-                 "value": None if r8 is None or r1 is None else r8 / r1})
+    rows.append(
+        {
+            "target": "8 restarts / 1 restart, s/iteration, ConvNet B=1",
+            "want": "<= 3",
+            "value": None if r8 is None or r1 is None else r8 / r1,
+        }
+    )
     g, b = get("ig-resnet18-b32", "gradleak_peak_rss_mb"), get("ig-resnet18-b32", "breaching_peak_rss_mb")
-    rows.append({"target": "peak RSS gradleak / breaching, ResNet-18 B=32", "want": "<= 1",
-                 "value": None if g is None or b is None else g / b})
+    rows.append(
+        {
+            "target": "peak RSS gradleak / breaching, ResNet-18 B=32",
+            "want": "<= 1",
+            "value": None if g is None or b is None else g / b,
+        }
+    )
     return rows
 
 
@@ -490,15 +616,42 @@ def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_brea
     record["load_before"] = list(os.getloadavg())
     for idx in case.images:
         tag = f"{case.name}.img{idx}"
-        common = ["--model", case.model, "--batch", str(case.batch), "--size", str(case.size),
-                  "--iters", str(case.iters), "--image-index", str(idx), "--seed", str(idx),
-                  "--threads", str(a.threads), "--snapshot-every", str(a.snapshot_every)]
+        common = [
+            "--model",
+            case.model,
+            "--batch",
+            str(case.batch),
+            "--size",
+            str(case.size),
+            "--iters",
+            str(case.iters),
+            "--image-index",
+            str(idx),
+            "--seed",
+            str(idx),
+            "--threads",
+            str(a.threads),
+            "--snapshot-every",
+            str(a.snapshot_every),
+        ]
         b = g = fl = None
         case_file = work / f"{tag}.breaching.safetensors"
         if have_breaching and case.breaching:
-            cmd = [str(a.breaching_python), str(HERE / "breaching_side.py"), "--harness", str(a.harness),
-                   "--attack", ATTACK[case.attack][1], "--provide-labels", "no" if case.attack == "dlg" else "yes",
-                   "--export", str(case_file), "--json", str(work / f"{tag}.breaching.json"), *common]
+            cmd = [
+                str(a.breaching_python),
+                str(HERE / "breaching_side.py"),
+                "--harness",
+                str(a.harness),
+                "--attack",
+                ATTACK[case.attack][1],
+                "--provide-labels",
+                "no" if case.attack == "dlg" else "yes",
+                "--export",
+                str(case_file),
+                "--json",
+                str(work / f"{tag}.breaching.json"),
+                *common,
+            ]
             p = run_process(cmd, env, work / f"{tag}.breaching.log")
             record["processes"].append({"image": idx, "side": "breaching", **p})
             if p["rc"] == 0:
@@ -512,12 +665,30 @@ def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_brea
             if side == "floor" and case.restarts > 1:
                 continue
             out_json = work / f"{tag}.{side}.json"
-            cmd = [sys.executable, "-m", "benchmarks.performance.side_by_side", "--worker", side,
-                   "--attack", case.attack, "--restarts", str(case.restarts), "--case-file", str(source),
-                   "--out-json", str(out_json),
-                   "--out-tensors", str(work / f"{tag}.gradleak.safetensors"),
-                   "--floor-reps", str(a.floor_reps), "--floor-warmup", str(a.floor_warmup),
-                   "--floor-max-seconds", str(a.floor_max_seconds), *common]
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.performance.side_by_side",
+                "--worker",
+                side,
+                "--attack",
+                case.attack,
+                "--restarts",
+                str(case.restarts),
+                "--case-file",
+                str(source),
+                "--out-json",
+                str(out_json),
+                "--out-tensors",
+                str(work / f"{tag}.gradleak.safetensors"),
+                "--floor-reps",
+                str(a.floor_reps),
+                "--floor-warmup",
+                str(a.floor_warmup),
+                "--floor-max-seconds",
+                str(a.floor_max_seconds),
+                *common,
+            ]
             p = run_process(cmd, env, work / f"{tag}.{side}.log")
             record["processes"].append({"image": idx, "side": side, **p})
             if p["rc"] != 0:
@@ -532,10 +703,13 @@ def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_brea
         row["image_index"] = idx
         record["runs"].append(row)
         gr, br, d = row.get("gradleak", {}), row.get("breaching", {}), row["derived"]
-        print(f"  {tag}: gradleak {fmt(gr.get('s_per_it_median'), 3)} s/it, PSNR {fmt(gr.get('psnr'), 2)}; "
-              f"breaching {fmt(br.get('s_per_it_median'), 3)} s/it, PSNR {fmt(br.get('psnr'), 2)}; "
-              f"floor {fmt(row.get('floor', {}).get('s_median'), 3)} s; "
-              f"time-to-breaching-PSNR/breaching-wall {fmt(d.get('time_to_psnr_vs_breaching_wall'), 2)}", flush=True)
+        print(
+            f"  {tag}: gradleak {fmt(gr.get('s_per_it_median'), 3)} s/it, PSNR {fmt(gr.get('psnr'), 2)}; "
+            f"breaching {fmt(br.get('s_per_it_median'), 3)} s/it, PSNR {fmt(br.get('psnr'), 2)}; "
+            f"floor {fmt(row.get('floor', {}).get('s_median'), 3)} s; "
+            f"time-to-breaching-PSNR/breaching-wall {fmt(d.get('time_to_psnr_vs_breaching_wall'), 2)}",
+            flush=True,
+        )
     record["load_after"] = list(os.getloadavg())
     record["summary"] = summarise(case, record["runs"])
     return record
@@ -551,29 +725,35 @@ def fmt(v, nd: int = 2) -> str:
 
 def markdown(results: dict) -> str:
     m = results["machine"]
-    lines = [f"# gradleak vs breaching 0.1.2, side by side{' — SMOKE TEST, NOT RESULTS' if results['smoke'] else ''}",
-             "",
-             f"{results['date']}; {m['cpus']} CPUs ({m['cpu_model']}), torch {m['torch']}, "
-             f"OMP_WAIT_POLICY={results['settings']['omp_wait_policy']}, {results['settings']['threads']} threads; "
-             f"load average before {m['load_before']}, after {results['load_after']}. "
-             + ("Same images, weights (breaching's, mapped), labels, BN mode (eval) and budget on both sides; "
-              "PSNR/SSIM by gradleak's metrics for both (best assignment). Medians over the case's images."
-              if results["settings"]["breaching_side"] else
-              "breaching side SKIPPED (not installed or --no-breaching): gradleak alone, its own seeded weights, "
-              "the same kind of images. Medians over the case's images."),
-             "",
-             "| case | images | iters | s/it breaching | s/it gradleak | floor s | overhead | PSNR breaching | "
-             "PSNR gradleak | SSIM b / g | wall b / g s | time to b's PSNR (÷ b wall) | g PSNR at b wall | "
-             "peak RSS b / g MB | others' CPU |",
-             "|" + "---|" * 15]
+    lines = [
+        f"# gradleak vs breaching 0.1.2, side by side{' — SMOKE TEST, NOT RESULTS' if results['smoke'] else ''}",
+        "",
+        f"{results['date']}; {m['cpus']} CPUs ({m['cpu_model']}), torch {m['torch']}, "
+        f"OMP_WAIT_POLICY={results['settings']['omp_wait_policy']}, {results['settings']['threads']} threads; "
+        f"load average before {m['load_before']}, after {results['load_after']}. "
+        + (
+            "Same images, weights (breaching's, mapped), labels, BN mode (eval) and budget on both sides; "
+            "PSNR/SSIM by gradleak's metrics for both (best assignment). Medians over the case's images."
+            if results["settings"]["breaching_side"]
+            else "breaching side SKIPPED (not installed or --no-breaching): gradleak alone, its own seeded weights, "
+            "the same kind of images. Medians over the case's images."
+        ),
+        "",
+        "| case | images | iters | s/it breaching | s/it gradleak | floor s | overhead | PSNR breaching | "
+        "PSNR gradleak | SSIM b / g | wall b / g s | time to b's PSNR (÷ b wall) | g PSNR at b wall | "
+        "peak RSS b / g MB | others' CPU |",
+        "|" + "---|" * 15,
+    ]
     for c in results["cases"]:
         s, case = c["summary"], c["case"]
         others = max((p["others_cpu_fraction"] for p in c["processes"]), default=None)
         ttp = s["gradleak_time_to_breaching_psnr_s"]
         reach = "—"
         if s["reached_breaching_psnr"]:
-            reach = (f"{fmt(ttp, 1)} s ({fmt(s['time_to_psnr_vs_breaching_wall'], 2)}; "
-                     f"reached {s['reached_breaching_psnr']})")
+            reach = (
+                f"{fmt(ttp, 1)} s ({fmt(s['time_to_psnr_vs_breaching_wall'], 2)}; "
+                f"reached {s['reached_breaching_psnr']})"
+            )
         lines.append(
             f"| {case['name']} | {s['images']} | {case['iters']} | {fmt(s['breaching_s_per_it'], 3)} | "
             f"{fmt(s['gradleak_s_per_it'], 3)} | {fmt(s['floor_s'], 3)} | {fmt(s['overhead_ratio'], 2)} | "
@@ -581,21 +761,32 @@ def markdown(results: dict) -> str:
             f"{fmt(s['breaching_ssim'], 3)} / {fmt(s['gradleak_ssim'], 3)} | "
             f"{fmt(s['breaching_wall_s'], 1)} / {fmt(s['gradleak_wall_s'], 1)} | {reach} | "
             f"{fmt(s['gradleak_psnr_at_breaching_wall'])} | "
-            f"{fmt(s['breaching_peak_rss_mb'], 0)} / {fmt(s['gradleak_peak_rss_mb'], 0)} | {fmt(others, 3)} |")
-    lines += ["", "overhead = gradleak s/iteration ÷ (floor × restarts); floor = bare PyTorch matching step "
-              "(forward, grad with create_graph, cosine, backward to the input). 'time to b's PSNR' = gradleak's "
-              "wall time until its PSNR first reaches breaching's final PSNR (snapshots every "
-              f"{results['settings']['snapshot_every']} iterations). 'others' CPU' = the largest share of the "
-              "machine other processes took during any of the case's processes."]
+            f"{fmt(s['breaching_peak_rss_mb'], 0)} / {fmt(s['gradleak_peak_rss_mb'], 0)} | {fmt(others, 3)} |"
+        )
+    lines += [
+        "",
+        "overhead = gradleak s/iteration ÷ (floor × restarts); floor = bare PyTorch matching step "
+        "(forward, grad with create_graph, cosine, backward to the input). 'time to b's PSNR' = gradleak's "
+        "wall time until its PSNR first reaches breaching's final PSNR (snapshots every "
+        f"{results['settings']['snapshot_every']} iterations). 'others' CPU' = the largest share of the "
+        "machine other processes took during any of the case's processes.",
+    ]
     lines += ["", "## Issue 9's targets", "", "| target | want | measured |", "|---|---|---|"]
     for t in results.get("targets", []):
         extra = f" (reached on {t['reached']} images)" if t.get("reached") else ""
         lines.append(f"| {t['target']} | {t['want']} | {fmt(t['value'], 2)}{extra} |")
-    checks = [(c["case"]["name"], r["image_index"], r["gradleak"]["checks"]) for c in results["cases"]
-              for r in c["runs"] if "gradleak" in r]
+    checks = [
+        (c["case"]["name"], r["image_index"], r["gradleak"]["checks"])
+        for c in results["cases"]
+        for r in c["runs"]
+        if "gradleak" in r
+    ]
     if checks:
-        lines += ["", "Same weights on both sides (gradleak's model with breaching's weights): max |Δlogits|, "
-                  "gradient cosine:", ""]
+        lines += [
+            "",
+            "Same weights on both sides (gradleak's model with breaching's weights): max |Δlogits|, gradient cosine:",
+            "",
+        ]
         for name, idx, ch in checks:
             if "max_abs_logit_diff" in ch:
                 lines.append(f"- {name} img{idx}: {ch['max_abs_logit_diff']:.2e}, {ch['gradient_cosine']:.6f}")
@@ -626,8 +817,11 @@ def orchestrate(a: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(a.work or tempfile.mkdtemp(prefix="gradleak-sbs-"))
     work.mkdir(parents=True, exist_ok=True)
-    have = (Path(a.breaching_python).exists() and a.harness is not None
-            and (Path(a.harness) / "run_breaching_baseline.py").exists())
+    have = (
+        Path(a.breaching_python).exists()
+        and a.harness is not None
+        and (Path(a.harness) / "run_breaching_baseline.py").exists()
+    )
     if a.no_breaching:
         have = False
     env = dict(os.environ)
@@ -636,22 +830,39 @@ def orchestrate(a: argparse.Namespace) -> None:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     else:
         env.pop("OMP_WAIT_POLICY", None)
-    why = ("--no-breaching" if a.no_breaching else
-           f"no {a.breaching_python} or no {a.harness or '--harness DIR'}/run_breaching_baseline.py")
-    print(f"breaching side: {'on (' + str(a.breaching_python) + ')' if have else 'skipped (' + why + ')'}; "
-          f"policy {a.policy}, {a.threads} threads; work files in {work}", flush=True)
+    why = (
+        "--no-breaching"
+        if a.no_breaching
+        else f"no {a.breaching_python} or no {a.harness or '--harness DIR'}/run_breaching_baseline.py"
+    )
+    print(
+        f"breaching side: {'on (' + str(a.breaching_python) + ')' if have else 'skipped (' + why + ')'}; "
+        f"policy {a.policy}, {a.threads} threads; work files in {work}",
+        flush=True,
+    )
     results = {
-        "schema": 1, "smoke": bool(a.smoke),
+        "schema": 1,
+        "smoke": bool(a.smoke),
         "about": "gradleak vs breaching 0.1.2 side by side (benchmarks/performance/side_by_side.py, issue 9)",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "kernel": platform.release(),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "load_before": list(os.getloadavg())},
-        "settings": {"omp_wait_policy": "PASSIVE" if a.policy == "passive" else "unset (default)",
-                     "threads": a.threads, "env": {k: env.get(k) for k in WATCH_ENV},
-                     "snapshot_every": a.snapshot_every, "warmup_gaps_dropped": a.warmup,
-                     "floor_reps": a.floor_reps, "breaching_side": have,
-                     "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_before": list(os.getloadavg()),
+        },
+        "settings": {
+            "omp_wait_policy": "PASSIVE" if a.policy == "passive" else "unset (default)",
+            "threads": a.threads,
+            "env": {k: env.get(k) for k in WATCH_ENV},
+            "snapshot_every": a.snapshot_every,
+            "warmup_gaps_dropped": a.warmup,
+            "floor_reps": a.floor_reps,
+            "breaching_side": have,
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        },
         "cases": [],
     }
     for case in cases:
@@ -666,9 +877,10 @@ def orchestrate(a: argparse.Namespace) -> None:
 
 def cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
@@ -679,31 +891,55 @@ def main() -> None:
     p.add_argument("--case", action="append", help=f"run only this case (repeatable): {[c.name for c in CASES]}")
     p.add_argument("--images", help="comma list of harness image indices, overriding each case's")
     p.add_argument("--iters", type=int, default=0, help="iteration budget for every case (0: each case's own)")
-    p.add_argument("--policy", choices=("default", "passive"), default="default",
-                   help="OpenMP wait policy for every process: 'default' leaves OMP_WAIT_POLICY unset")
+    p.add_argument(
+        "--policy",
+        choices=("default", "passive"),
+        default="default",
+        help="OpenMP wait policy for every process: 'default' leaves OMP_WAIT_POLICY unset",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--snapshot-every", type=int, default=10, help="candidate snapshots for the PSNR curves")
     p.add_argument("--warmup", type=int, default=5, help="iteration gaps dropped before the s/iteration median")
     p.add_argument("--floor-reps", type=int, default=20)
     p.add_argument("--floor-warmup", type=int, default=3)
-    p.add_argument("--floor-max-seconds", type=float, default=30,
-                   help="stop the floor's repetitions after this many s (at least 3 are timed)")
-    p.add_argument("--wait-idle", type=float, default=0,
-                   help="before each case wait up to this many s until other jobs use < 5%% of the CPUs")
+    p.add_argument(
+        "--floor-max-seconds",
+        type=float,
+        default=30,
+        help="stop the floor's repetitions after this many s (at least 3 are timed)",
+    )
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        help="before each case wait up to this many s until other jobs use < 5%% of the CPUs",
+    )
     p.add_argument("--smoke", action="store_true", help="3 iterations a case, outputs marked smoke, into /tmp")
     p.add_argument("--out", help="folder for results.json / results.md (default: this folder; /tmp for --smoke)")
     p.add_argument("--work", help="folder for the per-process files (default: a new temporary folder)")
     p.add_argument("--render", metavar="RESULTS_JSON", help="only rewrite the targets and the .md of a results file")
     p.add_argument("--no-breaching", action="store_true", help="skip the breaching side even if it is installed")
     p.add_argument("--breaching-python", default=str(DEFAULT_BREACHING_PY))
-    p.add_argument("--harness", default=os.environ.get("GRADLEAK_BREACHING_HARNESS"),
-                   help="folder with run_breaching_baseline.py (default: $GRADLEAK_BREACHING_HARNESS)")
+    p.add_argument(
+        "--harness",
+        default=os.environ.get("GRADLEAK_BREACHING_HARNESS"),
+        help="folder with run_breaching_baseline.py (default: $GRADLEAK_BREACHING_HARNESS)",
+    )
     # worker mode (one side in its own process)
     p.add_argument("--worker", choices=("gradleak", "floor"), help=argparse.SUPPRESS)
-    for flag, kind, default in (("--attack", str, "ig"), ("--model", str, "ConvNet"), ("--batch", int, 1),
-                                ("--size", int, 32), ("--image-index", int, 0), ("--seed", int, 0),
-                                ("--label", int, 3), ("--restarts", int, 1), ("--case-file", str, ""),
-                                ("--out-json", str, ""), ("--out-tensors", str, "")):
+    for flag, kind, default in (
+        ("--attack", str, "ig"),
+        ("--model", str, "ConvNet"),
+        ("--batch", int, 1),
+        ("--size", int, 32),
+        ("--image-index", int, 0),
+        ("--seed", int, 0),
+        ("--label", int, 3),
+        ("--restarts", int, 1),
+        ("--case-file", str, ""),
+        ("--out-json", str, ""),
+        ("--out-tensors", str, ""),
+    ):
         p.add_argument(flag, type=kind, default=default, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.render:

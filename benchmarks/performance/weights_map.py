@@ -6,6 +6,7 @@ breaching's ConvNet names its layers ``model.model.conv0`` …, its CIFAR ResNet
 the i-th of the other. :func:`load_by_order` pairs them so, refuses any count or shape mismatch, and
 returns the name pairs; the caller then checks equal outputs on one input (``side_by_side.py`` does).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,13 @@ class MappingError(ValueError):
     """The source tensors do not line up with the model's parameters or buffers."""
 
 
-def load_by_order(model: nn.Module, params: list[Tensor], buffers: list[Tensor] | None,
-                  source_param_names: list[str] | None = None,
-                  source_buffer_names: list[str] | None = None) -> list[tuple[str, str]]:
+def load_by_order(
+    model: nn.Module,
+    params: list[Tensor],
+    buffers: list[Tensor] | None,
+    source_param_names: list[str] | None = None,
+    source_buffer_names: list[str] | None = None,
+) -> list[tuple[str, str]]:
     """Copy ``params`` (and ``buffers``, if given) into ``model`` in ``named_parameters()`` /
     ``named_buffers()`` order. Returns ``[(source_name, model_name), ...]``; raises
     :class:`MappingError` listing every count or shape mismatch."""
@@ -55,19 +60,19 @@ def load_by_order(model: nn.Module, params: list[Tensor], buffers: list[Tensor] 
 class ExportedCase:
     """What ``breaching_side.py`` exported: the case as breaching ran it, and its reconstructions."""
 
-    images01: Tensor            # [B, C, H, W] in [0, 1], the harness's pixels, in the user's order
-    labels: Tensor              # int64 [B]
-    user_inputs: Tensor         # normalised inputs the user fed the model
-    logits: Tensor              # the user's model on user_inputs
-    params: list[Tensor]        # what the server sent, parameters() order
+    images01: Tensor  # [B, C, H, W] in [0, 1], the harness's pixels, in the user's order
+    labels: Tensor  # int64 [B]
+    user_inputs: Tensor  # normalised inputs the user fed the model
+    logits: Tensor  # the user's model on user_inputs
+    params: list[Tensor]  # what the server sent, parameters() order
     buffers: list[Tensor]
-    grads: list[Tensor]         # the gradient the user shared, parameters() order
-    final: Tensor               # breaching's reconstruction, model space
-    snapshots: Tensor | None    # [K, B, C, H, W] candidates during the run, model space
+    grads: list[Tensor]  # the gradient the user shared, parameters() order
+    final: Tensor  # breaching's reconstruction, model space
+    snapshots: Tensor | None  # [K, B, C, H, W] candidates during the run, model space
     meta: dict
 
     @classmethod
-    def read(cls, path: str | Path) -> "ExportedCase":
+    def read(cls, path: str | Path) -> ExportedCase:
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
@@ -85,5 +90,15 @@ class ExportedCase:
             n = sum(1 for k in keys if k.startswith(prefix + "."))
             return [t[f"{prefix}.{i}"] for i in range(n)]
 
-        return cls(t["images01"], t["labels"], t["user_inputs"], t["logits"], series("param"), series("buffer"),
-                   series("grad"), t["final"], t.get("snapshots"), meta)
+        return cls(
+            t["images01"],
+            t["labels"],
+            t["user_inputs"],
+            t["logits"],
+            series("param"),
+            series("buffer"),
+            series("grad"),
+            t["final"],
+            t.get("snapshots"),
+            meta,
+        )

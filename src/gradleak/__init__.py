@@ -9,6 +9,7 @@ The public API, for ``import gradleak as gl``::
 
 Names resolve on first use, so ``gradleak --help`` does not import torch's model zoo.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,19 +18,63 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "Scenario": "scenario", "GroundTruth": "scenario", "simulate": "scenario",
+    "Scenario": "scenario",
+    "GroundTruth": "scenario",
+    "simulate": "scenario",
     "Observation": "observation",
-    "AuditPlan": "auditing", "audit": "auditing", "audit_scenario": "auditing", "make_attacks": "auditing",
-    "AuditResult": "results", "AttackRun": "results", "LabelRun": "results", "LabelSection": "results",
+    "AuditPlan": "auditing",
+    "audit": "auditing",
+    "audit_scenario": "auditing",
+    "make_attacks": "auditing",
+    "AuditResult": "results",
+    "AttackRun": "results",
+    "LabelRun": "results",
+    "LabelSection": "results",
     "Verdict": "results",
-    "FedSGD": "protocols", "FedAvg": "protocols",
+    "FedSGD": "protocols",
+    "FedAvg": "protocols",
     "parse_defense": "defenses",
-    "recover_labels": "labels", "LABEL_METHODS": "labels", "ATTACKS": "attacks",
-    "GradleakError": "errors", "InputError": "errors", "UnsupportedError": "errors",
+    "recover_labels": "labels",
+    "LABEL_METHODS": "labels",
+    "ATTACKS": "attacks",
+    "GradleakError": "errors",
+    "InputError": "errors",
+    "UnsupportedError": "errors",
 }
 _SUBPACKAGES = ("attacks", "labels", "defenses", "metrics", "models", "data", "report")
 
-__all__ = ["__version__", *sorted(_EXPORTS), *_SUBPACKAGES]
+__all__ = [
+    "ATTACKS",
+    "LABEL_METHODS",
+    "AttackRun",
+    "AuditPlan",
+    "AuditResult",
+    "FedAvg",
+    "FedSGD",
+    "GradleakError",
+    "GroundTruth",
+    "InputError",
+    "LabelRun",
+    "LabelSection",
+    "Observation",
+    "Scenario",
+    "UnsupportedError",
+    "Verdict",
+    "__version__",
+    "attacks",
+    "audit",
+    "audit_scenario",
+    "data",
+    "defenses",
+    "labels",
+    "make_attacks",
+    "metrics",
+    "models",
+    "parse_defense",
+    "recover_labels",
+    "report",
+    "simulate",
+]
 
 if TYPE_CHECKING:
     from . import attacks, data, defenses, labels, metrics, models, report

@@ -26,6 +26,7 @@ upper bounds from counting formulas and every number says which it is.
 The tracing (:mod:`gradleak.attacks.analytic.trace`) and the linear algebra
 (:mod:`gradleak.attacks.analytic.linalg`) are those of the analytic attacks.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,15 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attacks.analytic.linalg import (DTYPE, RANK_RTOL, conv_gradient_operator, dense_operator, gram_svd,
-                                      numerical_rank, singular_values)
+from .attacks.analytic.linalg import (
+    DTYPE,
+    RANK_RTOL,
+    conv_gradient_operator,
+    dense_operator,
+    gram_svd,
+    numerical_rank,
+    singular_values,
+)
 from .attacks.analytic.trace import Recorder, classify_node, is_affine, symbolic_trace
 
 __all__ = ["LayerAnalysis", "ModelAnalysis", "analyze_model", "copa_index"]
@@ -97,15 +105,22 @@ class ModelAnalysis:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "model": self.model, "input_shape": self.input_shape, "num_classes": self.num_classes,
-            "copa_index": self.copa_index, "rgap_rank_index": self.rgap_rank_index,
+            "model": self.model,
+            "input_shape": self.input_shape,
+            "num_classes": self.num_classes,
+            "copa_index": self.copa_index,
+            "rgap_rank_index": self.rgap_rank_index,
             "all_exact": self.exact,
-            "note": ("copa_index = Σ_{l<L-1} round(def_l·(L−1−l)/(L−1)) with def_l = rank − unknowns "
-                     "(Chen & Campbell's code; 0 = every layer determined, more negative = safer); "
-                     "rgap_rank_index = Σ_l (unknowns − rank) (ours). Where 'exact' is false the rank is an "
-                     "upper bound, so the deficiency shown is the least possible and the true indices are "
-                     "at least as safe."),
-            "rtol": self.rtol, "exact_limit": self.exact_limit, "seconds": self.seconds,
+            "note": (
+                "copa_index = Σ_{l<L-1} round(def_l·(L−1−l)/(L−1)) with def_l = rank − unknowns "
+                "(Chen & Campbell's code; 0 = every layer determined, more negative = safer); "
+                "rgap_rank_index = Σ_l (unknowns − rank) (ours). Where 'exact' is false the rank is an "
+                "upper bound, so the deficiency shown is the least possible and the true indices are "
+                "at least as safe."
+            ),
+            "rtol": self.rtol,
+            "exact_limit": self.exact_limit,
+            "seconds": self.seconds,
             "layers": [l.to_json() for l in self.layers],
         }
 
@@ -118,8 +133,9 @@ def copa_index(deficiencies: list[int]) -> int:
     return int(sum(round(d * (big_l - 1 - i) / (big_l - 1)) for i, d in enumerate(deficiencies[:-1])))
 
 
-def _weight_path(gm: fx.GraphModule, node: fx.Node, values: dict[fx.Node, Any]
-                 ) -> tuple[Tensor | None, Tensor | None, str]:
+def _weight_path(
+    gm: fx.GraphModule, node: fx.Node, values: dict[fx.Node, Any]
+) -> tuple[Tensor | None, Tensor | None, str]:
     """Which output rows of an affine node the attacker reads back from the next layer's input.
     Returns (row mask over the flattened output or None for all, BatchNorm-train output values or
     None, a description)."""
@@ -168,9 +184,18 @@ def _project_bn(a: Tensor, rows: Tensor, bn_vals: Tensor) -> Tensor:
     return torch.cat(out) if out else a[:0]
 
 
-def analyze_model(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, *, name: str = "",
-                  exact_limit: int = 6000, rtol: float = RANK_RTOL, seed: int = 0,
-                  probe: Tensor | None = None, label: int = 0) -> ModelAnalysis:
+def analyze_model(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    name: str = "",
+    exact_limit: int = 6000,
+    rtol: float = RANK_RTOL,
+    seed: int = 0,
+    probe: Tensor | None = None,
+    label: int = 0,
+) -> ModelAnalysis:
     """Per-layer unknowns, constraints and ranks at one sample's gradient (``probe``, default a seeded
     standard-normal input), for every Linear/Conv2d in forward order.
 
@@ -185,26 +210,35 @@ def analyze_model(model: nn.Module, input_shape: tuple[int, ...], num_classes: i
     rec = Recorder(gm, retain=True)
     out = rec.run(probe)
     loss = F.cross_entropy(out, torch.tensor([label % num_classes]))
-    grads = torch.autograd.grad(loss, [v for n, v in rec.values.items() if is_affine(gm, n)],
-                                allow_unused=True)
+    grads = torch.autograd.grad(loss, [v for n, v in rec.values.items() if is_affine(gm, n)], allow_unused=True)
     affine = [n for n in rec.values if is_affine(gm, n)]
     deltas = dict(zip(affine, grads))
-    res = ModelAnalysis(name or type(model).__name__, list(input_shape), num_classes, rtol=rtol,
-                        exact_limit=exact_limit)
+    res = ModelAnalysis(
+        name or type(model).__name__, list(input_shape), num_classes, rtol=rtol, exact_limit=exact_limit
+    )
     for node in affine:
         m = gm.get_submodule(node.target)
         x_in = rec.values[node.args[0]]
         delta = deltas[node]
         if delta is None:
             delta = torch.zeros_like(rec.values[node])
-        res.layers.append(_analyze_layer(gm, node, m, tuple(x_in.shape[1:]), delta[0].detach(), rec.values,
-                                         exact_limit, rtol))
+        res.layers.append(
+            _analyze_layer(gm, node, m, tuple(x_in.shape[1:]), delta[0].detach(), rec.values, exact_limit, rtol)
+        )
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _analyze_layer(gm: fx.GraphModule, node: fx.Node, m: nn.Module, in_shape: tuple[int, ...], delta: Tensor,
-                   values: dict[fx.Node, Any], exact_limit: int, rtol: float) -> LayerAnalysis:
+def _analyze_layer(
+    gm: fx.GraphModule,
+    node: fx.Node,
+    m: nn.Module,
+    in_shape: tuple[int, ...],
+    delta: Tensor,
+    values: dict[fx.Node, Any],
+    exact_limit: int,
+    rtol: float,
+) -> LayerAnalysis:
     n = math.prod(in_shape)
     out_shape = tuple(values[node].shape[1:])
     rows = math.prod(out_shape)
@@ -214,9 +248,24 @@ def _analyze_layer(gm: fx.GraphModule, node: fx.Node, m: nn.Module, in_shape: tu
     if isinstance(m, nn.Linear):
         grad_rows = m.weight.numel()
         rg = n if float(delta.abs().max()) > 0 else 0
-        return LayerAnalysis(str(node.target), "Linear", list(in_shape), list(out_shape), n, rows, usable,
-                             grad_rows, rg, True, rg, True, min(n, grad_rows + usable),
-                             "gradient" if rg == n else "neither", path, 1.0 if rg else None)
+        return LayerAnalysis(
+            str(node.target),
+            "Linear",
+            list(in_shape),
+            list(out_shape),
+            n,
+            rows,
+            usable,
+            grad_rows,
+            rg,
+            True,
+            rg,
+            True,
+            min(n, grad_rows + usable),
+            "gradient" if rg == n else "neither",
+            path,
+            1.0 if rg else None,
+        )
     c, h, w = in_shape
     cout = m.out_channels
     k2 = m.kernel_size[0] * m.kernel_size[1]
@@ -253,5 +302,21 @@ def _analyze_layer(gm: fx.GraphModule, node: fx.Node, m: nn.Module, in_shape: tu
     dominant = "gradient" if rank_g >= rank - rank_g else "weight"
     if rank_g >= n:
         dominant = "gradient alone"
-    return LayerAnalysis(str(node.target), "Conv2d", list(in_shape), list(out_shape), n, rows, usable, grad_rows,
-                         rank_g, exact_r1, rank, exact, bound, dominant, path, cond)
+    return LayerAnalysis(
+        str(node.target),
+        "Conv2d",
+        list(in_shape),
+        list(out_shape),
+        n,
+        rows,
+        usable,
+        grad_rows,
+        rank_g,
+        exact_r1,
+        rank,
+        exact,
+        bound,
+        dominant,
+        path,
+        cond,
+    )

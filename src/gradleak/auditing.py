@@ -6,6 +6,7 @@ client. Nothing here writes files; :func:`gradleak.report.write_audit` does, at 
 where the ground truth meets the attacks' outputs is the scoring step; attacks and label methods see the
 Observation alone.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,8 @@ import torch
 
 from . import __version__
 from .attacks import ATTACKS, Attack
-from .attacks.base import StepCallback, no_progress
 from .attacks.common import batch_size_of
+from .attacks.steps import StepCallback, no_progress
 from .cost import CostEstimate, estimate
 from .errors import GradleakError
 from .labels import LABEL_METHODS
@@ -67,9 +68,14 @@ class AuditPlan:
             LABEL_METHODS.get(name)
 
     def to_json(self) -> dict[str, Any]:
-        return {"label_methods": list(self.label_methods), "attacks": [a.name for a in self.attacks],
-                "attack_settings": {a.name: a.config_json() for a in self.attacks}, "seed": self.seed,
-                "lpips_weights": self.lpips_weights, "checkpoint_dir": self.checkpoint_dir}
+        return {
+            "label_methods": list(self.label_methods),
+            "attacks": [a.name for a in self.attacks],
+            "attack_settings": {a.name: a.config_json() for a in self.attacks},
+            "seed": self.seed,
+            "lpips_weights": self.lpips_weights,
+            "checkpoint_dir": self.checkpoint_dir,
+        }
 
 
 def make_attacks(names: Sequence[str], **settings: Any) -> tuple[Attack, ...]:
@@ -95,8 +101,9 @@ def run_labels(obs: Observation, methods: Sequence[str], truth: GroundTruth | No
             acc = label_accuracy(truth.labels.tolist(), res.labels)
             if res.soft is not None and truth.targets.dtype.is_floating_point:
                 soft_err = float((res.soft - truth.targets).abs().max())
-        runs.append(LabelRun(requested=requested, method=res.method, result=res, accuracy=acc,
-                             soft_max_abs_error=soft_err))
+        runs.append(
+            LabelRun(requested=requested, method=res.method, result=res, accuracy=acc, soft_max_abs_error=soft_err)
+        )
     return LabelSection(runs=tuple(runs), true=None if truth is None else tuple(truth.labels.tolist()))
 
 
@@ -106,9 +113,14 @@ def _with_checkpoint(attack: Attack, folder: str | None) -> Attack:
     return type(attack)(attack.config, checkpoint=str(Path(folder) / f"{attack.name}.ckpt"))
 
 
-def audit(obs: Observation, plan: AuditPlan | None = None, *, truth: GroundTruth | None = None,
-          progress: ProgressFactory | None = None,
-          on_estimate: Callable[[list[CostEstimate]], None] | None = None) -> AuditResult:
+def audit(
+    obs: Observation,
+    plan: AuditPlan | None = None,
+    *,
+    truth: GroundTruth | None = None,
+    progress: ProgressFactory | None = None,
+    on_estimate: Callable[[list[CostEstimate]], None] | None = None,
+) -> AuditResult:
     """Audit one Observation: label recovery, then every attack of ``plan`` (default: ``AuditPlan()``).
 
     ``truth`` (the client's batch) only scores the results. An attack that cannot run on ``obs`` is recorded
@@ -139,8 +151,12 @@ def audit(obs: Observation, plan: AuditPlan | None = None, *, truth: GroundTruth
         base = AttackRun(name=attack.name, seed=seed, estimate=estimates.get(i))
         try:
             attack.check(obs)
-            res = attack.run(obs, used, generator=torch.Generator().manual_seed(seed),
-                             on_step=progress(attack.name, i) if progress else no_progress)
+            res = attack.run(
+                obs,
+                used,
+                generator=torch.Generator().manual_seed(seed),
+                on_step=progress(attack.name, i) if progress else no_progress,
+            )
         except GradleakError as e:
             log.warning("attack %s failed: %s", attack.name, e)
             runs.append(replace(base, error=str(e)))
@@ -152,29 +168,53 @@ def audit(obs: Observation, plan: AuditPlan | None = None, *, truth: GroundTruth
         scores = None if truth is None else score_images(res.images, truth.images, lpips=lpips)
         runs.append(replace(base, result=res, scores=scores))
     attack_runs = tuple(runs)
-    return AuditResult(labels=labels, attacks=attack_runs, verdict=verdict(labels, attack_runs),
-                       setting=observed_setting(obs), config=plan.to_json(),
-                       class_names=() if truth is None else tuple(truth.classes), version=__version__,
-                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return AuditResult(
+        labels=labels,
+        attacks=attack_runs,
+        verdict=verdict(labels, attack_runs),
+        setting=observed_setting(obs),
+        config=plan.to_json(),
+        class_names=() if truth is None else tuple(truth.classes),
+        version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def observed_setting(obs: Observation) -> dict[str, Any]:
     """What the server knows of the round (what the report shows as the scenario)."""
-    return {"model": None if obs.model_spec is None else obs.model_spec.name, "image_shape": list(obs.input_shape),
-            "num_classes": obs.num_classes, "batch_size": obs.batch_size, "protocol": obs.protocol.to_json(),
-            "attacker_assumes": {"protocol": obs.protocol.to_json(), "batch_size": obs.batch_size,
-                                 "bn": "train" if obs.bn_train else "eval"},
-            "defenses": list(obs.defenses)}
+    return {
+        "model": None if obs.model_spec is None else obs.model_spec.name,
+        "image_shape": list(obs.input_shape),
+        "num_classes": obs.num_classes,
+        "batch_size": obs.batch_size,
+        "protocol": obs.protocol.to_json(),
+        "attacker_assumes": {
+            "protocol": obs.protocol.to_json(),
+            "batch_size": obs.batch_size,
+            "bn": "train" if obs.bn_train else "eval",
+        },
+        "defenses": list(obs.defenses),
+    }
 
 
-def audit_scenario(scenario: Scenario, plan: AuditPlan | None = None, *, progress: ProgressFactory | None = None,
-                   on_estimate: Callable[[list[CostEstimate]], None] | None = None
-                   ) -> tuple[AuditResult, GroundTruth]:
+def audit_scenario(
+    scenario: Scenario,
+    plan: AuditPlan | None = None,
+    *,
+    progress: ProgressFactory | None = None,
+    on_estimate: Callable[[list[CostEstimate]], None] | None = None,
+) -> tuple[AuditResult, GroundTruth]:
     """Simulate the scenario's client round and audit it; returns the result and the client's batch."""
     obs, truth = simulate(scenario)
     result = audit(obs, plan, truth=truth, progress=progress, on_estimate=on_estimate)
     sc = scenario
-    setting = {**result.setting, "model": sc.model, "dataset": sc.dataset, "batch_size": sc.batch_size,
-               "protocol": sc.protocol.to_json(),
-               "augmentation": {"label_smoothing": sc.label_smoothing, "mixup": sc.mixup}, "seed": sc.seed}
+    setting = {
+        **result.setting,
+        "model": sc.model,
+        "dataset": sc.dataset,
+        "batch_size": sc.batch_size,
+        "protocol": sc.protocol.to_json(),
+        "augmentation": {"label_smoothing": sc.label_smoothing, "mixup": sc.mixup},
+        "seed": sc.seed,
+    }
     return replace(result, setting=setting, config={**sc.to_json(), **result.config}), truth

@@ -4,6 +4,7 @@
 User errors (:class:`~gradleak.errors.GradleakError`) print one message and exit 2; anything else is
 a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except GradleakError as e:

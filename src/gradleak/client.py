@@ -4,6 +4,7 @@
 simulator, the Flower clients and the sweep all call it. A training defense (DP-SGD) always runs first
 (it produces the update); the others follow in order.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,8 +20,15 @@ from .protocols import Protocol, client_update
 __all__ = ["client_round"]
 
 
-def client_round(model: nn.Module, protocol: Protocol, x: Tensor, y: Tensor, defenses: Sequence[Defense] = (),
-                 *, generator: torch.Generator) -> tuple[Update, tuple[dict[str, Any], ...]]:
+def client_round(
+    model: nn.Module,
+    protocol: Protocol,
+    x: Tensor,
+    y: Tensor,
+    defenses: Sequence[Defense] = (),
+    *,
+    generator: torch.Generator,
+) -> tuple[Update, tuple[dict[str, Any], ...]]:
     """One client round with its defenses: ``(update the server sees, defense records in order)``.
 
     ``x`` is the normalised batch and ``y`` the training targets (int64 labels or soft targets).

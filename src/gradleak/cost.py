@@ -6,9 +6,11 @@ the observation's model and batch, with as many candidates per step as the attac
 together, and multiplies by the number of steps the attack's settings ask for. It is measured on
 this machine at this moment, so it holds for the model, batch, image size and thread count of the
 run. Generative attacks also run their generator every step, so theirs is a lower bound; L-BFGS
-(DLG) counts its evaluation budget, an upper bound. The committed cost curve (``benchmarks/performance/results_cost_curve.md``) shows how the
+(DLG) counts its evaluation budget, an upper bound. The committed cost curve
+(``benchmarks/performance/results_cost_curve.md``) shows how the
 step cost grows with batch and image size on the reference machine.
 """
+
 from __future__ import annotations
 
 import resource
@@ -26,23 +28,30 @@ from .observation import Observation
 @dataclass(frozen=True)
 class CostEstimate:
     attack: str
-    steps: int                  # matching steps the run asks for (an upper bound where it may stop early)
-    candidates: int             # candidate batches per step (restarts optimised together)
+    steps: int  # matching steps the run asks for (an upper bound where it may stop early)
+    candidates: int  # candidate batches per step (restarts optimised together)
     seconds_per_step: float
-    peak_rss_mb: float          # peak resident memory of this process after the probe
+    peak_rss_mb: float  # peak resident memory of this process after the probe
 
     @property
     def seconds(self) -> float:
         return self.steps * self.seconds_per_step
 
     def to_json(self) -> dict[str, float | int | str]:
-        return {"attack": self.attack, "steps": self.steps, "candidates": self.candidates,
-                "seconds_per_step": self.seconds_per_step, "peak_rss_mb": self.peak_rss_mb}
+        return {
+            "attack": self.attack,
+            "steps": self.steps,
+            "candidates": self.candidates,
+            "seconds_per_step": self.seconds_per_step,
+            "peak_rss_mb": self.peak_rss_mb,
+        }
 
     def describe(self) -> str:
-        return (f"{self.attack}: ≈ {_duration(self.seconds)} ({self.steps} steps × {self.seconds_per_step:.3g} s"
-                f"{f', {self.candidates} candidates a step' if self.candidates > 1 else ''}; "
-                f"peak memory so far {self.peak_rss_mb:.0f} MB)")
+        return (
+            f"{self.attack}: ≈ {_duration(self.seconds)} ({self.steps} steps × {self.seconds_per_step:.3g} s"
+            f"{f', {self.candidates} candidates a step' if self.candidates > 1 else ''}; "
+            f"peak memory so far {self.peak_rss_mb:.0f} MB)"
+        )
 
 
 def _duration(seconds: float) -> str:

@@ -3,6 +3,7 @@
 The CLI catches this family once and exits with status 2 and the message alone; anything else is a
 bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

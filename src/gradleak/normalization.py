@@ -3,6 +3,7 @@
 Every dataset carries a :class:`Normalization`; models see ``normalize(x)``, reports and metrics see
 ``denormalize(x)``, and attacks clip to ``bounds()``.
 """
+
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ holds the JSON metadata — never pickle. The header names a zoo model or record
 hash of the user's model, never code: loading a user model's file takes the model from the caller
 (see :mod:`gradleak.observation_schema`).
 """
+
 from __future__ import annotations
 
 import json
@@ -123,7 +124,7 @@ class Observation:
         net = stateless(self.model)
         return net, {k: v.detach() for k, v in net.named_parameters() if v.requires_grad}
 
-    def with_update(self, update: dict[str, Tensor], defense: dict[str, Any] | None = None) -> "Observation":
+    def with_update(self, update: dict[str, Tensor], defense: dict[str, Any] | None = None) -> Observation:
         """A copy with another update (e.g. after a defense), recording ``defense`` if given."""
         defenses = self.defenses + ((defense,) if defense else ())
         return replace(self, update=update, defenses=defenses)
@@ -138,8 +139,11 @@ class Observation:
             "normalization": None if self.normalization is None else self.normalization.to_json(),
             "defenses": list(self.defenses),
             "head": self.head,
-            "model_spec": ({"kind": "zoo", **self.model_spec.to_json()} if self.model_spec is not None
-                           and self.model_spec.is_zoo else {"kind": "user", "sha256": architecture_hash(self.model, self.head)}),
+            "model_spec": (
+                {"kind": "zoo", **self.model_spec.to_json()}
+                if self.model_spec is not None and self.model_spec.is_zoo
+                else {"kind": "user", "sha256": architecture_hash(self.model, self.head)}
+            ),
             "model_training": self.model.training,
             "bn_train": self.bn_train,
         }
@@ -158,8 +162,9 @@ class Observation:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module | None = None, *,
-             model_factory: str | ModelFactory | None = None) -> "Observation":
+    def load(
+        cls, path: str | Path, model: nn.Module | None = None, *, model_factory: str | ModelFactory | None = None
+    ) -> Observation:
         """Read a file written by :meth:`save`, checking all of it before building anything.
 
         A zoo model's file rebuilds its model. A user model's file needs the model from the caller:
@@ -178,32 +183,47 @@ class Observation:
         problems.raise_if_any(f"observation {f.path} holds unusable values")
         if on_meta:
             model = h.spec.build()  # type: ignore[union-attr]
-        model.load_state_dict({k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")})
+        model.load_state_dict({k[len("state.") :]: v for k, v in tensors.items() if k.startswith("state.")})
         model.train(h.model_training)
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.train(h.bn_train)
-        update = {k[len("update."):]: v for k, v in tensors.items() if k.startswith("update.")}
-        return cls(model=model, update=update, protocol=h.protocol, num_classes=h.num_classes,
-                   input_shape=h.input_shape, batch_size=h.batch_size, normalization=h.normalization,
-                   defenses=h.defenses, head=h.head, model_spec=h.spec)
+        update = {k[len("update.") :]: v for k, v in tensors.items() if k.startswith("update.")}
+        return cls(
+            model=model,
+            update=update,
+            protocol=h.protocol,
+            num_classes=h.num_classes,
+            input_shape=h.input_shape,
+            batch_size=h.batch_size,
+            normalization=h.normalization,
+            defenses=h.defenses,
+            head=h.head,
+            model_spec=h.spec,
+        )
 
 
-def _resolve_model(h: ObservationHeader, model: nn.Module | None, factory: str | ModelFactory | None,
-                   path: Path) -> nn.Module:
+def _resolve_model(
+    h: ObservationHeader, model: nn.Module | None, factory: str | ModelFactory | None, path: Path
+) -> nn.Module:
     """The caller's model (checked against a user model's hash), or the zoo model on the meta device
     (no memory until its layout is known to fit the file)."""
     if model is not None and factory is not None:
         raise InputError("pass the model or a model_factory, not both")
     if factory is not None:
-        model = (build_model(factory, h.num_classes, h.input_shape) if isinstance(factory, str)
-                 else factory(num_classes=h.num_classes, input_shape=h.input_shape))
+        model = (
+            build_model(factory, h.num_classes, h.input_shape)
+            if isinstance(factory, str)
+            else factory(num_classes=h.num_classes, input_shape=h.input_shape)
+        )
         if not isinstance(model, nn.Module):
             raise InputError(f"model factory {factory!r} returned {type(model).__name__}, not an nn.Module")
     if model is None and h.spec is None:
-        raise InputError(f"observation {path} was saved from a user model (not in the zoo), and a file never names "
-                         "code: pass the model, e.g. Observation.load(path, model_factory='module:factory') or "
-                         "model=<nn.Module> (CLI: --model module:factory)")
+        raise InputError(
+            f"observation {path} was saved from a user model (not in the zoo), and a file never names "
+            "code: pass the model, e.g. Observation.load(path, model_factory='module:factory') or "
+            "model=<nn.Module> (CLI: --model module:factory)"
+        )
     if model is None:
         try:
             with torch.device("meta"):
@@ -211,26 +231,36 @@ def _resolve_model(h: ObservationHeader, model: nn.Module | None, factory: str |
         except GradleakError:
             raise
         except Exception as e:  # noqa: BLE001 (the zoo constructor met kwargs from the file it cannot take)
-            raise InputError(f"observation {path}: zoo model {h.spec.name!r} cannot be built with "  # type: ignore[union-attr]
-                             f"{h.spec.kwargs}: {type(e).__name__}: {e}") from None  # type: ignore[union-attr]
+            raise InputError(
+                f"observation {path}: zoo model {h.spec.name!r} cannot be built with "  # type: ignore[union-attr]
+                f"{h.spec.kwargs}: {type(e).__name__}: {e}"
+            ) from None  # type: ignore[union-attr]
     if h.user_sha256 is not None and architecture_hash(model, h.head) != h.user_sha256:
-        raise InputError(f"observation {path} was saved from another architecture than the model given "
-                         "(parameter/buffer names, shapes, dtypes or head differ from the recorded sha256)")
+        raise InputError(
+            f"observation {path} was saved from another architecture than the model given "
+            "(parameter/buffer names, shapes, dtypes or head differ from the recorded sha256)"
+        )
     return model
 
 
 def _layout_problems(f: SafetensorsFile, model: nn.Module) -> list[str]:
     """Every tensor of the file that the model does not expect, misses or has in another shape."""
-    problems = [f"unexpected tensor {k!r} (neither state.* nor update.*)" for k in sorted(f.shapes)
-                if not k.startswith(("state.", "update."))]
+    problems = [
+        f"unexpected tensor {k!r} (neither state.* nor update.*)"
+        for k in sorted(f.shapes)
+        if not k.startswith(("state.", "update."))
+    ]
     params = {k: tuple(v.shape) for k, v in model.named_parameters() if v.requires_grad}
     for prefix, want in (("state.", state_shapes(model)), ("update.", params)):
-        have = {k[len(prefix):]: s for k, s in f.shapes.items() if k.startswith(prefix)}
+        have = {k[len(prefix) :]: s for k, s in f.shapes.items() if k.startswith(prefix)}
         problems += shape_problems(have, want, prefix)
     floating = {f"state.{k}": v.is_floating_point() for k, v in model.state_dict().items()}
     floating |= {f"update.{k}": True for k in params}
-    problems += [f"{k}: dtype {d} where the model has {'a floating' if floating[k] else 'an integer'} type"
-                 for k, d in sorted(f.dtypes.items()) if k in floating and (d in FLOAT_DTYPES) != floating[k]]
+    problems += [
+        f"{k}: dtype {d} where the model has {'a floating' if floating[k] else 'an integer'} type"
+        for k, d in sorted(f.dtypes.items())
+        if k in floating and (d in FLOAT_DTYPES) != floating[k]
+    ]
     return problems
 
 

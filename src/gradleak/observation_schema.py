@@ -7,6 +7,7 @@ A header names its architecture in one of two ways, and never names code:
 - ``{"kind": "user", "sha256": <architecture_hash of the model and head>}``: the caller supplies the
   model and loading checks that it has this layout.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .normalization import Normalization
 from .models import MODELS, ModelSpec
+from .normalization import Normalization
 from .protocols import FedAvg, FedSGD, Protocol
 from .schema import Problems, brief, is_int, is_number
 
@@ -28,8 +29,19 @@ MAX_LOCAL_STEPS = 100_000
 MAX_DEFENSES = 64
 MAX_KWARGS = 16
 MAX_KWARG_INT = 4096
-FIELDS = {"format", "protocol", "num_classes", "input_shape", "batch_size", "normalization", "defenses", "head",
-          "model_spec", "model_training", "bn_train"}
+FIELDS = {
+    "format",
+    "protocol",
+    "num_classes",
+    "input_shape",
+    "batch_size",
+    "normalization",
+    "defenses",
+    "head",
+    "model_spec",
+    "model_training",
+    "bn_train",
+}
 
 
 @dataclass(frozen=True)
@@ -43,8 +55,8 @@ class ObservationHeader:
     normalization: Normalization | None
     defenses: tuple[dict[str, Any], ...]
     head: str
-    spec: ModelSpec | None          # a zoo model, or None for a user model
-    user_sha256: str | None         # the user model's architecture hash, or None for a zoo model
+    spec: ModelSpec | None  # a zoo model, or None for a user model
+    user_sha256: str | None  # the user model's architecture hash, or None for a zoo model
     model_training: bool
     bn_train: bool
 
@@ -65,7 +77,9 @@ def parse_header(meta: dict[str, Any], what: str) -> ObservationHeader:
     protocol = _protocol(p, meta)
     norm = _normalization(p, meta, None if shape is None else shape[0])
     defenses = p.get(meta, "defenses", "")
-    if not (isinstance(defenses, list) and len(defenses) <= MAX_DEFENSES and all(isinstance(d, dict) for d in defenses)):
+    if not (
+        isinstance(defenses, list) and len(defenses) <= MAX_DEFENSES and all(isinstance(d, dict) for d in defenses)
+    ):
         if "defenses" in meta:
             p.append(f"defenses: expected a list of at most {MAX_DEFENSES} JSON objects, got {brief(defenses)}")
         defenses = []
@@ -73,8 +87,19 @@ def parse_header(meta: dict[str, Any], what: str) -> ObservationHeader:
     training, bn_train = p.boolean(meta, "model_training"), p.boolean(meta, "bn_train")
     spec, sha = _model_spec(p, meta, fmt == FORMAT_V1, num_classes, shape)
     p.raise_if_any(f"{what} has a bad header")
-    return ObservationHeader(protocol, num_classes, tuple(shape), batch_size, norm, tuple(defenses), head,  # type: ignore[arg-type]
-                             spec, sha, training, bn_train)  # type: ignore[arg-type]
+    return ObservationHeader(
+        protocol,
+        num_classes,
+        tuple(shape),
+        batch_size,
+        norm,
+        tuple(defenses),
+        head,  # type: ignore[arg-type]
+        spec,
+        sha,
+        training,
+        bn_train,
+    )  # type: ignore[arg-type]
 
 
 def protocol_from_json(d: Any) -> Protocol:
@@ -112,11 +137,17 @@ def _normalization(p: Problems, meta: dict[str, Any], channels: int | None) -> N
     lists = {}
     for key in ("mean", "std"):
         v = p.get(d, key, "normalization.")
-        ok = isinstance(v, list) and (channels is None or len(v) == channels) and len(v) > 0 and \
-            all(is_number(x) and (key == "mean" or x > 0) for x in v)
+        ok = (
+            isinstance(v, list)
+            and (channels is None or len(v) == channels)
+            and len(v) > 0
+            and all(is_number(x) and (key == "mean" or x > 0) for x in v)
+        )
         if not ok and key in d:
-            p.append(f"normalization.{key}: expected {channels or 'one per channel'} finite numbers"
-                     f"{' > 0' if key == 'std' else ''}, got {brief(v)}")
+            p.append(
+                f"normalization.{key}: expected {channels or 'one per channel'} finite numbers"
+                f"{' > 0' if key == 'std' else ''}, got {brief(v)}"
+            )
         lists[key] = v if ok else None
     if lists["mean"] is None or lists["std"] is None or len(lists["mean"]) != len(lists["std"]):
         return None
@@ -124,13 +155,19 @@ def _normalization(p: Problems, meta: dict[str, Any], channels: int | None) -> N
 
 
 def _kwarg_ok(v: Any) -> bool:
-    scalar = (lambda x: x is None or isinstance(x, bool) or (is_int(x) and abs(x) <= MAX_KWARG_INT)
-              or (isinstance(x, float) and math.isfinite(x)) or (isinstance(x, str) and len(x) <= 64))
+    scalar = lambda x: (
+        x is None
+        or isinstance(x, bool)
+        or (is_int(x) and abs(x) <= MAX_KWARG_INT)
+        or (isinstance(x, float) and math.isfinite(x))
+        or (isinstance(x, str) and len(x) <= 64)
+    )
     return scalar(v) or (isinstance(v, list) and len(v) <= MAX_KWARGS and all(scalar(x) for x in v))
 
 
-def _model_spec(p: Problems, meta: dict[str, Any], v1: bool, num_classes: int | None,
-                shape: list[int] | None) -> tuple[ModelSpec | None, str | None]:
+def _model_spec(
+    p: Problems, meta: dict[str, Any], v1: bool, num_classes: int | None, shape: list[int] | None
+) -> tuple[ModelSpec | None, str | None]:
     d = p.obj(meta, "model_spec")
     if d is None:
         return None, None
@@ -148,18 +185,24 @@ def _model_spec(p: Problems, meta: dict[str, Any], v1: bool, num_classes: int | 
     p.only(d, {"kind", "name", "num_classes", "input_shape", "kwargs"}, "model_spec.")
     name = d.get("name")
     if not (isinstance(name, str) and name in MODELS):
-        p.append(f"model_spec.name: {brief(name)} is not a zoo model ({', '.join(MODELS.names())}); a file "
-                 "never names code: load it with the model passed in (model= or model_factory=)")
+        p.append(
+            f"model_spec.name: {brief(name)} is not a zoo model ({', '.join(MODELS.names())}); a file "
+            "never names code: load it with the model passed in (model= or model_factory=)"
+        )
         name = None
     if d.get("num_classes") != num_classes or d.get("input_shape") != shape:
-        p.append(f"model_spec: num_classes {brief(d.get('num_classes'))} and input_shape {brief(d.get('input_shape'))} "
-                 "differ from the observation's")
+        p.append(
+            f"model_spec: num_classes {brief(d.get('num_classes'))} and input_shape {brief(d.get('input_shape'))} "
+            "differ from the observation's"
+        )
     kwargs = p.obj(d, "kwargs", "model_spec.") if "kwargs" in d else {}
     if kwargs is not None:
         bad = [k for k, v in kwargs.items() if len(k) > 64 or not _kwarg_ok(v)]
         if len(kwargs) > MAX_KWARGS or bad:
-            p.append(f"model_spec.kwargs: at most {MAX_KWARGS} entries of JSON scalars (integers within "
-                     f"±{MAX_KWARG_INT}) or short lists of them; bad: {brief(bad or list(kwargs))}")
+            p.append(
+                f"model_spec.kwargs: at most {MAX_KWARGS} entries of JSON scalars (integers within "
+                f"±{MAX_KWARG_INT}) or short lists of them; bad: {brief(bad or list(kwargs))}"
+            )
             kwargs = None
     if name is None or kwargs is None or num_classes is None or shape is None:
         return None, None

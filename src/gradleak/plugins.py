@@ -1,4 +1,5 @@
 """Import every module of a package once, so that their registry decorators run."""
+
 from __future__ import annotations
 
 import importlib

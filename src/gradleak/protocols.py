@@ -12,12 +12,13 @@ than nested ``torch.func`` transforms; benchmarks/performance).
   ``local_batch`` samples (cycling through the batch in order; ``None`` = the whole batch each step);
   the update is the parameter delta ``θ_K − θ_0``.
 """
+
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ GradFn = Callable[[Callable[..., Tensor]], Callable[..., Params]]
 def autograd_grad(f: Callable[..., Tensor]) -> Callable[..., Params]:
     """The autograd twin of ``torch.func.grad`` for ``f(params, *args) -> scalar``: differentiable
     (``create_graph``) gradients with respect to the dict ``params``, whose tensors must require grad."""
+
     def g(params: Params, *args: Any) -> Params:
         grads = torch.autograd.grad(f(params, *args), list(params.values()), create_graph=True)
         return dict(zip(params, grads))
@@ -128,7 +130,7 @@ class FedAvg:
         return {"name": self.name, **asdict(self)}
 
 
-Protocol = Union[FedSGD, FedAvg]
+Protocol = FedSGD | FedAvg
 
 
 def client_update(model: nn.Module, protocol: Protocol, x: Tensor, y: Tensor) -> Params:

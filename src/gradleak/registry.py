@@ -1,4 +1,5 @@
 """A small named registry, shared by every family (models, datasets, label methods, attacks, defenses)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

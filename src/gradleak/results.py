@@ -5,6 +5,7 @@ unchanged since 0.1: one flat entry per label method and per attack) and :meth:`
 reads it back, from this version or from 0.1 files. Tensors (reconstructions, soft labels) are not in
 the JSON: a result read back has empty reconstructions; the images live in the PNG files beside it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,12 +32,18 @@ class LabelRun:
     method: str
     result: LabelResult | None = None
     error: str | None = None
-    accuracy: float | None = None               # against the truth, if the audit had one
-    soft_max_abs_error: float | None = None     # soft labels against soft targets, if both exist
+    accuracy: float | None = None  # against the truth, if the audit had one
+    soft_max_abs_error: float | None = None  # soft labels against soft targets, if both exist
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"recovered": None, "label_accuracy": self.accuracy, "seconds": None, "soft": None,
-                               "error": self.error, "requested": self.requested}
+        out: dict[str, Any] = {
+            "recovered": None,
+            "label_accuracy": self.accuracy,
+            "seconds": None,
+            "soft": None,
+            "error": self.error,
+            "requested": self.requested,
+        }
         if self.result is not None:
             out.update(self.result.to_json())
         if self.soft_max_abs_error is not None:
@@ -48,10 +55,21 @@ class LabelRun:
         result = None
         if d.get("recovered") is not None:
             soft = None if d.get("soft") is None else torch.tensor(d["soft"], dtype=torch.float32)
-            result = LabelResult(method=d.get("method", name), labels=[int(v) for v in d["recovered"]], soft=soft,
-                                 seconds=float(d.get("seconds") or 0.0), details=dict(d.get("details") or {}))
-        return cls(requested=d.get("requested", name), method=name, result=result, error=d.get("error"),
-                   accuracy=d.get("label_accuracy"), soft_max_abs_error=d.get("soft_max_abs_error"))
+            result = LabelResult(
+                method=d.get("method", name),
+                labels=[int(v) for v in d["recovered"]],
+                soft=soft,
+                seconds=float(d.get("seconds") or 0.0),
+                details=dict(d.get("details") or {}),
+            )
+        return cls(
+            requested=d.get("requested", name),
+            method=name,
+            result=result,
+            error=d.get("error"),
+            accuracy=d.get("label_accuracy"),
+            soft_max_abs_error=d.get("soft_max_abs_error"),
+        )
 
 
 @dataclass(frozen=True)
@@ -67,19 +85,32 @@ class LabelSection:
 
     def to_json(self) -> dict[str, Any]:
         chosen = self.chosen
-        return {"true": None if self.true is None else list(self.true),
-                "methods": {r.method: r.to_json() for r in self.runs},
-                "used_by_attacks": None if chosen is None else chosen.method}
+        return {
+            "true": None if self.true is None else list(self.true),
+            "methods": {r.method: r.to_json() for r in self.runs},
+            "used_by_attacks": None if chosen is None else chosen.method,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LabelSection:
         true = d.get("true")
-        return cls(runs=tuple(LabelRun.from_json(n, m) for n, m in (d.get("methods") or {}).items()),
-                   true=None if true is None else tuple(int(t) for t in true))
+        return cls(
+            runs=tuple(LabelRun.from_json(n, m) for n, m in (d.get("methods") or {}).items()),
+            true=None if true is None else tuple(int(t) for t in true),
+        )
 
 
-_ATTACK_RESULT_KEYS = ("iterations", "seconds", "final_loss", "loss_curve", "labels", "restarts", "best_restart",
-                       "assumptions", "config")
+_ATTACK_RESULT_KEYS = (
+    "iterations",
+    "seconds",
+    "final_loss",
+    "loss_curve",
+    "labels",
+    "restarts",
+    "best_restart",
+    "assumptions",
+    "config",
+)
 
 
 @dataclass(frozen=True)
@@ -92,7 +123,7 @@ class AttackRun:
     scores: ImageScores | None = None
     estimate: CostEstimate | None = None
     error: str | None = None
-    traceback: str | None = None     # only for a crash (a bug), never for a refused attack
+    traceback: str | None = None  # only for a crash (a bug), never for a refused attack
 
     @property
     def mean_psnr(self) -> float | None:
@@ -119,13 +150,21 @@ class AttackRun:
             kw["loss_curve"] = [(int(i), float("nan") if v is None else float(v)) for i, v in kw.get("loss_curve", [])]
             result = AttackResult(name=d["name"], images=torch.empty(0), **kw)
         if d.get("psnr") is not None:
-            scores = ImageScores(order=list(d["order"]), psnr=list(d["psnr"]), ssim=list(d["ssim"]),
-                                 lpips=d.get("lpips"))
+            scores = ImageScores(
+                order=list(d["order"]), psnr=list(d["psnr"]), ssim=list(d["ssim"]), lpips=d.get("lpips")
+            )
         estimate = None
         if d.get("estimate") is not None:
             estimate = CostEstimate(**d["estimate"])
-        return cls(name=d["name"], seed=int(d.get("seed", 0)), result=result, scores=scores, estimate=estimate,
-                   error=d.get("error"), traceback=d.get("traceback"))
+        return cls(
+            name=d["name"],
+            seed=int(d.get("seed", 0)),
+            result=result,
+            scores=scores,
+            estimate=estimate,
+            error=d.get("error"),
+            traceback=d.get("traceback"),
+        )
 
 
 @dataclass(frozen=True)
@@ -184,10 +223,16 @@ class AuditResult:
         return next(a for a in self.attacks if a.name == name)
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "gradleak_version": self.version, "created": self.created, "config": self.config,
-                "scenario": {**self.setting, "class_names": list(self.class_names)},
-                "labels": self.labels.to_json(), "attacks": [a.to_json() for a in self.attacks],
-                "verdict": self.verdict.to_json()}
+        return {
+            "schema": SCHEMA,
+            "gradleak_version": self.version,
+            "created": self.created,
+            "config": self.config,
+            "scenario": {**self.setting, "class_names": list(self.class_names)},
+            "labels": self.labels.to_json(),
+            "attacks": [a.to_json() for a in self.attacks],
+            "verdict": self.verdict.to_json(),
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> AuditResult:
@@ -199,8 +244,13 @@ class AuditResult:
         setting = dict(d.get("scenario") or {})
         names = tuple(setting.pop("class_names", ()) or ())
         v = d.get("verdict") or {}
-        return cls(labels=LabelSection.from_json(d.get("labels") or {}),
-                   attacks=tuple(AttackRun.from_json(a) for a in d.get("attacks") or []),
-                   verdict=Verdict(str(v.get("level", "")), str(v.get("summary", ""))), setting=setting,
-                   config=dict(d.get("config") or {}), class_names=names,
-                   version=str(d.get("gradleak_version", "")), created=str(d.get("created", "")))
+        return cls(
+            labels=LabelSection.from_json(d.get("labels") or {}),
+            attacks=tuple(AttackRun.from_json(a) for a in d.get("attacks") or []),
+            verdict=Verdict(str(v.get("level", "")), str(v.get("summary", ""))),
+            setting=setting,
+            config=dict(d.get("config") or {}),
+            class_names=names,
+            version=str(d.get("gradleak_version", "")),
+            created=str(d.get("created", "")),
+        )

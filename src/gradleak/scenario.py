@@ -3,6 +3,7 @@
 The ground truth (the client's images and labels) is returned separately and only ever reaches
 ``metrics``; attacks see the :class:`~gradleak.observation.Observation` alone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .data import Dataset, load_dataset
 from .client import client_round
+from .data import Dataset, load_dataset
 from .defenses import Defense, LabelSmoothing, Mixup, parse_defense
 from .errors import InputError
 from .models import ModelSpec, find_head, load_weights
@@ -46,7 +47,7 @@ class Scenario:
     bn_mode: str = "eval"
     seed: int = 0
     server_knows_batch_size: bool = True
-    assumed_protocol: Protocol | None = None   # what the server assumes, if not the true protocol
+    assumed_protocol: Protocol | None = None  # what the server assumes, if not the true protocol
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -58,14 +59,21 @@ class Scenario:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "model": self.model, "model_kwargs": self.model_kwargs, "weights": self.weights,
-            "dataset": self.dataset, "image_size": self.image_size, "batch_size": self.batch_size,
-            "unique_labels": self.unique_labels, "protocol": self.protocol.to_json(),
+            "model": self.model,
+            "model_kwargs": self.model_kwargs,
+            "weights": self.weights,
+            "dataset": self.dataset,
+            "image_size": self.image_size,
+            "batch_size": self.batch_size,
+            "unique_labels": self.unique_labels,
+            "protocol": self.protocol.to_json(),
             "defenses": [d.to_json() for d in self.defenses],
             "augmentation": {"label_smoothing": self.label_smoothing, "mixup": self.mixup},
-            "bn_mode": self.bn_mode, "seed": self.seed,
+            "bn_mode": self.bn_mode,
+            "seed": self.seed,
             "assumed_protocol": None if self.assumed_protocol is None else self.assumed_protocol.to_json(),
-            "head": self.head, "server_knows_batch_size": self.server_knows_batch_size,
+            "head": self.head,
+            "server_knows_batch_size": self.server_knows_batch_size,
         }
 
     @classmethod
@@ -73,15 +81,24 @@ class Scenario:
         """The scenario :meth:`to_json` wrote."""
         aug = d.get("augmentation") or {}
         assumed = d.get("assumed_protocol")
-        return cls(model=d["model"], model_kwargs=dict(d.get("model_kwargs") or {}), weights=d.get("weights"),
-                   head=d.get("head"), dataset=d["dataset"], image_size=d.get("image_size"),
-                   batch_size=int(d["batch_size"]), unique_labels=bool(d.get("unique_labels", False)),
-                   protocol=protocol_from_json(d["protocol"]),
-                   defenses=tuple(defense_from_json(r) for r in d.get("defenses") or ()),
-                   label_smoothing=float(aug.get("label_smoothing") or 0.0), mixup=aug.get("mixup"),
-                   bn_mode=d.get("bn_mode", "eval"), seed=int(d.get("seed", 0)),
-                   server_knows_batch_size=bool(d.get("server_knows_batch_size", True)),
-                   assumed_protocol=None if assumed is None else protocol_from_json(assumed))
+        return cls(
+            model=d["model"],
+            model_kwargs=dict(d.get("model_kwargs") or {}),
+            weights=d.get("weights"),
+            head=d.get("head"),
+            dataset=d["dataset"],
+            image_size=d.get("image_size"),
+            batch_size=int(d["batch_size"]),
+            unique_labels=bool(d.get("unique_labels", False)),
+            protocol=protocol_from_json(d["protocol"]),
+            defenses=tuple(defense_from_json(r) for r in d.get("defenses") or ()),
+            label_smoothing=float(aug.get("label_smoothing") or 0.0),
+            mixup=aug.get("mixup"),
+            bn_mode=d.get("bn_mode", "eval"),
+            seed=int(d.get("seed", 0)),
+            server_knows_batch_size=bool(d.get("server_knows_batch_size", True)),
+            assumed_protocol=None if assumed is None else protocol_from_json(assumed),
+        )
 
 
 def defense_spec(defense: Defense | dict[str, Any]) -> str:
@@ -101,9 +118,9 @@ def defense_from_json(record: dict[str, Any]) -> Defense:
 class GroundTruth:
     """The client's private batch, for scoring only."""
 
-    images: Tensor          # [B, C, H, W] in [0, 1] (after mixup, the mixed images)
-    labels: Tensor          # int64 [B]: the dominant class of each target
-    targets: Tensor         # the training targets: int64 [B] or soft float [B, N]
+    images: Tensor  # [B, C, H, W] in [0, 1] (after mixup, the mixed images)
+    labels: Tensor  # int64 [B]: the dominant class of each target
+    targets: Tensor  # the training targets: int64 [B] or soft float [B, N]
     classes: tuple[str, ...]
 
 
@@ -120,32 +137,50 @@ def build_scenario_model(sc: Scenario, num_classes: int, input_shape: tuple[int,
     return model, spec
 
 
-def draw_batch(data: Dataset, batch_size: int, *, generator: torch.Generator, unique_labels: bool,
-               label_smoothing: float = 0.0, mixup: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def draw_batch(
+    data: Dataset,
+    batch_size: int,
+    *,
+    generator: torch.Generator,
+    unique_labels: bool,
+    label_smoothing: float = 0.0,
+    mixup: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """A client's batch with its training targets: (images in [0, 1], dominant labels, targets)."""
-    images, labels = data.sample(2 * batch_size if mixup else batch_size, generator=generator,
-                                 unique_labels=unique_labels)
+    images, labels = data.sample(
+        2 * batch_size if mixup else batch_size, generator=generator, unique_labels=unique_labels
+    )
     targets: Tensor = labels
     if mixup:
         b = batch_size
-        images, targets, _ = Mixup(mixup).mix(images[:b], labels[:b], images[b:], labels[b:], data.num_classes,
-                                              generator=generator)
+        images, targets, _ = Mixup(mixup).mix(
+            images[:b], labels[:b], images[b:], labels[b:], data.num_classes, generator=generator
+        )
         labels = targets.argmax(1)
     elif label_smoothing:
         targets = LabelSmoothing(label_smoothing).targets(labels, data.num_classes)
     return images, labels, targets
 
 
-def simulate(sc: Scenario, dataset: Dataset | None = None, model: nn.Module | None = None
-             ) -> tuple[Observation, GroundTruth]:
+def simulate(
+    sc: Scenario, dataset: Dataset | None = None, model: nn.Module | None = None
+) -> tuple[Observation, GroundTruth]:
     """Run one honest client round and return what the server sees plus the ground truth."""
     data = dataset if dataset is not None else load_dataset(sc.dataset, size=sc.image_size)
     gen = torch.Generator().manual_seed(sc.seed)
     if sc.mixup and sc.unique_labels and 2 * sc.batch_size > data.num_classes:
-        raise InputError(f"mixup of {sc.batch_size} pairs with unique labels needs {2 * sc.batch_size} classes; "
-                         f"{data.name} has {data.num_classes}")
-    images, labels, targets = draw_batch(data, sc.batch_size, generator=gen, unique_labels=sc.unique_labels,
-                                         label_smoothing=sc.label_smoothing, mixup=sc.mixup)
+        raise InputError(
+            f"mixup of {sc.batch_size} pairs with unique labels needs {2 * sc.batch_size} classes; "
+            f"{data.name} has {data.num_classes}"
+        )
+    images, labels, targets = draw_batch(
+        data,
+        sc.batch_size,
+        generator=gen,
+        unique_labels=sc.unique_labels,
+        label_smoothing=sc.label_smoothing,
+        mixup=sc.mixup,
+    )
     n_cls = data.num_classes
     if model is None:
         model, spec = build_scenario_model(sc, n_cls, data.image_shape)
@@ -154,9 +189,16 @@ def simulate(sc: Scenario, dataset: Dataset | None = None, model: nn.Module | No
         model.train(sc.bn_mode == "train")
     x = data.normalization.normalize(images)
     update, defense_records = client_round(model, sc.protocol, x, targets, sc.defenses, generator=gen)
-    obs = Observation(model=model, update=update, protocol=sc.assumed_protocol or sc.protocol, num_classes=n_cls,
-                      input_shape=data.image_shape,
-                      batch_size=sc.batch_size if sc.server_knows_batch_size else None,
-                      normalization=data.normalization, defenses=tuple(defense_records),
-                      head=sc.head, model_spec=spec)
+    obs = Observation(
+        model=model,
+        update=update,
+        protocol=sc.assumed_protocol or sc.protocol,
+        num_classes=n_cls,
+        input_shape=data.image_shape,
+        batch_size=sc.batch_size if sc.server_knows_batch_size else None,
+        normalization=data.normalization,
+        defenses=tuple(defense_records),
+        head=sc.head,
+        model_spec=spec,
+    )
     return obs, GroundTruth(images, labels, targets, data.classes)

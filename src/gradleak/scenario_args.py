@@ -1,35 +1,43 @@
 """The scenario's flags: one surface for every command that simulates clients (audit, labels, sweep, fl-demo)
 and for the Flower apps' flat run_config, which names its keys as the flags."""
+
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from .errors import InputError
 from .scenario import Scenario, defense_spec
 
 
-def add_scenario_args(p: argparse.ArgumentParser, *, model_kwargs: dict[str, dict[str, Any]] | None = None,
-                      **defaults: Any) -> None:
+def add_scenario_args(
+    p: argparse.ArgumentParser, *, model_kwargs: dict[str, dict[str, Any]] | None = None, **defaults: Any
+) -> None:
     """The flags of :class:`~gradleak.scenario.Scenario`. ``defaults`` (e.g. ``model="mlp"``) override the
     scenario's defaults for one command; ``model_kwargs`` maps a model name to the constructor arguments it gets
     when ``--model-kwargs`` is not given (e.g. ``{"mlp": {"width": 64}}``)."""
     d = Scenario()
     g = p.add_argument_group("scenario (the simulated client round)")
     g.add_argument("--model", default=d.model, help="zoo name (see `gradleak list`) or module:factory")
-    g.add_argument("--model-kwargs", type=json.loads, metavar="JSON",
-                   help='model constructor arguments, e.g. \'{"width": 64}\' (default: '
-                        + (", ".join(f"{m}: {json.dumps(k)}" for m, k in (model_kwargs or {}).items()) or "none")
-                        + ")")
+    g.add_argument(
+        "--model-kwargs",
+        type=json.loads,
+        metavar="JSON",
+        help="model constructor arguments, e.g. '{\"width\": 64}' (default: "
+        + (", ".join(f"{m}: {json.dumps(k)}" for m, k in (model_kwargs or {}).items()) or "none")
+        + ")",
+    )
     g.add_argument("--weights", help="model weights (.safetensors)")
     g.add_argument("--head", help="module path of the classification head, for your own models")
     g.add_argument("--data", default=d.dataset, help="bundled dataset name or a path to your data")
     g.add_argument("--image-size", type=int, help="resize images to this many pixels (default: the dataset's)")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--unique-labels", action="store_true",
-                   help="draw a batch of distinct labels (default: as a data loader draws, labels may repeat)")
+    g.add_argument(
+        "--unique-labels",
+        action="store_true",
+        help="draw a batch of distinct labels (default: as a data loader draws, labels may repeat)",
+    )
     g.add_argument("--protocol", choices=("fedsgd", "fedavg"), default="fedsgd")
     g.add_argument("--local-steps", type=int, default=5, help="FedAvg local SGD steps")
     g.add_argument("--local-lr", type=float, default=1e-2, help="FedAvg local learning rate")
@@ -37,13 +45,22 @@ def add_scenario_args(p: argparse.ArgumentParser, *, model_kwargs: dict[str, dic
     g.add_argument("--assume-local-steps", type=int, help="what the attacker assumes, if not the true value")
     g.add_argument("--assume-local-lr", type=float, help="what the attacker assumes, if not the true value")
     g.add_argument("--assume-local-batch", type=int, help="what the attacker assumes, if not the true value")
-    g.add_argument("--defense", action="append", default=[], metavar="SPEC",
-                   help="e.g. clip:4, noise:0.01, laplace:0.01, sparsify:0.9, quantize:8 (repeatable, in order)")
+    g.add_argument(
+        "--defense",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="e.g. clip:4, noise:0.01, laplace:0.01, sparsify:0.9, quantize:8 (repeatable, in order)",
+    )
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="EPS")
     g.add_argument("--mixup", type=float, metavar="ALPHA", help="client trains with mixup Beta(ALPHA, ALPHA)")
-    g.add_argument("--bn-mode", choices=("train", "eval"), default=d.bn_mode,
-                   help="BatchNorm of the client: eval = the running statistics the server sent (default); "
-                        "train = batch statistics (for one image they hide its brightness and contrast)")
+    g.add_argument(
+        "--bn-mode",
+        choices=("train", "eval"),
+        default=d.bn_mode,
+        help="BatchNorm of the client: eval = the running statistics the server sent (default); "
+        "train = batch statistics (for one image they hide its brightness and contrast)",
+    )
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", default="cpu", help="only 'cpu' is supported in this version")
     p.set_defaults(default_model_kwargs=model_kwargs or {}, **{k.replace("-", "_"): v for k, v in defaults.items()})
@@ -65,13 +82,28 @@ def scenario_from_args(a: argparse.Namespace) -> Scenario:
         if a.protocol != "fedavg":
             raise InputError("--assume-local-* only apply with --protocol fedavg")
         steps, lr, batch = guesses
-        assumed = FedAvg(a.local_steps if steps is None else steps, a.local_lr if lr is None else lr,
-                         a.local_batch if batch is None else batch)
-    return Scenario(model=a.model, model_kwargs=dict(kwargs), weights=a.weights, head=a.head,
-                    dataset=a.data, image_size=a.image_size, batch_size=a.batch_size,
-                    unique_labels=a.unique_labels, protocol=protocol,
-                    defenses=tuple(parse_defense(s) for s in a.defense), label_smoothing=a.label_smoothing,
-                    mixup=a.mixup, bn_mode=a.bn_mode, seed=a.seed, assumed_protocol=assumed)
+        assumed = FedAvg(
+            a.local_steps if steps is None else steps,
+            a.local_lr if lr is None else lr,
+            a.local_batch if batch is None else batch,
+        )
+    return Scenario(
+        model=a.model,
+        model_kwargs=dict(kwargs),
+        weights=a.weights,
+        head=a.head,
+        dataset=a.data,
+        image_size=a.image_size,
+        batch_size=a.batch_size,
+        unique_labels=a.unique_labels,
+        protocol=protocol,
+        defenses=tuple(parse_defense(s) for s in a.defense),
+        label_smoothing=a.label_smoothing,
+        mixup=a.mixup,
+        bn_mode=a.bn_mode,
+        seed=a.seed,
+        assumed_protocol=assumed,
+    )
 
 
 def scenario_from_config(config: dict[str, Any]) -> Scenario:
@@ -99,12 +131,19 @@ def scenario_from_config(config: dict[str, Any]) -> Scenario:
 def scenario_config(sc: Scenario) -> dict[str, Any]:
     """The flat ``flag: value`` form of ``sc`` that :func:`scenario_from_config` reads back (weights, head and
     the attacker's assumptions are not part of it)."""
-    cfg: dict[str, Any] = {"model": sc.model, "model-kwargs": json.dumps(sc.model_kwargs), "data": sc.dataset,
-                           "batch-size": sc.batch_size, "unique-labels": sc.unique_labels,
-                           "protocol": sc.protocol.to_json()["name"],
-                           "defenses": ";".join(defense_spec(d) for d in sc.defenses),
-                           "label-smoothing": sc.label_smoothing, "mixup": sc.mixup or 0.0, "bn-mode": sc.bn_mode,
-                           "seed": sc.seed}
+    cfg: dict[str, Any] = {
+        "model": sc.model,
+        "model-kwargs": json.dumps(sc.model_kwargs),
+        "data": sc.dataset,
+        "batch-size": sc.batch_size,
+        "unique-labels": sc.unique_labels,
+        "protocol": sc.protocol.to_json()["name"],
+        "defenses": ";".join(defense_spec(d) for d in sc.defenses),
+        "label-smoothing": sc.label_smoothing,
+        "mixup": sc.mixup or 0.0,
+        "bn-mode": sc.bn_mode,
+        "seed": sc.seed,
+    }
     if sc.image_size is not None:
         cfg["image-size"] = sc.image_size
     for key, value in sc.protocol.to_json().items():

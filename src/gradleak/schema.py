@@ -6,6 +6,7 @@ and reads the header and the tensor shapes without loading tensor data; :class:`
 every way a header breaks its schema so that loading raises once, listing them all. JSON is parsed
 strictly: no NaN or Infinity, a bounded size and nesting.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,7 @@ class SafetensorsFile:
 
         try:
             with safe_open(str(self.path), "pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}
+                return {k: f.get_tensor(k) for k in f}
         except (OSError, SafetensorError, RuntimeError, ValueError) as e:
             raise InputError(f"cannot read the tensors of {self.path}: {e}") from None
 
@@ -76,12 +77,14 @@ def read_safetensors(path: str | Path, key: str | None, what: str) -> Safetensor
     try:
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-            dtypes = {k: str(f.get_slice(k).get_dtype()) for k in f.keys()}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f}
+            dtypes = {k: str(f.get_slice(k).get_dtype()) for k in f}
     except (OSError, SafetensorError, RuntimeError, ValueError) as e:
         if path.suffix in PICKLE_SUFFIXES:
-            raise UnsafeFileError(f"{path}: pickle files can run code when loaded and are refused; a {what} is a "
-                                  ".safetensors file (convert a state dict once with safetensors.torch.save_file)") from None
+            raise UnsafeFileError(
+                f"{path}: pickle files can run code when loaded and are refused; a {what} is a "
+                ".safetensors file (convert a state dict once with safetensors.torch.save_file)"
+            ) from None
         raise InputError(f"cannot read {what} {path}: not a safetensors file, or truncated ({e})") from None
     if key is None:
         return SafetensorsFile(path, {}, shapes, dtypes)
@@ -113,15 +116,25 @@ class Problems(list):
             self.append(f"{where}{key}: missing")
         return None if v is MISSING else v
 
-    def integer(self, d: dict[str, Any], key: str, lo: int, hi: int, where: str = "", *,
-                nullable: bool = False, optional: bool = False) -> int | None:
+    def integer(
+        self,
+        d: dict[str, Any],
+        key: str,
+        lo: int,
+        hi: int,
+        where: str = "",
+        *,
+        nullable: bool = False,
+        optional: bool = False,
+    ) -> int | None:
         v = self.get(d, key, where, optional=optional or nullable)
         if v is None and (nullable or optional):
             return None
         if not (is_int(v) and lo <= v <= hi):
             if key in d:
-                self.append(f"{where}{key}: expected an integer in [{lo}, {hi}]{' or null' if nullable else ''}, "
-                            f"got {brief(v)}")
+                self.append(
+                    f"{where}{key}: expected an integer in [{lo}, {hi}]{' or null' if nullable else ''}, got {brief(v)}"
+                )
             return None
         return v
 
@@ -141,8 +154,15 @@ class Problems(list):
             return None
         return v
 
-    def string(self, d: dict[str, Any], key: str, where: str = "", *, max_len: int = 256,
-               choices: tuple[str, ...] | None = None) -> str | None:
+    def string(
+        self,
+        d: dict[str, Any],
+        key: str,
+        where: str = "",
+        *,
+        max_len: int = 256,
+        choices: tuple[str, ...] | None = None,
+    ) -> str | None:
         v = self.get(d, key, where)
         if not (isinstance(v, str) and 0 < len(v) <= max_len and (choices is None or v in choices)):
             if key in d:
@@ -151,13 +171,18 @@ class Problems(list):
             return None
         return v
 
-    def int_list(self, d: dict[str, Any], key: str, lo: int, hi: int, lengths: tuple[int, int],
-                 where: str = "") -> list[int] | None:
+    def int_list(
+        self, d: dict[str, Any], key: str, lo: int, hi: int, lengths: tuple[int, int], where: str = ""
+    ) -> list[int] | None:
         v = self.get(d, key, where)
-        if not (isinstance(v, list) and lengths[0] <= len(v) <= lengths[1] and all(is_int(x) and lo <= x <= hi for x in v)):
+        if not (
+            isinstance(v, list) and lengths[0] <= len(v) <= lengths[1] and all(is_int(x) and lo <= x <= hi for x in v)
+        ):
             if key in d:
-                self.append(f"{where}{key}: expected a list of {lengths[0]}..{lengths[1]} integers in [{lo}, {hi}], "
-                            f"got {brief(v)}")
+                self.append(
+                    f"{where}{key}: expected a list of {lengths[0]}..{lengths[1]} integers in [{lo}, {hi}], "
+                    f"got {brief(v)}"
+                )
             return None
         return v
 
@@ -185,10 +210,15 @@ class Problems(list):
 
 def shape_problems(have: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]], where: str = "") -> list[str]:
     """Every tensor of ``want`` that ``have`` misses or shapes differently, and every one it adds."""
-    return ([f"{where}{k}: missing" for k in sorted(set(want) - set(have))]
-            + [f"{where}{k}: not expected here" for k in sorted(set(have) - set(want))]
-            + [f"{where}{k}: shape {list(have[k])} in the file, {list(want[k])} expected"
-               for k in sorted(set(want) & set(have)) if tuple(have[k]) != tuple(want[k])])
+    return (
+        [f"{where}{k}: missing" for k in sorted(set(want) - set(have))]
+        + [f"{where}{k}: not expected here" for k in sorted(set(have) - set(want))]
+        + [
+            f"{where}{k}: shape {list(have[k])} in the file, {list(want[k])} expected"
+            for k in sorted(set(want) & set(have))
+            if tuple(have[k]) != tuple(want[k])
+        ]
+    )
 
 
 def state_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -198,5 +228,8 @@ def state_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 def finite_problems(tensors: dict[str, Tensor], where: str = "") -> list[str]:
     """One problem per floating tensor holding NaN or inf, naming it."""
-    return [f"{where}{k}: contains NaN or inf" for k, v in sorted(tensors.items())
-            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [
+        f"{where}{k}: contains NaN or inf"
+        for k, v in sorted(tensors.items())
+        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]

@@ -4,6 +4,7 @@ Every attack and label method takes ``(config=None, **overrides)``; an override 
 its settings is an :class:`~gradleak.errors.InputError` naming the method and the setting (never
 silently dropped).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, is_dataclass, replace

@@ -14,6 +14,7 @@ Cells run in parallel processes — Ray when installed (``backend="auto"``), els
 HTML page. Grid specs take ``|``-separated alternatives: ``dpsgd:noise=0.5|1|2,clip=1`` is three
 settings; ``smooth:EPS`` and ``mixup:ALPHA`` sweep the client's label augmentations.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,9 +31,9 @@ from typing import Any
 import torch
 
 from . import __version__
+from .auditing import AuditPlan, audit_scenario, make_attacks
 from .defenses import DEFENSES, Defense, LabelSmoothing, Mixup, parse_defense
 from .errors import InputError
-from .auditing import AuditPlan, audit_scenario, make_attacks
 from .protocols import FedAvg, FedSGD
 from .scenario import Scenario
 
@@ -43,8 +44,7 @@ AUGMENTATIONS = ("smooth", "mixup")
 #: families whose defense gets *weaker* as their main value grows (all others get stronger)
 WEAKER_WITH_LARGER = {"quantize", "clip"}
 
-DEFAULT_GRID = ("noise:0.003|0.01|0.03|0.1", "dpsgd:noise=0.3|1|3,clip=1", "soteria:0.5|0.9",
-                "compress:0.9|0.99|0.999")
+DEFAULT_GRID = ("noise:0.003|0.01|0.03|0.1", "dpsgd:noise=0.3|1|3,clip=1", "soteria:0.5|0.9", "compress:0.9|0.99|0.999")
 
 
 def expand_grid(spec: str) -> list[str]:
@@ -150,35 +150,48 @@ def _split(spec: str) -> tuple[tuple[Defense, ...], float, float | None]:
 
 # -- the two kinds of cell (module-level functions: they run in worker processes) -----------------
 
+
 def leakage_cell(plan: SweepPlan, setting: str, client: int) -> dict[str, Any]:
     """Audit one simulated client under one setting; scores against its batch."""
     torch.set_num_threads(1)
     defenses, smooth, mixup = _split(setting)
-    sc = replace(plan.scenario, defenses=defenses, label_smoothing=smooth, mixup=mixup,
-                 seed=plan.scenario.seed + 1 + client)
+    sc = replace(
+        plan.scenario, defenses=defenses, label_smoothing=smooth, mixup=mixup, seed=plan.scenario.seed + 1 + client
+    )
     t0 = time.perf_counter()
-    audit_plan = AuditPlan(label_methods=plan.label_methods, attacks=make_attacks(plan.attacks, iterations=plan.iterations),
-                           seed=plan.scenario.seed)
+    audit_plan = AuditPlan(
+        label_methods=plan.label_methods,
+        attacks=make_attacks(plan.attacks, iterations=plan.iterations),
+        seed=plan.scenario.seed,
+    )
     result, _ = audit_scenario(sc, audit_plan)
     chosen = result.labels.chosen
-    row: dict[str, Any] = {"setting": setting, "client": client,
-                           "label_accuracy": None if chosen is None else chosen.accuracy,
-                           "label_method": None if chosen is None else chosen.method,
-                           "defense_records": result.setting["defenses"], "attacks": {}}
+    row: dict[str, Any] = {
+        "setting": setting,
+        "client": client,
+        "label_accuracy": None if chosen is None else chosen.accuracy,
+        "label_method": None if chosen is None else chosen.method,
+        "defense_records": result.setting["defenses"],
+        "attacks": {},
+    }
     for run in result.attacks:
         if run.result is None or run.scores is None:
             row["attacks"][run.name] = {"error": run.error}
             continue
-        row["attacks"][run.name] = {"psnr": run.scores.mean_psnr, "ssim": run.scores.mean_ssim,
-                                    "seconds": run.result.seconds, "error": None}
+        row["attacks"][run.name] = {
+            "psnr": run.scores.mean_psnr,
+            "ssim": run.scores.mean_ssim,
+            "seconds": run.result.seconds,
+            "error": None,
+        }
     row["seconds"] = time.perf_counter() - t0
     return row
 
 
 def utility_cell(plan: SweepPlan, setting: str) -> dict[str, Any]:
     """Train the plan's model for ``train_steps`` defended FL steps; test accuracy on held-out data."""
-    from .data import load_dataset
     from .client import client_round
+    from .data import load_dataset
     from .defenses import DPSGD, dp_epsilon
     from .models import ModelSpec
 
@@ -204,8 +217,7 @@ def utility_cell(plan: SweepPlan, setting: str) -> dict[str, Any]:
             x, targets, _ = Mixup(mixup).mix(x[:b], y[:b], x[b:], y[b:], n_cls, generator=gen)
         elif smooth:
             targets = LabelSmoothing(smooth).targets(y, n_cls)
-        update, _ = client_round(model, sc.protocol, data.normalization.normalize(x), targets, defenses,
-                                 generator=gen)
+        update, _ = client_round(model, sc.protocol, data.normalization.normalize(x), targets, defenses, generator=gen)
         step = -plan.train_lr if isinstance(sc.protocol, FedSGD) else 1.0
         with torch.no_grad():
             for k, p in model.named_parameters():
@@ -215,19 +227,28 @@ def utility_cell(plan: SweepPlan, setting: str) -> dict[str, Any]:
     with torch.no_grad():
         pred = model(data.normalization.normalize(test.images)).argmax(1)
     acc = float((pred == test.labels).float().mean())
-    out: dict[str, Any] = {"setting": setting, "test_accuracy": acc, "steps": plan.train_steps, "batch": b,
-                           "seconds": time.perf_counter() - t0, "epsilon": None}
+    out: dict[str, Any] = {
+        "setting": setting,
+        "test_accuracy": acc,
+        "steps": plan.train_steps,
+        "batch": b,
+        "seconds": time.perf_counter() - t0,
+        "epsilon": None,
+    }
     dp = [d for d in defenses if isinstance(d, DPSGD)]
     if dp:
         steps = plan.train_steps * (sc.protocol.local_steps if isinstance(sc.protocol, FedAvg) else 1)
         eps = dp_epsilon(dp[0].noise, b / len(train), steps, dp[0].delta)
         out["epsilon"] = eps if math.isfinite(eps) else None
-        out["epsilon_note"] = (f"RDP accountant, sampling rate {b}/{len(train)}, {steps} steps, "
-                               f"delta {dp[0].delta} (batches drawn without replacement, accounted as Poisson)")
+        out["epsilon_note"] = (
+            f"RDP accountant, sampling rate {b}/{len(train)}, {steps} steps, "
+            f"delta {dp[0].delta} (batches drawn without replacement, accounted as Poisson)"
+        )
     return out
 
 
 # -- running cells ---------------------------------------------------------------------------------
+
 
 def _call(job: tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]) -> dict[str, Any]:
     fn, args = job
@@ -246,9 +267,13 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def run_jobs(jobs: Sequence[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]], *, backend: str = "auto",
-             workers: int | None = None, on_done: Callable[[int, int], None] = lambda done, total: None
-             ) -> list[dict[str, Any]]:
+def run_jobs(
+    jobs: Sequence[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]],
+    *,
+    backend: str = "auto",
+    workers: int | None = None,
+    on_done: Callable[[int, int], None] = lambda done, total: None,
+) -> list[dict[str, Any]]:
     """Run ``(function, args)`` jobs in parallel; results in job order."""
     backend = resolve_backend(backend)
     workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
@@ -264,8 +289,7 @@ def run_jobs(jobs: Sequence[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]
 
         started = not ray.is_initialized()
         if started:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                     object_store_memory=100 * 1024 ** 2)
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 1024**2)
         try:
             remote = ray.remote(num_cpus=1)(_call)
             refs = [remote.remote(job) for job in jobs]
@@ -290,20 +314,34 @@ def run_jobs(jobs: Sequence[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]
         return out
 
 
-def run_sweep(plan: SweepPlan, *, backend: str = "auto", workers: int | None = None,
-              on_done: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
+def run_sweep(
+    plan: SweepPlan,
+    *,
+    backend: str = "auto",
+    workers: int | None = None,
+    on_done: Callable[[int, int], None] = lambda done, total: None,
+) -> dict[str, Any]:
     """Run every cell and summarise; returns the results dict (written by :func:`write_sweep`)."""
     t0 = time.perf_counter()
     settings = plan.all_settings()
     jobs: list[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]] = []
-    jobs += [(utility_cell, (plan, s)) for s in settings]       # longest first
+    jobs += [(utility_cell, (plan, s)) for s in settings]  # longest first
     jobs += [(leakage_cell, (plan, s, c)) for s in settings for c in range(plan.clients)]
     results = run_jobs(jobs, backend=backend, workers=workers, on_done=on_done)
     utility = results[: len(settings)]
-    cells = results[len(settings):]
-    return {"schema": SCHEMA, "kind": "sweep", "gradleak_version": __version__, "config": plan.to_json(),
-            "backend": resolve_backend(backend), "workers": workers, "seconds": time.perf_counter() - t0,
-            "summary": summarize(plan, settings, cells, utility), "utility": utility, "cells": cells}
+    cells = results[len(settings) :]
+    return {
+        "schema": SCHEMA,
+        "kind": "sweep",
+        "gradleak_version": __version__,
+        "config": plan.to_json(),
+        "backend": resolve_backend(backend),
+        "workers": workers,
+        "seconds": time.perf_counter() - t0,
+        "summary": summarize(plan, settings, cells, utility),
+        "utility": utility,
+        "cells": cells,
+    }
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:
@@ -311,43 +349,58 @@ def _mean(xs: Sequence[float | None]) -> float | None:
     return sum(v) / len(v) if v else None
 
 
-def summarize(plan: SweepPlan, settings: Sequence[str], cells: Sequence[dict[str, Any]],
-              utility: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def summarize(
+    plan: SweepPlan, settings: Sequence[str], cells: Sequence[dict[str, Any]], utility: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
     """Per setting: mean leakage and utility; per family: whether the trends are monotone."""
     util = {u["setting"]: u for u in utility}
     rows = []
     for s in settings:
         mine = [c for c in cells if c["setting"] == s]
         fam, st = strength(s)
-        row = {"setting": s, "family": fam, "strength": st, "test_accuracy": util[s]["test_accuracy"],
-               "epsilon": util[s].get("epsilon"), "label_accuracy": _mean([c["label_accuracy"] for c in mine]),
-               "attacks": {}}
+        row = {
+            "setting": s,
+            "family": fam,
+            "strength": st,
+            "test_accuracy": util[s]["test_accuracy"],
+            "epsilon": util[s].get("epsilon"),
+            "label_accuracy": _mean([c["label_accuracy"] for c in mine]),
+            "attacks": {},
+        }
         round_eps = [r.get("epsilon") for c in mine for r in c["defense_records"] if "epsilon" in r]
         if round_eps:
             row["epsilon_per_round"] = _mean(round_eps)
         for a in plan.attacks:
             ok = [c["attacks"][a] for c in mine if c["attacks"].get(a, {}).get("error") is None]
-            row["attacks"][a] = {"psnr": _mean([o["psnr"] for o in ok]), "ssim": _mean([o["ssim"] for o in ok]),
-                                 "n": len(ok)}
+            row["attacks"][a] = {
+                "psnr": _mean([o["psnr"] for o in ok]),
+                "ssim": _mean([o["ssim"] for o in ok]),
+                "n": len(ok),
+            }
         rows.append(row)
     trends = {}
     for fam in sorted({r["family"] for r in rows} - {NONE}):
         chain = sorted([r for r in rows if r["family"] == fam], key=lambda r: r["strength"])
         chain = [next(r for r in rows if r["family"] == NONE)] + chain
+
         def nonincreasing(vals: list[float | None], tol: float) -> bool:
             v = [x for x in vals if x is not None]
             return all(b <= a + tol for a, b in zip(v, v[1:]))
+
         trends[fam] = {
             "settings": [r["setting"] for r in chain],
             "accuracy_nonincreasing": nonincreasing([r["test_accuracy"] for r in chain], 0.01),
             "label_accuracy_nonincreasing": nonincreasing([r["label_accuracy"] for r in chain], 0.0),
-            **{f"{a}_psnr_nonincreasing": nonincreasing([r["attacks"][a]["psnr"] for r in chain], 0.25)
-               for a in plan.attacks},
+            **{
+                f"{a}_psnr_nonincreasing": nonincreasing([r["attacks"][a]["psnr"] for r in chain], 0.25)
+                for a in plan.attacks
+            },
         }
     return {"settings": rows, "trends": trends}
 
 
 # -- output ----------------------------------------------------------------------------------------
+
 
 def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
     """Privacy–utility plot: attack PSNR and label accuracy against the defended model's test accuracy."""
@@ -372,8 +425,14 @@ def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
                 continue
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colors[i % len(colors)], label=fam)
             for x, y, s in pts[1:]:
-                ax.annotate(s.partition(":")[2].split(",")[0], (x, y), textcoords="offset points", xytext=(4, 3),
-                            fontsize=7, color=colors[i % len(colors)])
+                ax.annotate(
+                    s.partition(":")[2].split(",")[0],
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(4, 3),
+                    fontsize=7,
+                    color=colors[i % len(colors)],
+                )
         if get(base) is not None:
             ax.plot([base["test_accuracy"]], [get(base)], "k*", markersize=12, label="no defense")
         ax.set_xlabel("defended model test accuracy")
@@ -382,8 +441,11 @@ def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
     axes[0][0].legend(fontsize=8)
     cfg = results["config"]
     sc = cfg["scenario"]
-    fig.suptitle(f"privacy–utility: {sc['model']} on {sc['dataset']}, batch {sc['batch_size']}, "
-                 f"{cfg['clients']} clients, {cfg['train_steps']} training steps", fontsize=10)
+    fig.suptitle(
+        f"privacy–utility: {sc['model']} on {sc['dataset']}, batch {sc['batch_size']}, "
+        f"{cfg['clients']} clients, {cfg['train_steps']} training steps",
+        fontsize=10,
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -394,17 +456,30 @@ def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
 
 def markdown_table(results: dict[str, Any]) -> str:
     attacks = results["config"]["attacks"]
-    head = ["setting", "test acc", "label acc", *[f"{a} PSNR" for a in attacks], *[f"{a} SSIM" for a in attacks],
-            "ε (training)", "ε (one round)"]
+    head = [
+        "setting",
+        "test acc",
+        "label acc",
+        *[f"{a} PSNR" for a in attacks],
+        *[f"{a} SSIM" for a in attacks],
+        "ε (training)",
+        "ε (one round)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def f(x: Any, d: int = 3) -> str:
         return "–" if x is None else f"{x:.{d}f}"
 
     for r in results["summary"]["settings"]:
-        cells = [f"`{r['setting']}`", f(r["test_accuracy"]), f(r["label_accuracy"], 2),
-                 *[f(r["attacks"][a]["psnr"], 2) for a in attacks], *[f(r["attacks"][a]["ssim"]) for a in attacks],
-                 f(r.get("epsilon"), 2), f(r.get("epsilon_per_round"), 2)]
+        cells = [
+            f"`{r['setting']}`",
+            f(r["test_accuracy"]),
+            f(r["label_accuracy"], 2),
+            *[f(r["attacks"][a]["psnr"], 2) for a in attacks],
+            *[f(r["attacks"][a]["ssim"]) for a in attacks],
+            f(r.get("epsilon"), 2),
+            f(r.get("epsilon_per_round"), 2),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -416,28 +491,43 @@ def write_sweep(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "sweep.json", "plot": out / "privacy_utility.png", "md": out / "sweep.md",
-             "html": out / "report.html"}
+    paths = {
+        "json": out / "sweep.json",
+        "plot": out / "privacy_utility.png",
+        "md": out / "sweep.md",
+        "html": out / "report.html",
+    }
     write_json_atomic(paths["json"], results)
     plot_sweep(results, paths["plot"])
     table = markdown_table(results)
     trends = results["summary"]["trends"]
-    trend_lines = [f"- `{fam}`: " + ", ".join(f"{k.replace('_nonincreasing', '')} "
-                                               f"{'monotone' if v else 'NOT monotone'}"
-                                               for k, v in t.items() if k.endswith("_nonincreasing"))
-                   for fam, t in trends.items()]
+    trend_lines = [
+        f"- `{fam}`: "
+        + ", ".join(
+            f"{k.replace('_nonincreasing', '')} {'monotone' if v else 'NOT monotone'}"
+            for k, v in t.items()
+            if k.endswith("_nonincreasing")
+        )
+        for fam, t in trends.items()
+    ]
     cfg = results["config"]
     sc = cfg["scenario"]
     iters = "each attack's default budget" if cfg["iterations"] is None else f"{cfg['iterations']} iterations"
-    md = (f"# Privacy–utility sweep\n\n{sc['model']} on `{sc['dataset']}`, client batch {sc['batch_size']}, "
-          f"protocol {sc['protocol']['name']}, {cfg['clients']} clients per setting, attacks "
-          f"{', '.join(cfg['attacks'])} ({iters}), utility after {cfg['train_steps']} "
-          f"training steps of batch {cfg['train_batch']} (lr {cfg['train_lr']}). Ran in "
-          f"{results['seconds']:.0f} s on backend `{results['backend']}`.\n\n![privacy-utility]"
-          f"(privacy_utility.png)\n\n{table}\n\nTrends with strength (from no defense to the strongest "
-          f"setting; tolerance 0.01 accuracy, 0.25 dB):\n\n" + "\n".join(trend_lines) + "\n")
+    md = (
+        f"# Privacy–utility sweep\n\n{sc['model']} on `{sc['dataset']}`, client batch {sc['batch_size']}, "
+        f"protocol {sc['protocol']['name']}, {cfg['clients']} clients per setting, attacks "
+        f"{', '.join(cfg['attacks'])} ({iters}), utility after {cfg['train_steps']} "
+        f"training steps of batch {cfg['train_batch']} (lr {cfg['train_lr']}). Ran in "
+        f"{results['seconds']:.0f} s on backend `{results['backend']}`.\n\n![privacy-utility]"
+        f"(privacy_utility.png)\n\n{table}\n\nTrends with strength (from no defense to the strongest "
+        f"setting; tolerance 0.01 accuracy, 0.25 dB):\n\n" + "\n".join(trend_lines) + "\n"
+    )
     paths["md"].write_text(md)
-    write_page(paths["html"], "gradleak privacy–utility sweep", paragraphs=[md.split("\n\n")[1], *trend_lines],
-               images=[(out / "privacy_utility.png", "attack leakage vs the defended model's test accuracy")],
-               table_md=table)
+    write_page(
+        paths["html"],
+        "gradleak privacy–utility sweep",
+        paragraphs=[md.split("\n\n")[1], *trend_lines],
+        images=[(out / "privacy_utility.png", "attack leakage vs the defended model's test accuracy")],
+        table_md=table,
+    )
     return paths

@@ -2,12 +2,14 @@
 
 Every module of this package is imported on first use so its ``@attack`` registrations run.
 """
+
 from __future__ import annotations
 
 import sys
 
 from ..plugins import import_submodules
-from .base import ATTACKS, Attack, AttackResult, Step, attack
+from .base import ATTACKS, Attack, AttackResult, attack
+from .steps import Step
 
 import_submodules(sys.modules[__name__])
 
@@ -20,5 +22,18 @@ from .generative.gifd import GIFD  # noqa: E402
 from .gradinversion import GradInversion  # noqa: E402
 from .inverting_gradients import InvertingGradients  # noqa: E402
 
-__all__ = ["ATTACKS", "DLG", "GGL", "GIFD", "RGAP", "Attack", "AttackResult", "FCExact", "GradInversion",
-           "InvertingGradients", "Step", "TensorAttack", "attack"]
+__all__ = [
+    "ATTACKS",
+    "DLG",
+    "GGL",
+    "GIFD",
+    "RGAP",
+    "Attack",
+    "AttackResult",
+    "FCExact",
+    "GradInversion",
+    "InvertingGradients",
+    "Step",
+    "TensorAttack",
+    "attack",
+]

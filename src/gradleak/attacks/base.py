@@ -1,8 +1,8 @@
 """The attack interface: a registry of attacks taking an Observation (and recovered labels) and
 returning an :class:`AttackResult`. Attacks never print, write files or see the ground truth."""
+
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, ClassVar
 
@@ -14,34 +14,19 @@ from ..labels.base import LabelResult
 from ..observation import Observation
 from ..registry import Registry
 from ..settings import configure
+from .steps import StepCallback, no_progress
 
 ATTACKS: Registry = Registry("attack")
 
 
 def attack(name: str):
     """Class decorator registering an :class:`Attack` under ``name``."""
-    def add(cls: type["Attack"]) -> type["Attack"]:
+
+    def add(cls: type[Attack]) -> type[Attack]:
         cls.name = name
         return ATTACKS.register(name)(cls)
 
     return add
-
-
-@dataclass(frozen=True)
-class Step:
-    """Progress of a long run, handed to ``on_step`` callbacks."""
-
-    iteration: int
-    total: int
-    loss: float
-    stage: str = ""
-
-
-StepCallback = Callable[[Step], None]
-
-
-def no_progress(step: Step) -> None:
-    return None
 
 
 @dataclass
@@ -49,23 +34,31 @@ class AttackResult:
     """Reconstructed images (in [0, 1], any order) and how they were obtained."""
 
     name: str
-    images: Tensor                                  # [B, C, H, W] in [0, 1]
+    images: Tensor  # [B, C, H, W] in [0, 1]
     iterations: int
     seconds: float
     final_loss: float
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
-    labels: list[int] | None = None                 # labels the attack used or recovered
+    labels: list[int] | None = None  # labels the attack used or recovered
     restarts: int = 1
     best_restart: int = 0
-    stages: dict[str, Tensor] = field(default_factory=dict)   # intermediate outputs worth showing
+    stages: dict[str, Tensor] = field(default_factory=dict)  # intermediate outputs worth showing
     assumptions: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "iterations": self.iterations, "seconds": self.seconds,
-                "final_loss": self.final_loss, "loss_curve": [list(p) for p in self.loss_curve],
-                "labels": self.labels, "restarts": self.restarts, "best_restart": self.best_restart,
-                "assumptions": self.assumptions, "config": self.config}
+        return {
+            "name": self.name,
+            "iterations": self.iterations,
+            "seconds": self.seconds,
+            "final_loss": self.final_loss,
+            "loss_curve": [list(p) for p in self.loss_curve],
+            "labels": self.labels,
+            "restarts": self.restarts,
+            "best_restart": self.best_restart,
+            "assumptions": self.assumptions,
+            "config": self.config,
+        }
 
 
 class Attack:
@@ -86,8 +79,14 @@ class Attack:
         if problems:
             raise UnsupportedError(self.name, problems)
 
-    def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
-            on_step: StepCallback = no_progress) -> AttackResult:
+    def run(
+        self,
+        obs: Observation,
+        labels: LabelResult | None = None,
+        *,
+        generator: torch.Generator,
+        on_step: StepCallback = no_progress,
+    ) -> AttackResult:
         raise NotImplementedError
 
     def cost_units(self) -> tuple[int, int] | None:

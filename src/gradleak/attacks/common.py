@@ -1,4 +1,5 @@
 """Helpers shared by the optimisation attacks: label targets and turning a match into a result."""
+
 from __future__ import annotations
 
 import time
@@ -34,15 +35,34 @@ def batch_size_of(obs: Observation, labels: LabelResult | None, attack: str) -> 
     raise UnsupportedError(attack, ["the batch size is unknown: give it in the observation or give labels"])
 
 
-def to_result(name: str, obs: Observation, match: MatchResult, t0: float, *, labels: list[int] | None,
-              restarts: int, config: dict[str, Any], assumptions: dict[str, Any] | None = None,
-              stages: dict[str, Tensor] | None = None) -> AttackResult:
+def to_result(
+    name: str,
+    obs: Observation,
+    match: MatchResult,
+    t0: float,
+    *,
+    labels: list[int] | None,
+    restarts: int,
+    config: dict[str, Any],
+    assumptions: dict[str, Any] | None = None,
+    stages: dict[str, Tensor] | None = None,
+) -> AttackResult:
     """Denormalise the best candidate to [0, 1] and package the run."""
     images = denormalize(obs, match.x)
-    return AttackResult(name=name, images=images, iterations=match.iterations,
-                        seconds=time.perf_counter() - t0, final_loss=match.restart_losses[match.best_restart],
-                        loss_curve=match.curve, labels=labels, restarts=restarts, best_restart=match.best_restart,
-                        stages=stages or {}, assumptions=assumptions or protocol_assumptions(obs), config=config)
+    return AttackResult(
+        name=name,
+        images=images,
+        iterations=match.iterations,
+        seconds=time.perf_counter() - t0,
+        final_loss=match.restart_losses[match.best_restart],
+        loss_curve=match.curve,
+        labels=labels,
+        restarts=restarts,
+        best_restart=match.best_restart,
+        stages=stages or {},
+        assumptions=assumptions or protocol_assumptions(obs),
+        config=config,
+    )
 
 
 def denormalize(obs: Observation, x: Tensor) -> Tensor:
@@ -52,5 +72,8 @@ def denormalize(obs: Observation, x: Tensor) -> Tensor:
 
 def protocol_assumptions(obs: Observation) -> dict[str, Any]:
     """What the attacker assumed about the client when replaying it."""
-    return {"protocol": obs.protocol.to_json(), "batch_size": obs.batch_size,
-            "bn": "train (batch statistics)" if obs.bn_train else "eval (running statistics)"}
+    return {
+        "protocol": obs.protocol.to_json(),
+        "batch_size": obs.batch_size,
+        "bn": "train (batch statistics)" if obs.bn_train else "eval (running statistics)",
+    }

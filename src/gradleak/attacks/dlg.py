@@ -4,6 +4,7 @@ Jointly optimise a dummy image and a dummy soft label (softmax of free logits) w
 minimise the squared Euclidean distance between the dummy update and the observed one. DLG needs
 no label recovery: the label is read off the optimised soft label (argmax).
 """
+
 from __future__ import annotations
 
 import time
@@ -13,9 +14,10 @@ import torch
 
 from ..labels import LabelResult
 from ..observation import Observation
-from .base import Attack, AttackResult, StepCallback, attack, no_progress
+from .base import Attack, AttackResult, attack
 from .common import batch_size_of, to_result
 from .matching import MatchingConfig, MatchingProblem, run_matching
+from .steps import StepCallback, no_progress
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,20 +43,41 @@ class DLG(Attack):
         c = self.config
         return c.iterations * c.max_evals * c.restarts, 1
 
-    def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
-            on_step: StepCallback = no_progress) -> AttackResult:
+    def run(
+        self,
+        obs: Observation,
+        labels: LabelResult | None = None,
+        *,
+        generator: torch.Generator,
+        on_step: StepCallback = no_progress,
+    ) -> AttackResult:
         t0 = time.perf_counter()
         c = self.config
-        cfg = MatchingConfig(iterations=c.iterations, restarts=c.restarts, distance="l2", optimizer="lbfgs",
-                             lr=c.lr, signed=False, schedule="constant", lbfgs_max_iter=c.max_evals,
-                             optimize_labels=c.joint_labels, box=False, log_every=c.log_every)
+        cfg = MatchingConfig(
+            iterations=c.iterations,
+            restarts=c.restarts,
+            distance="l2",
+            optimizer="lbfgs",
+            lr=c.lr,
+            signed=False,
+            schedule="constant",
+            lbfgs_max_iter=c.max_evals,
+            optimize_labels=c.joint_labels,
+            box=False,
+            log_every=c.log_every,
+        )
         targets = None
         if not c.joint_labels:
             from .common import label_targets
+
             targets, labels = label_targets(obs, labels, self.name)
         problem = MatchingProblem(obs, targets, cfg)
-        match = run_matching(problem, batch_size=batch_size_of(obs, labels, self.name), generator=generator,
-                             on_step=on_step)
-        used = (match.label_logits.argmax(-1).tolist() if match.label_logits is not None
-                else (labels.labels if labels else None))
+        match = run_matching(
+            problem, batch_size=batch_size_of(obs, labels, self.name), generator=generator, on_step=on_step
+        )
+        used = (
+            match.label_logits.argmax(-1).tolist()
+            if match.label_logits is not None
+            else (labels.labels if labels else None)
+        )
         return to_result(self.name, obs, match, t0, labels=used, restarts=c.restarts, config=self.config_json())

@@ -9,6 +9,7 @@ FedAvg the local steps are replayed differentiably (the paper's §5). Example::
 
     result = InvertingGradients(iterations=2000).run(obs, generator=torch.Generator().manual_seed(0))
 """
+
 from __future__ import annotations
 
 import time
@@ -18,9 +19,10 @@ import torch
 
 from ..labels import LabelResult
 from ..observation import Observation
-from .base import Attack, AttackResult, StepCallback, attack, no_progress
+from .base import Attack, AttackResult, attack
 from .common import batch_size_of, label_targets, to_result
 from .matching import MatchingConfig, MatchingProblem, run_matching
+from .steps import StepCallback, no_progress
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,16 +46,35 @@ class InvertingGradients(Attack):
     paper = "Geiping et al. NeurIPS 2020, arXiv:2003.14053"
     Config = InvertingGradientsConfig
 
-    def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
-            on_step: StepCallback = no_progress) -> AttackResult:
+    def run(
+        self,
+        obs: Observation,
+        labels: LabelResult | None = None,
+        *,
+        generator: torch.Generator,
+        on_step: StepCallback = no_progress,
+    ) -> AttackResult:
         t0 = time.perf_counter()
         c = self.config
         targets, labels = label_targets(obs, labels, self.name)
-        cfg = MatchingConfig(iterations=c.iterations, restarts=c.restarts, distance="cosine", lr=c.lr,
-                             signed=c.signed, schedule=c.schedule, tv=c.tv,
-                             log_every=c.log_every)
+        cfg = MatchingConfig(
+            iterations=c.iterations,
+            restarts=c.restarts,
+            distance="cosine",
+            lr=c.lr,
+            signed=c.signed,
+            schedule=c.schedule,
+            tv=c.tv,
+            log_every=c.log_every,
+        )
         problem = MatchingProblem(obs, targets, cfg)
-        match = run_matching(problem, batch_size=batch_size_of(obs, labels, self.name), generator=generator,
-                             on_step=on_step, checkpoint=c.checkpoint)
-        return to_result(self.name, obs, match, t0, labels=labels.labels, restarts=c.restarts,
-                         config=self.config_json())
+        match = run_matching(
+            problem,
+            batch_size=batch_size_of(obs, labels, self.name),
+            generator=generator,
+            on_step=on_step,
+            checkpoint=c.checkpoint,
+        )
+        return to_result(
+            self.name, obs, match, t0, labels=labels.labels, restarts=c.restarts, config=self.config_json()
+        )

@@ -9,14 +9,14 @@ inside the image box. Restarts run *batched*: the candidates of all restarts go 
 ``vmap``-ed call, and the best restart is chosen by its gradient-matching loss, never by ground truth.
 Long runs report progress through a callback and can checkpoint and resume.
 """
+
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..observation import Observation
 from ..protocols import autograd_grad
 from ..schema import Problems, finite_problems, is_int, is_number, read_safetensors, shape_problems
-from .base import Step, StepCallback, no_progress
+from .steps import Step, StepCallback, no_progress
 
 ExtraTerm = Callable[[Tensor], Tensor]
 
@@ -38,19 +38,19 @@ class MatchingConfig:
 
     iterations: int = 1000
     restarts: int = 1
-    distance: str = "cosine"            # "cosine" (all layers concatenated) | "l2" (squared) |
-                                        # "layer_l2": Σ_l w_l ‖·‖₂ per layer (Yin et al. 2021)
+    distance: str = "cosine"  # "cosine" (all layers concatenated) | "l2" (squared) |
+    # "layer_l2": Σ_l w_l ‖·‖₂ per layer (Yin et al. 2021)
     layer_weights: dict[str, float] | None = None
-    optimizer: str = "adam"             # "adam" | "lbfgs"
+    optimizer: str = "adam"  # "adam" | "lbfgs"
     lr: float = 0.1
-    signed: bool = True                 # Adam on the sign of the gradient (Geiping et al. 2020)
-    schedule: str = "step"              # "step": ×0.1 at 3/8, 5/8, 7/8 | "cosine" | "constant"
+    signed: bool = True  # Adam on the sign of the gradient (Geiping et al. 2020)
+    schedule: str = "step"  # "step": ×0.1 at 3/8, 5/8, 7/8 | "cosine" | "constant"
     warmup: int = 0
     tv: float = 0.0
     l2: float = 0.0
     bn: float = 0.0
-    box: bool = True                    # keep candidates inside the normalised image range
-    optimize_labels: bool = False       # DLG: match soft labels jointly (softmax of free logits)
+    box: bool = True  # keep candidates inside the normalised image range
+    optimize_labels: bool = False  # DLG: match soft labels jointly (softmax of free logits)
     lbfgs_max_iter: int = 20
     log_every: int = 10
     checkpoint_every: int = 100
@@ -58,8 +58,11 @@ class MatchingConfig:
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.restarts < 1:
             raise InputError(f"iterations and restarts must be >= 1, got {self.iterations}, {self.restarts}")
-        for name, allowed in (("distance", ("cosine", "l2", "layer_l2")), ("optimizer", ("adam", "lbfgs")),
-                              ("schedule", ("step", "cosine", "constant"))):
+        for name, allowed in (
+            ("distance", ("cosine", "l2", "layer_l2")),
+            ("optimizer", ("adam", "lbfgs")),
+            ("schedule", ("step", "cosine", "constant")),
+        ):
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -68,13 +71,13 @@ class MatchingConfig:
 class MatchResult:
     """The best candidate (model space), every restart's final matching loss and the loss curve."""
 
-    x: Tensor                            # [B, C, H, W], normalised model input of the best restart
-    label_logits: Tensor | None          # [B, N] if labels were optimised
+    x: Tensor  # [B, C, H, W], normalised model input of the best restart
+    label_logits: Tensor | None  # [B, N] if labels were optimised
     restart_losses: list[float]
     best_restart: int
-    curve: list[tuple[int, float]]       # (iteration, best total loss over restarts)
+    curve: list[tuple[int, float]]  # (iteration, best total loss over restarts)
     iterations: int
-    all_x: Tensor | None = None          # [R, B, C, H, W]
+    all_x: Tensor | None = None  # [R, B, C, H, W]
 
 
 def total_variation(x: Tensor) -> Tensor:
@@ -109,10 +112,15 @@ class MatchingProblem:
             replacing the model's running statistics (e.g. the client batch's exact statistics).
     """
 
-    def __init__(self, obs: Observation, targets: Tensor | None, cfg: MatchingConfig,
-                 extra_terms: Sequence[ExtraTerm] = (),
-                 transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
-                 bn_targets: Sequence[tuple[Tensor, Tensor]] | None = None):
+    def __init__(
+        self,
+        obs: Observation,
+        targets: Tensor | None,
+        cfg: MatchingConfig,
+        extra_terms: Sequence[ExtraTerm] = (),
+        transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+        bn_targets: Sequence[tuple[Tensor, Tensor]] | None = None,
+    ):
         self.obs, self.cfg, self.targets, self.transform = obs, cfg, targets, transform
         if targets is None and not cfg.optimize_labels:
             raise InputError("labels are needed unless the attack optimises them (optimize_labels)")
@@ -149,9 +157,11 @@ class MatchingProblem:
 
     # -- pieces of the objective ------------------------------------------------------------------
     def _bn_statistics(self) -> list[tuple[Tensor, Tensor]]:
-        stats = [(m.running_mean.detach().clone(), m.running_var.detach().clone())
-                 for m in self.obs.model.modules()
-                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+        stats = [
+            (m.running_mean.detach().clone(), m.running_var.detach().clone())
+            for m in self.obs.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+        ]
         if not stats:
             raise InputError("the BatchNorm term needs BatchNorm layers with running statistics")
         return stats
@@ -170,8 +180,10 @@ class MatchingProblem:
             captured = self._captured
         finally:
             self._captured = None
-        return sum(torch.linalg.vector_norm(m - tm) + torch.linalg.vector_norm(v - tv)
-                   for (m, v), (tm, tv) in zip(captured, self._bn_targets))
+        return sum(
+            torch.linalg.vector_norm(m - tm) + torch.linalg.vector_norm(v - tv)
+            for (m, v), (tm, tv) in zip(captured, self._bn_targets)
+        )
 
     def distance(self, update: dict[str, Tensor]) -> Tensor:
         cand = [update[k] for k in self.keys]
@@ -186,8 +198,9 @@ class MatchingProblem:
     def labels_from(self, label_logits: Tensor | None) -> Tensor:
         return F.softmax(label_logits, -1) if label_logits is not None else self.targets  # type: ignore[return-value]
 
-    def objective(self, x: Tensor, label_logits: Tensor | None = None, *,
-                  autograd: bool = False) -> tuple[Tensor, Tensor]:
+    def objective(
+        self, x: Tensor, label_logits: Tensor | None = None, *, autograd: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """(total loss, matching distance) for one candidate batch ``x`` [B, C, H, W]; ``autograd``:
         the client's update through plain autograd (for a caller differentiating with autograd)
         instead of ``torch.func`` (for ``grad``/``vmap`` callers)."""
@@ -225,8 +238,9 @@ def objective_fn(problem: MatchingProblem) -> Callable:
     """``(X[R], Y[R] | None) -> (grads, (loss[R], match[R]))``: vmapped over restarts, or, for a single
     restart, plain autograd (``vmap`` and nested ``torch.func`` add overhead there and buy nothing)."""
     joint = problem.cfg.optimize_labels
-    single = grad_and_value(problem.objective if joint else (lambda x: problem.objective(x)),
-                            argnums=(0, 1) if joint else 0, has_aux=True)
+    single = grad_and_value(
+        problem.objective if joint else (lambda x: problem.objective(x)), argnums=(0, 1) if joint else 0, has_aux=True
+    )
     batched = vmap(single)
 
     def step(X: Tensor, Y: Tensor | None) -> tuple:
@@ -242,10 +256,17 @@ def objective_fn(problem: MatchingProblem) -> Callable:
     return step
 
 
-def run_matching(problem: MatchingProblem, *, batch_size: int, generator: torch.Generator,
-                 on_step: StepCallback = no_progress, checkpoint: str | Path | None = None,
-                 init: Tensor | None = None, stage: str = "",
-                 post_step: Callable[[int, Tensor], None] | None = None) -> MatchResult:
+def run_matching(
+    problem: MatchingProblem,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    on_step: StepCallback = no_progress,
+    checkpoint: str | Path | None = None,
+    init: Tensor | None = None,
+    stage: str = "",
+    post_step: Callable[[int, Tensor], None] | None = None,
+) -> MatchResult:
     """Optimise ``cfg.restarts`` candidate batches of ``batch_size`` images; return the best.
 
     ``init`` ([B, C, H, W] or [R, B, C, H, W]) replaces the random start; ``post_step(it, X)`` runs
@@ -253,18 +274,20 @@ def run_matching(problem: MatchingProblem, *, batch_size: int, generator: torch.
     Langevin noise, or refresh an attack's state such as a group consensus)."""
     cfg = problem.cfg
     shape = (cfg.restarts, batch_size, *problem.obs.input_shape)
-    X = (init.expand(shape).clone() if init is not None
-         else torch.randn(shape, generator=generator)).float()
+    X = (init.expand(shape).clone() if init is not None else torch.randn(shape, generator=generator)).float()
     problem.clamp_(X)
-    Y = (torch.randn(cfg.restarts, batch_size, problem.obs.num_classes, generator=generator)
-         if cfg.optimize_labels else None)
+    Y = (
+        torch.randn(cfg.restarts, batch_size, problem.obs.num_classes, generator=generator)
+        if cfg.optimize_labels
+        else None
+    )
     if cfg.optimizer == "lbfgs":
         return _run_lbfgs(problem, X, Y, on_step, stage)
     X.requires_grad_(True)
     variables = [X] + ([Y.requires_grad_(True)] if Y is not None else [])
     opt = torch.optim.Adam(variables, lr=cfg.lr)
     ckpt = _Checkpoint(Path(checkpoint), cfg, problem.fingerprint()) if checkpoint else None
-    start, curve = (ckpt.restore(variables, opt) if ckpt else (0, []))
+    start, curve = ckpt.restore(variables, opt) if ckpt else (0, [])
     step_fn = objective_fn(problem)
     for it in range(start, cfg.iterations):
         for group in opt.param_groups:
@@ -286,8 +309,15 @@ def run_matching(problem: MatchingProblem, *, batch_size: int, generator: torch.
     # score the final candidates by matching loss alone (never by ground truth)
     final = _final_match(problem, X.detach(), None if Y is None else Y.detach())
     best = int(final.nan_to_num(float("inf")).argmin())
-    return MatchResult(X.detach()[best].clone(), None if Y is None else Y.detach()[best].clone(),
-                       final.tolist(), best, curve, cfg.iterations, X.detach().clone())
+    return MatchResult(
+        X.detach()[best].clone(),
+        None if Y is None else Y.detach()[best].clone(),
+        final.tolist(),
+        best,
+        curve,
+        cfg.iterations,
+        X.detach().clone(),
+    )
 
 
 def _final_match(problem: MatchingProblem, X: Tensor, Y: Tensor | None) -> Tensor:
@@ -297,8 +327,7 @@ def _final_match(problem: MatchingProblem, X: Tensor, Y: Tensor | None) -> Tenso
         return vmap(lambda x, y: problem.objective(x, y)[1])(X, Y)
 
 
-def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: StepCallback,
-               stage: str) -> MatchResult:
+def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: StepCallback, stage: str) -> MatchResult:
     """L-BFGS per restart (its line search couples variables, so restarts run one after another)."""
     cfg = problem.cfg
     step = objective_fn(problem)
@@ -339,8 +368,9 @@ def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: S
             Y[r] = y.detach()  # type: ignore[union-attr]
     final = _final_match(problem, X, Y)
     best = int(final.nan_to_num(float("inf")).argmin())
-    return MatchResult(X[best].clone(), None if Y is None else Y[best].clone(), final.tolist(), best, curve,
-                       used, X.clone())
+    return MatchResult(
+        X[best].clone(), None if Y is None else Y[best].clone(), final.tolist(), best, curve, used, X.clone()
+    )
 
 
 class _Checkpoint:
@@ -354,8 +384,9 @@ class _Checkpoint:
         self.iterations = cfg.iterations
         self.key = json.dumps({"config": asdict(cfg), "observation": fingerprint}, sort_keys=True, default=str)
 
-    def save(self, variables: list[Tensor], opt: torch.optim.Optimizer, iteration: int,
-             curve: list[tuple[int, float]]) -> None:
+    def save(
+        self, variables: list[Tensor], opt: torch.optim.Optimizer, iteration: int, curve: list[tuple[int, float]]
+    ) -> None:
         from safetensors.torch import save_file
 
         tensors: dict[str, Tensor] = {}
@@ -365,9 +396,12 @@ class _Checkpoint:
             for name in ("exp_avg", "exp_avg_sq"):
                 if name in st:
                     tensors[f"var{i}.{name}"] = st[name].contiguous()
-        meta = {"config": self.key, "iteration": iteration,
-                "curve": [[it, b if math.isfinite(b) else None] for it, b in curve],
-                "steps": [float(opt.state.get(v, {}).get("step", 0)) for v in variables]}
+        meta = {
+            "config": self.key,
+            "iteration": iteration,
+            "curve": [[it, b if math.isfinite(b) else None] for it, b in curve],
+            "steps": [float(opt.state.get(v, {}).get("step", 0)) for v in variables],
+        }
         tmp = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(tmp), metadata={"gradleak-checkpoint": json.dumps(meta)})
@@ -379,20 +413,34 @@ class _Checkpoint:
         f = read_safetensors(self.path, "gradleak-checkpoint", "checkpoint")
         meta = f.header
         if meta.get("config") != self.key:
-            raise InputError(f"checkpoint {self.path} belongs to another run (other settings or another "
-                             "observation); remove it or use another path")
+            raise InputError(
+                f"checkpoint {self.path} belongs to another run (other settings or another "
+                "observation); remove it or use another path"
+            )
         p = Problems()
         iteration = p.integer(meta, "iteration", 0, self.iterations)
         curve = p.get(meta, "curve", "")
-        if not (isinstance(curve, list) and len(curve) <= self.iterations + 1 and all(
-                isinstance(c, list) and len(c) == 2 and is_int(c[0]) and (c[1] is None or is_number(c[1])) for c in curve)):
+        if not (
+            isinstance(curve, list)
+            and len(curve) <= self.iterations + 1
+            and all(
+                isinstance(c, list) and len(c) == 2 and is_int(c[0]) and (c[1] is None or is_number(c[1]))
+                for c in curve
+            )
+        ):
             p.append("curve: expected a list of [iteration, loss or null] pairs")
         steps = p.get(meta, "steps", "")
-        if not (isinstance(steps, list) and len(steps) == len(variables) and all(is_number(x) and x >= 0 for x in steps)):
+        if not (
+            isinstance(steps, list) and len(steps) == len(variables) and all(is_number(x) and x >= 0 for x in steps)
+        ):
             p.append(f"steps: expected {len(variables)} non-negative numbers")
         want = {f"var{i}": tuple(v.shape) for i, v in enumerate(variables)}
-        want |= {f"var{i}.{n}": tuple(v.shape) for i, v in enumerate(variables) for n in ("exp_avg", "exp_avg_sq")
-                 if f"var{i}.exp_avg" in f.shapes}
+        want |= {
+            f"var{i}.{n}": tuple(v.shape)
+            for i, v in enumerate(variables)
+            for n in ("exp_avg", "exp_avg_sq")
+            if f"var{i}.exp_avg" in f.shapes
+        }
         p += shape_problems(f.shapes, want)
         p.raise_if_any(f"checkpoint {self.path} cannot resume this run")
         tensors = f.tensors()
@@ -401,7 +449,9 @@ class _Checkpoint:
         for i, v in enumerate(variables):
             v.data.copy_(tensors[f"var{i}"])
             if f"var{i}.exp_avg" in tensors:
-                opt.state[v] = {"step": torch.tensor(float(steps[i])),
-                                "exp_avg": tensors[f"var{i}.exp_avg"].clone(),
-                                "exp_avg_sq": tensors[f"var{i}.exp_avg_sq"].clone()}
+                opt.state[v] = {
+                    "step": torch.tensor(float(steps[i])),
+                    "exp_avg": tensors[f"var{i}.exp_avg"].clone(),
+                    "exp_avg_sq": tensors[f"var{i}.exp_avg_sq"].clone(),
+                }
         return iteration, [(it, math.inf if b is None else b) for it, b in curve]  # type: ignore[misc]

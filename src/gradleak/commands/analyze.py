@@ -1,6 +1,7 @@
 """``gradleak analyze``: per-layer leakage analysis of an architecture before any training —
 unknowns vs constraints, numerical rank (or a counting bound), which constraints dominate, Chen &
 Campbell's COPA index and R-GAP's rank view (see :mod:`gradleak.analyze`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,18 @@ def register(subparsers) -> None:
     p.add_argument("--weights", help="model weights (.safetensors); default: the seeded initialisation")
     p.add_argument("--input-shape", type=_shape, default=(3, 32, 32), metavar="C,H,W")
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--bn-mode", choices=("train", "eval"), default="eval",
-                   help="BatchNorm mode of the client (default eval, as every command)")
-    p.add_argument("--exact-limit", type=int, default=6000,
-                   help="largest reduced system whose rank is computed numerically (else a counting bound)")
+    p.add_argument(
+        "--bn-mode",
+        choices=("train", "eval"),
+        default="eval",
+        help="BatchNorm mode of the client (default eval, as every command)",
+    )
+    p.add_argument(
+        "--exact-limit",
+        type=int,
+        default=6000,
+        help="largest reduced system whose rank is computed numerically (else a counting bound)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the probe sample")
     p.add_argument("--out", help="write OUT/analysis.json and OUT/analysis.png")
     p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
@@ -69,20 +78,27 @@ def run(a: argparse.Namespace) -> int:
 
 
 def format_table(data: dict) -> str:
-    head = (f"{'layer':<24} {'type':<6} {'unknowns':>8} {'W rows':>8} {'usable':>8} {'∇ rows':>8} "
-            f"{'rank ∇':>8} {'rank':>8} {'deficit':>8}  dominant / weight path")
+    head = (
+        f"{'layer':<24} {'type':<6} {'unknowns':>8} {'W rows':>8} {'usable':>8} {'∇ rows':>8} "
+        f"{'rank ∇':>8} {'rank':>8} {'deficit':>8}  dominant / weight path"
+    )
     lines = [f"{data['model']} {tuple(data['input_shape'])}, {data['num_classes']} classes", head, "-" * len(head)]
     for l in data["layers"]:
         mark = "" if l["exact"] else "≤"
-        lines.append(f"{l['name'][:24]:<24} {l['type'][:6]:<6} {l['unknowns']:>8} {l['weight_rows']:>8} "
-                     f"{l['weight_rows_usable']:>8} {l['gradient_rows']:>8} "
-                     f"{('' if l['rank_gradient_exact'] else '≤') + str(l['rank_gradient']):>8} "
-                     f"{mark + str(l['rank']):>8} {l['deficiency']:>8}  {l['dominant']}; {l['weight_path']}")
+        lines.append(
+            f"{l['name'][:24]:<24} {l['type'][:6]:<6} {l['unknowns']:>8} {l['weight_rows']:>8} "
+            f"{l['weight_rows_usable']:>8} {l['gradient_rows']:>8} "
+            f"{('' if l['rank_gradient_exact'] else '≤') + str(l['rank_gradient']):>8} "
+            f"{mark + str(l['rank']):>8} {l['deficiency']:>8}  {l['dominant']}; {l['weight_path']}"
+        )
     exact = "exact" if data["all_exact"] else "bounds where marked ≤ (the true index is at least as safe)"
-    lines += ["", f"COPA index (Chen & Campbell): {data['copa_index']}   (0 = every layer determined: leaks; "
-              "more negative = safer)",
-              f"R-GAP rank index (undetermined input directions): {data['rgap_rank_index']}   [{exact}]",
-              f"{data['seconds']:.1f} s"]
+    lines += [
+        "",
+        f"COPA index (Chen & Campbell): {data['copa_index']}   (0 = every layer determined: leaks; "
+        "more negative = safer)",
+        f"R-GAP rank index (undetermined input directions): {data['rgap_rank_index']}   [{exact}]",
+        f"{data['seconds']:.1f} s",
+    ]
     return "\n".join(lines)
 
 
@@ -97,9 +113,14 @@ def plot_analysis(data: dict, path: Path) -> None:
     x = range(len(layers))
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(layers) + 2), 4))
     ax.bar([i - 0.2 for i in x], [l["unknowns"] for l in layers], 0.4, label="unknowns (input size)", color="#bbb")
-    ax.bar([i + 0.2 for i in x], [l["rank"] for l in layers], 0.4, label="rank of constraints",
-           color=["#2a7" if l["deficiency"] == 0 else "#d54" for l in layers],
-           hatch=None)
+    ax.bar(
+        [i + 0.2 for i in x],
+        [l["rank"] for l in layers],
+        0.4,
+        label="rank of constraints",
+        color=["#2a7" if l["deficiency"] == 0 else "#d54" for l in layers],
+        hatch=None,
+    )
     for i, l in enumerate(layers):
         if not l["exact"]:
             ax.text(i + 0.2, l["rank"], "≤", ha="center", va="bottom", fontsize=8)

@@ -1,4 +1,5 @@
 """``gradleak audit``: simulate a client round, recover labels and images, write a report."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,19 +36,28 @@ def run(a: argparse.Namespace) -> int:
         if not any(hasattr(x.config, "prior") for x in attacks):
             raise InputError("--prior applies to attacks with a generative prior (ggl, gifd); none was chosen")
         attacks = tuple(type(x)(x.config, prior=a.prior) if hasattr(x.config, "prior") else x for x in attacks)
-    plan = AuditPlan(label_methods=tuple(a.label_method or ["auto"]), attacks=attacks, seed=scenario.seed,
-                     estimate_costs=not a.quiet, lpips_weights=a.lpips_weights, checkpoint_dir=a.checkpoint_dir)
+    plan = AuditPlan(
+        label_methods=tuple(a.label_method or ["auto"]),
+        attacks=attacks,
+        seed=scenario.seed,
+        estimate_costs=not a.quiet,
+        lpips_weights=a.lpips_weights,
+        checkpoint_dir=a.checkpoint_dir,
+    )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    result, truth = audit_scenario(scenario, plan, progress=progress_bars(not a.quiet),
-                                   on_estimate=None if a.quiet else print_estimates)
+    result, truth = audit_scenario(
+        scenario, plan, progress=progress_bars(not a.quiet), on_estimate=None if a.quiet else print_estimates
+    )
     write_audit(result, out, truth_images=truth.images)
     print(f"verdict: {result.verdict.level} — {result.verdict.summary}")
     for run_ in result.attacks:
         if run_.error or run_.result is None or run_.scores is None:
             print(f"  {run_.name}: failed — {run_.error}")
         else:
-            print(f"  {run_.name}: PSNR {run_.scores.mean_psnr:.2f} dB, SSIM {run_.scores.mean_ssim:.3f}, "
-                  f"{run_.result.iterations} iterations in {run_.result.seconds:.0f} s")
+            print(
+                f"  {run_.name}: PSNR {run_.scores.mean_psnr:.2f} dB, SSIM {run_.scores.mean_ssim:.3f}, "
+                f"{run_.result.iterations} iterations in {run_.result.seconds:.0f} s"
+            )
     print(f"report: {out / 'report.html'}")
     return 0

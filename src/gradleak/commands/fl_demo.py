@@ -6,6 +6,7 @@ saves each reply as an Observation and attacks it as the rounds go. Afterwards t
 the server recovered against each client's real batch and writes ``results.json``, ``report.html``
 and one PNG grid per captured client round. Needs ``pip install gradleak[flower]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,11 @@ from ..scenario_args import add_scenario_args, scenario_from_args
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("fl-demo", help="Flower simulation with a capturing server; audit report per client",
-                              description=__doc__.splitlines()[0] if __doc__ else None)
+    p = subparsers.add_parser(
+        "fl-demo",
+        help="Flower simulation with a capturing server; audit report per client",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     add_scenario_args(p, model="mlp", data="digits", model_kwargs={"mlp": {"width": 64}, "convnet": {"width": 64}})
@@ -49,18 +53,36 @@ def run(a: argparse.Namespace) -> int:
     out = Path(a.out)
     audit = LabelAttackAudit(attacks=attacks, settings={"iterations": a.iterations}, seed=a.seed)
     t0 = time.perf_counter()
-    store = flower.run_simulation(task, num_clients=a.clients, num_rounds=a.rounds, capture_dir=out / "capture",
-                                  audit=audit, max_bytes=int(a.max_capture_mb * 2 ** 20), keep_rounds=a.keep_rounds)
+    store = flower.run_simulation(
+        task,
+        num_clients=a.clients,
+        num_rounds=a.rounds,
+        capture_dir=out / "capture",
+        audit=audit,
+        max_bytes=int(a.max_capture_mb * 2**20),
+        keep_rounds=a.keep_rounds,
+    )
     seconds = time.perf_counter() - t0
     results = score_captures(task, store, a.clients, out)
-    results.update({"config": {**task.to_config(), "clients": a.clients, "rounds": a.rounds,
-                               "attacks": list(attacks), "iterations": a.iterations},
-                    "simulation_seconds": seconds})
+    results.update(
+        {
+            "config": {
+                **task.to_config(),
+                "clients": a.clients,
+                "rounds": a.rounds,
+                "attacks": list(attacks),
+                "iterations": a.iterations,
+            },
+            "simulation_seconds": seconds,
+        }
+    )
     write_report(results, out)
     for r in results["captures"]:
         atk = " ".join(f"{n} PSNR {v['mean_psnr']:.2f} dB" for n, v in r["attacks"].items() if v.get("mean_psnr"))
-        print(f"round {r['round']} client {r['partition']}: labels {r['recovered_labels']} "
-              f"(true {r['true_labels']}, accuracy {r['label_accuracy']}) {atk}")
+        print(
+            f"round {r['round']} client {r['partition']}: labels {r['recovered_labels']} "
+            f"(true {r['true_labels']}, accuracy {r['label_accuracy']}) {atk}"
+        )
     print(f"simulation {seconds:.0f} s; report: {out / 'report.html'}")
     return 0
 
@@ -78,9 +100,15 @@ def score_captures(task: Any, store: Any, num_clients: int, out: Path) -> dict[s
     rows = []
     for e in store.captured():
         pid = int(e["metrics"].get("partition-id", -1))
-        row: dict[str, Any] = {"round": e["round"], "client": e["client"], "partition": pid,
-                               "capture": f"capture/{e['path']}", "bytes": e["bytes"], "attacks": {},
-                               "epsilon": e["metrics"].get("epsilon")}
+        row: dict[str, Any] = {
+            "round": e["round"],
+            "client": e["client"],
+            "partition": pid,
+            "capture": f"capture/{e['path']}",
+            "bytes": e["bytes"],
+            "attacks": {},
+            "epsilon": e["metrics"].get("epsilon"),
+        }
         audit = e.get("audit") or {}
         if pid < 0:
             rows.append(row)
@@ -115,24 +143,44 @@ def write_report(results: dict[str, Any], out: Path) -> None:
 
     write_json_atomic(out / "results.json", results)
     cfg = results["config"]
-    head = "| round | client | true labels | recovered | label acc | " + \
-        " | ".join(f"{a} PSNR | {a} SSIM" for a in cfg["attacks"]) + " | ε (round) |"
+    head = (
+        "| round | client | true labels | recovered | label acc | "
+        + " | ".join(f"{a} PSNR | {a} SSIM" for a in cfg["attacks"])
+        + " | ε (round) |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     images = []
     for r in results["captures"]:
-        cells = [str(r["round"]), str(r["partition"]), str(r.get("true_labels")), str(r.get("recovered_labels")),
-                 "–" if r.get("label_accuracy") is None else f"{r['label_accuracy']:.2f}"]
+        cells = [
+            str(r["round"]),
+            str(r["partition"]),
+            str(r.get("true_labels")),
+            str(r.get("recovered_labels")),
+            "–" if r.get("label_accuracy") is None else f"{r['label_accuracy']:.2f}",
+        ]
         for a in cfg["attacks"]:
             s = r["attacks"].get(a, {})
             cells += ["–", "–"] if s.get("mean_psnr") is None else [f"{s['mean_psnr']:.2f}", f"{s['mean_ssim']:.3f}"]
             if s.get("grid"):
-                images.append((out / s["grid"], f"round {r['round']}, client {r['partition']}, {a}: "
-                                                 "top row the client's batch, bottom row what the server recovered"))
+                images.append(
+                    (
+                        out / s["grid"],
+                        f"round {r['round']}, client {r['partition']}, {a}: "
+                        "top row the client's batch, bottom row what the server recovered",
+                    )
+                )
         cells.append("–" if r.get("epsilon") is None else f"{r['epsilon']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
-    intro = (f"Flower simulation: {cfg['clients']} clients, {cfg['rounds']} rounds, protocol `{cfg['protocol']}`, "
-             f"model `{cfg['model']}` on `{cfg['data']}`, batch {cfg['batch-size']} per client, client defenses "
-             f"`{cfg['defenses'] or 'none'}`. The server captured every reply with CaptureStrategy and attacked it "
-             f"({results['simulation_seconds']:.0f} s, {results['capture_bytes'] / 2 ** 20:.1f} MiB of captures).")
-    write_page(out / "report.html", "gradleak Flower capture audit", paragraphs=[intro], images=images,
-               table_md="\n".join(lines))
+    intro = (
+        f"Flower simulation: {cfg['clients']} clients, {cfg['rounds']} rounds, protocol `{cfg['protocol']}`, "
+        f"model `{cfg['model']}` on `{cfg['data']}`, batch {cfg['batch-size']} per client, client defenses "
+        f"`{cfg['defenses'] or 'none'}`. The server captured every reply with CaptureStrategy and attacked it "
+        f"({results['simulation_seconds']:.0f} s, {results['capture_bytes'] / 2**20:.1f} MiB of captures)."
+    )
+    write_page(
+        out / "report.html",
+        "gradleak Flower capture audit",
+        paragraphs=[intro],
+        images=images,
+        table_md="\n".join(lines),
+    )

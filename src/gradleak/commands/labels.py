@@ -1,4 +1,5 @@
 """``gradleak labels``: label recovery only (fast), on the same scenario flags as ``audit``."""
+
 from __future__ import annotations
 
 import argparse

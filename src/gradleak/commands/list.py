@@ -1,4 +1,5 @@
 """``gradleak list``: the attacks, label methods, defenses, models and datasets available."""
+
 from __future__ import annotations
 
 import argparse

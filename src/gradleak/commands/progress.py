@@ -1,11 +1,12 @@
 """Progress output of long commands: a tqdm bar per attack, the cost estimates before a run."""
+
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..attacks.base import Step, StepCallback
+from ..attacks.steps import Step, StepCallback
 from ..cost import CostEstimate
 
 

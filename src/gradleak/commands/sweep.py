@@ -1,4 +1,5 @@
 """``gradleak sweep``: defenses × strengths × attacks over several clients → JSON, plot, HTML report."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,13 +14,18 @@ def register(subparsers: Any) -> None:
     from ..sweep import DEFAULT_GRID
 
     p = subparsers.add_parser(
-        "sweep", help="privacy–utility sweep of defenses and strengths (parallel; JSON + plot + HTML)",
+        "sweep",
+        help="privacy–utility sweep of defenses and strengths (parallel; JSON + plot + HTML)",
         description="Attack simulated clients under each defense setting and train the same model with it; "
-                    "plot leakage (attack PSNR, label accuracy) against the defended model's test accuracy.")
-    p.add_argument("--grid", action="append", metavar="SPEC",
-                   help="defense settings with '|' alternatives, e.g. 'dpsgd:noise=0.5|1|2,clip=1', "
-                        "'noise:0.01|0.1', 'smooth:0.1|0.3', 'mixup:1' (repeatable; default: "
-                        + " ".join(DEFAULT_GRID) + ")")
+        "plot leakage (attack PSNR, label accuracy) against the defended model's test accuracy.",
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        metavar="SPEC",
+        help="defense settings with '|' alternatives, e.g. 'dpsgd:noise=0.5|1|2,clip=1', "
+        "'noise:0.01|0.1', 'smooth:0.1|0.3', 'mixup:1' (repeatable; default: " + " ".join(DEFAULT_GRID) + ")",
+    )
     add_scenario_args(p, model="mlp", data="digits", model_kwargs={"mlp": {"width": 64}, "convnet": {"width": 64}})
     p.add_argument("--clients", type=int, default=4, help="simulated clients (seeds) per setting")
     p.add_argument("--attack", action="append", help="attack(s) (default inverting_gradients)")
@@ -27,8 +33,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--train-steps", type=int, default=300, help="training steps for the utility measurement")
     p.add_argument("--train-batch", type=int, default=32)
     p.add_argument("--train-lr", type=float, default=0.1)
-    p.add_argument("--backend", choices=("auto", "ray", "process", "serial"), default="auto",
-                   help="auto: Ray if installed, else local processes")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "ray", "process", "serial"),
+        default="auto",
+        help="auto: Ray if installed, else local processes",
+    )
     p.add_argument("--workers", type=int, help="parallel workers (default: CPU count)")
     p.add_argument("--out", default="out/sweep")
     p.add_argument("--quiet", action="store_true")
@@ -39,9 +49,16 @@ def run(a: argparse.Namespace) -> int:
     from ..sweep import DEFAULT_GRID, SweepPlan, expand_grid, run_sweep, write_sweep
 
     settings = tuple(s for g in (a.grid or DEFAULT_GRID) for s in expand_grid(g))
-    plan = SweepPlan(scenario=scenario_from_args(a), settings=settings, clients=a.clients,
-                     attacks=tuple(a.attack or ["inverting_gradients"]), iterations=a.iterations,
-                     train_steps=a.train_steps, train_batch=a.train_batch, train_lr=a.train_lr)
+    plan = SweepPlan(
+        scenario=scenario_from_args(a),
+        settings=settings,
+        clients=a.clients,
+        attacks=tuple(a.attack or ["inverting_gradients"]),
+        iterations=a.iterations,
+        train_steps=a.train_steps,
+        train_batch=a.train_batch,
+        train_lr=a.train_lr,
+    )
 
     def progress(done: int, total: int) -> None:
         if not a.quiet:

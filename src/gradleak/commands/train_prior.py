@@ -3,6 +3,7 @@
 Writes ``OUT/prior.safetensors`` (the generator, what ``--prior`` takes), ``OUT/checkpoint.safetensors``
 (resumable: rerunning the same command continues from it) and sample grids ``OUT/samples/step_N.png``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,12 +12,20 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train-prior", help="train a generator on public data (for --attack ggl/gifd)",
-                              description=__doc__.splitlines()[0])
+    p = subparsers.add_parser(
+        "train-prior",
+        help="train a generator on public data (for --attack ggl/gifd)",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--data", default="digits", help="bundled dataset name or a path (default digits)")
     p.add_argument("--image-size", type=int, default=32, help="generated image size: 8, 16, 32 or 64 (default 32)")
-    p.add_argument("--holdout", type=int, default=0, metavar="N",
-                   help="leave the last N images out of training (victims for an in-distribution audit)")
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        metavar="N",
+        help="leave the last N images out of training (victims for an in-distribution audit)",
+    )
     p.add_argument("--unconditional", action="store_true", help="ignore the labels (default: class-conditional)")
     p.add_argument("--z-dim", type=int, default=64)
     p.add_argument("--width", type=int, default=32, help="channels of the full-size feature map (doubles per 2x down)")
@@ -46,10 +55,22 @@ def run(a: argparse.Namespace) -> int:
         raise InputError(f"--holdout must be in [0, {len(data)}), got {a.holdout}")
     if a.holdout:
         data = data.subset(list(range(len(data) - a.holdout)))
-    gcfg = GeneratorConfig(size=a.image_size, channels=data.image_shape[0], z_dim=a.z_dim, width=a.width,
-                           num_classes=0 if a.unconditional else data.num_classes)
-    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, conditional=not a.unconditional,
-                      checkpoint_every=a.checkpoint_every, sample_every=a.sample_every)
+    gcfg = GeneratorConfig(
+        size=a.image_size,
+        channels=data.image_shape[0],
+        z_dim=a.z_dim,
+        width=a.width,
+        num_classes=0 if a.unconditional else data.num_classes,
+    )
+    cfg = TrainConfig(
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        conditional=not a.unconditional,
+        checkpoint_every=a.checkpoint_every,
+        sample_every=a.sample_every,
+    )
     out = Path(a.out)
     ckpt = out / "checkpoint.safetensors"
     if a.fresh and ckpt.exists():
@@ -59,6 +80,7 @@ def run(a: argparse.Namespace) -> int:
     bar = None
     if not a.quiet:
         from tqdm import tqdm
+
         bar = tqdm(desc="train-prior", total=cfg.steps, unit="step", dynamic_ncols=True)
 
     def on_step(s) -> None:
@@ -70,8 +92,15 @@ def run(a: argparse.Namespace) -> int:
     def on_sample(step: int, images: torch.Tensor) -> None:
         save_grid(out / "samples" / f"step_{step:06d}.png", images[:8], [images[8:]])
 
-    G = train_prior(data, gcfg, cfg, checkpoint=ckpt, dataset_name=f"{a.data} (first {len(data)} images)",
-                    on_step=on_step, on_sample=on_sample)
+    G = train_prior(
+        data,
+        gcfg,
+        cfg,
+        checkpoint=ckpt,
+        dataset_name=f"{a.data} (first {len(data)} images)",
+        on_step=on_step,
+        on_sample=on_sample,
+    )
     if bar is not None:
         bar.close()
     path = save_prior(G, out / "prior.safetensors", {**G.meta, "holdout": a.holdout})  # type: ignore[arg-type]

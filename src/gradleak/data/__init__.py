@@ -4,6 +4,7 @@
 ``load_dataset(spec)`` takes a bundled name (``dataset_names()``; ``photos`` is the default) or a
 path to CIFAR python pickles, an image folder ``root/<class>/*.png`` or idx files.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -23,6 +23,7 @@ the per-channel mean and std of its own images. Nothing is downloaded; loading i
     The Fashion-MNIST test set (28×28) from the Debian package ``dataset-fashion-mnist``
     (``/usr/share/datasets/fashion-mnist``), read with the idx loader; Zalando's labels.
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,7 +50,16 @@ DEFAULT_DATASET = "photos"
 DEFAULT_SIZE = 32
 FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"), Path("/usr/local/share/datasets/fashion-mnist"))
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 CROPS_PER_PHOTO = 8

@@ -1,4 +1,5 @@
 """The in-memory :class:`Dataset` every loader returns: images in [0, 1], labels, class names."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -21,6 +21,7 @@ Sizes are bounded before anything is decoded or allocated: an image size in [1, 
 ``MAX_IMAGE_PIXELS`` per image file (read from its header, so a decompression bomb is refused unread),
 ``MAX_TOTAL_PIXELS`` in the loaded or resized dataset and ``MAX_IDX_BYTES`` per (decompressed) idx file.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -77,8 +78,10 @@ def check_image_size(size: int | None) -> None:
 
 def _check_total(n: int, pixels_each: int, where: object) -> None:
     if n * pixels_each > MAX_TOTAL_PIXELS:
-        raise InputError(f"{where}: {n} images of {pixels_each} pixels exceed the limit of {MAX_TOTAL_PIXELS} pixels "
-                         "in all; pass a smaller image size (--image-size) or fewer images")
+        raise InputError(
+            f"{where}: {n} images of {pixels_each} pixels exceed the limit of {MAX_TOTAL_PIXELS} pixels "
+            "in all; pass a smaller image size (--image-size) or fewer images"
+        )
 
 
 def resize_images(images: Tensor, size: int) -> Tensor:
@@ -219,8 +222,10 @@ def load_cifar(path: str | Path, *, size: int | None = None) -> Dataset:
 
 
 def _is_cifar_dir(path: Path) -> bool:
-    return any(path.glob("data_batch_*")) or (path / "test_batch").is_file() or (
-        (path / "meta").is_file() and ((path / "train").is_file() or (path / "test").is_file())
+    return (
+        any(path.glob("data_batch_*"))
+        or (path / "test_batch").is_file()
+        or ((path / "meta").is_file() and ((path / "train").is_file() or (path / "test").is_file()))
     )
 
 

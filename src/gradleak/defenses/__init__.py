@@ -10,6 +10,7 @@
 Importing this package registers every defense. :func:`gradleak.client.client_round` runs a client's
 round with its defenses.
 """
+
 from __future__ import annotations
 
 from .augmentation import LabelSmoothing, Mixup
@@ -19,6 +20,24 @@ from .dpsgd import DPSGD, dp_epsilon
 from .soteria import Soteria, head_input_and_sensitivity
 from .transforms import Clip, GaussianNoise, LaplaceNoise, Quantize, Sparsify
 
-__all__ = ["DEFENSES", "DPSGD", "BatchDefense", "Clip", "Compress", "Defense", "GaussianNoise", "LabelSmoothing",
-           "LaplaceNoise", "Mixup", "Quantize", "Soteria", "Sparsify", "TrainingDefense", "Update",
-           "dp_epsilon", "head_input_and_sensitivity", "parse_defense", "require_positive"]
+__all__ = [
+    "DEFENSES",
+    "DPSGD",
+    "BatchDefense",
+    "Clip",
+    "Compress",
+    "Defense",
+    "GaussianNoise",
+    "LabelSmoothing",
+    "LaplaceNoise",
+    "Mixup",
+    "Quantize",
+    "Soteria",
+    "Sparsify",
+    "TrainingDefense",
+    "Update",
+    "dp_epsilon",
+    "head_input_and_sensitivity",
+    "parse_defense",
+    "require_positive",
+]

@@ -1,5 +1,6 @@
 """Client-side label augmentations: they change the training targets (and for mixup the inputs)
 before the client computes its update, rather than transforming the update."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ class Mixup:
     def __post_init__(self) -> None:
         require_positive("mixup alpha", self.alpha)
 
-    def mix(self, xa: Tensor, ya: Tensor, xb: Tensor, yb: Tensor, num_classes: int,
-            *, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    def mix(
+        self, xa: Tensor, ya: Tensor, xb: Tensor, yb: Tensor, num_classes: int, *, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Mix pairs; returns (inputs, soft targets, λ per sample)."""
         u = torch.rand(xa.shape[0], generator=generator, dtype=torch.float64)
         lam = torch.tensor(_beta_ppf(u.tolist(), self.alpha), dtype=xa.dtype)

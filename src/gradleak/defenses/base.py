@@ -14,6 +14,7 @@ randomness only from the ``torch.Generator`` it is given. Spec strings for the C
 ``name:VALUE`` (the main parameter) or ``name:key=value,key=value``, e.g. ``clip:4``, ``noise:0.01``,
 ``sparsify:0.9``, ``quantize:8``, ``dpsgd:noise=1.0,clip=1.0``, ``soteria:0.8``.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,26 +50,31 @@ class Defense:
 class TrainingDefense(Defense):
     """A defense that changes how the client trains; it produces the update instead of transforming it."""
 
-    def train(self, model: nn.Module, protocol: Protocol, x: Tensor, y: Tensor, *,
-              generator: torch.Generator) -> tuple[Update, dict[str, Any]]:
+    def train(
+        self, model: nn.Module, protocol: Protocol, x: Tensor, y: Tensor, *, generator: torch.Generator
+    ) -> tuple[Update, dict[str, Any]]:
         """The client's defended update for batch ``(x, y)`` and the record to store (e.g. ε spent)."""
         raise NotImplementedError
 
     def __call__(self, update: Update, *, generator: torch.Generator) -> Update:
-        raise InputError(f"{self.name} changes the client's training and cannot transform a finished update; "
-                         "run the round through gradleak.client.client_round")
+        raise InputError(
+            f"{self.name} changes the client's training and cannot transform a finished update; "
+            "run the round through gradleak.client.client_round"
+        )
 
 
 class BatchDefense(Defense):
     """A transform of the finished update that also reads the client's model and batch."""
 
-    def transform(self, update: Update, *, model: nn.Module, x: Tensor, y: Tensor,
-                  generator: torch.Generator) -> Update:
+    def transform(
+        self, update: Update, *, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
+    ) -> Update:
         raise NotImplementedError
 
     def __call__(self, update: Update, *, generator: torch.Generator) -> Update:
-        raise InputError(f"{self.name} needs the client's model and batch; "
-                         "run the round through gradleak.client.client_round")
+        raise InputError(
+            f"{self.name} needs the client's model and batch; run the round through gradleak.client.client_round"
+        )
 
 
 def require_positive(name: str, value: float) -> None:

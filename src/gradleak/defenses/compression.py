@@ -1,4 +1,5 @@
 """Gradient compression as a defense: global top-k sparsification plus stochastic quantization."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ class Compress(Defense):
     As in Deep Gradient Compression (Lin et al., ICLR 2018, arXiv:1712.01887) the ``ratio`` fraction
     of entries with the smallest magnitude is dropped over the *whole* update (one threshold for all
     layers, unlike ``sparsify``'s per-tensor one); the kept values are then quantized without bias
-    to ``bits`` bits per magnitude on each tensor's [0, max|v|] (QSGD-style stochastic rounding, Alistarh et al. NeurIPS 2017,
+    to ``bits`` bits per magnitude on each tensor's [0, max|v|] (QSGD-style stochastic rounding,
+    Alistarh et al. NeurIPS 2017,
     arXiv:1610.02132; sign kept, ``bits=0``: no quantization). DGC's momentum correction and
     error-feedback accumulation carry state across rounds and change nothing in one round; they are
     not modelled. Spec: ``compress:0.99`` or ``compress:ratio=0.9,bits=4``.
@@ -46,7 +48,7 @@ class Compress(Defense):
             kept = v * (v.abs() >= thresh).to(v.dtype)
             top = kept.abs().max() if kept.numel() else kept.new_zeros(())
             if self.bits and top > 0:
-                levels = 2 ** self.bits - 1
+                levels = 2**self.bits - 1
                 scaled = kept.abs() / top * levels
                 low = scaled.floor()
                 up = torch.rand(v.shape, generator=generator, dtype=v.dtype) < (scaled - low)

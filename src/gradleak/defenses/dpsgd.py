@@ -1,5 +1,6 @@
 """DP-SGD: a training defense that replaces the client's local training with differentially private
 SGD (per-example clipping and Gaussian noise in every local step), and its privacy accounting."""
+
 from __future__ import annotations
 
 import copy
@@ -65,8 +66,9 @@ class DPSGD(TrainingDefense):
         if not 0 < self.sample_rate <= 1:
             raise InputError(f"dpsgd sample_rate must be in (0, 1], got {self.sample_rate}")
 
-    def train(self, model: nn.Module, protocol: Protocol, x: Tensor, y: Tensor, *,
-              generator: torch.Generator) -> tuple[Update, dict[str, Any]]:
+    def train(
+        self, model: nn.Module, protocol: Protocol, x: Tensor, y: Tensor, *, generator: torch.Generator
+    ) -> tuple[Update, dict[str, Any]]:
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
         from opacus.validators import ModuleValidator
@@ -75,8 +77,10 @@ class DPSGD(TrainingDefense):
         errors = ModuleValidator.validate(net, strict=False)
         if errors:
             lines = "; ".join(str(e) for e in errors[:5])
-            raise InputError(f"DP-SGD cannot train this model: {lines}. Use a model without BatchNorm "
-                             "(e.g. mlp, lenet, or convnet with batchnorm=False)")
+            raise InputError(
+                f"DP-SGD cannot train this model: {lines}. Use a model without BatchNorm "
+                "(e.g. mlp, lenet, or convnet with batchnorm=False)"
+            )
         n = x.shape[0]
         if isinstance(protocol, FedSGD):
             lr, batches = 1.0, [slice(0, n)]
@@ -87,9 +91,14 @@ class DPSGD(TrainingDefense):
         params = {k: p for k, p in net.named_parameters() if p.requires_grad}
         theta0 = {k: p.detach().clone() for k, p in params.items()}
         gsm = GradSampleModule(net, batch_first=True, loss_reduction="mean")
-        opt = DPOptimizer(torch.optim.SGD(list(params.values()), lr=lr), noise_multiplier=self.noise,
-                          max_grad_norm=self.clip, expected_batch_size=batches[0].stop - batches[0].start,
-                          loss_reduction="mean", generator=generator)
+        opt = DPOptimizer(
+            torch.optim.SGD(list(params.values()), lr=lr),
+            noise_multiplier=self.noise,
+            max_grad_norm=self.clip,
+            expected_batch_size=batches[0].stop - batches[0].start,
+            loss_reduction="mean",
+            generator=generator,
+        )
         with warnings.catch_warnings():  # Opacus' hooks warn when the input needs no gradient
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             for sl in batches:

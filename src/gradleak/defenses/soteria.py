@@ -1,4 +1,5 @@
 """Soteria: a batch defense that prunes the head's gradient where its input reveals the images most."""
+
 from __future__ import annotations
 
 import copy
@@ -26,11 +27,11 @@ def head_input_and_sensitivity(model: nn.Module, layer: str, x: Tensor) -> tuple
         net(xi)
     finally:
         handle.remove()
-    r = captured[0].flatten(1)                                     # [B, M]
+    r = captured[0].flatten(1)  # [B, M]
     m = r.shape[1]
-    eye = torch.eye(m, dtype=r.dtype).unsqueeze(1).expand(m, r.shape[0], m)   # [M, B, M]
+    eye = torch.eye(m, dtype=r.dtype).unsqueeze(1).expand(m, r.shape[0], m)  # [M, B, M]
     (jac,) = torch.autograd.grad(r, xi, grad_outputs=eye, is_grads_batched=True)  # [M, B, ...]
-    sens = jac.flatten(2).norm(dim=2).T                             # [B, M]
+    sens = jac.flatten(2).norm(dim=2).T  # [B, M]
     return r.detach(), sens.detach()
 
 
@@ -64,20 +65,22 @@ class Soteria(BatchDefense):
         name, _ = find_head(model)
         r, sens = head_input_and_sensitivity(model, name, x)
         with torch.no_grad():
-            score = (sens / r.abs()).nan_to_num(nan=math.inf, posinf=math.inf).sum(0)   # dead features: inf
+            score = (sens / r.abs()).nan_to_num(nan=math.inf, posinf=math.inf).sum(0)  # dead features: inf
         k = int(math.floor(self.ratio * score.numel()))
         keep = torch.ones(score.numel(), dtype=torch.bool)
         if k:
             keep[score.argsort()[:k]] = False
         return name, keep
 
-    def transform(self, update: Update, *, model: nn.Module, x: Tensor, y: Tensor,
-                  generator: torch.Generator) -> Update:
+    def transform(
+        self, update: Update, *, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator
+    ) -> Update:
         name, keep = self.mask(model, x)
         out = dict(update)
         w = f"{name}.weight"
         if out[w].shape[1] != keep.numel():
-            raise InputError(f"soteria: layer {name!r} takes {out[w].shape[1]} inputs but its input had "
-                             f"{keep.numel()} features")
+            raise InputError(
+                f"soteria: layer {name!r} takes {out[w].shape[1]} inputs but its input had {keep.numel()} features"
+            )
         out[w] = out[w] * keep.to(out[w].dtype)
         return out

@@ -2,6 +2,7 @@
 top-k sparsification and uniform quantization. Specs: ``clip:4``, ``noise:0.01``, ``laplace:0.01``,
 ``sparsify:0.9``, ``quantize:8``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -112,7 +113,7 @@ class Quantize(Defense):
             raise InputError(f"quantize bits must be an integer in 1..16, got {self.bits}")
 
     def __call__(self, update: Update, *, generator: torch.Generator) -> Update:
-        levels = 2 ** self.bits - 1
+        levels = 2**self.bits - 1
         out = {}
         for k, v in update.items():
             m = v.abs().max()

@@ -13,6 +13,7 @@ restart a server from — and *bounded*: ``max_bytes`` stops new captures once t
 many bytes, ``keep_rounds`` deletes the files of older rounds (their index entries stay, marked),
 ``max_clients_per_round`` captures only that many replies per round. Pure torch; no Flower here.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,13 @@ def _key(server_round: int, client: str) -> str:
 def _safe_relative(path: str) -> bool:
     """True for a relative POSIX path inside the store: no absolute path, drive, backslash or ``..``."""
     parts = path.split("/")
-    return bool(path) and not path.startswith("/") and "\\" not in path and ":" not in path and \
-        all(part not in ("", ".", "..") for part in parts)
+    return (
+        bool(path)
+        and not path.startswith("/")
+        and "\\" not in path
+        and ":" not in path
+        and all(part not in ("", ".", "..") for part in parts)
+    )
 
 
 def _check_entry(p: Problems, e: Any, where: str) -> None:
@@ -100,8 +106,14 @@ def read_index(index: Path) -> tuple[dict[str, dict[str, Any]], int]:
 class CaptureStore:
     """The folder of captured client rounds (see the module docstring). Thread-safe."""
 
-    def __init__(self, root: str | Path, *, max_bytes: int | None = 1 << 30, keep_rounds: int | None = None,
-                 max_clients_per_round: int | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        max_bytes: int | None = 1 << 30,
+        keep_rounds: int | None = None,
+        max_clients_per_round: int | None = None,
+    ):
         if max_bytes is not None and max_bytes < 1:
             raise InputError(f"max_bytes must be positive, got {max_bytes}")
         if keep_rounds is not None and keep_rounds < 1:
@@ -122,8 +134,11 @@ class CaptureStore:
 
     def captured(self, server_round: int | None = None) -> list[dict[str, Any]]:
         """Index entries with a file on disk, in (round, client) order."""
-        es = [e for e in self.entries.values() if e.get("path") and not e.get("deleted")
-              and (server_round is None or e["round"] == server_round)]
+        es = [
+            e
+            for e in self.entries.values()
+            if e.get("path") and not e.get("deleted") and (server_round is None or e["round"] == server_round)
+        ]
         return sorted(es, key=lambda e: (e["round"], e["client"]))
 
     def has(self, server_round: int, client: str) -> bool:
@@ -131,8 +146,14 @@ class CaptureStore:
         return bool(e and e.get("path") and not e.get("deleted"))
 
     # -- writing ---------------------------------------------------------------------------------
-    def add(self, server_round: int, client: str, obs: Observation, metrics: dict[str, Any] | None = None,
-            audit: AuditHook | None = None) -> dict[str, Any] | None:
+    def add(
+        self,
+        server_round: int,
+        client: str,
+        obs: Observation,
+        metrics: dict[str, Any] | None = None,
+        audit: AuditHook | None = None,
+    ) -> dict[str, Any] | None:
         """Save ``obs`` as round ``server_round``'s capture of ``client`` and run ``audit`` on it.
 
         Returns the index entry, or ``None`` when the store's bounds skip it. A capture already on disk
@@ -144,23 +165,36 @@ class CaptureStore:
         with self._lock:
             if self.has(server_round, client):
                 return self.entries[key]
-            if self.max_clients_per_round is not None and \
-                    len(self.captured(server_round)) >= self.max_clients_per_round:
+            if (
+                self.max_clients_per_round is not None
+                and len(self.captured(server_round)) >= self.max_clients_per_round
+            ):
                 self.entries[key] = {"round": server_round, "client": client, "skipped": "max_clients_per_round"}
                 self._write_index()
                 return None
             if self.max_bytes is not None and self.bytes_used() >= self.max_bytes:
-                log.warning("capture budget of %d bytes reached: round %d client %s not captured",
-                            self.max_bytes, server_round, client)
+                log.warning(
+                    "capture budget of %d bytes reached: round %d client %s not captured",
+                    self.max_bytes,
+                    server_round,
+                    client,
+                )
                 self.entries[key] = {"round": server_round, "client": client, "skipped": "max_bytes"}
                 self._write_index()
                 return None
             rel = Path(f"round_{server_round:04d}") / f"client_{client}.safetensors"
             (self.root / rel.parent).mkdir(parents=True, exist_ok=True)
             obs.save(self.root / rel)
-            entry = {"round": server_round, "client": client, "path": rel.as_posix(),
-                     "bytes": (self.root / rel).stat().st_size, "metrics": dict(metrics or {}),
-                     "batch_size": obs.batch_size, "protocol": obs.protocol.to_json(), "audit": None}
+            entry = {
+                "round": server_round,
+                "client": client,
+                "path": rel.as_posix(),
+                "bytes": (self.root / rel).stat().st_size,
+                "metrics": dict(metrics or {}),
+                "batch_size": obs.batch_size,
+                "protocol": obs.protocol.to_json(),
+                "audit": None,
+            }
             self.entries[key] = entry
             self._write_index()
         if audit is not None:
@@ -180,8 +214,11 @@ class CaptureStore:
         with self._lock:
             if arrays is not None:
                 tmp = self.root / "latest.safetensors.tmp"
-                save_file({k: v.detach().contiguous().cpu() for k, v in arrays.items()}, str(tmp),
-                          metadata={"round": str(server_round)})
+                save_file(
+                    {k: v.detach().contiguous().cpu() for k, v in arrays.items()},
+                    str(tmp),
+                    metadata={"round": str(server_round)},
+                )
                 tmp.replace(self.root / "latest.safetensors")
             self.latest_round = max(self.latest_round, server_round)
             if self.keep_rounds is not None:
@@ -196,12 +233,19 @@ class CaptureStore:
 
     def _write_index(self) -> None:
         entries = sorted(self.entries.values(), key=lambda e: (e["round"], e["client"]))
-        write_json_atomic(self.root / "index.json", {"format": INDEX_FORMAT, "latest_round": self.latest_round,
-                                                     "captures": entries})
+        write_json_atomic(
+            self.root / "index.json", {"format": INDEX_FORMAT, "latest_round": self.latest_round, "captures": entries}
+        )
 
     # -- reading ---------------------------------------------------------------------------------
-    def load(self, server_round: int, client: str, model: torch.nn.Module | None = None, *,
-             model_factory: str | ModelFactory | None = None) -> Observation:
+    def load(
+        self,
+        server_round: int,
+        client: str,
+        model: torch.nn.Module | None = None,
+        *,
+        model_factory: str | ModelFactory | None = None,
+    ) -> Observation:
         """The captured Observation; a user model's capture needs ``model`` or ``model_factory``
         (see :meth:`Observation.load`). A path that leaves the store (``..``, a symlink out) is refused."""
         e = self.entries.get(_key(server_round, client))
@@ -209,8 +253,10 @@ class CaptureStore:
             raise InputError(f"no capture of client {client} in round {server_round} under {self.root}")
         path = (self.root / e["path"]).resolve()
         if not path.is_relative_to(self.root.resolve()):
-            raise InputError(f"capture {e['path']!r} of client {client} in round {server_round} leads outside "
-                             f"the store {self.root}; refusing to read it")
+            raise InputError(
+                f"capture {e['path']!r} of client {client} in round {server_round} leads outside "
+                f"the store {self.root}; refusing to read it"
+            )
         return Observation.load(path, model, model_factory=model_factory)
 
     def resume(self) -> tuple[int, dict[str, Tensor]] | None:
@@ -238,8 +284,9 @@ class LabelAttackAudit:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.plan = AuditPlan(label_methods=tuple(self.label_methods), seed=self.seed,
-                              attacks=make_attacks(self.attacks, **self.settings))
+        self.plan = AuditPlan(
+            label_methods=tuple(self.label_methods), seed=self.seed, attacks=make_attacks(self.attacks, **self.settings)
+        )
 
     def __call__(self, obs: Observation, entry: dict[str, Any], root: Path) -> dict[str, Any]:
         from safetensors.torch import save_file

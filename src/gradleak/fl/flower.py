@@ -19,6 +19,7 @@ Example::
     store = run_simulation(FlowerTask(batch_size=2), num_clients=2, num_rounds=1, capture_dir="out/cap")
     obs = store.load(1, store.captured()[0]["client"])
 """
+
 from __future__ import annotations
 
 import json
@@ -49,6 +50,10 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 
+#: the default audit hook: label recovery only
+LABELS_ONLY = LabelAttackAudit()
+
+
 class CaptureStrategy(FedAvg):
     """``FedAvg`` that captures what each client returns (see the module docstring).
 
@@ -64,9 +69,19 @@ class CaptureStrategy(FedAvg):
         **fedavg: ``FedAvg``'s own arguments (``fraction_train``, ``min_train_nodes``, ...).
     """
 
-    def __init__(self, store: CaptureStore, *, model_spec: ModelSpec, normalization: Normalization | None = None,
-                 protocol: Protocol | None = None, lr: float = 0.1, bn_mode: str = "eval",
-                 audit: AuditHook | None = LabelAttackAudit(), round_offset: int = 0, **fedavg: Any):
+    def __init__(
+        self,
+        store: CaptureStore,
+        *,
+        model_spec: ModelSpec,
+        normalization: Normalization | None = None,
+        protocol: Protocol | None = None,
+        lr: float = 0.1,
+        bn_mode: str = "eval",
+        audit: AuditHook | None = LABELS_ONLY,
+        round_offset: int = 0,
+        **fedavg: Any,
+    ):
         super().__init__(**fedavg)
         if not lr > 0:
             raise InputError(f"the FedSGD step lr must be > 0, got {lr}")
@@ -77,16 +92,18 @@ class CaptureStrategy(FedAvg):
         self.lr, self.bn_mode, self.audit, self.round_offset = lr, bn_mode, audit, round_offset
         self._sent: dict[int, dict[str, torch.Tensor]] = {}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         r = server_round + self.round_offset
         config["protocol"] = json.dumps(self.protocol.to_json())
         config["lr"] = self.lr
         self._sent[r] = {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
         return super().configure_train(r, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         r = server_round + self.round_offset
         replies = list(replies)
         sent = self._sent.pop(r, None)
@@ -98,8 +115,9 @@ class CaptureStrategy(FedAvg):
         self.store.finish_round(r, None if arrays is None else arrays.to_torch_state_dict())
         return arrays, metrics
 
-    def observation(self, sent: dict[str, torch.Tensor], returned: dict[str, torch.Tensor],
-                    batch_size: int | None) -> Observation:
+    def observation(
+        self, sent: dict[str, torch.Tensor], returned: dict[str, torch.Tensor], batch_size: int | None
+    ) -> Observation:
         """The Observation of one reply: the model as sent and the update the client's arrays imply."""
         model = self.model_spec.build()
         model.load_state_dict(sent)
@@ -112,9 +130,16 @@ class CaptureStrategy(FedAvg):
             update = {k: (sent[k].double() - returned[k].double()).div(self.lr).float() for k in names}
         else:
             update = {k: returned[k] - sent[k] for k in names}
-        return Observation(model=model, update=update, protocol=self.protocol,
-                           num_classes=self.model_spec.num_classes, input_shape=self.model_spec.input_shape,
-                           batch_size=batch_size, normalization=self.normalization, model_spec=self.model_spec)
+        return Observation(
+            model=model,
+            update=update,
+            protocol=self.protocol,
+            num_classes=self.model_spec.num_classes,
+            input_shape=self.model_spec.input_shape,
+            batch_size=batch_size,
+            normalization=self.normalization,
+            model_spec=self.model_spec,
+        )
 
     def _capture(self, server_round: int, sent: dict[str, torch.Tensor], msg: Message) -> None:
         client = str(msg.metadata.src_node_id)
@@ -148,8 +173,9 @@ def _partition(context: Context) -> tuple[int, int]:
     try:
         return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
     except KeyError:
-        raise InputError("this SuperNode has no partition: start it with "
-                         "--node-config 'partition-id=0 num-partitions=2'") from None
+        raise InputError(
+            "this SuperNode has no partition: start it with --node-config 'partition-id=0 num-partitions=2'"
+        ) from None
 
 
 def make_client_app(task: FlowerTask | None = None) -> ClientApp:
@@ -173,8 +199,16 @@ def make_client_app(task: FlowerTask | None = None) -> ClientApp:
         data = _data(t)
         pid, n = _partition(context)
         cfg = next(iter(msg.content.config_records.values()), ConfigRecord())
-        state, metrics, _ = client_train(t, data, global_model(t, data, msg), protocol_from_json(json.loads(str(cfg["protocol"]))),
-                                         float(cfg.get("lr", t.lr)), pid, n, int(cfg["server-round"]))
+        state, metrics, _ = client_train(
+            t,
+            data,
+            global_model(t, data, msg),
+            protocol_from_json(json.loads(str(cfg["protocol"]))),
+            float(cfg.get("lr", t.lr)),
+            pid,
+            n,
+            int(cfg["server-round"]),
+        )
         metrics["num-examples"] = int(metrics["num-examples"])
         metrics["partition-id"] = pid  # lets the demo score against this client's data; no attack reads it
         reply = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
@@ -205,10 +239,16 @@ def audit_from_config(cfg: Any) -> LabelAttackAudit:
     return LabelAttackAudit(label_methods=labels, attacks=attacks, settings={"iterations": iters or None})
 
 
-def make_server_app(task: FlowerTask | None = None, *, capture_dir: str | Path | None = None,
-                    num_rounds: int | None = None, min_clients: int | None = None,
-                    audit: AuditHook | None = None, max_bytes: int | None = 1 << 30,
-                    keep_rounds: int | None = None) -> ServerApp:
+def make_server_app(
+    task: FlowerTask | None = None,
+    *,
+    capture_dir: str | Path | None = None,
+    num_rounds: int | None = None,
+    min_clients: int | None = None,
+    audit: AuditHook | None = None,
+    max_bytes: int | None = 1 << 30,
+    keep_rounds: int | None = None,
+) -> ServerApp:
     """The curious server: FedAvg rounds with :class:`CaptureStrategy`, resuming from ``capture_dir``.
 
     Arguments left ``None`` come from ``context.run_config`` (``num-server-rounds``, ``capture-dir``,
@@ -234,38 +274,62 @@ def make_server_app(task: FlowerTask | None = None, *, capture_dir: str | Path |
         if rounds - offset <= 0:
             log.info("all %d rounds are already captured in %s", rounds, folder)
             return
-        strategy = CaptureStrategy(store, model_spec=t.model_spec(data), normalization=data.normalization,
-                                   protocol=t.scenario.protocol, lr=t.lr, bn_mode=t.scenario.bn_mode,
-                                   audit=audit if audit is not None else audit_from_config(rc),
-                                   round_offset=offset, fraction_evaluate=0.0, min_train_nodes=clients,
-                                   min_available_nodes=clients)
+        strategy = CaptureStrategy(
+            store,
+            model_spec=t.model_spec(data),
+            normalization=data.normalization,
+            protocol=t.scenario.protocol,
+            lr=t.lr,
+            bn_mode=t.scenario.bn_mode,
+            audit=audit if audit is not None else audit_from_config(rc),
+            round_offset=offset,
+            fraction_evaluate=0.0,
+            min_train_nodes=clients,
+            min_available_nodes=clients,
+        )
         strategy.start(grid=grid, initial_arrays=ArrayRecord(dict(state)), num_rounds=rounds - offset)
 
     return app
 
 
-def run_simulation(task: FlowerTask, *, num_clients: int = 2, num_rounds: int = 1,
-                   capture_dir: str | Path, audit: AuditHook | None = None, max_bytes: int | None = 1 << 30,
-                   keep_rounds: int | None = None, num_cpus: int | None = None) -> CaptureStore:
+def run_simulation(
+    task: FlowerTask,
+    *,
+    num_clients: int = 2,
+    num_rounds: int = 1,
+    capture_dir: str | Path,
+    audit: AuditHook | None = None,
+    max_bytes: int | None = 1 << 30,
+    keep_rounds: int | None = None,
+    num_cpus: int | None = None,
+) -> CaptureStore:
     """Run the demo federation in Flower's Ray simulation and return the capture store."""
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     cpus = num_cpus or min(num_clients, os.cpu_count() or 1)
     flwr_run_simulation(
-        server_app=make_server_app(task, capture_dir=capture_dir, num_rounds=num_rounds, min_clients=num_clients,
-                                   audit=audit if audit is not None else LabelAttackAudit(),
-                                   max_bytes=max_bytes, keep_rounds=keep_rounds),
+        server_app=make_server_app(
+            task,
+            capture_dir=capture_dir,
+            num_rounds=num_rounds,
+            min_clients=num_clients,
+            audit=audit if audit is not None else LabelAttackAudit(),
+            max_bytes=max_bytes,
+            keep_rounds=keep_rounds,
+        ),
         client_app=make_client_app(task),
         num_supernodes=num_clients,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": cpus, "object_store_memory": 100 * 1024 ** 2,
-                                      "include_dashboard": False}},
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": cpus, "object_store_memory": 100 * 1024**2, "include_dashboard": False},
+        },
     )
     return CaptureStore(capture_dir, max_bytes=max_bytes, keep_rounds=keep_rounds)
 
 
-def true_update(task: FlowerTask, store: CaptureStore, server_round: int, client: str, partition_id: int,
-                num_partitions: int) -> tuple[dict[str, torch.Tensor], Any]:
+def true_update(
+    task: FlowerTask, store: CaptureStore, server_round: int, client: str, partition_id: int, num_partitions: int
+) -> tuple[dict[str, torch.Tensor], Any]:
     """For tests and the demo's scoring: what client ``partition_id`` honestly computed in that round
     (no defenses), from the captured model, and its batch."""
     from ..protocols import client_update

@@ -6,12 +6,14 @@ shard of the dataset and, in round ``r``, trains on a batch drawn from its shard
 seeded from ``(seed, p, r)`` — so the demo (and the tests) can rebuild the ground truth of any round
 to score what the server recovered, and nothing else needs to leave the client.
 
-The server decides the protocol and sends it in the round's config (``Protocol.to_json()`` as JSON): ``fedsgd`` (one step of rate
+The server decides the protocol and sends it in the round's config (``Protocol.to_json()`` as JSON):
+``fedsgd`` (one step of rate
 ``lr`` on the batch: the server reads the gradient as ``(θ₀ − θ₁)/lr``) or ``fedavg`` (the client
 returns ``θ_K``; the server sees ``θ_K − θ₀``). Defenses and label augmentations are the client's own
 (``defenses``, ``label-smoothing``, ``mixup``) and run through
 :func:`~gradleak.client.client_round`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -21,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data import Dataset, load_dataset
 from ..client import client_round
+from ..data import Dataset, load_dataset
 from ..errors import InputError
 from ..models import ModelSpec
 from ..protocols import FedSGD, Protocol
@@ -75,9 +77,9 @@ class FlowerTask:
 class ClientBatch:
     """One client's private batch of one round (ground truth for scoring; never sent)."""
 
-    images: Tensor      # [B, C, H, W] in [0, 1] (mixed images under mixup)
-    labels: Tensor      # int64 [B], the dominant class of each target
-    targets: Tensor     # int64 [B] or soft [B, N]
+    images: Tensor  # [B, C, H, W] in [0, 1] (mixed images under mixup)
+    labels: Tensor  # int64 [B], the dominant class of each target
+    targets: Tensor  # int64 [B] or soft [B, N]
 
 
 def shard(n: int, partition_id: int, num_partitions: int, seed: int) -> Tensor:
@@ -92,20 +94,34 @@ def _round_generator(task: FlowerTask, partition_id: int, server_round: int) -> 
     return torch.Generator().manual_seed(task.scenario.seed * 1_000_003 + partition_id * 10_007 + server_round)
 
 
-def client_batch(task: FlowerTask, data: Dataset, partition_id: int, num_partitions: int,
-                 server_round: int) -> ClientBatch:
+def client_batch(
+    task: FlowerTask, data: Dataset, partition_id: int, num_partitions: int, server_round: int
+) -> ClientBatch:
     """Client ``partition_id``'s batch in ``server_round`` (deterministic)."""
     sc = task.scenario
     own = data.subset(shard(len(data), partition_id, num_partitions, sc.seed))
     gen = _round_generator(task, partition_id, server_round)
-    images, labels, targets = draw_batch(own, sc.batch_size, generator=gen, unique_labels=sc.unique_labels,
-                                         label_smoothing=sc.label_smoothing, mixup=sc.mixup)
+    images, labels, targets = draw_batch(
+        own,
+        sc.batch_size,
+        generator=gen,
+        unique_labels=sc.unique_labels,
+        label_smoothing=sc.label_smoothing,
+        mixup=sc.mixup,
+    )
     return ClientBatch(images, labels, targets)
 
 
-def client_train(task: FlowerTask, data: Dataset, model: nn.Module, protocol: Protocol, lr: float,
-                 partition_id: int, num_partitions: int, server_round: int
-                 ) -> tuple[dict[str, Tensor], dict[str, float], ClientBatch]:
+def client_train(
+    task: FlowerTask,
+    data: Dataset,
+    model: nn.Module,
+    protocol: Protocol,
+    lr: float,
+    partition_id: int,
+    num_partitions: int,
+    server_round: int,
+) -> tuple[dict[str, Tensor], dict[str, float], ClientBatch]:
     """The client's round: ``(state dict to send back, metrics, its batch)``.
 
     ``model`` holds the global arrays (it is not changed). FedSGD returns ``θ₀ − lr·g``; FedAvg

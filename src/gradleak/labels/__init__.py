@@ -2,6 +2,7 @@
 
 Every module of this package is imported on first use so its ``@label_method`` registrations run.
 """
+
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,6 @@ from typing import Any
 from ..observation import Observation
 from ..plugins import import_submodules
 from .base import LABEL_METHODS, LabelMethod, LabelResult, head_gradient, label_method
-
 
 
 def recover_labels(obs: Observation, method: str = "auto", **settings: Any) -> LabelResult:
@@ -29,6 +29,21 @@ from .ilrg import ILRG  # noqa: E402
 from .llg import LLGBiasCorrected, LLGSimple, LLGWhitebox  # noqa: E402
 from .sum_rule import SumRule  # noqa: E402
 
-__all__ = ["IDLG", "ILRG", "LABEL_METHODS", "Auto", "FedAvgLabels", "GradInversionMin", "LLGBiasCorrected",
-           "LLGSimple", "LLGWhitebox", "LabelMethod", "LabelResult", "SumRule", "Wang2024", "head_gradient",
-           "label_method", "recover_labels"]
+__all__ = [
+    "IDLG",
+    "ILRG",
+    "LABEL_METHODS",
+    "Auto",
+    "FedAvgLabels",
+    "GradInversionMin",
+    "LLGBiasCorrected",
+    "LLGSimple",
+    "LLGWhitebox",
+    "LabelMethod",
+    "LabelResult",
+    "SumRule",
+    "Wang2024",
+    "head_gradient",
+    "label_method",
+    "recover_labels",
+]

@@ -42,6 +42,7 @@ predicted from how sharply the loss pins λ down; :meth:`recover` refuses when i
 Recovered features (``LabelResult.features``, ``[1, M]``) are the exact input of the head — other attacks
 can match them (e.g. a feature-matching term ``|f(x) − h|²`` on the model body).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -59,7 +60,7 @@ from .base import LabelMethod, LabelResult, label_method
 
 #: the paper's exact-recovery criterion as used by the anchor harness: max_c |ŷ_c − y_c| ≤ 1e-3
 EXACT_TOL = 1e-3
-_BISECT_STEPS = 80     # [−700, 700] / 2^80 ≈ 6e-22 in t
+_BISECT_STEPS = 80  # [−700, 700] / 2^80 ≈ 6e-22 in t
 _T_MAX = 700.0
 
 
@@ -69,7 +70,7 @@ class NecessaryCondition:
 
     holds: bool
     reasons: list[str] = field(default_factory=list)
-    predicted_error: float | None = None   # max-abs error in ŷ implied by how well λ is pinned down
+    predicted_error: float | None = None  # max-abs error in ŷ implied by how well λ is pinned down
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,7 +104,7 @@ def _rel_loss(lam: np.ndarray, a: np.ndarray, d: np.ndarray, k: int) -> np.ndarr
     lam = np.asarray(lam, dtype=np.float64).reshape(-1)
     y = _yhat(lam, a, d)
     idx = np.argsort(y, axis=1)[:, :k]
-    num = np.take_along_axis(y, idx, axis=1).var(axis=1) * lam ** 2
+    num = np.take_along_axis(y, idx, axis=1).var(axis=1) * lam**2
     den = d[idx].var(axis=1)
     return num / np.maximum(den, 1e-300)
 
@@ -119,7 +120,7 @@ def triple_scales(a: np.ndarray, d: np.ndarray, index: np.ndarray) -> np.ndarray
     triples = np.array(list(itertools.combinations(index.tolist(), 3)), dtype=np.int64)
     if len(triples) == 0:
         return np.empty(0)
-    order = np.argsort(-a[triples], axis=1)              # i: largest a, j: middle, k: smallest
+    order = np.argsort(-a[triples], axis=1)  # i: largest a, j: middle, k: smallest
     tri = np.take_along_axis(triples, order, axis=1)
     ai, aj, ak = (a[tri[:, c]] for c in range(3))
     di, dj, dk = (d[tri[:, c]] for c in range(3))
@@ -132,7 +133,7 @@ def triple_scales(a: np.ndarray, d: np.ndarray, index: np.ndarray) -> np.ndarray
     rho = np.where(ok, alpha / np.where(ok, beta, 1), 0.5)
     lo = np.full(len(tri), -_T_MAX)
     hi = np.full(len(tri), _T_MAX)
-    for _ in range(_BISECT_STEPS):                        # r is increasing in t: plain bisection
+    for _ in range(_BISECT_STEPS):  # r is increasing in t: plain bisection
         mid = 0.5 * (lo + hi)
         below = _r(mid, rho) < R
         lo = np.where(below, mid, lo)
@@ -150,7 +151,7 @@ def _spread_index(a: np.ndarray, count: int) -> np.ndarray:
         return np.arange(n)
     order = np.argsort(-a)
     top = order[: count // 2]
-    rest = order[count // 2:]
+    rest = order[count // 2 :]
     picks = rest[np.linspace(0, len(rest) - 1, count - len(top)).round().astype(int)]
     return np.unique(np.concatenate([top, picks]))
 
@@ -225,30 +226,38 @@ class Wang2024(LabelMethod):
     def problems(self, obs: Observation) -> list[str]:
         problems: list[str] = []
         if obs.batch_size not in (None, 1):
-            problems.append(f"it recovers the label of one input; this update comes from {obs.batch_size} "
-                            "(a batch's head gradient is not rank one)")
+            problems.append(
+                f"it recovers the label of one input; this update comes from {obs.batch_size} "
+                "(a batch's head gradient is not rank one)"
+            )
         if obs.kind == "delta" and getattr(obs.protocol, "local_steps", 1) != 1:
-            problems.append(f"a FedAvg update after {obs.protocol.local_steps} local steps is not one gradient; "  # type: ignore[union-attr]
-                            "it needs FedSGD or FedAvg with one local step")
+            problems.append(
+                f"a FedAvg update after {obs.protocol.local_steps} local steps is not one gradient; "  # type: ignore[union-attr]
+                "it needs FedSGD or FedAvg with one local step"
+            )
         w = _np(obs.head_grads()[0])
         b = obs.head_grads()[1]
         nonzero = bool(np.any(w != 0))
         if not nonzero:
             problems.append("the head's weight gradient is zero: nothing to recover (the model fits the label exactly)")
         elif b is None and self._equal_count(obs.num_classes) < 3:
-            problems.append(f"without a bias the scale is fixed by ≥ 3 equal label entries; {obs.num_classes} "
-                            f"classes leave {self._equal_count(obs.num_classes)} under the {self.structure} structure")
+            problems.append(
+                f"without a bias the scale is fixed by ≥ 3 equal label entries; {obs.num_classes} "
+                f"classes leave {self._equal_count(obs.num_classes)} under the {self.structure} structure"
+            )
         if obs.batch_size is None and nonzero:
             s = np.linalg.svd(w, compute_uv=False)
             if len(s) > 1 and float(s[1] / s[0]) > 1e-3:
-                problems.append(f"the head gradient has rank > 1 (σ₂/σ₁ = {float(s[1] / s[0]):.2e}): more than one input")
+                problems.append(
+                    f"the head gradient has rank > 1 (σ₂/σ₁ = {float(s[1] / s[0]):.2e}): more than one input"
+                )
         return problems
 
     # -- the no-bias scale search --------------------------------------------------------------------
     def _direction(self, gw: np.ndarray) -> np.ndarray:
         r = int(np.argmax((gw * gw).sum(1)))
         u = gw[r] / np.linalg.norm(gw[r])
-        u = gw.T @ (gw @ u)                                 # one power step: averages all rows' noise
+        u = gw.T @ (gw @ u)  # one power step: averages all rows' noise
         u /= np.linalg.norm(u)
         return u if u.sum() >= 0 else -u
 
@@ -291,7 +300,7 @@ class Wang2024(LabelMethod):
         delta = 1e-2
         ys = _yhat(np.array([lam * math.exp(-delta), lam * math.exp(delta)]), a, d)
         l_star = max(float(y[eq].var()), (1e-12 * float(np.abs(y).max())) ** 2)
-        c = (min(float(ys[0, eq].var()), float(ys[1, eq].var())) - l_star) / delta ** 2
+        c = (min(float(ys[0, eq].var()), float(ys[1, eq].var())) - l_star) / delta**2
         slope = float(np.abs(ys[1] - ys[0]).max()) / (2 * delta)
         err = math.inf if c <= 0 else slope * math.sqrt(l_star / c)
         return err, {"loss_at_solution": loss, "curvature_in_log_scale": c, "dyhat_dlogscale": slope}
@@ -312,10 +321,16 @@ class Wang2024(LabelMethod):
         err, info = self._identifiability(lam, loss, a, d, k)
         info["scale"] = lam
         if err > self.tolerance:
-            return NecessaryCondition(False, [
-                f"the label structure does not fix the feature scale: the equal classes' probabilities barely "
-                f"change with it, so ŷ is determined only to ±{err:.1e} (> {self.tolerance:g}); without a bias "
-                "gradient the smoothing ε / mixup weight are not identifiable here"], err, info)
+            return NecessaryCondition(
+                False,
+                [
+                    f"the label structure does not fix the feature scale: the equal classes' probabilities barely "
+                    f"change with it, so ŷ is determined only to ±{err:.1e} (> {self.tolerance:g}); without a bias "
+                    "gradient the smoothing ε / mixup weight are not identifiable here"
+                ],
+                err,
+                info,
+            )
         return NecessaryCondition(True, [], err, info)
 
     def _solve_nobias(self, obs: Observation, gw: np.ndarray):
@@ -344,31 +359,48 @@ class Wang2024(LabelMethod):
         else:
             lam, loss, a, d, k = self._solve_nobias(obs, gw)
             if not math.isfinite(lam):
-                raise UnsupportedError(self.name, [_no_scale_reason(a, self.structure)
-                                                   + "; the necessary condition fails for this observation"])
+                raise UnsupportedError(
+                    self.name,
+                    [_no_scale_reason(a, self.structure) + "; the necessary condition fails for this observation"],
+                )
             err, info = self._identifiability(lam, loss, a, d, k)
             if err > self.tolerance:
-                raise UnsupportedError(self.name, [
-                    f"the label structure does not fix the feature scale (predicted error ±{err:.1e} > "
-                    f"{self.tolerance:g}); the necessary condition fails for this observation"])
+                raise UnsupportedError(
+                    self.name,
+                    [
+                        f"the label structure does not fix the feature scale (predicted error ±{err:.1e} > "
+                        f"{self.tolerance:g}); the necessary condition fails for this observation"
+                    ],
+                )
             u = self._last[0]
             soft = torch.from_numpy(_yhat(np.array([lam]), a, d)[0])
             feat = torch.from_numpy(lam * u)
-            details.update(scale_from=f"label structure ({self.structure})", scale=lam, loss=loss,
-                           predicted_error=err, **info)
+            details.update(
+                scale_from=f"label structure ({self.structure})", scale=lam, loss=loss, predicted_error=err, **info
+            )
         details.update(_describe(soft))
-        return LabelResult(self.name, [int(soft.argmax())], soft=soft.float()[None], features=feat.float()[None],
-                           seconds=time.perf_counter() - t0, details=details)
+        return LabelResult(
+            self.name,
+            [int(soft.argmax())],
+            soft=soft.float()[None],
+            features=feat.float()[None],
+            seconds=time.perf_counter() - t0,
+            details=details,
+        )
 
 
 def _no_scale_reason(a: np.ndarray, structure: str) -> str:
     scale = max(float(np.abs(a).max()), 1e-300)
     distinct = len(np.unique(np.round(a / scale, 9)))
     if distinct < 3:
-        return (f"the label structure does not fix the feature scale: the head gives only {distinct} distinct "
-                "logit direction(s) over the classes, so the equal label entries stay equal at every scale")
-    return (f"no feature scale makes the {structure} label structure hold: the update does not come from one "
-            "input trained with label smoothing or two-class mixup")
+        return (
+            f"the label structure does not fix the feature scale: the head gives only {distinct} distinct "
+            "logit direction(s) over the classes, so the equal label entries stay equal at every scale"
+        )
+    return (
+        f"no feature scale makes the {structure} label structure hold: the update does not come from one "
+        "input trained with label smoothing or two-class mixup"
+    )
 
 
 def _describe(soft: torch.Tensor, tol: float = 1e-4) -> dict[str, Any]:
@@ -380,5 +412,8 @@ def _describe(soft: torch.Tensor, tol: float = 1e-4) -> dict[str, Any]:
     if float(rest1.max() - rest1.min()) <= tol:
         eps = float(rest1.mean()) * n
         return {"structure": "smoothing" if eps > tol else "hard", "epsilon": eps, "class": int(order[0])}
-    return {"structure": "mixup", "classes": [int(order[0]), int(order[1])],
-            "weights": [float(y[order[0]]), float(y[order[1]])]}
+    return {
+        "structure": "mixup",
+        "classes": [int(order[0]), int(order[1])],
+        "weights": [float(y[order[0]]), float(y[order[1]])],
+    }

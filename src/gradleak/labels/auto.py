@@ -16,6 +16,7 @@ A method is skipped if it is not registered or its ``problems(obs)`` are not emp
 refuses (e.g. iLRG's rank condition fails on a saturated model) hands over to the next. The result says
 which method ran and why: ``LabelResult.method`` and ``details["auto"]``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,12 +34,22 @@ def candidates(obs: Observation) -> list[tuple[str, str]]:
     if B == 1:
         prefs.append(("idlg", "one sample: the iDLG sign rule is exact"))
     if obs.kind == "delta" and has_bias:
-        prefs.append(("fedavg", f"FedAvg delta ({getattr(obs.protocol, 'local_steps', '?')} local steps) with a "
-                                "head bias: counts with the head's path replayed"))
+        prefs.append(
+            (
+                "fedavg",
+                f"FedAvg delta ({getattr(obs.protocol, 'local_steps', '?')} local steps) with a "
+                "head bias: counts with the head's path replayed",
+            )
+        )
     if obs.kind == "gradient" and obs.bn_train and B is not None and B > 1:
-        prefs.append(("llg-whitebox", "BatchNorm in train mode: dummy inputs through the batch-statistics model "
-                                      "estimate the batch's mean prediction best (benchmark: ResNet-18, B=128: "
-                                      "0.99 vs iLRG 0.96)"))
+        prefs.append(
+            (
+                "llg-whitebox",
+                "BatchNorm in train mode: dummy inputs through the batch-statistics model "
+                "estimate the batch's mean prediction best (benchmark: ResNet-18, B=128: "
+                "0.99 vs iLRG 0.96)",
+            )
+        )
     if has_bias:
         prefs.append(("ilrg", "head bias observed: iLRG counts (repeats allowed), rank condition checked"))
     elif B is not None and B < N:

@@ -1,14 +1,14 @@
 """The label-recovery interface: a registry of methods taking an Observation, returning a LabelResult."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from ..errors import UnsupportedError
-import torch
-
 from ..observation import Observation
 from ..registry import Registry
 from ..settings import NoSettings, configure
@@ -18,7 +18,8 @@ LABEL_METHODS: Registry = Registry("label method")
 
 def label_method(name: str):
     """Class decorator registering a :class:`LabelMethod` under ``name``."""
-    def add(cls: type["LabelMethod"]) -> type["LabelMethod"]:
+
+    def add(cls: type[LabelMethod]) -> type[LabelMethod]:
         cls.name = name
         return LABEL_METHODS.register(name)(cls)
 
@@ -31,15 +32,19 @@ class LabelResult:
 
     method: str
     labels: list[int]
-    soft: Tensor | None = None        # [B, N] recovered soft labels (augmented-label methods)
-    features: Tensor | None = None    # [B, M] recovered last-layer inputs, if the method gives them
+    soft: Tensor | None = None  # [B, N] recovered soft labels (augmented-label methods)
+    features: Tensor | None = None  # [B, M] recovered last-layer inputs, if the method gives them
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "recovered": list(map(int, self.labels)),
-                "soft": None if self.soft is None else self.soft.tolist(),
-                "seconds": self.seconds, "details": self.details}
+        return {
+            "method": self.method,
+            "recovered": list(map(int, self.labels)),
+            "soft": None if self.soft is None else self.soft.tolist(),
+            "seconds": self.seconds,
+            "details": self.details,
+        }
 
 
 class LabelMethod:

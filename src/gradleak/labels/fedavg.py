@@ -20,18 +20,18 @@ round, an underestimate of the rarest class otherwise — reported). The local b
 the steps cover the samples evenly; uneven coverage is reported as an approximation. Needs a head bias and
 the number of samples B. Each call reports one round: :func:`recover_rounds` maps a list of rounds.
 """
+
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from ..errors import UnsupportedError
 import torch
 
+from ..errors import UnsupportedError
 from ..observation import Observation
 from .base import LabelMethod, LabelResult, label_method, need_batch_size
 from .ilrg import ILRGConfig, counts_to_labels, estimate_counts, head_arrays, softmax
@@ -41,7 +41,7 @@ from .ilrg import ILRGConfig, counts_to_labels, estimate_counts, head_arrays, so
 class FedAvgLabelsConfig:
     """Settings of :class:`FedAvgLabels`."""
 
-    estimate_lr: bool = False       # ignore the protocol's local_lr and estimate η·K from the update
+    estimate_lr: bool = False  # ignore the protocol's local_lr and estimate η·K from the update
     path_points: int | None = None  # head-path points averaged (default: one per local step, K)
     counts: ILRGConfig = ILRGConfig()
 
@@ -68,8 +68,10 @@ class FedAvgLabels(LabelMethod):
         res.details["lr_source"], res.details["counts"]
     """
 
-    paper = ("Chen & Vikalo ICML 2024, Recovering Labels from Local Updates in Federated Learning (RLU), "
-             "arXiv:2405.00955 — head-path replay variant")
+    paper = (
+        "Chen & Vikalo ICML 2024, Recovering Labels from Local Updates in Federated Learning (RLU), "
+        "arXiv:2405.00955 — head-path replay variant"
+    )
 
     Config = FedAvgLabelsConfig
     config: FedAvgLabelsConfig
@@ -78,11 +80,13 @@ class FedAvgLabels(LabelMethod):
         problems: list[str] = []
         need_batch_size(obs, problems)
         if obs.kind != "delta":
-            problems.append("this method reads a FedAvg parameter delta; the observation is a FedSGD gradient "
-                            "(use ilrg)")
+            problems.append(
+                "this method reads a FedAvg parameter delta; the observation is a FedSGD gradient (use ilrg)"
+            )
         if obs.head_grads()[1] is None:
-            problems.append(f"the head {obs.head!r} has no bias: the counts are read from the bias update "
-                            "(use llg-whitebox)")
+            problems.append(
+                f"the head {obs.head!r} has no bias: the counts are read from the bias update (use llg-whitebox)"
+            )
         return problems
 
     def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
@@ -93,14 +97,15 @@ class FedAvgLabels(LabelMethod):
         K = int(obs.protocol.local_steps)  # type: ignore[union-attr]
         B = int(obs.batch_size)  # type: ignore[arg-type]
         if float(np.abs(db).max(initial=0.0)) <= self.config.counts.min_gradient:
-            raise UnsupportedError(self.name, ["the head's update is (numerically) zero: the round carries no "
-                                               "label counts"])
+            raise UnsupportedError(
+                self.name, ["the head's update is (numerically) zero: the round carries no label counts"]
+            )
         T = self.config.path_points or K
         ts = np.arange(T) / T
-        Ws = W0[None] + ts[:, None, None] * dW[None]           # [T, N, M]
-        bs = b0[None] + ts[:, None] * db[None]                  # [T, N]
+        Ws = W0[None] + ts[:, None, None] * dW[None]  # [T, N, M]
+        bs = b0[None] + ts[:, None] * db[None]  # [T, N]
 
-        def probs(h: np.ndarray) -> np.ndarray:                 # path-averaged softmax, h [n, M]
+        def probs(h: np.ndarray) -> np.ndarray:  # path-averaged softmax, h [n, M]
             return softmax(np.einsum("nm,tcm->tnc", h, Ws) + bs[:, None, :]).mean(0)
 
         # τ only scales Ḡ; the estimator's embedding and probabilities do not depend on it
@@ -112,8 +117,11 @@ class FedAvgLabels(LabelMethod):
             neg = db < 0
             tau = float(np.max(-db[neg] / pbar[neg])) if neg.any() else tau_known
             est = estimate_counts(-dW / tau, -db / tau, B, probs, config=self.config.counts)
-            details |= {"lr_source": "estimated from the update (non-negative counts)",
-                        "local_lr_estimated": tau / K, "local_lr_protocol": tau_known / K}
+            details |= {
+                "lr_source": "estimated from the update (non-negative counts)",
+                "local_lr_estimated": tau / K,
+                "local_lr_protocol": tau_known / K,
+            }
         else:
             details |= {"lr_source": "protocol", "local_lr": tau_known / K}
         if not est.rank.system_ok or (self.config.counts.strict and not est.rank.holds):
@@ -121,13 +129,18 @@ class FedAvgLabels(LabelMethod):
         if not est.rank.holds:
             details["warning"] = "rank condition not met: the counts are an approximation"
         even, uses = coverage(obs)
-        details |= {"counts": est.counts.tolist(), "raw_counts": est.raw.round(4).tolist(),
-                    "rank_condition": est.rank.to_json(), "even_coverage": even}
+        details |= {
+            "counts": est.counts.tolist(),
+            "raw_counts": est.raw.round(4).tolist(),
+            "rank_condition": est.rank.to_json(),
+            "even_coverage": even,
+        }
         if not even:
-            details["note"] = (f"local mini-batches use the samples unevenly ({min(uses)}–{max(uses)} times): "
-                               "counts are weighted by use, an approximation")
-        return LabelResult(self.name, counts_to_labels(est.counts), seconds=time.perf_counter() - t0,
-                           details=details)
+            details["note"] = (
+                f"local mini-batches use the samples unevenly ({min(uses)}–{max(uses)} times): "
+                "counts are weighted by use, an approximation"
+            )
+        return LabelResult(self.name, counts_to_labels(est.counts), seconds=time.perf_counter() - t0, details=details)
 
 
 def recover_rounds(observations: Sequence[Observation], method: LabelMethod | None = None) -> list[LabelResult]:

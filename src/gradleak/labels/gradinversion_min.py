@@ -12,6 +12,7 @@ repeats the rule still returns B distinct classes, so a repeated class costs one
 use a count method (``llg-*``) when repeats are plausible.
 Paper: 99.56 % label restoration at batch 8 on a trained ImageNet ResNet-50 (non-repeating labels).
 """
+
 from __future__ import annotations
 
 import time
@@ -51,19 +52,23 @@ class GradInversionMin(LabelMethod):
         problems: list[str] = []
         b = need_batch_size(obs, problems)
         if b > obs.num_classes:
-            problems.append(f"the min rule returns distinct labels, so it needs batch size ({b}) <= classes "
-                            f"({obs.num_classes}); a batch this large must repeat labels: use a count method "
-                            "(llg-whitebox, llg-bias-corrected, llg-simple)")
+            problems.append(
+                f"the min rule returns distinct labels, so it needs batch size ({b}) <= classes "
+                f"({obs.num_classes}); a batch this large must repeat labels: use a count method "
+                "(llg-whitebox, llg-bias-corrected, llg-simple)"
+            )
         if self.config.probe_inputs:
             p = probe(obs, self.config.probe_inputs, generator=torch.Generator().manual_seed(self.config.seed))
             low = float(p.features.min())
             if low < 0:
-                problems.append(f"the head's input takes negative values (min {low:.3g} on dummy inputs): the min "
-                                "rule's sign argument needs non-negative features (a ReLU before the head)")
+                problems.append(
+                    f"the head's input takes negative values (min {low:.3g} on dummy inputs): the min "
+                    "rule's sign argument needs non-negative features (a ReLU before the head)"
+                )
         return problems
 
     def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
-        t0 = time.perf_counter()               # the check's probe counts: it is part of using the rule safely
+        t0 = time.perf_counter()  # the check's probe counts: it is part of using the rule safely
         self.check(obs)
         gw, _ = head_gradient(obs)
         score = gw.min(dim=1).values
@@ -71,6 +76,8 @@ class GradInversionMin(LabelMethod):
         n_neg = int((score < 0).sum())
         details = {"classes_with_negative_entries": n_neg}
         if n_neg < obs.batch_size:  # type: ignore[operator]
-            details["note"] = (f"only {n_neg} classes show a negative entry for a batch of {obs.batch_size}: "
-                               "labels probably repeat; the extra labels are guesses")
+            details["note"] = (
+                f"only {n_neg} classes show a negative entry for a batch of {obs.batch_size}: "
+                "labels probably repeat; the extra labels are guesses"
+            )
         return LabelResult(self.name, sorted(labels), seconds=time.perf_counter() - t0, details=details)

@@ -6,6 +6,7 @@ only the true class row has non-positive entries, and with a bias ``∂L/∂b_c 
 only at the true class. We take ``argmin_c ∂L/∂b_c`` when the head has a bias, else the row whose
 sum is the most negative (the same sign argument on ``Σ_m ∂L/∂W_cm``).
 """
+
 from __future__ import annotations
 
 import time
@@ -31,5 +32,9 @@ class IDLG(LabelMethod):
         gw, gb = head_gradient(obs)
         score = gb if gb is not None else gw.sum(1)
         label = int(score.argmin())
-        return LabelResult(self.name, [label], seconds=time.perf_counter() - t0,
-                           details={"used": "bias" if gb is not None else "weight row sums"})
+        return LabelResult(
+            self.name,
+            [label],
+            seconds=time.perf_counter() - t0,
+            details={"used": "bias" if gb is not None else "weight row sums"},
+        )

@@ -38,6 +38,7 @@ model can pass it and still give wrong counts.
 A FedAvg delta is read as the mean local gradient ``−Δ / (lr · K)``; :mod:`.fedavg` replays the head's path
 instead and is what ``auto`` picks for several local steps.
 """
+
 from __future__ import annotations
 
 import time
@@ -53,18 +54,18 @@ from ..observation import Observation
 from .base import LabelMethod, LabelResult, label_method, need_batch_size
 from .llg import counts_to_labels, round_counts
 
-ProbsFn = Callable[[np.ndarray], np.ndarray]   # embeddings [n, M] -> (path-averaged) softmax [n, N]
+ProbsFn = Callable[[np.ndarray], np.ndarray]  # embeddings [n, M] -> (path-averaged) softmax [n, N]
 
 
 @dataclass(frozen=True, kw_only=True)
 class ILRGConfig:
     """Settings of :class:`ILRG` (iLRG itself has none; these are our numerical safeguards)."""
 
-    strict: bool = False            # refuse when the weight gradient's rank condition fails (else: warn, approximate)
-    max_condition: float = 1e6      # the count system is "rank deficient" beyond this condition number
-    iterations: int = 8             # reweighting rounds of the mean-embedding estimate
-    min_gradient: float = 1e-12     # a head gradient below this (max-abs) carries no label information
-    rank_tol: float = 1e-7          # relative singular-value cut for the weight gradient rank (float32 noise ~1e-8)
+    strict: bool = False  # refuse when the weight gradient's rank condition fails (else: warn, approximate)
+    max_condition: float = 1e6  # the count system is "rank deficient" beyond this condition number
+    iterations: int = 8  # reweighting rounds of the mean-embedding estimate
+    min_gradient: float = 1e-12  # a head gradient below this (max-abs) carries no label information
+    rank_tol: float = 1e-7  # relative singular-value cut for the weight gradient rank (float32 noise ~1e-8)
 
 
 @dataclass
@@ -76,16 +77,23 @@ class RankCondition:
     classes: int
     condition_number: float
     gradient_rank: int
-    instance_level: bool            # rank(G_W) ≥ B: every embedding lies in G_W's row space
-    predicted_count_error: float    # 1-sigma error of the counts implied by the rows' spread
+    instance_level: bool  # rank(G_W) ≥ B: every embedding lies in G_W's row space
+    predicted_count_error: float  # 1-sigma error of the counts implied by the rows' spread
     reasons: list[str] = field(default_factory=list)
-    system_ok: bool = True          # the count system alone has full rank (False: never solvable)
+    system_ok: bool = True  # the count system alone has full rank (False: never solvable)
 
     def to_json(self) -> dict[str, Any]:
-        return {"holds": self.holds, "system_rank": self.system_rank, "classes": self.classes,
-                "condition_number": self.condition_number, "gradient_rank": self.gradient_rank,
-                "instance_level": self.instance_level, "predicted_count_error": self.predicted_count_error,
-                "system_ok": self.system_ok, "reasons": list(self.reasons)}
+        return {
+            "holds": self.holds,
+            "system_rank": self.system_rank,
+            "classes": self.classes,
+            "condition_number": self.condition_number,
+            "gradient_rank": self.gradient_rank,
+            "instance_level": self.instance_level,
+            "predicted_count_error": self.predicted_count_error,
+            "system_ok": self.system_ok,
+            "reasons": list(self.reasons),
+        }
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -104,15 +112,16 @@ def singular_values(gram: np.ndarray) -> np.ndarray:
 
 @dataclass
 class CountEstimate:
-    counts: np.ndarray              # int [N], sums to B
-    raw: np.ndarray                 # float [N] solution of the count system
-    mean_prob: np.ndarray           # estimated p̄ [N]
-    mean_embedding: np.ndarray      # estimated h̄ [M]
+    counts: np.ndarray  # int [N], sums to B
+    raw: np.ndarray  # float [N] solution of the count system
+    mean_prob: np.ndarray  # estimated p̄ [N]
+    mean_embedding: np.ndarray  # estimated h̄ [M]
     rank: RankCondition
 
 
-def estimate_counts(gw: np.ndarray, gb: np.ndarray, batch: int, probs: ProbsFn, *,
-                    config: ILRGConfig = ILRGConfig()) -> CountEstimate:
+def estimate_counts(
+    gw: np.ndarray, gb: np.ndarray, batch: int, probs: ProbsFn, *, config: ILRGConfig = ILRGConfig()
+) -> CountEstimate:
     """The counts from a batch-mean head gradient ``gw`` [N, M], ``gb`` [N] (float64) and the model's head.
 
     ``probs`` maps embeddings to (path-averaged) softmax outputs: ``softmax(h Wᵀ + b)`` for one gradient.
@@ -139,7 +148,7 @@ def estimate_counts(gw: np.ndarray, gb: np.ndarray, batch: int, probs: ProbsFn, 
     hc = np.repeat(h[None], n_cls, 0)
     kk = np.clip(B * (p - gb), 0.5, None)
     hc[present] = (B / kk[present])[:, None] * (p[present, None] * h[None] - gw[present])
-    Q = probs(hc)                                        # row d: class d's probabilities
+    Q = probs(hc)  # row d: class d's probabilities
     A = np.vstack([np.ones(n_cls), Q.T - np.eye(n_cls)])
     v = np.concatenate([[B], B * gb])
     AtA = A.T @ A
@@ -156,21 +165,34 @@ def estimate_counts(gw: np.ndarray, gb: np.ndarray, batch: int, probs: ProbsFn, 
     need = min(int(batch), n_cls - 1, gw.shape[1])
     reasons, warnings = [], []
     if g_rank < need:
-        warnings.append(f"the head's weight gradient has rank {g_rank} < min(B, N − 1, M) = {need} (singular values "
-                       f"below {config.rank_tol:g} × the largest): some samples or classes leave (almost) no gradient "
-                       "— the model predicts them with probability ≈ 1 — so their counts are not determined")
+        warnings.append(
+            f"the head's weight gradient has rank {g_rank} < min(B, N − 1, M) = {need} (singular values "
+            f"below {config.rank_tol:g} × the largest): some samples or classes leave (almost) no gradient "
+            "— the model predicts them with probability ≈ 1 — so their counts are not determined"
+        )
     if sys_rank < n_cls or cond > config.max_condition:
-        reasons.append(f"the count system [1ᵀ; Qᵀ − I] has rank {sys_rank}/{n_cls} (condition number {cond:.3g} > "
-                       f"{config.max_condition:g}): samples predicted with probability ≈ 1 leave no gradient, so their "
-                       "counts are not determined (a saturated or well-trained model)")
-    rank = RankCondition(holds=not (reasons or warnings), system_rank=sys_rank, classes=n_cls,
-                         condition_number=cond, gradient_rank=g_rank, instance_level=g_rank >= batch,
-                         predicted_count_error=pred_err, reasons=reasons + warnings,
-                         system_ok=not reasons)
+        reasons.append(
+            f"the count system [1ᵀ; Qᵀ − I] has rank {sys_rank}/{n_cls} (condition number {cond:.3g} > "
+            f"{config.max_condition:g}): samples predicted with probability ≈ 1 leave no gradient, so their "
+            "counts are not determined (a saturated or well-trained model)"
+        )
+    rank = RankCondition(
+        holds=not (reasons or warnings),
+        system_rank=sys_rank,
+        classes=n_cls,
+        condition_number=cond,
+        gradient_rank=g_rank,
+        instance_level=g_rank >= batch,
+        predicted_count_error=pred_err,
+        reasons=reasons + warnings,
+        system_ok=not reasons,
+    )
     return CountEstimate(counts, raw, p, h, rank)
 
 
-def bias_free_gradient(gw: np.ndarray, batch: int, logits: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, float]:
+def bias_free_gradient(
+    gw: np.ndarray, batch: int, logits: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, float]:
     """The unobserved bias gradient of a bias-free head (needs a class absent from the batch, ``B < N``).
 
     Rows of absent classes are positive combinations ``(1/B) Σ_j p_jc h_j`` of the embeddings; their sum gives
@@ -179,13 +201,13 @@ def bias_free_gradient(gw: np.ndarray, batch: int, logits: Callable[[np.ndarray]
     predicted mass: ``Σ_A a_c / s = Σ_A softmax(s W v)_c``. Returns ``(g_b, s)``. Assumes non-negative
     embeddings (ReLU / sigmoid features); exact up to the spread of the embeddings' lengths.
     """
-    ev, vecs = np.linalg.eigh(gw @ gw.T)                    # top left singular vector of G_W
+    ev, vecs = np.linalg.eigh(gw @ gw.T)  # top left singular vector of G_W
     u = vecs[:, -1] * np.sqrt(max(ev[-1], 0.0))
     v = gw.T @ vecs[:, -1] / max(np.sqrt(max(ev[-1], 0.0)), 1e-300)
-    if v.sum() < 0:                      # non-negative mean embedding
+    if v.sum() < 0:  # non-negative mean embedding
         u, v = -u, -v
     absent = u > 0
-    for _ in range(3):                   # refine the direction from the absent rows
+    for _ in range(3):  # refine the direction from the absent rows
         m = gw[absent].sum(0)
         v = m / max(float(np.linalg.norm(m)), 1e-300)
         a_all = gw @ v
@@ -193,7 +215,7 @@ def bias_free_gradient(gw: np.ndarray, batch: int, logits: Callable[[np.ndarray]
     a = logits(v[None])[0]
     a_abs = float(a_all[absent].sum())
 
-    def excess(s: float) -> float:       # > 0 while s is too small
+    def excess(s: float) -> float:  # > 0 while s is too small
         return a_abs / s - float(softmax(s * a)[absent].sum())
 
     lo, hi = 1e-12, 1.0
@@ -234,8 +256,10 @@ class ILRG(LabelMethod):
         res = ILRG().recover(obs)        # res.labels: the multiset, res.details["rank_condition"]
     """
 
-    paper = ("Ma et al. ICLR 2023, Instance-wise Batch Label Restoration via Gradients in Federated Learning "
-             "(iLRG), openreview FIrQfNSOoTr")
+    paper = (
+        "Ma et al. ICLR 2023, Instance-wise Batch Label Restoration via Gradients in Federated Learning "
+        "(iLRG), openreview FIrQfNSOoTr"
+    )
 
     Config = ILRGConfig
     config: ILRGConfig
@@ -243,10 +267,12 @@ class ILRG(LabelMethod):
     def problems(self, obs: Observation) -> list[str]:
         problems: list[str] = []
         B = need_batch_size(obs, problems)
-        if obs.head_grads()[1] is None and B and B >= obs.num_classes:
-            problems.append(f"the head {obs.head!r} has no bias, so the bias gradient is estimated from the weight "
-                            f"gradient with its scale fixed by a class absent from the batch; that needs batch size "
-                            f"({B}) < classes ({obs.num_classes}). Use llg-whitebox (or a model with a head bias)")
+        if obs.head_grads()[1] is None and B and obs.num_classes <= B:
+            problems.append(
+                f"the head {obs.head!r} has no bias, so the bias gradient is estimated from the weight "
+                f"gradient with its scale fixed by a class absent from the batch; that needs batch size "
+                f"({B}) < classes ({obs.num_classes}). Use llg-whitebox (or a model with a head bias)"
+            )
         return problems
 
     def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
@@ -260,8 +286,13 @@ class ILRG(LabelMethod):
             note = "FedAvg delta read as the mean local gradient −Δ/(lr·K) (first order in lr); see 'fedavg'"
         B = int(obs.batch_size)  # type: ignore[arg-type]
         if float(np.abs(gw).max(initial=0.0)) <= self.config.min_gradient:
-            raise UnsupportedError(self.name, ["the head gradient is (numerically) zero: every sample is predicted "
-                                               "with probability ≈ 1, so the update carries no label counts"])
+            raise UnsupportedError(
+                self.name,
+                [
+                    "the head gradient is (numerically) zero: every sample is predicted "
+                    "with probability ≈ 1, so the update carries no label counts"
+                ],
+            )
         bb = np.zeros(W.shape[0]) if b is None else b
 
         Wt_t = torch.from_numpy(np.ascontiguousarray(W.T))
@@ -277,8 +308,17 @@ class ILRG(LabelMethod):
         if not est.rank.system_ok or (self.config.strict and not est.rank.holds):
             raise UnsupportedError(self.name, est.rank.reasons)
         if not est.rank.holds:
-            extra["warning"] = "rank condition not met: the counts are an approximation (" + \
-                "; ".join(est.rank.reasons) + ")"
-        return LabelResult(self.name, counts_to_labels(est.counts), seconds=time.perf_counter() - t0,
-                           details={"counts": est.counts.tolist(), "raw_counts": est.raw.round(4).tolist(),
-                                    "rank_condition": est.rank.to_json(), **extra})
+            extra["warning"] = (
+                "rank condition not met: the counts are an approximation (" + "; ".join(est.rank.reasons) + ")"
+            )
+        return LabelResult(
+            self.name,
+            counts_to_labels(est.counts),
+            seconds=time.perf_counter() - t0,
+            details={
+                "counts": est.counts.tolist(),
+                "raw_counts": est.raw.round(4).tolist(),
+                "rank_condition": est.rank.to_json(),
+                **extra,
+            },
+        )

@@ -30,6 +30,7 @@ Assumptions they share: a known batch size, FedSGD (a FedAvg delta is used as ``
 in the local rate), an untrained or briefly trained model — a well-trained model predicts its batch, so
 ``P_c ≈ n_c`` and the gradient carries little count information (the paper's "early stages of training").
 """
+
 from __future__ import annotations
 
 import time
@@ -47,13 +48,13 @@ def round_counts(x: np.ndarray, total: int) -> np.ndarray:
     """Non-negative integers summing to ``total`` nearest to ``x`` in squared error (largest remainders)."""
     x = np.maximum(np.asarray(x, dtype=np.float64), 0.0)
     n = np.floor(x).astype(np.int64)
-    while n.sum() > total:                       # too many: drop where the rounding gained least
+    while n.sum() > total:  # too many: drop where the rounding gained least
         cand = np.where(n > 0, x - n, np.inf)
         n[int(np.argmin(cand))] -= 1
     short = total - int(n.sum())
     if short > 0:
-        gain = x - n                            # adding one costs (1 − 2·gain); pick largest gains,
-        for _ in range(short):                  # a class may take several
+        gain = x - n  # adding one costs (1 − 2·gain); pick largest gains,
+        for _ in range(short):  # a class may take several
             c = int(np.argmax(gain))
             n[c] += 1
             gain[c] -= 1.0
@@ -82,8 +83,10 @@ class _Count(LabelMethod):
         problems: list[str] = []
         need_batch_size(obs, problems)
         if self.needs_bias and obs.head_grads()[1] is None:
-            problems.append(f"the head {obs.head!r} has no bias: {self.name} reads counts from the bias gradient; "
-                            "use llg-whitebox or llg-simple")
+            problems.append(
+                f"the head {obs.head!r} has no bias: {self.name} reads counts from the bias gradient; "
+                "use llg-whitebox or llg-simple"
+            )
         return problems
 
 
@@ -110,8 +113,12 @@ class LLGSimple(_Count):
             c = int(np.argmin(g))
             labels.append(c)
             g[c] -= impact
-        return LabelResult(self.name, sorted(labels), seconds=time.perf_counter() - t0,
-                           details={"impact": impact, "negative_classes": len(neg), "update": note})
+        return LabelResult(
+            self.name,
+            sorted(labels),
+            seconds=time.perf_counter() - t0,
+            details={"impact": impact, "negative_classes": len(neg), "update": note},
+        )
 
 
 @label_method("llg-bias-corrected")
@@ -128,8 +135,12 @@ class LLGBiasCorrected(_Count):
         B, N = int(obs.batch_size), obs.num_classes  # type: ignore[arg-type]
         x = B * (1.0 / N - b)  # type: ignore[operator]
         n = round_counts(x, B)
-        return LabelResult(self.name, counts_to_labels(n), seconds=time.perf_counter() - t0,
-                           details={"estimated_counts": x.round(3).tolist(), "update": note})
+        return LabelResult(
+            self.name,
+            counts_to_labels(n),
+            seconds=time.perf_counter() - t0,
+            details={"estimated_counts": x.round(3).tolist(), "update": note},
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,10 +179,13 @@ class LLGWhitebox(_Count):
         else:
             h = pr.features.numpy()
             hbar = h.mean(0)
-            s = h @ hbar                                   # per-dummy projection on the mean feature
+            s = h @ hbar  # per-dummy projection on the mean feature
             x = B * ((p * s[:, None]).mean(0) - w @ hbar) / s.mean()
             used = "weight gradient projected on the mean dummy feature"
         n = round_counts(x, B)
-        return LabelResult(self.name, counts_to_labels(n), seconds=time.perf_counter() - t0,
-                           details={"estimated_counts": x.round(3).tolist(), "used": used, "update": note,
-                                    "probe_inputs": n_probe})
+        return LabelResult(
+            self.name,
+            counts_to_labels(n),
+            seconds=time.perf_counter() - t0,
+            details={"estimated_counts": x.round(3).tolist(), "used": used, "update": note, "probe_inputs": n_probe},
+        )

@@ -7,6 +7,7 @@ uses these to estimate the per-sample gradient impact and offset; the min rule u
 head's input is non-negative. The model is never modified: a :func:`~gradleak.protocols.stateless` copy
 runs in the observation's mode (BatchNorm in train mode uses the dummy batch's statistics).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ from ..observation import Observation
 
 @dataclass(frozen=True)
 class Probe:
-    features: Tensor   # [n, M] float64: the head's inputs
-    probs: Tensor      # [n, N] float64: softmax of the logits
+    features: Tensor  # [n, M] float64: the head's inputs
+    probs: Tensor  # [n, N] float64: softmax of the logits
 
 
 def probe(obs: Observation, n: int, *, generator: torch.Generator) -> Probe:

@@ -1,6 +1,7 @@
 """Sum rule for batches, the batch extension of iDLG used by GGL (Li et al. CVPR 2022) and GIFD
 (Fang et al. ICCV 2023): ``ŷ = argsort_n(Σ_m ∂L/∂W[n, m])[:B]`` — the B classes whose head-weight
 gradient rows sum to the most negative values. Assumes non-negative features and distinct labels."""
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,10 @@ class SumRule(LabelMethod):
         problems: list[str] = []
         b = need_batch_size(obs, problems)
         if b > obs.num_classes:
-            problems.append(f"the sum rule returns distinct labels, so it needs batch size ({b}) <= classes "
-                            f"({obs.num_classes}); use a count strategy for repeated labels")
+            problems.append(
+                f"the sum rule returns distinct labels, so it needs batch size ({b}) <= classes "
+                f"({obs.num_classes}); use a count strategy for repeated labels"
+            )
         return problems
 
     def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:

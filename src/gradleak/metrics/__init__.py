@@ -6,10 +6,10 @@
 
 The image scores and :func:`label_accuracy` are re-exported here.
 """
+
 from __future__ import annotations
 
-from .images import PSNR_CAP, LPIPS, ImageScores, mse, pair_images, psnr, score_images, ssim
+from .images import LPIPS, PSNR_CAP, ImageScores, mse, pair_images, psnr, score_images, ssim
 from .labels import label_accuracy
 
-__all__ = ["PSNR_CAP", "ImageScores", "LPIPS", "label_accuracy", "mse", "pair_images", "psnr", "score_images",
-           "ssim"]
+__all__ = ["PSNR_CAP", "ImageScores", "LPIPS", "label_accuracy", "mse", "pair_images", "psnr", "score_images", "ssim"]

@@ -13,6 +13,7 @@ Example::
     iip = image_identifiability(model, recon, reference, original_index, normalization=norm)
     iip.precision          # e.g. 0.5: half the reconstructions point at their own original
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,8 +51,14 @@ class IIPResult:
 
 
 @torch.no_grad()
-def penultimate_features(model: nn.Module, images: Tensor, *, head: str | None = None,
-                         normalization: Normalization | None = None, batch: int = 64) -> Tensor:
+def penultimate_features(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    head: str | None = None,
+    normalization: Normalization | None = None,
+    batch: int = 64,
+) -> Tensor:
     """The input of the classification head for ``images`` [N, C, H, W] in [0, 1] → [N, M].
 
     The model is copied and put in eval mode (BatchNorm uses its running statistics, so a sample's
@@ -63,15 +70,22 @@ def penultimate_features(model: nn.Module, images: Tensor, *, head: str | None =
     handle = module.register_forward_pre_hook(lambda m, inp: captured.append(inp[0].flatten(1)))
     try:
         for i in range(0, len(images), batch):
-            x = images[i:i + batch].float()
+            x = images[i : i + batch].float()
             model(normalization.normalize(x) if normalization is not None else x)
     finally:
         handle.remove()
     return torch.cat(captured)
 
 
-def image_identifiability(model: nn.Module, recon: Tensor, reference: Tensor, original_index: Sequence[int], *,
-                          head: str | None = None, normalization: Normalization | None = None) -> IIPResult:
+def image_identifiability(
+    model: nn.Module,
+    recon: Tensor,
+    reference: Tensor,
+    original_index: Sequence[int],
+    *,
+    head: str | None = None,
+    normalization: Normalization | None = None,
+) -> IIPResult:
     """IIP of ``recon`` [B', C, H, W] (in [0, 1], any order) against ``reference`` [N, C, H, W] in
     [0, 1], where ``reference[original_index[i]]`` is the client's i-th original image."""
     originals = reference[list(original_index)]
@@ -79,8 +93,9 @@ def image_identifiability(model: nn.Module, recon: Tensor, reference: Tensor, or
         raise InputError("original_index must name distinct reference images")
     order = pair_images(recon, originals)
     feats_ref = F.normalize(penultimate_features(model, reference, head=head, normalization=normalization), dim=1)
-    feats_rec = F.normalize(penultimate_features(model, recon.clamp(0, 1)[order], head=head,
-                                                 normalization=normalization), dim=1)
+    feats_rec = F.normalize(
+        penultimate_features(model, recon.clamp(0, 1)[order], head=head, normalization=normalization), dim=1
+    )
     nearest = (feats_rec @ feats_ref.T).argmax(1).tolist()
     hits = [n == int(i) for n, i in zip(nearest, original_index)]
     return IIPResult(hits, nearest, order)

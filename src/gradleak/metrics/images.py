@@ -16,6 +16,7 @@ Images are ``[B, C, H, W]`` with values in [0, 1]; per-image scores are float64 
 - Reconstructions come in an order the attacker does not know: :func:`pair_images` matches them
   to the originals by the assignment of least total MSE.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -31,16 +32,7 @@ from torch import Tensor
 
 from ..errors import InputError, UnsafeFileError
 
-__all__ = [
-    "PSNR_CAP",
-    "ImageScores",
-    "LPIPS",
-    "mse",
-    "pair_images",
-    "psnr",
-    "score_images",
-    "ssim",
-]
+__all__ = ["PSNR_CAP", "ImageScores", "LPIPS", "mse", "pair_images", "psnr", "score_images", "ssim"]
 
 PSNR_CAP = 100.0
 SSIM_WINDOW = 11

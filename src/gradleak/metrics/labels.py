@@ -9,6 +9,7 @@
   ``tol = 1e-3`` (:data:`EXACT_TOL`, the criterion of the side-by-side harness of issue 10), which is
   stricter on the label and does not depend on a method's internals.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -59,8 +60,9 @@ def exact_recovery(pred: Tensor, true: Tensor, tol: float = EXACT_TOL) -> float:
     return float(((err <= tol) & torch.isfinite(err)).double().mean())
 
 
-def score_labels(result: LabelResult, true_labels: Sequence[int], true_targets: Tensor | None = None,
-                 *, tol: float = EXACT_TOL) -> dict[str, Any]:
+def score_labels(
+    result: LabelResult, true_labels: Sequence[int], true_targets: Tensor | None = None, *, tol: float = EXACT_TOL
+) -> dict[str, Any]:
     """All scores of one :class:`LabelResult`: multiset accuracy, and for soft results error and exactness."""
     out: dict[str, Any] = {"label_accuracy": label_accuracy(list(true_labels), result.labels)}
     if result.soft is not None and true_targets is not None and true_targets.dtype.is_floating_point:

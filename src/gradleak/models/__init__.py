@@ -1,4 +1,5 @@
 """Models: the zoo, a registry, the user's own factories and weights, and finding the head by name."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,15 +10,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import InputError
-from .zoo import MODELS, ConvNet, LeNet, MLP, ResNet
 from . import rgap as _rgap  # noqa: F401  (registers cnn6, cnn6-d, fcn3, twolayer)
+from .zoo import MLP, MODELS, ConvNet, LeNet, ResNet
 
-__all__ = ["MODELS", "ModelSpec", "architecture_hash", "build_model", "load_weights", "save_weights", "find_head",
-           "ConvNet", "LeNet", "MLP", "ResNet"]
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "architecture_hash",
+    "build_model",
+    "load_weights",
+    "save_weights",
+    "find_head",
+    "ConvNet",
+    "LeNet",
+    "MLP",
+    "ResNet",
+]
 
 
 @dataclass(frozen=True)
@@ -38,8 +49,12 @@ class ModelSpec:
         return self.name in MODELS
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "num_classes": self.num_classes, "input_shape": list(self.input_shape),
-                "kwargs": dict(self.kwargs)}
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "kwargs": dict(self.kwargs),
+        }
 
 
 def architecture_hash(model: nn.Module, head: str | None) -> str:
@@ -98,9 +113,14 @@ def find_head(model: nn.Module, num_classes: int | None = None, name: str | None
         if not isinstance(mod, nn.Linear):
             raise InputError(f"the model has no nn.Linear named {name!r} to use as its head")
         return name, mod
-    cands = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)
-             and (num_classes is None or m.out_features == num_classes)]
+    cands = [
+        (n, m)
+        for n, m in modules.items()
+        if isinstance(m, nn.Linear) and (num_classes is None or m.out_features == num_classes)
+    ]
     if len(cands) != 1:
-        raise InputError(f"cannot tell the model's classification head ({len(cands)} candidate nn.Linear layers); "
-                         "name it with head='module.path' or a 'head_name' attribute on the model")
+        raise InputError(
+            f"cannot tell the model's classification head ({len(cands)} candidate nn.Linear layers); "
+            "name it with head='module.path' or a 'head_name' attribute on the model"
+        )
     return cands[0]

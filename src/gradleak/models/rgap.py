@@ -16,6 +16,7 @@ and scale with ``input_shape``:
 - ``twolayer``: flatten → ``width`` hidden units (no bias) → activation → classes (no bias), weights
   drawn ``W ~ N(0, 1/d)`` and ``a ~ N(0, 1/width)`` — a "random Gaussian" point for the tensor attack.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,12 +50,24 @@ class CNN6(nn.Module):
 
     head_name = "head"
 
-    def __init__(self, num_classes: int, input_shape: Sequence[int], width2: int = 36,
-                 activation: str = "leaky_relu", bias: bool = False):
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: Sequence[int],
+        width2: int = 36,
+        activation: str = "leaky_relu",
+        bias: bool = False,
+    ):
         super().__init__()
         c = input_shape[0]
-        spec = [(c, 12, 4, 2, 2), (12, width2, 3, 2, 1), (width2, 36, 3, 1, 1), (36, 36, 3, 1, 1),
-                (36, 64, 3, 2, 1), (64, 128, 3, 1, 1)]
+        spec = [
+            (c, 12, 4, 2, 2),
+            (12, width2, 3, 2, 1),
+            (width2, 36, 3, 1, 1),
+            (36, 36, 3, 1, 1),
+            (36, 64, 3, 2, 1),
+            (64, 128, 3, 1, 1),
+        ]
         layers: list[tuple[str, nn.Module]] = []
         for i, (cin, cout, k, s, p) in enumerate(spec):
             layers.append((f"conv{i + 1}", nn.Conv2d(cin, cout, k, stride=s, padding=p, bias=bias)))
@@ -72,8 +85,14 @@ class FCN3(nn.Module):
 
     head_name = "head"
 
-    def __init__(self, num_classes: int, input_shape: Sequence[int], widths: Sequence[int] = (1000, 100),
-                 activation: str = "leaky_relu", bias: bool = False):
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: Sequence[int],
+        widths: Sequence[int] = (1000, 100),
+        activation: str = "leaky_relu",
+        bias: bool = False,
+    ):
         super().__init__()
         d = math.prod(input_shape)
         layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
@@ -94,8 +113,15 @@ class TwoLayerNet(nn.Module):
 
     head_name = "head"
 
-    def __init__(self, num_classes: int, input_shape: Sequence[int], width: int = 1000,
-                 activation: str = "tanh", gaussian: bool = True, hidden_bias: bool = False):
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: Sequence[int],
+        width: int = 1000,
+        activation: str = "tanh",
+        gaussian: bool = True,
+        hidden_bias: bool = False,
+    ):
         super().__init__()
         d = math.prod(input_shape)
         self.flatten = nn.Flatten()

@@ -3,6 +3,7 @@
 Every model names its classification head in ``head_name`` (a module path to an ``nn.Linear``), so label
 recovery and analytic attacks find it by name instead of guessing.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ class MLP(nn.Module):
 
     head_name = "head"
 
-    def __init__(self, num_classes: int, input_shape: Sequence[int], width: int = 256, depth: int = 2,
-                 bias: bool = True):
+    def __init__(
+        self, num_classes: int, input_shape: Sequence[int], width: int = 256, depth: int = 2, bias: bool = True
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         d = math.prod(input_shape)
@@ -57,9 +59,12 @@ class LeNet(nn.Module):
         super().__init__()
         c = input_shape[0]
         self.body = nn.Sequential(
-            nn.Conv2d(c, 12, 5, padding=2, stride=2), nn.Sigmoid(),
-            nn.Conv2d(12, 12, 5, padding=2, stride=2), nn.Sigmoid(),
-            nn.Conv2d(12, 12, 5, padding=2, stride=1), nn.Sigmoid(),
+            nn.Conv2d(c, 12, 5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=2),
+            nn.Sigmoid(),
+            nn.Conv2d(12, 12, 5, padding=2, stride=1),
+            nn.Sigmoid(),
             nn.Flatten(),
         )
         self.fc = nn.Linear(flat_size(self.body, input_shape), num_classes)
@@ -149,8 +154,14 @@ class ResNet(nn.Module):
 
     head_name = "fc"
 
-    def __init__(self, block: type[nn.Module], layers: Sequence[int], num_classes: int,
-                 input_shape: Sequence[int], stem: str = "cifar"):
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: Sequence[int],
+        num_classes: int,
+        input_shape: Sequence[int],
+        stem: str = "cifar",
+    ):
         super().__init__()
         c = input_shape[0]
         if stem == "cifar":

@@ -2,6 +2,7 @@
 metadata as JSON in the header, never pickle. :func:`load_prior` also reads a training checkpoint
 (:mod:`.train`), which holds the generator beside the critic and the optimiser state.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ __all__ = ["CHECKPOINT_FORMAT", "PRIOR_FORMAT", "atomic_save", "load_prior", "sa
 PRIOR_FORMAT = "gradleak-prior-1"
 CHECKPOINT_FORMAT = "gradleak-prior-checkpoint-1"
 # bounds on a generator recorded in a file, checked before anything is built
-GENERATOR_BOUNDS = {"size": (8, 64), "channels": (1, 3), "z_dim": (1, 1024), "width": (1, 1024),
-                    "max_width": (1, 1024), "num_classes": (0, 100_000)}
+GENERATOR_BOUNDS = {
+    "size": (8, 64),
+    "channels": (1, 3),
+    "z_dim": (1, 1024),
+    "width": (1, 1024),
+    "max_width": (1, 1024),
+    "num_classes": (0, 100_000),
+}
 
 
 def atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -75,10 +82,10 @@ def load_prior(path: str | Path) -> Generator:
     prefix = "G." if info["format"] == CHECKPOINT_FORMAT else ""
     with torch.device("meta"):
         want = state_shapes(Generator(gcfg))  # type: ignore[arg-type]
-    have = {k[len(prefix):]: v for k, v in f.shapes.items() if k.startswith(prefix)}
+    have = {k[len(prefix) :]: v for k, v in f.shapes.items() if k.startswith(prefix)}
     p += shape_problems(have, want)
     p.raise_if_any(f"prior {path}: weights do not fit its recorded architecture")
-    tensors = {k[len(prefix):]: v for k, v in f.tensors().items() if k.startswith(prefix)}
+    tensors = {k[len(prefix) :]: v for k, v in f.tensors().items() if k.startswith(prefix)}
     p += finite_problems(tensors)
     p.raise_if_any(f"prior {path} holds unusable weights")
     G = Generator(gcfg)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ generator up to ``h_k`` and :meth:`Generator.from_feature` from ``h_k`` to the i
     h1 = G.feature(1, z, y)            # [4, C₁, 8, 8]
     images = G.from_feature(1, h1)     # [4, 3, 32, 32] in [-1, 1]
 """
+
 from __future__ import annotations
 
 import math
@@ -68,9 +69,15 @@ class PixelNorm(nn.Module):
 
 class _Up(nn.Sequential):
     def __init__(self, cin: int, cout: int):
-        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1),
-                         nn.LeakyReLU(0.2), PixelNorm(),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.LeakyReLU(0.2), PixelNorm())
+        super().__init__(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(cin, cout, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            PixelNorm(),
+            nn.Conv2d(cout, cout, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            PixelNorm(),
+        )
 
 
 class Generator(nn.Module):
@@ -96,7 +103,7 @@ class Generator(nn.Module):
         return len(self.blocks) + 1
 
     def feature_shape(self, k: int) -> tuple[int, int, int]:
-        side = 4 * 2 ** k
+        side = 4 * 2**k
         return self.config.widths()[k], side, side
 
     def sample_latent(self, n: int, *, generator: torch.Generator) -> Tensor:

@@ -8,6 +8,7 @@ the random state, so a resumed run continues exactly where it stopped.
 The training checkpoint (safetensors, :mod:`.io`) holds the generator, the critic, both optimisers and
 the random state.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ from .models import Discriminator, Generator, GeneratorConfig
 
 __all__ = ["TrainConfig", "TrainStep", "train_prior"]
 
-MAX_STEPS = 1 << 31   # a checkpoint's recorded step is checked against this before anything is restored
+MAX_STEPS = 1 << 31  # a checkpoint's recorded step is checked against this before anything is restored
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,21 +61,33 @@ class TrainStep:
 
 
 def _prepare(data: Dataset, size: int) -> Tensor:
-    x = data.images if data.images.shape[-1] == size and data.images.shape[-2] == size else resize_images(data.images, size)
+    x = (
+        data.images
+        if data.images.shape[-1] == size and data.images.shape[-2] == size
+        else resize_images(data.images, size)
+    )
     return x.clamp(0, 1) * 2 - 1
 
 
-def train_prior(data: Dataset, gcfg: GeneratorConfig, cfg: TrainConfig = TrainConfig(), *,
-                checkpoint: str | Path | None = None, dataset_name: str | None = None,
-                on_step: Callable[[TrainStep], None] = lambda s: None,
-                on_sample: Callable[[int, Tensor], None] = lambda step, images: None) -> Generator:
+def train_prior(
+    data: Dataset,
+    gcfg: GeneratorConfig,
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    checkpoint: str | Path | None = None,
+    dataset_name: str | None = None,
+    on_step: Callable[[TrainStep], None] = lambda s: None,
+    on_sample: Callable[[int, Tensor], None] = lambda step, images: None,
+) -> Generator:
     """Train a generator on ``data`` (resized to ``gcfg.size``); resume from ``checkpoint`` if it exists.
 
     ``on_sample(step, images)`` receives a fixed set of 16 samples in [0, 1] every ``sample_every``
     steps and at the end. Returns the generator in eval mode.
     """
     if gcfg.channels != data.image_shape[0]:
-        raise InputError(f"the prior has {gcfg.channels} channel(s) but {data.name!r} images have {data.image_shape[0]}")
+        raise InputError(
+            f"the prior has {gcfg.channels} channel(s) but {data.name!r} images have {data.image_shape[0]}"
+        )
     if gcfg.num_classes and gcfg.num_classes != data.num_classes:
         raise InputError(f"a conditional prior needs num_classes={data.num_classes} for {data.name!r}")
     images, labels = _prepare(data, gcfg.size), data.labels
@@ -86,8 +99,10 @@ def train_prior(data: Dataset, gcfg: GeneratorConfig, cfg: TrainConfig = TrainCo
     gen = torch.Generator().manual_seed(cfg.seed)
     fixed = torch.Generator().manual_seed(cfg.seed + 1)
     z_fixed, y_fixed = G.sample_latent(16, generator=fixed), G.sample_labels(16, generator=fixed)
-    meta = {"generator": gcfg.to_json(), "training": {**asdict(cfg), "dataset": dataset_name or data.name,
-                                                      "images": len(data)}}
+    meta = {
+        "generator": gcfg.to_json(),
+        "training": {**asdict(cfg), "dataset": dataset_name or data.name, "images": len(data)},
+    }
     start = 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.exists():
@@ -123,7 +138,9 @@ def train_prior(data: Dataset, gcfg: GeneratorConfig, cfg: TrainConfig = TrainCo
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------
-def _opt_tensors(prefix: str, opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> tuple[dict[str, Tensor], list[float]]:
+def _opt_tensors(
+    prefix: str, opt: torch.optim.Optimizer, params: list[nn.Parameter]
+) -> tuple[dict[str, Tensor], list[float]]:
     out, steps = {}, []
     for i, p in enumerate(params):
         st = opt.state.get(p, {})
@@ -134,8 +151,16 @@ def _opt_tensors(prefix: str, opt: torch.optim.Optimizer, params: list[nn.Parame
     return out, steps
 
 
-def _save_checkpoint(path: Path, meta: dict[str, Any], step: int, G: Generator, D: Discriminator,
-                     opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, gen: torch.Generator) -> None:
+def _save_checkpoint(
+    path: Path,
+    meta: dict[str, Any],
+    step: int,
+    G: Generator,
+    D: Discriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> None:
     tensors = {f"G.{k}": v for k, v in G.state_dict().items()} | {f"D.{k}": v for k, v in D.state_dict().items()}
     tg, steps_g = _opt_tensors("opt_g", opt_g, list(G.parameters()))
     td, steps_d = _opt_tensors("opt_d", opt_d, list(D.parameters()))
@@ -144,8 +169,15 @@ def _save_checkpoint(path: Path, meta: dict[str, Any], step: int, G: Generator, 
     atomic_save(tensors, path, {"gradleak": json.dumps(info)})
 
 
-def _restore(path: Path, meta: dict[str, Any], G: Generator, D: Discriminator, opt_g: torch.optim.Optimizer,
-             opt_d: torch.optim.Optimizer, gen: torch.Generator) -> int:
+def _restore(
+    path: Path,
+    meta: dict[str, Any],
+    G: Generator,
+    D: Discriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    gen: torch.Generator,
+) -> int:
     """Resume from a training checkpoint of the same run; anything else raises one InputError."""
     f = read_safetensors(path, "gradleak", "prior checkpoint")
     info = f.header
@@ -153,15 +185,21 @@ def _restore(path: Path, meta: dict[str, Any], G: Generator, D: Discriminator, o
     mine = {k: v for k, v in meta["training"].items() if k not in free}
     training = info.get("training")
     theirs = {k: v for k, v in training.items() if k not in free} if isinstance(training, dict) else None
-    if info.get("format") != CHECKPOINT_FORMAT or info.get("generator") != meta["generator"] or \
-            json.dumps(mine, sort_keys=True) != json.dumps(theirs, sort_keys=True):
+    if (
+        info.get("format") != CHECKPOINT_FORMAT
+        or info.get("generator") != meta["generator"]
+        or json.dumps(mine, sort_keys=True) != json.dumps(theirs, sort_keys=True)
+    ):
         raise InputError(f"checkpoint {path} belongs to a run with other settings; remove it or use another folder")
     p = Problems()
     step = p.integer(info, "step", 0, MAX_STEPS)
     groups = (("opt_g", opt_g, list(G.parameters())), ("opt_d", opt_d, list(D.parameters())))
     opt_steps = p.get(info, "opt_steps", "")
-    if not (isinstance(opt_steps, list) and [len(s) if isinstance(s, list) else -1 for s in opt_steps]
-            == [len(params) for _, _, params in groups] and all(is_number(x) and x >= 0 for s in opt_steps for x in s)):
+    if not (
+        isinstance(opt_steps, list)
+        and [len(s) if isinstance(s, list) else -1 for s in opt_steps] == [len(params) for _, _, params in groups]
+        and all(is_number(x) and x >= 0 for s in opt_steps for x in s)
+    ):
         p.append("opt_steps: expected one non-negative number per parameter of G and of D")
     want = {f"G.{k}": v for k, v in state_shapes(G).items()} | {f"D.{k}": v for k, v in state_shapes(D).items()}
     want["rng"] = tuple(gen.get_state().shape)
@@ -181,8 +219,11 @@ def _restore(path: Path, meta: dict[str, Any], G: Generator, D: Discriminator, o
     for (prefix, opt, params), steps in zip(groups, opt_steps):
         for i, q in enumerate(params):
             if f"{prefix}.{i}.exp_avg" in tensors:
-                opt.state[q] = {"step": torch.tensor(steps[i]), "exp_avg": tensors[f"{prefix}.{i}.exp_avg"].clone(),
-                                "exp_avg_sq": tensors[f"{prefix}.{i}.exp_avg_sq"].clone()}
+                opt.state[q] = {
+                    "step": torch.tensor(steps[i]),
+                    "exp_avg": tensors[f"{prefix}.{i}.exp_avg"].clone(),
+                    "exp_avg_sq": tensors[f"{prefix}.{i}.exp_avg_sq"].clone(),
+                }
     try:
         gen.set_state(tensors["rng"])
     except RuntimeError as e:

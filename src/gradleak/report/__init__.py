@@ -2,6 +2,7 @@
 
 This package only writes what other modules computed; it never scores or attacks.
 """
+
 from __future__ import annotations
 
 from .audit import write_audit

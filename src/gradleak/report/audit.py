@@ -1,4 +1,5 @@
 """An audit's folder: PNG grids of the reconstructions, ``results.json`` and ``report.html``."""
+
 from __future__ import annotations
 
 import os
@@ -33,9 +34,14 @@ def write_audit(result: AuditResult, out: str | os.PathLike[str], *, truth_image
         order = None if run.scores is None else run.scores.order
         grids[run.name] = _grid(out / f"{run.name}.png", truth_images, images, order)
         stages[run.name] = {
-            stage: _grid(out / f"{run.name}_{stage.replace(' ', '_')}.png", truth_images, imgs,
-                         order if len(imgs) == len(images) else None)
-            for stage, imgs in run.result.stages.items()}
+            stage: _grid(
+                out / f"{run.name}_{stage.replace(' ', '_')}.png",
+                truth_images,
+                imgs,
+                order if len(imgs) == len(images) else None,
+            )
+            for stage, imgs in run.result.stages.items()
+        }
     data = result.to_json()
     for entry in data["attacks"]:
         if entry["name"] in grids:

@@ -1,6 +1,8 @@
 """Atomic file writing: a reader sees the old file or the new one, never half of either."""
+
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,10 +34,8 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> str:
         os.chmod(tmp, _mode_for(target))
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_dir(target.parent)
     return str(target)

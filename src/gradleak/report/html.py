@@ -3,6 +3,7 @@
 Images are embedded as base64 data URIs and CSS is inline: the page needs no network and can be
 mailed as one file. This module only presents numbers that are already in the result.
 """
+
 from __future__ import annotations
 
 import base64
@@ -56,8 +57,8 @@ def render_html(result: AuditResult, images: AuditImages) -> str:
     ]
     title = "gradleak audit report"
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{title}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
         + "\n".join(part for part in body if part)
         + "\n</main>\n</body>\n</html>\n"
@@ -66,9 +67,10 @@ def render_html(result: AuditResult, images: AuditImages) -> str:
 
 # --- sections ---------------------------------------------------------------------------------
 
+
 def _header(setting: Mapping[str, Any]) -> str:
     what = " · ".join(_e(setting[k]) for k in ("model", "dataset") if setting.get(k) is not None)
-    sub = f"<p class=\"sub\">{what}</p>" if what else ""
+    sub = f'<p class="sub">{what}</p>' if what else ""
     return f"<header><h1>gradleak audit report</h1>{sub}</header>"
 
 
@@ -76,7 +78,7 @@ def _verdict(verdict: Verdict) -> str:
     css = verdict.level if verdict.level in ("high", "medium", "low") else "unknown"
     text = f"<p>{_e(verdict.summary)}</p>" if verdict.summary else ""
     return (
-        f"<section class=\"verdict level-{css}\"><div class=\"badge\">Leakage risk: "
+        f'<section class="verdict level-{css}"><div class="badge">Leakage risk: '
         f"<strong>{_e((verdict.level or 'unknown').upper())}</strong></div>{text}</section>"
     )
 
@@ -91,11 +93,11 @@ def _scenario(setting: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         details.append(f"{setting['num_classes']} classes")
     dataset = _e(_fmt(setting.get("dataset")))
     if details:
-        dataset += f" <span class=\"muted\">({_e(', '.join(details))})</span>"
+        dataset += f' <span class="muted">({_e(", ".join(details))})</span>'
     protocol = dict(setting.get("protocol") or {})
     protocol_html = f"<strong>{_e(_fmt(protocol.pop('name', None)))}</strong>"
     if protocol:
-        protocol_html += f" <span class=\"muted\">({_e(_kv(protocol))})</span>"
+        protocol_html += f' <span class="muted">({_e(_kv(protocol))})</span>'
     rows = [
         ("Model", _e(_fmt(setting.get("model")))),
         ("Dataset", dataset),
@@ -106,7 +108,7 @@ def _scenario(setting: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         ("Label augmentation", _e(_kv(setting.get("augmentation") or {}, empty="none"))),
         ("Seed", _e(_fmt(setting.get("seed")))),
     ]
-    table = "<table class=\"kv\">" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    table = '<table class="kv">' + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
     full = ""
     if config:
         full = f"<details><summary>Full configuration</summary><pre>{_e(_json(config))}</pre></details>"
@@ -115,47 +117,54 @@ def _scenario(setting: Mapping[str, Any], config: Mapping[str, Any]) -> str:
 
 def _labels(labels: LabelSection, names: Sequence[str]) -> str:
     if not labels.runs:
-        return "<section><h2>Labels</h2><p class=\"muted\">No label recovery was run.</p></section>"
+        return '<section><h2>Labels</h2><p class="muted">No label recovery was run.</p></section>'
     true = None if labels.true is None else list(labels.true)
     chosen = labels.chosen
     rows = []
     if true is not None:
-        rows.append(f"<tr class=\"truth\"><th>true labels</th><td>{_chips(true, None, names)}</td><td></td><td></td></tr>")
+        rows.append(
+            f'<tr class="truth"><th>true labels</th><td>{_chips(true, None, names)}</td><td></td><td></td></tr>'
+        )
     seen = set(true or ())
     for run in labels.runs:
         name = _e(run.method)
         if run.requested != run.method:
-            name += f" <span class=\"muted\">({_e(run.requested)})</span>"
+            name += f' <span class="muted">({_e(run.requested)})</span>'
         if run is chosen:
-            name += " <span class=\"tag\">used by attacks</span>"
+            name += ' <span class="tag">used by attacks</span>'
         if run.result is None:
-            cell = f"<span class=\"err\">failed: {_e(run.error)}</span>"
+            cell = f'<span class="err">failed: {_e(run.error)}</span>'
         else:
             seen.update(run.result.labels)
             cell = _chips(run.result.labels, true, names)
         seconds = None if run.result is None else run.result.seconds
-        rows.append(f"<tr><th>{name}</th><td>{cell}</td><td class=\"num\">{_pct(run.accuracy)}</td>"
-                    f"<td class=\"num\">{_seconds(seconds)}</td></tr>")
+        rows.append(
+            f'<tr><th>{name}</th><td>{cell}</td><td class="num">{_pct(run.accuracy)}</td>'
+            f'<td class="num">{_seconds(seconds)}</td></tr>'
+        )
         if run.result is not None and run.result.soft is not None:
-            rows.append(f"<tr class=\"soft\"><td></td><td colspan=\"3\">{_soft(run.result.soft.tolist(), names)}</td></tr>")
+            rows.append(f'<tr class="soft"><td></td><td colspan="3">{_soft(run.result.soft.tolist(), names)}</td></tr>')
     table = (
-        "<table class=\"grid labels\"><thead><tr><th>Method</th><th>Labels</th>"
-        "<th class=\"num\">Label accuracy</th><th class=\"num\">Seconds</th></tr></thead><tbody>"
-        + "".join(rows) + "</tbody></table>"
+        '<table class="grid labels"><thead><tr><th>Method</th><th>Labels</th>'
+        '<th class="num">Label accuracy</th><th class="num">Seconds</th></tr></thead><tbody>'
+        + "".join(rows)
+        + "</tbody></table>"
     )
     notes = []
     if chosen is not None:
         notes.append(f"Attacks used the labels recovered by <strong>{_e(chosen.method)}</strong>.")
     if true:
-        notes.append("Recovered labels are compared as a multiset; "
-                     "<span class=\"chip miss\">red</span> marks a label beyond the true count.")
-    note_html = "".join(f"<p class=\"note\">{n}</p>" for n in notes)
+        notes.append(
+            "Recovered labels are compared as a multiset; "
+            '<span class="chip miss">red</span> marks a label beyond the true count.'
+        )
+    note_html = "".join(f'<p class="note">{n}</p>' for n in notes)
     return f"<section><h2>Labels</h2>{table}{note_html}{_legend(seen, names)}</section>"
 
 
 def _attacks(runs: Sequence[AttackRun], images: AuditImages) -> str:
     if not runs:
-        return "<section><h2>Attacks</h2><p class=\"muted\">No attacks were run.</p></section>"
+        return '<section><h2>Attacks</h2><p class="muted">No attacks were run.</p></section>'
     parts = ["<section><h2>Attacks</h2>", _attack_summary(runs)]
     parts += [_attack(i, run, images) for i, run in enumerate(runs)]
     parts.append("</section>")
@@ -165,51 +174,59 @@ def _attacks(runs: Sequence[AttackRun], images: AuditImages) -> str:
 def _numbers(run: AttackRun) -> list[tuple[str, str]]:
     """The headline numbers of a run, as (label, formatted value)."""
     scores, result = run.scores, run.result
-    if scores is None:
-        lpips = _NA
-    else:
-        lpips = _e(LPIPS_UNAVAILABLE) if scores.lpips is None else _dec(scores.mean_lpips)
-    return [("Mean PSNR", _psnr(run.mean_psnr)), ("Mean SSIM", _dec(None if scores is None else scores.mean_ssim)),
-            ("Mean LPIPS", lpips), ("Iterations", _fmt(None if result is None else result.iterations, _NA)),
-            ("Seconds", _seconds(None if result is None else result.seconds))]
+    lpips = _NA if scores is None else _e(LPIPS_UNAVAILABLE) if scores.lpips is None else _dec(scores.mean_lpips)
+    return [
+        ("Mean PSNR", _psnr(run.mean_psnr)),
+        ("Mean SSIM", _dec(None if scores is None else scores.mean_ssim)),
+        ("Mean LPIPS", lpips),
+        ("Iterations", _fmt(None if result is None else result.iterations, _NA)),
+        ("Seconds", _seconds(None if result is None else result.seconds)),
+    ]
 
 
 def _attack_summary(runs: Sequence[AttackRun]) -> str:
-    head = "".join(f"<th class=\"num\">{label}</th>" for label, _ in _numbers(runs[0]))
+    head = "".join(f'<th class="num">{label}</th>' for label, _ in _numbers(runs[0]))
     rows = "".join(
-        f"<tr><th><a href=\"#attack-{i}\">{_e(run.name)}</a></th>"
-        + "".join(f"<td class=\"num\">{value}</td>" for _, value in _numbers(run))
+        f'<tr><th><a href="#attack-{i}">{_e(run.name)}</a></th>'
+        + "".join(f'<td class="num">{value}</td>' for _, value in _numbers(run))
         + f"<td>{'<span class=err>failed</span>' if run.error else 'ok'}</td></tr>"
         for i, run in enumerate(runs)
     )
-    return (f"<table class=\"grid\"><thead><tr><th>Attack</th>{head}<th>Status</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
+    return (
+        f'<table class="grid"><thead><tr><th>Attack</th>{head}<th>Status</th></tr></thead><tbody>{rows}</tbody></table>'
+    )
 
 
 def _attack(i: int, run: AttackRun, images: AuditImages) -> str:
-    parts = [f"<article class=\"attack\" id=\"attack-{i}\"><h3>{_e(run.name)}</h3>"]
+    parts = [f'<article class="attack" id="attack-{i}"><h3>{_e(run.name)}</h3>']
     if run.error:
-        parts.append(f"<p class=\"err\">This attack failed: {_e(run.error)} (details under Errors).</p>")
+        parts.append(f'<p class="err">This attack failed: {_e(run.error)} (details under Errors).</p>')
     result = run.result
     stats = _numbers(run)
     if result is not None:
         stats += [("Restarts", _fmt(result.restarts)), ("Final loss", _dec(result.final_loss, 4, "g"))]
     if run.estimate is not None:
         stats.append(("Estimated seconds", _seconds(run.estimate.seconds)))
-    parts.append("<div class=\"stats\">" + "".join(
-        f"<div><span>{k}</span><strong>{v}</strong></div>" for k, v in stats) + "</div>")
+    parts.append(
+        '<div class="stats">' + "".join(f"<div><span>{k}</span><strong>{v}</strong></div>" for k, v in stats) + "</div>"
+    )
     if run.name in images.grids:
-        caption = ("Top row: originals. Below: reconstructions (paired by best match)." if run.scores is not None
-                   else "Reconstructions (no ground truth to compare with).")
+        caption = (
+            "Top row: originals. Below: reconstructions (paired by best match)."
+            if run.scores is not None
+            else "Reconstructions (no ground truth to compare with)."
+        )
         parts.append(_figure(images.grids[run.name], caption))
     for stage, path in images.stages.get(run.name, {}).items():
         parts.append(_figure(path, stage))
     if result is not None:
         curve = _loss_plot(result.loss_curve)
         if curve:
-            parts.append(f"<figure><img class=\"plot\" alt=\"objective curve\" src=\"{curve}\"><figcaption>Attack "
-                         "objective over iterations (gradient matching plus the attack's priors; log scale)"
-                         "</figcaption></figure>")
+            parts.append(
+                f'<figure><img class="plot" alt="objective curve" src="{curve}"><figcaption>Attack '
+                "objective over iterations (gradient matching plus the attack's priors; log scale)"
+                "</figcaption></figure>"
+            )
     if run.scores is not None:
         parts.append(_per_image(run.scores.psnr, run.scores.ssim, run.scores.lpips))
     if result is not None and result.config:
@@ -219,16 +236,20 @@ def _attack(i: int, run: AttackRun, images: AuditImages) -> str:
 
 
 def _per_image(psnr: Sequence[float], ssim: Sequence[float], lpips: Sequence[float] | None) -> str:
-    head = ("<th class=\"num\">Image</th><th class=\"num\">PSNR</th><th class=\"num\">SSIM</th>"
-            + ("<th class=\"num\">LPIPS</th>" if lpips is not None else ""))
+    head = '<th class="num">Image</th><th class="num">PSNR</th><th class="num">SSIM</th>' + (
+        '<th class="num">LPIPS</th>' if lpips is not None else ""
+    )
     rows = "".join(
-        f"<tr><td class=\"num\">{i}</td><td class=\"num\">{_psnr(p)}</td><td class=\"num\">{_dec(s)}</td>"
-        + (f"<td class=\"num\">{_dec(lpips[i])}</td>" if lpips is not None else "") + "</tr>"
+        f'<tr><td class="num">{i}</td><td class="num">{_psnr(p)}</td><td class="num">{_dec(s)}</td>'
+        + (f'<td class="num">{_dec(lpips[i])}</td>' if lpips is not None else "")
+        + "</tr>"
         for i, (p, s) in enumerate(zip(psnr, ssim))
     )
     opened = " open" if len(psnr) <= 16 else ""
-    return (f"<details{opened}><summary>Per-image scores ({len(psnr)})</summary>"
-            f"<table class=\"grid small\"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></details>")
+    return (
+        f"<details{opened}><summary>Per-image scores ({len(psnr)})</summary>"
+        f'<table class="grid small"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></details>'
+    )
 
 
 def _errors(result: AuditResult) -> str:
@@ -236,26 +257,35 @@ def _errors(result: AuditResult) -> str:
     errors += [(f"attack {a.name}", a.error, a.traceback) for a in result.attacks if a.error]
     if not errors:
         return ""
-    items = "".join(f"<li><strong>{_e(where)}</strong>: {_e(err)}{f'<pre>{_e(trace)}</pre>' if trace else ''}</li>"
-                    for where, err, trace in errors)
-    return f"<section class=\"errors\"><h2>Errors</h2><ul>{items}</ul></section>"
+    items = "".join(
+        f"<li><strong>{_e(where)}</strong>: {_e(err)}{f'<pre>{_e(trace)}</pre>' if trace else ''}</li>"
+        for where, err, trace in errors
+    )
+    return f'<section class="errors"><h2>Errors</h2><ul>{items}</ul></section>'
 
 
 def _footer(result: AuditResult) -> str:
-    bits = [f"gradleak {_e(result.version)}" if result.version else "", f"results schema {SCHEMA}",
-            f"created {_e(result.created)}" if result.created else ""]
+    bits = [
+        f"gradleak {_e(result.version)}" if result.version else "",
+        f"results schema {SCHEMA}",
+        f"created {_e(result.created)}" if result.created else "",
+    ]
     return "<footer>" + " · ".join(b for b in bits if b) + "</footer>"
 
 
 # --- pieces -----------------------------------------------------------------------------------
 
+
 def _figure(path: Path, caption: str) -> str:
     src = _data_uri(path)
     if src is None:
-        return (f"<p class=\"note missing\">Image not available: {_e(path.name)} "
-                f"(not found or not a PNG/JPEG file in the output folder).</p>")
-    return (f"<figure><img class=\"pixels\" alt=\"{_e(caption)}\" src=\"{src}\">"
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+        return (
+            f'<p class="note missing">Image not available: {_e(path.name)} '
+            f"(not found or not a PNG/JPEG file in the output folder).</p>"
+        )
+    return (
+        f'<figure><img class="pixels" alt="{_e(caption)}" src="{src}"><figcaption>{_e(caption)}</figcaption></figure>'
+    )
 
 
 def _data_uri(file: Path) -> str | None:
@@ -283,8 +313,13 @@ def _loss_plot(curve: Sequence[tuple[int, float]]) -> str | None:
     fig = Figure(figsize=(6.4, 2.4), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.plot([p[0] for p in points], [p[1] for p in points], color="#1f5fa8", linewidth=1.4,
-            marker="." if len(points) < 40 else None)
+    ax.plot(
+        [p[0] for p in points],
+        [p[1] for p in points],
+        color="#1f5fa8",
+        linewidth=1.4,
+        marker="." if len(points) < 40 else None,
+    )
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("objective (matching + priors)")
@@ -297,7 +332,7 @@ def _loss_plot(curve: Sequence[tuple[int, float]]) -> str | None:
 
 def _chips(labels: Sequence[int], truth: Sequence[int] | None, names: Sequence[str]) -> str:
     if not labels:
-        return "<span class=\"muted\">none</span>"
+        return '<span class="muted">none</span>'
     budget = Counter(truth) if truth is not None else None
     out = []
     for lab in labels:
@@ -308,8 +343,8 @@ def _chips(labels: Sequence[int], truth: Sequence[int] | None, names: Sequence[s
             else:
                 css += " miss"
         title = _class_name(lab, names)
-        tip = f" title=\"{_e(title)}\"" if title else ""
-        out.append(f"<span class=\"{css}\"{tip}>{_e(lab)}</span>")
+        tip = f' title="{_e(title)}"' if title else ""
+        out.append(f'<span class="{css}"{tip}>{_e(lab)}</span>')
     return "".join(out)
 
 
@@ -317,14 +352,17 @@ def _soft(vectors: list[list[float]], names: Sequence[str]) -> str:
     lines = []
     for i, vec in enumerate(vectors[:_MAX_SOFT_ROWS]):
         scored = sorted(((p, k) for k, p in enumerate(vec) if math.isfinite(p)), reverse=True)
-        top = ", ".join(f"{k}{' ' + _class_name(k, names) if _class_name(k, names) else ''}: {p:.2f}"
-                        for p, k in scored[:_SOFT_TOP])
+        top = ", ".join(
+            f"{k}{' ' + _class_name(k, names) if _class_name(k, names) else ''}: {p:.2f}" for p, k in scored[:_SOFT_TOP]
+        )
         lines.append(f"<li>#{i}: {_e(top)}</li>")
     more = len(vectors) - _MAX_SOFT_ROWS
     if more > 0:
-        lines.append(f"<li class=\"muted\">… {more} more</li>")
-    return (f"<details><summary>Soft labels (top {_SOFT_TOP} per sample)</summary>"
-            f"<ul class=\"soft\">{''.join(lines)}</ul></details>")
+        lines.append(f'<li class="muted">… {more} more</li>')
+    return (
+        f"<details><summary>Soft labels (top {_SOFT_TOP} per sample)</summary>"
+        f'<ul class="soft">{"".join(lines)}</ul></details>'
+    )
 
 
 def _legend(seen: set[int], names: Sequence[str]) -> str:
@@ -333,7 +371,7 @@ def _legend(seen: set[int], names: Sequence[str]) -> str:
     if not pairs:
         return ""
     items = ", ".join(f"{_e(lab)} = {_e(n)}" for lab, n in pairs[:60])
-    return f"<p class=\"note\">Classes: {items}{' …' if len(pairs) > 60 else ''}</p>"
+    return f'<p class="note">Classes: {items}{" …" if len(pairs) > 60 else ""}</p>'
 
 
 def _class_name(label: int, names: Sequence[str]) -> str:
@@ -341,6 +379,7 @@ def _class_name(label: int, names: Sequence[str]) -> str:
 
 
 # --- formatting -------------------------------------------------------------------------------
+
 
 def _e(x: Any) -> str:
     return escape(str(x), quote=True)

@@ -1,4 +1,5 @@
 """PNG grids and single images from image tensors in [0, 1]."""
+
 from __future__ import annotations
 
 import io
@@ -27,11 +28,7 @@ def default_scale(height: int, width: int) -> int:
 
 
 def image_grid(
-    rows: Sequence[torch.Tensor],
-    *,
-    pad: int = 2,
-    scale: int | None = None,
-    max_cols: int | None = None,
+    rows: Sequence[torch.Tensor], *, pad: int = 2, scale: int | None = None, max_cols: int | None = None
 ) -> Image.Image:
     """Lay out image batches as rows of a grid.
 
@@ -58,8 +55,7 @@ def image_grid(
     for i, a in enumerate(arrays):
         if a.shape[1:3] != (h, w):
             raise InputError(
-                f"all images in a grid must share one size; row {i} is {a.shape[1]}x{a.shape[2]}, "
-                f"row 0 is {h}x{w}"
+                f"all images in a grid must share one size; row {i} is {a.shape[1]}x{a.shape[2]}, row 0 is {h}x{w}"
             )
     s = default_scale(h, w) if scale is None else int(scale)
     if s < 1:
@@ -70,7 +66,7 @@ def image_grid(
     cols = max(a.shape[0] for a in arrays)
     per_row = cols if max_cols is None else min(cols, max_cols)
     groups = math.ceil(cols / per_row)
-    lines = [(g, a[g * per_row:(g + 1) * per_row]) for g in range(groups) for a in arrays]
+    lines = [(g, a[g * per_row : (g + 1) * per_row]) for g in range(groups) for a in arrays]
     cell_h, cell_w = h * s, w * s
     group_gap = 4 * pad
     width = per_row * cell_w + (per_row - 1) * pad
@@ -83,7 +79,7 @@ def image_grid(
         for c, img in enumerate(line):
             big = img.repeat(s, axis=0).repeat(s, axis=1)
             x = c * (cell_w + pad)
-            canvas[y:y + cell_h, x:x + cell_w] = big
+            canvas[y : y + cell_h, x : x + cell_w] = big
         y += cell_h + pad
     return to_pil(canvas)
 
@@ -108,9 +104,7 @@ def save_grid(
     return write_bytes_atomic(path, _png_bytes(grid))
 
 
-def save_images(
-    folder: str | os.PathLike[str], images: torch.Tensor, prefix: str, *, scale: int = 1
-) -> list[str]:
+def save_images(folder: str | os.PathLike[str], images: torch.Tensor, prefix: str, *, scale: int = 1) -> list[str]:
     """Write each image of ``[B, C, H, W]`` as ``folder/{prefix}_{i:03d}.png``; returns paths."""
     batch = _to_uint8(images, 0)
     paths = []
@@ -134,9 +128,7 @@ def _to_uint8(images: torch.Tensor, row: int) -> np.ndarray:
     if t.ndim == 3:
         t = t.unsqueeze(0)
     if t.ndim != 4 or t.shape[1] not in (1, 3):
-        raise InputError(
-            f"row {row}: expected images shaped [B, C, H, W] with C 1 or 3, got {list(t.shape)}"
-        )
+        raise InputError(f"row {row}: expected images shaped [B, C, H, W] with C 1 or 3, got {list(t.shape)}")
     t = torch.nan_to_num(t, nan=0.0).clamp(0.0, 1.0)
     return (t * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 

@@ -2,6 +2,7 @@
 
 Like :mod:`gradleak.report.html`, images are embedded as data URIs and nothing is computed here.
 """
+
 from __future__ import annotations
 
 import base64
@@ -14,10 +15,12 @@ from .files import write_bytes_atomic
 
 __all__ = ["write_page"]
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}figcaption{color:#555;font-size:13px}"
-        "code{background:#f5f5f5;padding:0 3px}")
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}figcaption{color:#555;font-size:13px}"
+    "code{background:#f5f5f5;padding:0 3px}"
+)
 
 
 def _table(md: str) -> str:
@@ -44,12 +47,21 @@ def _img(path: Path, caption: str) -> str:
     if not path.exists():
         return f"<p><em>missing image {escape(path.name)}</em></p>"
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
 
 
-def write_page(path: str | os.PathLike[str], title: str, *, paragraphs: Sequence[str] = (),
-               images: Sequence[tuple[Path, str]] = (), table_md: str = "", sections: Sequence[str] = ()) -> None:
+def write_page(
+    path: str | os.PathLike[str],
+    title: str,
+    *,
+    paragraphs: Sequence[str] = (),
+    images: Sequence[tuple[Path, str]] = (),
+    table_md: str = "",
+    sections: Sequence[str] = (),
+) -> None:
     """Write one HTML page: title, paragraphs (plain text), images, a Markdown table, raw HTML sections."""
     parts = [f"<h1>{escape(title)}</h1>"]
     for p in paragraphs:
@@ -61,6 +73,8 @@ def write_page(path: str | os.PathLike[str], title: str, *, paragraphs: Sequence
     if table_md:
         parts.append(_table(table_md))
     parts += list(sections)
-    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+    html = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
+    )
     write_bytes_atomic(path, html.encode("utf-8"))

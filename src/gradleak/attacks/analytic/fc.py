@@ -17,6 +17,7 @@ unmatched row, marked not exact. Example::
     result = FCExact().run(obs, generator=torch.Generator().manual_seed(0))
     result.assumptions["exact"]   # which reconstructions are exact
 """
+
 from __future__ import annotations
 
 import time
@@ -28,8 +29,9 @@ from torch import Tensor, nn
 from ...errors import InputError
 from ...labels import LabelResult
 from ...observation import Observation
-from ..base import Attack, AttackResult, StepCallback, attack, no_progress
+from ..base import Attack, AttackResult, attack
 from ..common import denormalize
+from ..steps import StepCallback, no_progress
 from .trace import classify_node, symbolic_trace
 
 
@@ -66,8 +68,15 @@ def first_linear(obs: Observation) -> tuple[str | None, str | None, list[str]]:
             return None, None, [f"the first layer is {op.what} ({op.name}), not a fully connected nn.Linear"]
         after = list(node.users)
         nxt = classify_node(gm, after[0]).kind if len(after) == 1 and after[0].op != "output" else "output"
-        return op.name, nxt, ([] if op.module.bias is not None else
-                              [f"the first layer {op.name} has no bias: the input is known only up to scale"])
+        return (
+            op.name,
+            nxt,
+            (
+                []
+                if op.module.bias is not None
+                else [f"the first layer {op.name} has no bias: the input is known only up to scale"]
+            ),
+        )
 
 
 def recover_batch(gw: Tensor, gb: Tensor, cfg: FCExactConfig, batch_size: int) -> tuple[Tensor, list[bool], list[int]]:
@@ -97,7 +106,7 @@ def recover_batch(gw: Tensor, gb: Tensor, cfg: FCExactConfig, batch_size: int) -
     exact = [groups[k] for k in ranked if len(groups[k]) >= cfg.min_rows][:batch_size]
     out = [cand[g].mean(0) for g in exact]
     flags, counts = [True] * len(out), [len(g) for g in exact]
-    for g in groups:                           # strongest rows first: fill the rest, not exact
+    for g in groups:  # strongest rows first: fill the rest, not exact
         if len(out) >= batch_size:
             break
         if len(g) < cfg.min_rows:
@@ -125,12 +134,20 @@ class FCExact(Attack):
         if obs.batch_size is None:
             problems.append("the batch size is unknown to the server")
         elif obs.batch_size > 1 and name is not None and after != "relu":
-            problems.append(f"for a batch (B={obs.batch_size}) the first layer must be followed by a ReLU, whose "
-                            f"inactive units isolate single samples; here it is followed by {after}")
+            problems.append(
+                f"for a batch (B={obs.batch_size}) the first layer must be followed by a ReLU, whose "
+                f"inactive units isolate single samples; here it is followed by {after}"
+            )
         return problems
 
-    def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
-            on_step: StepCallback = no_progress) -> AttackResult:
+    def run(
+        self,
+        obs: Observation,
+        labels: LabelResult | None = None,
+        *,
+        generator: torch.Generator,
+        on_step: StepCallback = no_progress,
+    ) -> AttackResult:
         t0 = time.perf_counter()
         self.check(obs)
         name, _, _ = first_linear(obs)
@@ -138,8 +155,19 @@ class FCExact(Attack):
         b = int(obs.batch_size)  # type: ignore[arg-type]
         x, exact, counts = recover_batch(gw, gb, self.config, b)
         images = denormalize(obs, x.float().view(b, *obs.input_shape))
-        return AttackResult(name=self.name, images=images, iterations=0, seconds=time.perf_counter() - t0,
-                            final_loss=0.0, labels=None if labels is None else list(labels.labels),
-                            assumptions={"layer": name, "exact": exact, "agreeing_rows": counts,
-                                         "exact_count": sum(exact), "batch_size": b},
-                            config=self.config_json())
+        return AttackResult(
+            name=self.name,
+            images=images,
+            iterations=0,
+            seconds=time.perf_counter() - t0,
+            final_loss=0.0,
+            labels=None if labels is None else list(labels.labels),
+            assumptions={
+                "layer": name,
+                "exact": exact,
+                "agreeing_rows": counts,
+                "exact_count": sum(exact),
+                "batch_size": b,
+            },
+            config=self.config_json(),
+        )

@@ -23,6 +23,7 @@ condition fails the reconstruction degrades, as :mod:`gradleak.analyze` predicts
 
     result = RGAP().run(obs, generator=torch.Generator().manual_seed(0))
 """
+
 from __future__ import annotations
 
 import time
@@ -36,8 +37,9 @@ from ...errors import InputError
 from ...labels import LabelResult
 from ...observation import Observation
 from ...protocols import FedSGD
-from ..base import Attack, AttackResult, StepCallback, attack, no_progress
+from ..base import Attack, AttackResult, attack
 from ..common import denormalize
+from ..steps import StepCallback, no_progress
 from .linalg import DTYPE, RANK_RTOL, LayerSolution, dense_operator, solve_conv, solve_fc, solve_head
 from .trace import Op, trace_chain
 
@@ -61,8 +63,10 @@ def layerwise_problems(obs: Observation, method: str) -> tuple[list[Op], list[st
     if obs.kind != "gradient":
         problems.append(f"{method} inverts one gradient (FedSGD); this update is a {obs.protocol.name} parameter delta")
     if obs.batch_size != 1:
-        problems.append(f"{method} reconstructs one sample (B=1); the batch size is "
-                        f"{'unknown' if obs.batch_size is None else obs.batch_size}")
+        problems.append(
+            f"{method} reconstructs one sample (B=1); the batch size is "
+            f"{'unknown' if obs.batch_size is None else obs.batch_size}"
+        )
     try:
         ops, chain_problems = trace_chain(obs.model, tuple(obs.input_shape))
     except InputError as e:
@@ -78,7 +82,7 @@ def layerwise_problems(obs: Observation, method: str) -> tuple[list[Op], list[st
 
 def _below_range_complement(op_below: Op, rtol: float) -> Tensor | None:
     """An orthonormal basis [n_out, k] of the complement of range(W_below), or None if it is onto."""
-    w = dense_operator(op_below.module, op_below.in_shape)               # [n_out, n_in]
+    w = dense_operator(op_below.module, op_below.in_shape)  # [n_out, n_in]
     if w.shape[0] <= w.shape[1]:
         s = torch.linalg.svdvals(w) if w.shape[0] <= 2000 else torch.linalg.eigvalsh(w @ w.T).clamp_min(0).sqrt()
         if int((s > rtol * s.max()).sum()) >= w.shape[0]:
@@ -88,8 +92,15 @@ def _below_range_complement(op_below: Op, rtol: float) -> Tensor | None:
     return evecs[:, keep] if bool(keep.any()) else None
 
 
-def invert_chain(obs: Observation, ops: list[Op], *, rtol: float = RANK_RTOL, pullback: bool = False,
-                 pullback_steps: int = 3, on_layer=None) -> ChainInversion:
+def invert_chain(
+    obs: Observation,
+    ops: list[Op],
+    *,
+    rtol: float = RANK_RTOL,
+    pullback: bool = False,
+    pullback_steps: int = 3,
+    on_layer=None,
+) -> ChainInversion:
     """Run the backward recursion on a traced chain (see the module docstring)."""
     upd = {k: v.detach().to(DTYPE) for k, v in obs.update.items()}
     head = ops[-1]
@@ -134,8 +145,19 @@ def invert_chain(obs: Observation, ops: list[Op], *, rtol: float = RANK_RTOL, pu
     return ChainInversion(x.reshape(1, *obs.input_shape), label, layers[::-1], info)
 
 
-def _with_pullback(obs: Observation, ops: list[Op], i: int, m: nn.Conv2d, op: Op, z: Tensor, delta: Tensor,
-                   gw: Tensor, sol: LayerSolution, rtol: float, steps: int) -> LayerSolution:
+def _with_pullback(
+    obs: Observation,
+    ops: list[Op],
+    i: int,
+    m: nn.Conv2d,
+    op: Op,
+    z: Tensor,
+    delta: Tensor,
+    gw: Tensor,
+    sol: LayerSolution,
+    rtol: float,
+    steps: int,
+) -> LayerSolution:
     """Re-solve a deficient layer with ``Q_⊥ᵀ (σ⁻¹(x) − b_below) = 0`` (x is the image of the layer below),
     linearised at the current estimate."""
     j = i - 1
@@ -150,19 +172,22 @@ def _with_pullback(obs: Observation, ops: list[Op], i: int, m: nn.Conv2d, op: Op
     q = _below_range_complement(below, rtol)
     if q is None:
         return sol
-    bias = (below.module.bias.detach().to(DTYPE).repeat_interleave(int(torch.tensor(below.out_shape[1:]).prod()))
-            if below.module.bias is not None else torch.zeros(q.shape[0], dtype=DTYPE))
+    bias = (
+        below.module.bias.detach().to(DTYPE).repeat_interleave(int(torch.tensor(below.out_shape[1:]).prod()))
+        if below.module.bias is not None
+        else torch.zeros(q.shape[0], dtype=DTYPE)
+    )
     pattern = None
     for _ in range(steps):
         xh = sol.x.reshape(op.in_shape)
-        if act.what == "leaky_relu":          # piecewise linear: stop once the sign pattern is stable
+        if act.what == "leaky_relu":  # piecewise linear: stop once the sign pattern is stable
             now = xh > 0
             if pattern is not None and bool((now == pattern).all()):
                 break
             pattern = now
         zh = act.inverse(xh)
-        jac = 1.0 / act.derivative(zh, xh).flatten()                  # dσ⁻¹/dx at the estimate
-        mat = q.T * jac                                                 # Q_⊥ᵀ J
+        jac = 1.0 / act.derivative(zh, xh).flatten()  # dσ⁻¹/dx at the estimate
+        mat = q.T * jac  # Q_⊥ᵀ J
         rhs = q.T @ (jac * xh.flatten() - zh.flatten() + bias)
         sol = solve_conv(op.name, m, op.in_shape, z, delta, gw, rtol=rtol, extra=(mat, rhs))
     return sol
@@ -195,7 +220,7 @@ class RGAP(Attack):
         return layerwise_problems(obs, self.name)[1]
 
     def _invert(self, obs: Observation, ops: list[Op], on_step: StepCallback) -> ChainInversion:
-        from ..base import Step
+        from ..steps import Step
 
         n = sum(o.kind == "affine" for o in ops)
         done = [1]
@@ -206,12 +231,19 @@ class RGAP(Attack):
 
         return invert_chain(obs, ops, rtol=self.config.rtol, pullback=self.pullback, on_layer=on_layer)
 
-    def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
-            on_step: StepCallback = no_progress) -> AttackResult:
+    def run(
+        self,
+        obs: Observation,
+        labels: LabelResult | None = None,
+        *,
+        generator: torch.Generator,
+        on_step: StepCallback = no_progress,
+    ) -> AttackResult:
         t0 = time.perf_counter()
         ops, problems = layerwise_problems(obs, self.name)
         if problems:
             from ...errors import UnsupportedError
+
             raise UnsupportedError(self.name, problems)
         inv = self._invert(obs, ops, on_step)
         x = inv.x.float()
@@ -220,15 +252,30 @@ class RGAP(Attack):
         iterations = 0
         x, stages, curve, iterations = self._refine(obs, inv, x, generator, on_step)
         dist = gradient_distance(obs, x, [inv.label])
-        assumptions = {"batch_size": 1, "loss": "cross-entropy", "label": "recovered from the head gradient",
-                       "layers": inv.to_json()["layers"], "head": inv.head,
-                       "deficient_layers": [l.name for l in inv.layers if l.deficiency < 0]}
-        return AttackResult(name=self.name, images=denormalize(obs, x), iterations=iterations,
-                            seconds=time.perf_counter() - t0, final_loss=dist, loss_curve=curve,
-                            labels=[inv.label], stages=stages, assumptions=assumptions, config=self.config_json())
+        assumptions = {
+            "batch_size": 1,
+            "loss": "cross-entropy",
+            "label": "recovered from the head gradient",
+            "layers": inv.to_json()["layers"],
+            "head": inv.head,
+            "deficient_layers": [l.name for l in inv.layers if l.deficiency < 0],
+        }
+        return AttackResult(
+            name=self.name,
+            images=denormalize(obs, x),
+            iterations=iterations,
+            seconds=time.perf_counter() - t0,
+            final_loss=dist,
+            loss_curve=curve,
+            labels=[inv.label],
+            stages=stages,
+            assumptions=assumptions,
+            config=self.config_json(),
+        )
 
-    def _refine(self, obs: Observation, inv: ChainInversion, x: Tensor, generator: torch.Generator,
-                on_step: StepCallback) -> tuple[Tensor, dict[str, Tensor], list[tuple[int, float]], int]:
+    def _refine(
+        self, obs: Observation, inv: ChainInversion, x: Tensor, generator: torch.Generator, on_step: StepCallback
+    ) -> tuple[Tensor, dict[str, Tensor], list[tuple[int, float]], int]:
         return x, {}, [], 0
 
 
@@ -253,19 +300,26 @@ class Layerwise(RGAP):
     pullback = True
 
     def _invert(self, obs: Observation, ops: list[Op], on_step: StepCallback) -> ChainInversion:
-        return invert_chain(obs, ops, rtol=self.config.rtol, pullback=True,
-                            pullback_steps=self.config.pullback_steps)
+        return invert_chain(obs, ops, rtol=self.config.rtol, pullback=True, pullback_steps=self.config.pullback_steps)
 
-    def _refine(self, obs: Observation, inv: ChainInversion, x: Tensor, generator: torch.Generator,
-                on_step: StepCallback) -> tuple[Tensor, dict[str, Tensor], list[tuple[int, float]], int]:
+    def _refine(
+        self, obs: Observation, inv: ChainInversion, x: Tensor, generator: torch.Generator, on_step: StepCallback
+    ) -> tuple[Tensor, dict[str, Tensor], list[tuple[int, float]], int]:
         c = self.config
         if c.refine_iterations <= 0:
             return x, {}, [], 0
         from ..matching import MatchingConfig, MatchingProblem, run_matching
 
-        cfg = MatchingConfig(iterations=c.refine_iterations, distance="cosine", lr=c.lr, signed=False,
-                             schedule="cosine", tv=c.tv, box=True, log_every=10)
+        cfg = MatchingConfig(
+            iterations=c.refine_iterations,
+            distance="cosine",
+            lr=c.lr,
+            signed=False,
+            schedule="cosine",
+            tv=c.tv,
+            box=True,
+            log_every=10,
+        )
         problem = MatchingProblem(obs, torch.tensor([inv.label]), cfg)
-        match = run_matching(problem, batch_size=1, generator=generator, on_step=on_step, init=x,
-                             stage="refine")
+        match = run_matching(problem, batch_size=1, generator=generator, on_step=on_step, init=x, stage="refine")
         return match.x, {"analytic": denormalize(obs, x)}, match.curve, match.iterations

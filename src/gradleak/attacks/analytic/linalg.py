@@ -4,6 +4,7 @@ weight and gradient operators, numerical ranks, and solving one layer for its in
 Everything runs in float64 (:data:`DTYPE`); ranks count singular values above :data:`RANK_RTOL` × the
 largest.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,19 @@ from torch import Tensor, nn
 
 from ...errors import InputError
 
-__all__ = ["DTYPE", "RANK_RTOL", "LayerSolution", "conv_gradient_operator", "dense_operator", "gram_svd",
-           "numerical_rank", "singular_values", "solve_conv", "solve_fc", "solve_head"]
+__all__ = [
+    "DTYPE",
+    "RANK_RTOL",
+    "LayerSolution",
+    "conv_gradient_operator",
+    "dense_operator",
+    "gram_svd",
+    "numerical_rank",
+    "singular_values",
+    "solve_conv",
+    "solve_fc",
+    "solve_head",
+]
 
 #: singular values below RANK_RTOL × the largest count as zero. Gradients are float32 (relative
 #: error ~1e-7), so directions weaker than this cannot be recovered from them anyway.
@@ -111,7 +123,7 @@ class LayerSolution:
     rank_gradient: int
     rank: int
     condition: float | None
-    residual: float                        # relative residual of the stacked system at the solution
+    residual: float  # relative residual of the stacked system at the solution
     x: Tensor | None = None
 
     @property
@@ -136,8 +148,17 @@ def solve_fc(name: str, gw: Tensor, delta: Tensor) -> LayerSolution:
     return LayerSolution(name, n, gw.shape[0], gw.numel(), n, n, 1.0, res, x)
 
 
-def solve_conv(name: str, conv: nn.Conv2d, in_shape: tuple[int, int, int], z: Tensor, delta: Tensor,
-               gk: Tensor, *, rtol: float = RANK_RTOL, extra: tuple[Tensor, Tensor] | None = None) -> LayerSolution:
+def solve_conv(
+    name: str,
+    conv: nn.Conv2d,
+    in_shape: tuple[int, int, int],
+    z: Tensor,
+    delta: Tensor,
+    gk: Tensor,
+    *,
+    rtol: float = RANK_RTOL,
+    extra: tuple[Tensor, Tensor] | None = None,
+) -> LayerSolution:
     """Solve ``W x = z − b`` and ``vec ∇K = (I ⊗ D₁(δ)) x`` for the unpadded input ``x`` [C, H, W].
 
     The gradient rows are solved exactly first (per channel, ``x_c = D₁⁺ ∇K[:, c] + N β_c``), then the
@@ -146,14 +167,14 @@ def solve_conv(name: str, conv: nn.Conv2d, in_shape: tuple[int, int, int], z: Te
     c, h, w = in_shape
     n = c * h * w
     cout = gk.shape[0]
-    d1 = conv_gradient_operator(delta, (h, w), conv)                          # [cout·k², HW]
-    g = gk.to(DTYPE).permute(1, 0, 2, 3).reshape(c, -1)                      # [C, cout·k²]
+    d1 = conv_gradient_operator(delta, (h, w), conv)  # [cout·k², HW]
+    g = gk.to(DTYPE).permute(1, 0, 2, 3).reshape(c, -1)  # [C, cout·k²]
     s1, v1 = gram_svd(d1)
     r1 = numerical_rank(s1, rtol)
     vr, sr = v1[:, :r1], s1[:r1]
-    xd = (g @ (d1 @ vr)) / sr.pow(2) @ vr.T                                  # [C, HW]: D₁⁺ applied per channel
-    null = v1[:, r1:]                                                        # [HW, HW − r1]
-    wd = dense_operator(conv, in_shape)                                      # [rows, n]
+    xd = (g @ (d1 @ vr)) / sr.pow(2) @ vr.T  # [C, HW]: D₁⁺ applied per channel
+    null = v1[:, r1:]  # [HW, HW − r1]
+    wd = dense_operator(conv, in_shape)  # [rows, n]
     zb = z.to(DTYPE).flatten()
     if conv.bias is not None:
         zb = zb - conv.bias.detach().to(DTYPE).repeat_interleave(z[0].numel())
@@ -173,8 +194,9 @@ def solve_conv(name: str, conv: nn.Conv2d, in_shape: tuple[int, int, int], z: Te
         cond = float(s1[0] / s1[r1 - 1])
     res_w = (wd @ x - zb).norm() / zb.norm().clamp_min(1e-300)
     res_g = (x.view(c, -1) @ d1.T - g).norm() / g.norm().clamp_min(1e-300)
-    return LayerSolution(name, n, wd.shape[0], cout * c * d1.shape[0] // cout, c * r1, rank, cond,
-                         float(max(res_w, res_g)), x)
+    return LayerSolution(
+        name, n, wd.shape[0], cout * c * d1.shape[0] // cout, c * r1, rank, cond, float(max(res_w, res_g)), x
+    )
 
 
 def solve_head(w: Tensor, gw: Tensor, gb: Tensor | None) -> tuple[Tensor, int, dict[str, Any]]:
@@ -209,7 +231,7 @@ def solve_head(w: Tensor, gw: Tensor, gb: Tensor | None) -> tuple[Tensor, int, d
         vals = [resid(t) for t in grid]
         k = min(range(len(vals)), key=vals.__getitem__)
         lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
-        for _ in range(80):   # golden-section refinement
+        for _ in range(80):  # golden-section refinement
             m1, m2 = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
             if resid(m1) < resid(m2):
                 hi = m2

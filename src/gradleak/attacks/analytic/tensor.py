@@ -27,6 +27,7 @@ mean ≈ 0), head weights centred, and at run time the estimated relative noise 
     obs, truth = single_query(d=20, batch_size=5, width=20000, seed=0)
     result = TensorAttack().run(obs, generator=torch.Generator().manual_seed(0))
 """
+
 from __future__ import annotations
 
 import itertools
@@ -43,8 +44,9 @@ from ...errors import InputError, UnsupportedError
 from ...labels import LabelResult
 from ...observation import Observation
 from ...protocols import FedSGD, client_update
-from ..base import Attack, AttackResult, StepCallback, attack, no_progress
+from ..base import Attack, AttackResult, attack
 from ..common import denormalize
+from ..steps import StepCallback, no_progress
 from .trace import classify_node, symbolic_trace
 
 DT = torch.float64
@@ -54,18 +56,24 @@ DT = torch.float64
 # Activation moments
 # ---------------------------------------------------------------------------------------------------
 def _sigma(what: str, slope: float | None):
-    return {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu, "softplus": F.softplus,
-            "leaky_relu": lambda z: F.leaky_relu(z, slope or 0.01), "identity": lambda z: z}.get(what)
+    return {
+        "tanh": torch.tanh,
+        "sigmoid": torch.sigmoid,
+        "relu": torch.relu,
+        "softplus": F.softplus,
+        "leaky_relu": lambda z: F.leaky_relu(z, slope or 0.01),
+        "identity": lambda z: z,
+    }.get(what)
 
 
 def _hermite(p: int, z: Tensor) -> Tensor:
-    return {2: z ** 2 - 1, 3: z ** 3 - 3 * z, 4: z ** 4 - 6 * z ** 2 + 3}[p]
+    return {2: z**2 - 1, 3: z**3 - 3 * z, 4: z**4 - 6 * z**2 + 3}[p]
 
 
 def kappa(sigma, p: int, tau: Tensor) -> Tensor:
     """``κ_p(τ) = E_z[σ(τz) He_p(z)]``, z ~ N(0, 1), by quadrature on a fine grid (robust for ReLU)."""
     z = torch.linspace(-10, 10, 4001, dtype=DT)
-    w = torch.exp(-z ** 2 / 2) / math.sqrt(2 * math.pi) * (z[1] - z[0])
+    w = torch.exp(-(z**2) / 2) / math.sqrt(2 * math.pi) * (z[1] - z[0])
     tau = torch.as_tensor(tau, dtype=DT).reshape(-1, 1)
     return (sigma(tau * z) * _hermite(p, z) * w).sum(-1)
 
@@ -82,9 +90,18 @@ class QueryTruth:
     images: Tensor | None = None
 
 
-def single_query(*, d: int = 20, batch_size: int = 5, width: int = 20000, num_classes: int = 10,
-                 activation: str = "tanh", seed: int = 0, x: Tensor | None = None,
-                 labels: Tensor | None = None, gaussian: bool = True) -> tuple[Observation, QueryTruth]:
+def single_query(
+    *,
+    d: int = 20,
+    batch_size: int = 5,
+    width: int = 20000,
+    num_classes: int = 10,
+    activation: str = "tanh",
+    seed: int = 0,
+    x: Tensor | None = None,
+    labels: Tensor | None = None,
+    gaussian: bool = True,
+) -> tuple[Observation, QueryTruth]:
     """The paper's setting: a two-layer net at random Gaussian parameters (``W ~ N(0, 1/d)``,
     ``A ~ N(0, 1/width)``, :class:`~gradleak.models.rgap.TwoLayerNet`) answers one FedSGD query on a
     batch. Without ``x`` the inputs are standard normal vectors (``‖x‖ ≈ √d``, so ``τ ≈ 1``) and the
@@ -100,8 +117,14 @@ def single_query(*, d: int = 20, batch_size: int = 5, width: int = 20000, num_cl
         torch.manual_seed(seed + 1)
         model = TwoLayerNet(num_classes, (d,), width=width, activation=activation, gaussian=gaussian)
     update = client_update(model, FedSGD(), x.float(), labels)
-    obs = Observation(model=model, update=update, protocol=FedSGD(), num_classes=num_classes,
-                      input_shape=(d,), batch_size=int(x.shape[0]))
+    obs = Observation(
+        model=model,
+        update=update,
+        protocol=FedSGD(),
+        num_classes=num_classes,
+        input_shape=(d,),
+        batch_size=int(x.shape[0]),
+    )
     return obs, QueryTruth(x.double(), labels)
 
 
@@ -138,10 +161,10 @@ class TensorConfig:
 
 @dataclass
 class TensorReconstruction:
-    x: Tensor                         # [B, d] model-space inputs (scale and sign resolved)
-    directions: Tensor                # [B, d] unit directions (sign resolved)
+    x: Tensor  # [B, d] model-space inputs (scale and sign resolved)
+    directions: Tensor  # [B, d] unit directions (sign resolved)
     labels: list[int]
-    coefficients: Tensor              # [B, K] recovered r_ik·κ_p(τ_i)
+    coefficients: Tensor  # [B, K] recovered r_ik·κ_p(τ_i)
     order: int
     noise: float
     fit_residual: float
@@ -167,12 +190,25 @@ def _two_layer(obs: Observation) -> tuple[nn.Linear | None, str | None, Any, nn.
         if op.kind != "reshape":
             seq.append(op)
     kinds = [o.kind for o in seq]
-    shape_ok = (len(seq) == 3 and kinds[0] == "affine" and kinds[2] == "affine"
-                and isinstance(seq[0].module, nn.Linear) and isinstance(seq[2].module, nn.Linear)
-                and kinds[1] in ("invertible", "relu"))
+    shape_ok = (
+        len(seq) == 3
+        and kinds[0] == "affine"
+        and kinds[2] == "affine"
+        and isinstance(seq[0].module, nn.Linear)
+        and isinstance(seq[2].module, nn.Linear)
+        and kinds[1] in ("invertible", "relu")
+    )
     if not shape_ok:
-        return None, None, None, None, ["the model must be exactly Linear → element-wise activation → Linear "
-                                        f"(a two-layer network); found {[o.what for o in seq]}"]
+        return (
+            None,
+            None,
+            None,
+            None,
+            [
+                "the model must be exactly Linear → element-wise activation → Linear "
+                f"(a two-layer network); found {[o.what for o in seq]}"
+            ],
+        )
     act = seq[1]
     sig = _sigma(act.what if act.what != "ReLU" else "relu", act.slope)
     problems = []
@@ -180,8 +216,13 @@ def _two_layer(obs: Observation) -> tuple[nn.Linear | None, str | None, Any, nn.
         problems.append(f"activation {act.what} has no known moments")
     if seq[0].module.bias is not None:
         problems.append(f"the first layer {seq[0].name} has a bias; Stein's identity needs σ(wᵀx) without one")
-    return seq[0].module, seq[0].name, sig, seq[2].module, problems + ([] if seq[2].name == obs.head else
-                                                                      [f"the last layer is not the head {obs.head!r}"])
+    return (
+        seq[0].module,
+        seq[0].name,
+        sig,
+        seq[2].module,
+        problems + ([] if seq[2].name == obs.head else [f"the last layer is not the head {obs.head!r}"]),
+    )
 
 
 def _order(sig, requested: int) -> int:
@@ -204,21 +245,27 @@ def tensor_problems(obs: Observation, cfg: TensorConfig) -> list[str]:
         problems.append("the batch size is unknown (the decomposition needs the number of components B)")
     else:
         if b > d:
-            problems.append(f"B={b} samples exceed the input dimension d={d}: the inputs cannot be linearly "
-                            "independent, so the tensor decomposition is not unique (needs B ≤ d)")
+            problems.append(
+                f"B={b} samples exceed the input dimension d={d}: the inputs cannot be linearly "
+                "independent, so the tensor decomposition is not unique (needs B ≤ d)"
+            )
         if b > m:
             problems.append(f"B={b} exceeds the width m={m}")
     p_ord = _order(sig, cfg.order)
     if abs(float(kappa(sig, p_ord, torch.tensor(1.0)))) < 1e-4:
-        problems.append(f"the activation's Hermite coefficient κ_{p_ord} is zero: the gradient carries no "
-                        f"order-{p_ord} moment (a linear activation leaks only span{{x_i}})")
+        problems.append(
+            f"the activation's Hermite coefficient κ_{p_ord} is zero: the gradient carries no "
+            f"order-{p_ord} moment (a linear activation leaks only span{{x_i}})"
+        )
     w = hidden.weight.detach().double().flatten()
     s = w.pow(2).mean().sqrt()
     kurt = float(((w / s) ** 4).mean())
     if abs(kurt - 3) > max(0.3, 20 / math.sqrt(w.numel())) or abs(float(w.mean() / s)) > 5 / math.sqrt(w.numel()):
-        problems.append(f"the first-layer weights are not i.i.d. centred Gaussian (kurtosis {kurt:.2f}, 3 expected; "
-                        "PyTorch's default uniform init gives 1.8): the method needs parameters at a random "
-                        "Gaussian point")
+        problems.append(
+            f"the first-layer weights are not i.i.d. centred Gaussian (kurtosis {kurt:.2f}, 3 expected; "
+            "PyTorch's default uniform init gives 1.8): the method needs parameters at a random "
+            "Gaussian point"
+        )
     a = head.weight.detach().double().flatten()
     if abs(float(a.mean() / a.pow(2).mean().sqrt())) > 5 / math.sqrt(a.numel()):
         problems.append("the head weights are not centred (E[A] = 0 is needed by the first-layer estimator)")
@@ -232,16 +279,30 @@ def _he_sum(g: Tensor, p_mat: Tensor, order: int) -> Tensor:
     if order == 3:
         t = torch.einsum("kj,ja,jb,jc->kabc", g, p_mat, p_mat, p_mat) / m
         v = g @ p_mat / m
-        return t - (torch.einsum("ka,bc->kabc", v, eye) + torch.einsum("kb,ac->kabc", v, eye)
-                    + torch.einsum("kc,ab->kabc", v, eye))
+        return t - (
+            torch.einsum("ka,bc->kabc", v, eye)
+            + torch.einsum("kb,ac->kabc", v, eye)
+            + torch.einsum("kc,ab->kabc", v, eye)
+        )
     t = torch.einsum("kj,ja,jb,jc,jd->kabcd", g, p_mat, p_mat, p_mat, p_mat) / m
     q = torch.einsum("kj,ja,jb->kab", g, p_mat, p_mat) / m
     s0 = g.sum(1) / m
-    two = sum(torch.einsum(f"k{a}{b},{c}{d}->kabcd", q, eye) for a, b, c, d in
-              (("a", "b", "c", "d"), ("a", "c", "b", "d"), ("a", "d", "b", "c"),
-               ("b", "c", "a", "d"), ("b", "d", "a", "c"), ("c", "d", "a", "b")))
-    ii = (torch.einsum("ab,cd->abcd", eye, eye) + torch.einsum("ac,bd->abcd", eye, eye)
-          + torch.einsum("ad,bc->abcd", eye, eye))
+    two = sum(
+        torch.einsum(f"k{a}{b},{c}{d}->kabcd", q, eye)
+        for a, b, c, d in (
+            ("a", "b", "c", "d"),
+            ("a", "c", "b", "d"),
+            ("a", "d", "b", "c"),
+            ("b", "c", "a", "d"),
+            ("b", "d", "a", "c"),
+            ("c", "d", "a", "b"),
+        )
+    )
+    ii = (
+        torch.einsum("ab,cd->abcd", eye, eye)
+        + torch.einsum("ac,bd->abcd", eye, eye)
+        + torch.einsum("ad,bc->abcd", eye, eye)
+    )
     return t - two + s0.view(-1, 1, 1, 1, 1) * ii
 
 
@@ -255,8 +316,11 @@ def _first_layer(c: Tensor, gproj: Tensor, p_mat: Tensor, order: int) -> Tensor:
     else:
         t = torch.einsum("kj,ja,jb,jc,jd->kabcd", c, gproj, p_mat, p_mat, p_mat) / m
         u = torch.einsum("kj,ja,jb->kab", c, gproj, p_mat) / m
-        t = t - (torch.einsum("kab,cd->kabcd", u, eye) + torch.einsum("kac,bd->kabcd", u, eye)
-                 + torch.einsum("kad,bc->kabcd", u, eye))
+        t = t - (
+            torch.einsum("kab,cd->kabcd", u, eye)
+            + torch.einsum("kac,bd->kabcd", u, eye)
+            + torch.einsum("kad,bc->kabcd", u, eye)
+        )
     perms = list(itertools.permutations(range(1, order + 1)))
     return sum(t.permute(0, *p) for p in perms) / len(perms)
 
@@ -273,8 +337,8 @@ def _cp_fit(t: Tensor, xs: Tensor, order: int) -> tuple[Tensor, float]:
     """Least-squares coefficients [B, K] of ``T_k ≈ Σ_i c_ik x_i^{⊗p}`` and the relative residual."""
     k = t.shape[0]
     cols = [xs[i] for i in range(xs.shape[0])]
-    design = torch.stack([_outer(v, order).flatten() for v in cols], 1)          # [B^p, B]
-    coef = torch.linalg.lstsq(design, t.reshape(k, -1).T).solution              # [B, K]
+    design = torch.stack([_outer(v, order).flatten() for v in cols], 1)  # [B^p, B]
+    coef = torch.linalg.lstsq(design, t.reshape(k, -1).T).solution  # [B, K]
     res = float((design @ coef - t.reshape(k, -1).T).norm() / t.norm())
     return coef, res
 
@@ -321,7 +385,7 @@ def _refine(t: Tensor, xs: Tensor, coef: Tensor, order: int, steps: int) -> tupl
     scale = t.norm()
 
     def loss() -> Tensor:
-        return ((torch.einsum(expr, *([x] * order), c) - t) ** 2).sum() / scale ** 2
+        return ((torch.einsum(expr, *([x] * order), c) - t) ** 2).sum() / scale**2
 
     opt = torch.optim.LBFGS([x, c], max_iter=steps, line_search_fn="strong_wolfe")
 
@@ -337,8 +401,9 @@ def _refine(t: Tensor, xs: Tensor, coef: Tensor, order: int, steps: int) -> tupl
     return xs, coef, res
 
 
-def reconstruct(obs: Observation, cfg: TensorConfig = TensorConfig(), *,
-                generator: torch.Generator | None = None) -> TensorReconstruction:
+def reconstruct(
+    obs: Observation, cfg: TensorConfig = TensorConfig(), *, generator: torch.Generator | None = None
+) -> TensorReconstruction:
     """The whole pipeline on an observation that meets :func:`tensor_problems`."""
     gen = generator or torch.Generator().manual_seed(0)
     hidden, hname, sig, head, _ = _two_layer(obs)
@@ -353,13 +418,13 @@ def reconstruct(obs: Observation, cfg: TensorConfig = TensorConfig(), *,
     # (1) the span of the inputs
     evals, evecs = torch.linalg.eigh(gw.T @ gw)
     sv = evals.flip(0).clamp_min(0).sqrt()
-    u = evecs.flip(1)[:, :b]                                               # [d, B]
+    u = evecs.flip(1)[:, :b]  # [d, B]
     gap = float(sv[b] / sv[b - 1]) if b < d and float(sv[b - 1]) > 0 else 0.0
-    p_all = (w / s) @ u                                                    # [m, B]
+    p_all = (w / s) @ u  # [m, B]
     g_all = gw @ u
     # (2) the tensor, by chunks
     k_out = a.shape[0]
-    per_unit = k_out * b ** (order - 1)                                    # einsum intermediate per hidden unit
+    per_unit = k_out * b ** (order - 1)  # einsum intermediate per hidden unit
     n_chunks = max(cfg.chunks, math.ceil(m * per_unit / 3e7))
     idx = torch.arange(m).chunk(n_chunks)
     sec = [_he_sum(ga[:, j], p_all[j], order) for j in idx]
@@ -378,31 +443,36 @@ def reconstruct(obs: Observation, cfg: TensorConfig = TensorConfig(), *,
     noise = float(var.sqrt() / t.norm().clamp_min(1e-300))
     if noise > cfg.max_noise:
         needed = int(math.ceil(m * (noise / 0.05) ** 2))
-        raise UnsupportedError("tensor", [f"the width m={m} is too small for B={b}, d={d}: the gradient tensor's "
-                                          f"estimated relative noise is {noise:.2f} (> {cfg.max_noise}); about "
-                                          f"m ≈ {needed} hidden units would bring it to 0.05"])
+        raise UnsupportedError(
+            "tensor",
+            [
+                f"the width m={m} is too small for B={b}, d={d}: the gradient tensor's "
+                f"estimated relative noise is {noise:.2f} (> {cfg.max_noise}); about "
+                f"m ≈ {needed} hidden units would bring it to 0.05"
+            ],
+        )
     # (3) decomposition
     xs, coef, res = _jennrich(t, order, cfg.trials, gen)
     xs, coef, res = _refine(t, xs, coef, order, cfg.refine_steps)
-    dirs = xs @ u.T                                                         # [B, d] unit (U orthonormal)
+    dirs = xs @ u.T  # [B, d] unit (U orthonormal)
     # (4) norm, sign and label per sample
     lo, hi, n = cfg.tau_grid
     taus = torch.logspace(math.log10(lo), math.log10(hi), int(n), dtype=DT)
-    kap = kappa(sig, order, taus)                                           # [T]
+    kap = kappa(sig, order, taus)  # [T]
     out_x, out_dir, labels, resids = [], [], [], []
     k_cls = a.shape[0]
     eye = torch.eye(k_cls, dtype=DT)
     hb = head.bias.detach().to(DT) if head.bias is not None else torch.zeros(k_cls, dtype=DT)
-    options = []                                  # per sample: the best (residual, x, label) for each sign
+    options = []  # per sample: the best (residual, x, label) for each sign
     for i in range(b):
         best = None
         per_sign = {}
         for sign in (1.0, -1.0):
             e = sign * dirs[i]
-            c_i = coef[i] * (sign ** order)
-            pre = (taus[:, None] / s) * (w @ e)[None]                       # [T, m]: w_jᵀx at x = τ/s·e
-            prob = torch.softmax(sig(pre) @ a.T + hb, 1)                      # [T, K]
-            pred = kap[:, None, None] * (prob[:, None, :] - eye[None]) / b    # [T, y, K]
+            c_i = coef[i] * (sign**order)
+            pre = (taus[:, None] / s) * (w @ e)[None]  # [T, m]: w_jᵀx at x = τ/s·e
+            prob = torch.softmax(sig(pre) @ a.T + hb, 1)  # [T, K]
+            pred = kap[:, None, None] * (prob[:, None, :] - eye[None]) / b  # [T, y, K]
             err = (pred - c_i).norm(dim=-1) / c_i.norm().clamp_min(1e-300)
             j = int(err.argmin())
             ti, yi = divmod(j, k_cls)
@@ -437,12 +507,21 @@ def reconstruct(obs: Observation, cfg: TensorConfig = TensorConfig(), *,
                 flips += 1
             relabels += int(y != labels[i])
             labels[i] = y
-    info = {"order": order, "width": m, "d": d, "batch_size": b, "weight_scale": s, "span_gap": gap,
-            "gradient_distance": dist, "sign_flips_by_replay": flips, "relabels_by_replay": relabels,
-            "noise_first_layer": float(v1.sqrt() / t1.norm()), "noise_second_layer": float(v2.sqrt() / t2.norm()),
-            "estimator": cfg.estimator}
-    return TensorReconstruction(torch.stack(out_x), torch.stack(out_dir), labels, coef, order, noise, res,
-                                resids, info)
+    info = {
+        "order": order,
+        "width": m,
+        "d": d,
+        "batch_size": b,
+        "weight_scale": s,
+        "span_gap": gap,
+        "gradient_distance": dist,
+        "sign_flips_by_replay": flips,
+        "relabels_by_replay": relabels,
+        "noise_first_layer": float(v1.sqrt() / t1.norm()),
+        "noise_second_layer": float(v2.sqrt() / t2.norm()),
+        "estimator": cfg.estimator,
+    }
+    return TensorReconstruction(torch.stack(out_x), torch.stack(out_dir), labels, coef, order, noise, res, resids, info)
 
 
 def _replay_distance(obs: Observation, xs: list[Tensor], labels: list[int]) -> float:
@@ -463,19 +542,35 @@ class TensorAttack(Attack):
     def problems(self, obs: Observation) -> list[str]:
         return tensor_problems(obs, self.config)
 
-    def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
-            on_step: StepCallback = no_progress) -> AttackResult:
+    def run(
+        self,
+        obs: Observation,
+        labels: LabelResult | None = None,
+        *,
+        generator: torch.Generator,
+        on_step: StepCallback = no_progress,
+    ) -> AttackResult:
         t0 = time.perf_counter()
         self.check(obs)
         rec = reconstruct(obs, self.config, generator=generator)
         x = rec.x.float().view(-1, *obs.input_shape)
         if len(obs.input_shape) == 3:
             images = denormalize(obs, x)
-        else:   # vectors: show each as a min-max scaled row
+        else:  # vectors: show each as a min-max scaled row
             lo, hi = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
             images = ((x - lo) / (hi - lo).clamp_min(1e-12)).view(x.shape[0], 1, 1, -1)
-        return AttackResult(name=self.name, images=images, iterations=0, seconds=time.perf_counter() - t0,
-                            final_loss=rec.fit_residual, labels=rec.labels,
-                            assumptions={**rec.info, "noise": rec.noise, "fit_residual": rec.fit_residual,
-                                         "scale_residuals": rec.scale_residuals},
-                            config=self.config_json())
+        return AttackResult(
+            name=self.name,
+            images=images,
+            iterations=0,
+            seconds=time.perf_counter() - t0,
+            final_loss=rec.fit_residual,
+            labels=rec.labels,
+            assumptions={
+                **rec.info,
+                "noise": rec.noise,
+                "fit_residual": rec.fit_residual,
+                "scale_residuals": rec.scale_residuals,
+            },
+            config=self.config_json(),
+        )

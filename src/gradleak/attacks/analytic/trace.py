@@ -1,6 +1,7 @@
 """Tracing a model into the chain of layers the analytic methods work on (``torch.fx``): every node is
 classified as an affine layer (Linear/Conv2d), an invertible element-wise op (with its inverse and
 derivative), a reshape, a ReLU, a pooling, a train-mode BatchNorm or something else."""
+
 from __future__ import annotations
 
 import operator
@@ -27,7 +28,7 @@ class Op:
     kind: str
     what: str
     module: nn.Module | None = None
-    slope: float | None = None                  # LeakyReLU slope
+    slope: float | None = None  # LeakyReLU slope
     in_shape: tuple[int, ...] = ()
     out_shape: tuple[int, ...] = ()
 
@@ -80,11 +81,22 @@ class Op:
         return g, b, mu, sd
 
 
-_INVERTIBLE_MODULES: dict[type, str] = {nn.Identity: "identity", nn.LeakyReLU: "leaky_relu",
-                                        nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Softplus: "softplus"}
+_INVERTIBLE_MODULES: dict[type, str] = {
+    nn.Identity: "identity",
+    nn.LeakyReLU: "leaky_relu",
+    nn.Sigmoid: "sigmoid",
+    nn.Tanh: "tanh",
+    nn.Softplus: "softplus",
+}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous"}
-_ELEMENTWISE_FUNCS: dict[Any, str] = {torch.sigmoid: "sigmoid", torch.tanh: "tanh", F.leaky_relu: "leaky_relu",
-                                      F.softplus: "softplus", torch.relu: "relu", F.relu: "relu"}
+_ELEMENTWISE_FUNCS: dict[Any, str] = {
+    torch.sigmoid: "sigmoid",
+    torch.tanh: "tanh",
+    F.leaky_relu: "leaky_relu",
+    F.softplus: "softplus",
+    torch.relu: "relu",
+    F.relu: "relu",
+}
 
 
 def classify_node(gm: fx.GraphModule, node: fx.Node) -> Op:
@@ -102,8 +114,12 @@ def classify_node(gm: fx.GraphModule, node: fx.Node) -> Op:
                 return Op(name, "other", "Softplus with beta != 1", m)
             return Op(name, "invertible", what, m, slope=getattr(m, "negative_slope", None))
         if isinstance(m, nn.Dropout):
-            return Op(name, "invertible" if not m.training else "other", "dropout" if not m.training else
-                      "Dropout in train mode (random mask)", m)
+            return Op(
+                name,
+                "invertible" if not m.training else "other",
+                "dropout" if not m.training else "Dropout in train mode (random mask)",
+                m,
+            )
         if isinstance(m, nn.Flatten):
             return Op(name, "reshape", "flatten", m)
         if isinstance(m, (nn.ReLU, nn.ReLU6)):
@@ -112,8 +128,9 @@ def classify_node(gm: fx.GraphModule, node: fx.Node) -> Op:
             if m.training or m.running_mean is None:
                 return Op(name, "batchnorm_train", type(m).__name__ + " (batch statistics)", m)
             return Op(name, "invertible", "batchnorm_eval", m)
-        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-                          nn.MaxPool1d, nn.AvgPool1d)):
+        if isinstance(
+            m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool1d, nn.AvgPool1d)
+        ):
             return Op(name, "pool", type(m).__name__, m)
         return Op(name, "other", type(m).__name__, m)
     if node.op == "call_method" and node.target in _RESHAPE_METHODS:
@@ -144,8 +161,10 @@ def symbolic_trace(model: nn.Module) -> fx.GraphModule:
     try:
         return fx.symbolic_trace(model)
     except Exception as e:  # fx raises many types for untraceable code; report it as a user error
-        raise InputError(f"cannot trace the model with torch.fx ({type(e).__name__}: {e}); the analytic "
-                         "methods need a model without data-dependent control flow") from None
+        raise InputError(
+            f"cannot trace the model with torch.fx ({type(e).__name__}: {e}); the analytic "
+            "methods need a model without data-dependent control flow"
+        ) from None
 
 
 class Recorder(fx.Interpreter):
@@ -167,7 +186,7 @@ class Recorder(fx.Interpreter):
 def _shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> dict[fx.Node, tuple[int, ...]]:
     rec = Recorder(gm, retain=False)
     modes = {m: m.training for m in gm.modules()}
-    try:                        # eval mode: shapes only, and BatchNorm accepts one 1×1 sample
+    try:  # eval mode: shapes only, and BatchNorm accepts one 1×1 sample
         gm.eval()
         with torch.no_grad():
             rec.run(torch.zeros(1, *input_shape))
@@ -191,8 +210,10 @@ def trace_chain(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Op
     while True:
         users = list(node.users)
         if len(users) != 1:
-            problems.append(f"the output of {node.name} feeds {len(users)} operations (a branch or residual "
-                            "connection); the layer-by-layer inversion needs a plain chain")
+            problems.append(
+                f"the output of {node.name} feeds {len(users)} operations (a branch or residual "
+                "connection); the layer-by-layer inversion needs a plain chain"
+            )
             break
         node = users[0]
         if node.op == "output":
@@ -202,21 +223,27 @@ def trace_chain(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Op
         op.out_shape = shapes.get(node, ())
         ops.append(op)
         if op.kind == "relu":
-            problems.append(f"{op.name}: {op.what} is not invertible (its zeroed units lose the pre-activation); "
-                            "use LeakyReLU, sigmoid or tanh")
+            problems.append(
+                f"{op.name}: {op.what} is not invertible (its zeroed units lose the pre-activation); "
+                "use LeakyReLU, sigmoid or tanh"
+            )
         elif op.kind == "pool":
             problems.append(f"{op.name}: pooling ({op.what}) discards information the layer above cannot restore")
         elif op.kind == "batchnorm_train":
-            problems.append(f"{op.name}: BatchNorm in train mode normalises by the sample's own statistics "
-                            "(two unknowns per channel); use eval mode or remove it")
+            problems.append(
+                f"{op.name}: BatchNorm in train mode normalises by the sample's own statistics "
+                "(two unknowns per channel); use eval mode or remove it"
+            )
         elif op.kind == "other":
             problems.append(f"{op.name}: {op.what} is not supported by the layer-wise inversion")
         elif op.kind == "affine":
             m = op.module
-            if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros"
-                                             or isinstance(m.padding, str)):
-                problems.append(f"{op.name}: only ungrouped, undilated, zero-padded convolutions with numeric "
-                                "padding are supported")
+            if isinstance(m, nn.Conv2d) and (
+                m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str)
+            ):
+                problems.append(
+                    f"{op.name}: only ungrouped, undilated, zero-padded convolutions with numeric padding are supported"
+                )
     return ops, problems
 
 

@@ -7,6 +7,7 @@ covariance updates. Float64, randomness from the given ``torch.Generator``. Exam
         xs = es.ask()
         es.tell(xs, (xs - 3).pow(2).sum(1))
 """
+
 from __future__ import annotations
 
 import math
@@ -56,9 +57,11 @@ class CMAES:
         hsig = ps_norm / math.sqrt(1 - (1 - self.cs) ** (2 * self.generation)) / self.chi_n < 1.4 + 2 / (self.n + 1)
         self.pc = (1 - self.cc) * self.pc + hsig * math.sqrt(self.cc * (2 - self.cc) * self.mueff) * yw
         rank_mu = (y.T * self.w) @ y
-        self.C = ((1 - self.c1 - self.cmu) * self.C
-                  + self.c1 * (torch.outer(self.pc, self.pc) + (1 - hsig) * self.cc * (2 - self.cc) * self.C)
-                  + self.cmu * rank_mu)
+        self.C = (
+            (1 - self.c1 - self.cmu) * self.C
+            + self.c1 * (torch.outer(self.pc, self.pc) + (1 - hsig) * self.cc * (2 - self.cc) * self.C)
+            + self.cmu * rank_mu
+        )
         self.sigma *= math.exp(min(1.0, (self.cs / self.damps) * (ps_norm / self.chi_n - 1)))
         self.C = (self.C + self.C.T) / 2
         d2, self.B = torch.linalg.eigh(self.C)

@@ -11,6 +11,7 @@ Loss: the paper's squared L2 distance by default. Example::
 
     res = GGL(prior="out/prior/prior.safetensors").run(obs, generator=torch.Generator().manual_seed(0))
 """
+
 from __future__ import annotations
 
 import math
@@ -24,9 +25,10 @@ from torch.func import vmap
 from ...errors import InputError
 from ...labels import LabelResult
 from ...observation import Observation
-from ..base import Attack, AttackResult, Step, StepCallback, attack, no_progress
+from ..base import Attack, AttackResult, attack
 from ..common import batch_size_of, label_targets, protocol_assumptions, to_result
 from ..matching import MatchingConfig, MatchingProblem, MatchResult
+from ..steps import Step, StepCallback, no_progress
 from .cmaes import CMAES
 from .search import Renderer, condition_labels, defense_estimate, get_prior, prior_problems, project_sphere, search
 
@@ -42,15 +44,15 @@ class GGLConfig:
     prior: str | None = None
     iterations: int = 1000
     restarts: int = 4
-    optimizer: str = "adam"          # "adam" | "cmaes"
+    optimizer: str = "adam"  # "adam" | "cmaes"
     lr: float = 0.1
     warmup: int = 50
-    distance: str = "l2"             # the paper's squared gradient distance; "cosine" also works
+    distance: str = "l2"  # the paper's squared gradient distance; "cosine" also works
     tv: float = 0.0
     population: int = 50
     sigma: float = 1.0
-    adaptive: bool = True            # apply the estimated defense to the candidate update
-    condition: str = "auto"          # class input of a conditional prior: "auto" | "labels" | "random"
+    adaptive: bool = True  # apply the estimated defense to the candidate update
+    condition: str = "auto"  # class input of a conditional prior: "auto" | "labels" | "random"
     log_every: int = 10
 
     def __post_init__(self) -> None:
@@ -75,16 +77,31 @@ class GGL(Attack):
         c = self.config  # CMA-ES: one search, `population` candidates a round
         return (c.iterations, c.population) if c.optimizer == "cmaes" else (c.iterations, c.restarts)
 
-    def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
-            on_step: StepCallback = no_progress) -> AttackResult:
+    def run(
+        self,
+        obs: Observation,
+        labels: LabelResult | None = None,
+        *,
+        generator: torch.Generator,
+        on_step: StepCallback = no_progress,
+    ) -> AttackResult:
         t0 = time.perf_counter()
         c = self.config
         G = get_prior(c.prior, self.name)
         targets, labels = label_targets(obs, labels, self.name)
         B = batch_size_of(obs, labels, self.name)
-        cfg = MatchingConfig(iterations=c.iterations, restarts=c.restarts, distance=c.distance, lr=c.lr,
-                             signed=False, schedule="cosine", warmup=min(c.warmup, c.iterations // 10),
-                             tv=c.tv, box=False, log_every=c.log_every)
+        cfg = MatchingConfig(
+            iterations=c.iterations,
+            restarts=c.restarts,
+            distance=c.distance,
+            lr=c.lr,
+            signed=False,
+            schedule="cosine",
+            warmup=min(c.warmup, c.iterations // 10),
+            tv=c.tv,
+            box=False,
+            log_every=c.log_every,
+        )
         problem, estimate = latent_problem(obs, targets, cfg, c.adaptive)
         to_input = Renderer(obs, G.config.channels)
         R = 1 if c.optimizer == "cmaes" else c.restarts
@@ -96,8 +113,16 @@ class GGL(Attack):
 
         if c.optimizer == "adam":
             Z0 = project_sphere(torch.randn(R, B, G.config.z_dim, generator=generator), zr)
-            res = search(problem, render, Z0, cfg=cfg, extra=Y, project=lambda z: project_sphere(z, zr),
-                         on_step=on_step, stage="latent")
+            res = search(
+                problem,
+                render,
+                Z0,
+                cfg=cfg,
+                extra=Y,
+                project=lambda z: project_sphere(z, zr),
+                on_step=on_step,
+                stage="latent",
+            )
             Z, match, curve = res.variables, res.match, res.curve
         else:
             Z, match, curve = self._cmaes(problem, render, B, G.config.z_dim, Y, generator, on_step)
@@ -106,15 +131,34 @@ class GGL(Attack):
             x = render(Z[best]) if Y is None else render(Z[best], Y[best])
         result = MatchResult(x, None, match.tolist(), best, curve, c.iterations)
         assumptions = protocol_assumptions(obs) | {
-            "prior": getattr(G, "meta", {}).get("training", {}).get("dataset"), "defense_estimate": estimate,
-            "conditioning": None if Y is None else ("labels" if c.condition != "random" and
-                                                    G.config.num_classes == obs.num_classes else "random"),
-            "model_queries_per_restart": c.iterations * (c.population if c.optimizer == "cmaes" else 1)}
-        return to_result(self.name, obs, result, t0, labels=labels.labels, restarts=R,
-                         config=self.config_json(), assumptions=assumptions)
+            "prior": getattr(G, "meta", {}).get("training", {}).get("dataset"),
+            "defense_estimate": estimate,
+            "conditioning": None
+            if Y is None
+            else ("labels" if c.condition != "random" and G.config.num_classes == obs.num_classes else "random"),
+            "model_queries_per_restart": c.iterations * (c.population if c.optimizer == "cmaes" else 1),
+        }
+        return to_result(
+            self.name,
+            obs,
+            result,
+            t0,
+            labels=labels.labels,
+            restarts=R,
+            config=self.config_json(),
+            assumptions=assumptions,
+        )
 
-    def _cmaes(self, problem: MatchingProblem, render, B: int, zd: int, Y: Tensor | None,
-               generator: torch.Generator, on_step: StepCallback) -> tuple[Tensor, Tensor, list]:
+    def _cmaes(
+        self,
+        problem: MatchingProblem,
+        render,
+        B: int,
+        zd: int,
+        Y: Tensor | None,
+        generator: torch.Generator,
+        on_step: StepCallback,
+    ) -> tuple[Tensor, Tensor, list]:
         c = self.config
         es = CMAES(torch.zeros(B * zd), sigma=c.sigma, popsize=c.population, generator=generator)
         y = None if Y is None else Y[0]

@@ -19,6 +19,7 @@ Radii: the paper's absolute radii (2000, 2500, … for BigGAN at 64 px) do not t
 generators; here ``r_k = radius[k] · ‖h⁰_k‖₁``, a fraction of the centre's own l1 norm, growing with
 depth as in the paper.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,10 @@ from torch import Tensor
 from ...errors import InputError
 from ...labels import LabelResult
 from ...observation import Observation
-from ..base import Attack, AttackResult, StepCallback, attack, no_progress
+from ..base import Attack, AttackResult, attack
 from ..common import batch_size_of, denormalize, label_targets, protocol_assumptions, to_result
 from ..matching import MatchingConfig, MatchResult
+from ..steps import StepCallback, no_progress
 from .ggl import latent_problem
 from .search import Renderer, condition_labels, get_prior, prior_problems, project_l1_ball, project_sphere, search
 
@@ -56,7 +58,7 @@ class GIFDConfig:
     tv: float = 1e-4
     l2: float = 1e-6
     adaptive: bool = True
-    condition: str = "auto"          # class input of a conditional prior: "auto" | "labels" | "random"
+    condition: str = "auto"  # class input of a conditional prior: "auto" | "labels" | "random"
     log_every: int = 10
 
     def __post_init__(self) -> None:
@@ -73,11 +75,11 @@ class Stage:
 
     name: str
     layer: int | None
-    variables: Tensor                 # [R, B, ...]
-    match: Tensor                     # [R]
-    x: Tensor                         # [R, B, C, H, W] model inputs
+    variables: Tensor  # [R, B, ...]
+    match: Tensor  # [R]
+    x: Tensor  # [R, B, C, H, W] model inputs
     centre: Tensor | None = None
-    radius: Tensor | None = None      # [R, B]
+    radius: Tensor | None = None  # [R, B]
 
 
 @attack("gifd")
@@ -88,13 +90,20 @@ class GIFD(Attack):
     def problems(self, obs: Observation) -> list[str]:
         return prior_problems(self.config.prior)
 
-    def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
-            on_step: StepCallback = no_progress) -> AttackResult:
+    def run(
+        self,
+        obs: Observation,
+        labels: LabelResult | None = None,
+        *,
+        generator: torch.Generator,
+        on_step: StepCallback = no_progress,
+    ) -> AttackResult:
         t0 = time.perf_counter()
         c = self.config
         targets, labels = label_targets(obs, labels, self.name)
-        stages, estimate, curve = self.search_stages(obs, targets, batch_size_of(obs, labels, self.name),
-                                                     generator=generator, on_step=on_step)
+        stages, estimate, curve = self.search_stages(
+            obs, targets, batch_size_of(obs, labels, self.name), generator=generator, on_step=on_step
+        )
         best_stage = min(range(len(stages)), key=lambda i: float(stages[i].match.min()))
         chosen = stages[best_stage]
         best = int(chosen.match.argmin())
@@ -102,13 +111,32 @@ class GIFD(Attack):
         images = {s.name: denormalize(obs, s.x[int(s.match.argmin())]) for s in stages}
         G = get_prior(c.prior, self.name)
         assumptions = protocol_assumptions(obs) | {
-            "prior": getattr(G, "meta", {}).get("training", {}).get("dataset"), "defense_estimate": estimate,
-            "stage_match": {s.name: s.match.tolist() for s in stages}, "chosen_stage": chosen.name}
-        return to_result(self.name, obs, result, t0, labels=labels.labels, restarts=c.restarts,
-                         config=self.config_json(), assumptions=assumptions, stages=images)
+            "prior": getattr(G, "meta", {}).get("training", {}).get("dataset"),
+            "defense_estimate": estimate,
+            "stage_match": {s.name: s.match.tolist() for s in stages},
+            "chosen_stage": chosen.name,
+        }
+        return to_result(
+            self.name,
+            obs,
+            result,
+            t0,
+            labels=labels.labels,
+            restarts=c.restarts,
+            config=self.config_json(),
+            assumptions=assumptions,
+            stages=images,
+        )
 
-    def search_stages(self, obs: Observation, targets: Tensor, B: int, *, generator: torch.Generator,
-                      on_step: StepCallback = no_progress) -> tuple[list[Stage], dict, list[tuple[int, float]]]:
+    def search_stages(
+        self,
+        obs: Observation,
+        targets: Tensor,
+        B: int,
+        *,
+        generator: torch.Generator,
+        on_step: StepCallback = no_progress,
+    ) -> tuple[list[Stage], dict, list[tuple[int, float]]]:
         """Run the latent stage and every feature stage; return each stage's outcome, the defense
         estimate and the loss curve."""
         c = self.config
@@ -121,9 +149,19 @@ class GIFD(Attack):
         if layers and n_feat < 1:
             raise InputError(f"{c.iterations} iterations leave none for the {len(layers)} feature stages")
         _, H, W = obs.input_shape
-        base = MatchingConfig(iterations=n_latent, restarts=c.restarts, distance="cosine", lr=c.lr, signed=False,
-                              schedule="cosine", warmup=max(1, round(n_latent * c.warmup_fraction)), tv=c.tv,
-                              l2=c.l2 / (H * W), box=False, log_every=c.log_every)
+        base = MatchingConfig(
+            iterations=n_latent,
+            restarts=c.restarts,
+            distance="cosine",
+            lr=c.lr,
+            signed=False,
+            schedule="cosine",
+            warmup=max(1, round(n_latent * c.warmup_fraction)),
+            tv=c.tv,
+            l2=c.l2 / (H * W),
+            box=False,
+            log_every=c.log_every,
+        )
         problem, estimate = latent_problem(obs, targets, base, c.adaptive)
         to_input = Renderer(obs, G.config.channels)
         R, zd = c.restarts, G.config.z_dim
@@ -135,8 +173,17 @@ class GIFD(Attack):
             return to_input(G(z, y))
 
         Z0 = project_sphere(torch.randn(R, B, zd, generator=generator), zr)
-        res = search(problem, render_z, Z0, cfg=base, extra=Y, project=lambda z: project_sphere(z, zr),
-                     on_step=on_step, stage="latent", total=total)
+        res = search(
+            problem,
+            render_z,
+            Z0,
+            cfg=base,
+            extra=Y,
+            project=lambda z: project_sphere(z, zr),
+            on_step=on_step,
+            stage="latent",
+            total=total,
+        )
         curve = list(res.curve)
         with torch.no_grad():
             flat_y = None if Y is None else Y.flatten()
@@ -150,11 +197,11 @@ class GIFD(Attack):
                     centre = G.feature(k, prev.variables.flatten(0, 1), flat_y)
                 else:
                     centre = prev.variables.flatten(0, 1)
-                    for block in G.blocks[prev.layer:k]:
+                    for block in G.blocks[prev.layer : k]:
                         centre = block(centre)
                 centre = centre.unflatten(0, (R, B))
             frac = c.radius[min(j, len(c.radius) - 1)]
-            radius = frac * centre.abs().flatten(2).sum(-1)                      # [R, B]
+            radius = frac * centre.abs().flatten(2).sum(-1)  # [R, B]
 
             def project(h: Tensor, centre: Tensor = centre, radius: Tensor = radius) -> Tensor:
                 d = project_l1_ball((h - centre).flatten(2).flatten(0, 1), radius.flatten())
@@ -164,8 +211,17 @@ class GIFD(Attack):
                 return to_input(G.from_feature(k, h))
 
             cfg = replace(base, iterations=n_feat, lr=c.feature_lr, warmup=max(1, round(n_feat * c.warmup_fraction)))
-            res = search(problem, render_h, centre, cfg=cfg, project=project, on_step=on_step,
-                         stage=f"h{k}", done=done, total=total)
+            res = search(
+                problem,
+                render_h,
+                centre,
+                cfg=cfg,
+                project=project,
+                on_step=on_step,
+                stage=f"h{k}",
+                done=done,
+                total=total,
+            )
             done += n_feat
             curve += res.curve
             with torch.no_grad():

@@ -2,6 +2,7 @@
 the attacker's estimate of the client's defense, the l1-ball projection and a small search loop over
 latents or feature maps that reuses the matching engine's objective and schedule.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,15 +18,23 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from ...errors import InputError, UnsupportedError
-from ...prior import Generator, load_prior
 from ...observation import Observation
-from ..base import Step, StepCallback
+from ...prior import Generator, load_prior
 from ..matching import MatchingConfig, MatchingProblem, lr_factor
+from ..steps import Step, StepCallback
 
 Update = dict[str, Tensor]
 
-__all__ = ["Renderer", "SearchResult", "condition_labels", "defense_estimate", "get_prior",
-           "project_l1_ball", "project_sphere", "search"]
+__all__ = [
+    "Renderer",
+    "SearchResult",
+    "condition_labels",
+    "defense_estimate",
+    "get_prior",
+    "project_l1_ball",
+    "project_sphere",
+    "search",
+]
 
 
 # -- the prior ------------------------------------------------------------------------------------------
@@ -36,8 +45,13 @@ def _cached_prior(path: str, mtime: float) -> Generator:
 
 def prior_problems(prior: object) -> list[str]:
     """The unmet need of a generative attack without a prior."""
-    return [] if prior else ["it needs a generative prior: train one with `gradleak train-prior` "
-                             "and pass --prior OUT/prior.safetensors"]
+    return (
+        []
+        if prior
+        else [
+            "it needs a generative prior: train one with `gradleak train-prior` and pass --prior OUT/prior.safetensors"
+        ]
+    )
 
 
 def get_prior(prior: str | Generator | None, attack: str) -> Generator:
@@ -45,8 +59,13 @@ def get_prior(prior: str | Generator | None, attack: str) -> Generator:
     if isinstance(prior, Generator):
         return prior
     if not prior:
-        raise UnsupportedError(attack, ["it needs a generative prior: train one with `gradleak train-prior` "
-                                        "and pass --prior OUT/prior.safetensors"])
+        raise UnsupportedError(
+            attack,
+            [
+                "it needs a generative prior: train one with `gradleak train-prior` "
+                "and pass --prior OUT/prior.safetensors"
+            ],
+        )
     p = Path(prior).expanduser()
     if not p.is_file():
         raise InputError(f"prior {prior!r} does not exist: train one with `gradleak train-prior`")
@@ -83,8 +102,9 @@ class Renderer:
         return x if self.mean is None else (x - self.mean) / self.std
 
 
-def condition_labels(G: Generator, obs: Observation, targets: Tensor, restarts: int, batch: int, mode: str,
-                     generator: torch.Generator) -> Tensor | None:
+def condition_labels(
+    G: Generator, obs: Observation, targets: Tensor, restarts: int, batch: int, mode: str, generator: torch.Generator
+) -> Tensor | None:
     """The class inputs of a conditional prior, [R, B]: the recovered labels (``mode="labels"``, or
     ``"auto"`` when the prior and the task have the same number of classes), else drawn at random per
     restart (the out-of-distribution case, where the prior's classes are not the task's)."""
@@ -103,14 +123,18 @@ def condition_labels(G: Generator, obs: Observation, targets: Tensor, restarts: 
 
 
 # -- the adaptive attacker's model of the defense -------------------------------------------------------
-def defense_estimate(obs: Observation, *, min_zero_fraction: float = 0.5
-                     ) -> tuple[Callable[[Update], Update] | None, dict[str, Any]]:
+def defense_estimate(
+    obs: Observation, *, min_zero_fraction: float = 0.5
+) -> tuple[Callable[[Update], Update] | None, dict[str, Any]]:
     """Estimate the client's defense from the observed update alone, as GGL does, and return the
     transform to apply to a candidate update: the sparsity mask (entries that are exactly zero in
     tensors where at least ``min_zero_fraction`` are) and clipping at the observed global norm.
     Noise is not re-added. Returns ``(transform, description)``."""
-    masks = {k: (v != 0).to(v.dtype) for k, v in obs.update.items()
-             if v.numel() > 1 and float((v == 0).float().mean()) >= min_zero_fraction}
+    masks = {
+        k: (v != 0).to(v.dtype)
+        for k, v in obs.update.items()
+        if v.numel() > 1 and float((v == 0).float().mean()) >= min_zero_fraction
+    }
     bound = math.sqrt(sum(float(v.double().pow(2).sum()) for v in obs.update.values()))
     zero = sum(int((v == 0).sum()) for v in obs.update.values()) / max(1, sum(v.numel() for v in obs.update.values()))
 
@@ -136,7 +160,7 @@ def project_l1_ball(v: Tensor, radius: Tensor | float) -> Tensor:
     mu = u.sort(dim=1, descending=True).values
     cs = mu.cumsum(1)
     k = torch.arange(1, v.shape[1] + 1, dtype=v.dtype)
-    rho = ((mu * k) > (cs - r)).sum(1, keepdim=True).clamp_min(1)   # the condition holds on a prefix
+    rho = ((mu * k) > (cs - r)).sum(1, keepdim=True).clamp_min(1)  # the condition holds on a prefix
     theta = ((cs.gather(1, rho - 1) - r) / rho).clamp_min(0)
     w = torch.sign(v) * (u - theta).clamp_min(0)
     inside = u.sum(1, keepdim=True) <= r
@@ -153,14 +177,24 @@ def project_sphere(z: Tensor, radius: float) -> Tensor:
 class SearchResult:
     """The searched variables of every restart, each restart's final matching distance and the curve."""
 
-    variables: Tensor                   # [R, B, ...]
-    match: Tensor                       # [R]
+    variables: Tensor  # [R, B, ...]
+    match: Tensor  # [R]
     curve: list[tuple[int, float]]
 
 
-def search(problem: MatchingProblem, render: Callable[..., Tensor], V: Tensor, *, cfg: MatchingConfig,
-           extra: Tensor | None = None, project: Callable[[Tensor], Tensor] | None = None,
-           on_step: StepCallback, stage: str = "", done: int = 0, total: int | None = None) -> SearchResult:
+def search(
+    problem: MatchingProblem,
+    render: Callable[..., Tensor],
+    V: Tensor,
+    *,
+    cfg: MatchingConfig,
+    extra: Tensor | None = None,
+    project: Callable[[Tensor], Tensor] | None = None,
+    on_step: StepCallback,
+    stage: str = "",
+    done: int = 0,
+    total: int | None = None,
+) -> SearchResult:
     """Adam on the variables ``V`` [R, ...] (latents or feature maps) of ``R`` restarts, minimising
     ``problem.objective(render(v[, e]))`` with ``cfg``'s learning rate and schedule, ``project``-ing
     after every step; ``extra`` [R, ...] is a fixed per-restart input to ``render`` (class labels).

@@ -22,6 +22,7 @@ invariant to the scale of the loss, α_G is applied by dividing every other weig
 
     result = GradInversion(iterations=2000, restarts=4).run(obs, generator=torch.Generator().manual_seed(0))
 """
+
 from __future__ import annotations
 
 import time
@@ -36,9 +37,10 @@ from torch import Tensor, nn
 from ...errors import InputError
 from ...labels import LabelResult
 from ...observation import Observation
-from ..base import Attack, AttackResult, StepCallback, attack, no_progress
+from ..base import Attack, AttackResult, attack
 from ..common import batch_size_of, denormalize, label_targets, protocol_assumptions, to_result
 from ..matching import MatchingConfig, MatchingProblem, lr_factor, run_matching
+from ..steps import StepCallback, no_progress
 from .registration import register
 
 GROUP_MODES = ("registered", "lazy", "none")
@@ -52,21 +54,21 @@ class GradInversionConfig:
     (paper: 5 000 and 100 of 20 000)."""
 
     iterations: int = 2000
-    restarts: int = 4                   # |G|: the group's seeds, optimised as batched restarts
+    restarts: int = 4  # |G|: the group's seeds, optimised as batched restarts
     lr: float = 0.1
     warmup: int = 50
-    grad_weight: float = 1e-3           # α_G (breaching uses 1e-4)
-    distance: str = "layer_l2"          # the paper's Σ_l ‖·‖₂; "cosine" as in Inverting Gradients
+    grad_weight: float = 1e-3  # α_G (breaching uses 1e-4)
+    distance: str = "layer_l2"  # the paper's Σ_l ‖·‖₂; "cosine" as in Inverting Gradients
     tv: float = 1e-4
     l2: float = 1e-6
     bn: float = 0.1
-    bn_statistics: str = "running"      # "running" or a .safetensors file of exact batch statistics
-    group: str = "registered"           # "registered" | "lazy" | "none"
+    bn_statistics: str = "running"  # "running" or a .safetensors file of exact batch statistics
+    group: str = "registered"  # "registered" | "lazy" | "none"
     group_weight: float = 0.01
     group_start: float = 0.25
     group_every: float = 0.005
-    noise: float = 0.2                  # α_n of the Langevin update
-    output: str = "auto"                # "auto" | "consensus" | "best"
+    noise: float = 0.2  # α_n of the Langevin update
+    output: str = "auto"  # "auto" | "consensus" | "best"
     log_every: int = 10
     checkpoint: str | None = None
 
@@ -103,11 +105,13 @@ def batch_statistics(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     hooks = []
     for name, m in bn_layers(net):
+
         def hook(mod: nn.Module, inp: tuple[Tensor, ...], name: str = name) -> None:
             h = inp[0]
             dims = [0] + list(range(2, h.dim()))
             out[f"{name}.mean"] = h.mean(dims).clone()
             out[f"{name}.var"] = h.var(dims, unbiased=False).clone()
+
         hooks.append(m.register_forward_pre_hook(hook))
     try:
         net(x)
@@ -134,7 +138,7 @@ def load_bn_targets(model: nn.Module, path: str | Path) -> list[tuple[Tensor, Te
         raise InputError(f"BN statistics file {path} does not exist (write it with save_batch_statistics)")
     stats = load_file(str(path))
     targets, missing = [], []
-    for name, m in bn_layers(model):
+    for name, _m in bn_layers(model):
         if f"{name}.mean" not in stats or f"{name}.var" not in stats:
             missing.append(name)
             continue
@@ -148,13 +152,12 @@ class GroupConsensus:
     """The group term ``α·‖x̂_g − E_G‖₂`` and its state: ``post_step`` refreshes ``E_G`` from the
     seeds [R, B, C, H, W] every ``every`` iterations from ``start`` on, and adds Langevin noise."""
 
-    def __init__(self, mode: str, weight: float, start: int, every: int, noise: float,
-                 cfg: MatchingConfig, seed: int):
+    def __init__(self, mode: str, weight: float, start: int, every: int, noise: float, cfg: MatchingConfig, seed: int):
         self.mode, self.weight, self.start, self.every = mode, weight, start, every
         self.noise, self.cfg, self.seed = noise, cfg, seed
         self.consensus: Tensor | None = None
         self.eps = 1e-3
-        self.box: tuple[Tensor, Tensor] | None = None   # the problem's image box, applied before E_G
+        self.box: tuple[Tensor, Tensor] | None = None  # the problem's image box, applied before E_G
 
     def term(self, x: Tensor) -> Tensor:
         if self.consensus is None or self.mode == "none" or not self.weight:
@@ -167,7 +170,7 @@ class GroupConsensus:
     def compute(self, X: Tensor) -> Tensor:
         """E_G from the seeds X [R, B, C, H, W]: the mean, or the mean of the seeds registered onto it."""
         X = X.detach()
-        mean = X[0] + (X - X[0]).mean(0)        # = X.mean(0), and exactly X[0] when the seeds agree
+        mean = X[0] + (X - X[0]).mean(0)  # = X.mean(0), and exactly X[0] when the seeds agree
         if self.mode != "registered" or X.shape[0] == 1:
             return mean
         r, b = X.shape[:2]
@@ -178,7 +181,7 @@ class GroupConsensus:
 
     def post_step(self, it: int, X: Tensor) -> None:
         if self.noise:
-            g = torch.Generator().manual_seed(self.seed + it)   # per-iteration: resumable runs match
+            g = torch.Generator().manual_seed(self.seed + it)  # per-iteration: resumable runs match
             scale = self.cfg.lr * lr_factor(self.cfg, it) * self.noise
             X.add_(scale * torch.randn(X.shape, generator=g))
         if self.mode == "none" or not self.weight or it + 1 < self.start:
@@ -194,8 +197,14 @@ class GradInversion(Attack):
     paper = "Yin et al. CVPR 2021, arXiv:2104.07586"
     Config = GradInversionConfig
 
-    def run(self, obs: Observation, labels: LabelResult | None = None, *, generator: torch.Generator,
-            on_step: StepCallback = no_progress) -> AttackResult:
+    def run(
+        self,
+        obs: Observation,
+        labels: LabelResult | None = None,
+        *,
+        generator: torch.Generator,
+        on_step: StepCallback = no_progress,
+    ) -> AttackResult:
         t0 = time.perf_counter()
         c = self.config
         targets, labels = label_targets(obs, labels, self.name)
@@ -207,19 +216,36 @@ class GradInversion(Attack):
             has_bn = bool(bn_targets)
         bn_on = bool(c.bn) and has_bn
         scale = 1.0 / c.grad_weight
-        cfg = MatchingConfig(iterations=c.iterations, restarts=c.restarts, distance=c.distance, lr=c.lr,
-                             signed=False, schedule="cosine", warmup=c.warmup, tv=c.tv * scale,
-                             l2=c.l2 * scale, bn=c.bn * scale if bn_on else 0.0, log_every=c.log_every)
+        cfg = MatchingConfig(
+            iterations=c.iterations,
+            restarts=c.restarts,
+            distance=c.distance,
+            lr=c.lr,
+            signed=False,
+            schedule="cosine",
+            warmup=c.warmup,
+            tv=c.tv * scale,
+            l2=c.l2 * scale,
+            bn=c.bn * scale if bn_on else 0.0,
+            log_every=c.log_every,
+        )
         start = round(c.group_start * c.iterations)
         every = max(1, round(c.group_every * c.iterations))
         group_on = c.group != "none" and c.group_weight > 0 and c.restarts > 1
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        group = GroupConsensus(c.group if group_on else "none", c.group_weight * scale, start, every, c.noise,
-                               cfg, noise_seed)
+        group = GroupConsensus(
+            c.group if group_on else "none", c.group_weight * scale, start, every, c.noise, cfg, noise_seed
+        )
         problem = MatchingProblem(obs, targets, cfg, extra_terms=[group.term], bn_targets=bn_targets)
         group.box = (problem.lower, problem.upper) if cfg.box else None
-        match = run_matching(problem, batch_size=batch, generator=generator, on_step=on_step,
-                             checkpoint=c.checkpoint, post_step=group.post_step)
+        match = run_matching(
+            problem,
+            batch_size=batch,
+            generator=generator,
+            on_step=on_step,
+            checkpoint=c.checkpoint,
+            post_step=group.post_step,
+        )
         assert match.all_x is not None
         final_consensus = group.compute(match.all_x) if group_on else match.x
         output = c.output if c.output != "auto" else ("consensus" if group_on else "best")
@@ -230,13 +256,28 @@ class GradInversion(Attack):
         if group_on:
             stages["consensus"] = denormalize(obs, final_consensus)
         assumptions: dict[str, Any] = protocol_assumptions(obs)
-        assumptions["bn_term"] = ("off: the model has no BatchNorm layers with running statistics" if not has_bn
-                                  else "off (bn weight 0)" if not c.bn
-                                  else "on: exact batch statistics from " + c.bn_statistics if bn_targets
-                                  else "on: the model's running statistics")
-        assumptions["group"] = (f"{c.group}, {c.restarts} seeds, on from iteration {start}, refreshed every {every}"
-                                if group_on else "off")
+        assumptions["bn_term"] = (
+            "off: the model has no BatchNorm layers with running statistics"
+            if not has_bn
+            else "off (bn weight 0)"
+            if not c.bn
+            else "on: exact batch statistics from " + c.bn_statistics
+            if bn_targets
+            else "on: the model's running statistics"
+        )
+        assumptions["group"] = (
+            f"{c.group}, {c.restarts} seeds, on from iteration {start}, refreshed every {every}" if group_on else "off"
+        )
         assumptions["output"] = output
         assumptions["labels"] = labels.method
-        return to_result(self.name, obs, match, t0, labels=labels.labels, restarts=c.restarts,
-                         config=self.config_json(), assumptions=assumptions, stages=stages)
+        return to_result(
+            self.name,
+            obs,
+            match,
+            t0,
+            labels=labels.labels,
+            restarts=c.restarts,
+            config=self.config_json(),
+            assumptions=assumptions,
+            stages=stages,
+        )

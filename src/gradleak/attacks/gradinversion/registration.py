@@ -16,6 +16,7 @@ gradleak audits, the misalignments between seeds are global shifts and small war
 rotation, shear), which translation + affine captures. Everything is batched over ``N`` image
 pairs, deterministic, and never sees ground truth.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,10 @@ class Registration:
 
 def _check(moving: Tensor, fixed: Tensor) -> None:
     if moving.dim() != 4 or moving.shape != fixed.shape:
-        raise InputError(f"registration needs two image batches [N, C, H, W] of one shape, "
-                         f"got {tuple(moving.shape)} and {tuple(fixed.shape)}")
+        raise InputError(
+            f"registration needs two image batches [N, C, H, W] of one shape, "
+            f"got {tuple(moving.shape)} and {tuple(fixed.shape)}"
+        )
 
 
 def phase_correlation(moving: Tensor, fixed: Tensor) -> Tensor:
@@ -53,8 +56,14 @@ def phase_correlation(moving: Tensor, fixed: Tensor) -> Tensor:
     correlation peak is refined to sub-pixel precision by a parabola through its neighbours."""
     _check(moving, fixed)
     n, _, h, w = moving.shape
-    win = torch.outer(torch.hann_window(h, periodic=False, dtype=torch.float64),
-                      torch.hann_window(w, periodic=False, dtype=torch.float64)) if min(h, w) > 8 else 1.0
+    win = (
+        torch.outer(
+            torch.hann_window(h, periodic=False, dtype=torch.float64),
+            torch.hann_window(w, periodic=False, dtype=torch.float64),
+        )
+        if min(h, w) > 8
+        else 1.0
+    )
 
     def prep(x: Tensor) -> Tensor:
         g = x.detach().double().mean(1)
@@ -62,20 +71,22 @@ def phase_correlation(moving: Tensor, fixed: Tensor) -> Tensor:
 
     fm, ff = torch.fft.fft2(prep(moving)), torch.fft.fft2(prep(fixed))
     cross = fm * ff.conj()
-    corr = torch.fft.ifft2(cross / (cross.abs() + 1e-12)).real       # [N, H, W]
+    corr = torch.fft.ifft2(cross / (cross.abs() + 1e-12)).real  # [N, H, W]
     flat = corr.flatten(1).argmax(1)
     py, px = flat // w, flat % w
     out = torch.zeros(n, 2, dtype=torch.float64)
     idx = torch.arange(n)
     for dim, (p, size) in enumerate(((py, h), (px, w))):
+
         def at(off: int) -> Tensor:
             q = (p + off) % size
             return corr[idx, q, px] if dim == 0 else corr[idx, py, q]
+
         c0, cm, cp = at(0), at(-1), at(1)
         denom = cm - 2 * c0 + cp
         sub = torch.where(denom.abs() > 1e-12, 0.5 * (cm - cp) / denom, torch.zeros_like(c0)).clamp(-0.5, 0.5)
         s = p.double() + sub
-        out[:, dim] = torch.where(s > size / 2, s - size, s)           # wrap to (−size/2, size/2]
+        out[:, dim] = torch.where(s > size / 2, s - size, s)  # wrap to (−size/2, size/2]
     return out.float()
 
 
@@ -84,7 +95,7 @@ def shift_theta(shift: Tensor, size: tuple[int, int]) -> Tensor:
     h, w = size
     theta = torch.zeros(len(shift), 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    theta[:, 0, 2] = 2 * shift[:, 1] / w                              # x in normalised units
+    theta[:, 0, 2] = 2 * shift[:, 1] / w  # x in normalised units
     theta[:, 1, 2] = 2 * shift[:, 0] / h
     return theta
 
@@ -95,8 +106,15 @@ def warp(images: Tensor, theta: Tensor) -> Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def register(moving: Tensor, fixed: Tensor, *, affine: bool = True, steps: int = 40, lr: float = 0.01,
-             identity_weight: float = 1e-3) -> Registration:
+def register(
+    moving: Tensor,
+    fixed: Tensor,
+    *,
+    affine: bool = True,
+    steps: int = 40,
+    lr: float = 0.01,
+    identity_weight: float = 1e-3,
+) -> Registration:
     """Align ``moving`` onto ``fixed`` (both [N, C, H, W]): phase correlation, then (``affine``) an
     affine refinement by ``steps`` Adam steps on ``MSE(warp(moving), fixed) + identity_weight·‖A − I‖²``
     (A the linear part). The refinement keeps whichever of the translation-only and refined warps
@@ -104,7 +122,7 @@ def register(moving: Tensor, fixed: Tensor, *, affine: bool = True, steps: int =
     _check(moving, fixed)
     moving, fixed = moving.detach().float(), fixed.detach().float()
     shift = phase_correlation(moving, fixed)
-    shift = torch.where(shift.abs() < 1e-3, torch.zeros_like(shift), shift)   # rounding noise: no shift
+    shift = torch.where(shift.abs() < 1e-3, torch.zeros_like(shift), shift)  # rounding noise: no shift
     theta0 = shift_theta(shift, (moving.shape[-2], moving.shape[-1]))
     if not affine or steps < 1:
         return Registration(_warp_or_keep(moving, theta0), theta0, shift)
