@@ -35,6 +35,12 @@ class DLGConfig:
 
 @attack("dlg")
 class DLG(Attack):
+    """Deep Leakage from Gradients: L-BFGS on dummy images and dummy soft labels, squared L2 distance.
+
+    Paper: Zhu et al. NeurIPS 2019. Needs: any differentiable model and a FedSGD gradient or FedAvg delta;
+    it optimises its own labels (``joint_labels``), so given labels are used only with ``joint_labels=False``.
+    Main settings (:class:`DLGConfig`): ``iterations`` (300), ``max_evals`` per L-BFGS step (20), ``lr`` (1)."""
+
     paper = "Zhu et al. NeurIPS 2019, arXiv:1906.08935"
     Config = DLGConfig
 

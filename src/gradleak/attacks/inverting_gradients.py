@@ -43,6 +43,13 @@ class InvertingGradientsConfig:
 
 @attack("inverting_gradients")
 class InvertingGradients(Attack):
+    """Inverting Gradients: cosine distance between the candidate's and the observed update plus total
+    variation, signed Adam in a box, step-decayed learning rate; restarts chosen by matching loss.
+
+    Paper: Geiping et al. NeurIPS 2020. Needs: labels (``labels=None``: ``auto``); FedSGD gradients or FedAvg
+    deltas (the local steps are replayed). Main settings (:class:`InvertingGradientsConfig`): ``iterations``
+    (600), ``restarts`` (1), ``lr`` (0.1), ``tv`` (0.2), ``checkpoint``."""
+
     paper = "Geiping et al. NeurIPS 2020, arXiv:2003.14053"
     Config = InvertingGradientsConfig
 

@@ -122,6 +122,12 @@ def recover_batch(gw: Tensor, gb: Tensor, cfg: FCExactConfig, batch_size: int) -
 
 @attack("analytic_fc")
 class FCExact(Attack):
+    """Exact input recovery through a fully connected first layer with bias: ``x = ∂L/∂W_n / ∂L/∂b_n``.
+
+    Paper: Phong et al. 2018; Zhu & Blaschko 2021 §3. Needs: the model's first op is an ``nn.Linear`` with
+    bias (FedSGD gradient). For batches, a sample is exact where at least ``min_rows`` rows only it activates
+    agree; such samples are flagged in the result. Settings: :class:`FCExactConfig` (no iterations)."""
+
     paper = "Phong et al. IEEE TIFS 2018; Zhu & Blaschko ICLR 2021 (arXiv:2010.07733) §3"
     Config = FCExactConfig
 

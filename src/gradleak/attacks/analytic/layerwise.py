@@ -212,6 +212,12 @@ class RGAPConfig:
 
 @attack("rgap")
 class RGAP(Attack):
+    """R-GAP: recursive closed-form reconstruction, one linear system per layer from the head backwards.
+
+    Paper: Zhu & Blaschko ICLR 2021. Needs: one sample (B=1), a FedSGD gradient, invertible activations
+    (LeakyReLU, sigmoid, tanh), no pooling and no train-mode BatchNorm; ``check`` lists every unmet need.
+    Settings (:class:`RGAPConfig`): ``rtol`` of the numerical rank."""
+
     paper = "Zhu & Blaschko ICLR 2021, arXiv:2010.07733"
     Config = RGAPConfig
     pullback = False
@@ -295,6 +301,12 @@ class LayerwiseConfig:
 
 @attack("layerwise")
 class Layerwise(RGAP):
+    """Layer-wise reconstruction: R-GAP's backward pass with Chen & Campbell's pull-back constraint in each
+    layer's solve (``pullback_steps``), then ``refine_iterations`` of Adam on cosine + TV (0: the analytic
+    solution alone).
+
+    Papers: Chen & Campbell 2021/2022. Needs: what :class:`RGAP` needs. Settings: :class:`LayerwiseConfig`."""
+
     paper = "Chen & Campbell NeurIPS-W 2021, arXiv:2111.10178; BMVC 2022, arXiv:2210.13231"
     Config = LayerwiseConfig
     pullback = True

@@ -536,6 +536,11 @@ def _replay_distance(obs: Observation, xs: list[Tensor], labels: list[int]) -> f
 
 @attack("tensor")
 class TensorAttack(Attack):
+    """Tensor-decomposition reconstruction of a batch through a two-layer network at random Gaussian weights.
+
+    Paper: Wang, Lee & Lei AISTATS 2023. Needs: the ``twolayer`` model (its own single-query scenario) and a
+    FedSGD gradient. Settings: :class:`TensorConfig`."""
+
     paper = "Wang, Lee & Lei AISTATS 2023, arXiv:2212.03714"
     Config = TensorConfig
 

@@ -67,6 +67,12 @@ def latent_problem(obs: Observation, targets: Tensor, cfg: MatchingConfig, adapt
 
 @attack("ggl")
 class GGL(Attack):
+    """GGL's latent search: images generated from a trained prior, the latent optimised to match the update.
+
+    Paper: Li et al. CVPR 2022. Needs: a generative prior of the client's image size (``prior``, from
+    ``gradleak train-prior``) and labels (``labels=None``: ``auto``). Main settings (:class:`GGLConfig`):
+    ``optimizer`` (``adam`` or ``cmaes``), ``iterations``, ``restarts``, ``prior``, ``condition``."""
+
     paper = "Li et al. CVPR 2022, arXiv:2203.15696 (generative prior: --prior)"
     Config = GGLConfig
 

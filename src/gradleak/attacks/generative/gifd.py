@@ -84,6 +84,12 @@ class Stage:
 
 @attack("gifd")
 class GIFD(Attack):
+    """GIFD: GGL's latent search, then staged searches in the generator's intermediate feature domains kept
+    inside l1 balls around the previous stage; the stage with the lowest matching loss is returned.
+
+    Paper: Fang et al. ICCV 2023. Needs: a generative prior (``prior``) and labels (``labels=None``: ``auto``).
+    Main settings (:class:`GIFDConfig`): ``iterations`` per stage, ``restarts``, the l1 radii, ``prior``."""
+
     paper = "Fang et al. ICCV 2023, arXiv:2308.04699 (generative prior: --prior)"
     Config = GIFDConfig
 

@@ -194,6 +194,14 @@ class GroupConsensus:
 
 @attack("gradinversion")
 class GradInversion(Attack):
+    """GradInversion: per-layer gradient matching with TV, l2 and BatchNorm-statistics fidelity, Langevin noise
+    and a group-consistency term over several seeds (lazy mean or registered consensus).
+
+    Paper: Yin et al. CVPR 2021. Needs: labels (``labels=None``: ``auto``; the paper's min rule is the
+    ``gradinversion-min`` label method); BatchNorm layers for the BN term. Main settings
+    (:class:`GradInversionConfig`): ``iterations``, ``restarts`` (the group's seeds), the α weights, ``group``,
+    ``bn_statistics`` (an oracle file of the client batch's statistics, marked as such)."""
+
     paper = "Yin et al. CVPR 2021, arXiv:2104.07586"
     Config = GradInversionConfig
 
