@@ -107,7 +107,14 @@ def bench_layerwise(quick: bool) -> dict:
     widths = [36, 20] if quick else [36, 28, 24, 20, 16, 12]
     for w in widths:
         for seed in range(1):
-            sc = Scenario(model="cnn6", model_kwargs={"width2": w}, dataset="photos", seed=seed)
+            sc = Scenario(
+                model="cnn6",
+                model_kwargs={"width2": w},
+                dataset="photos",
+                seed=seed,
+                unique_labels=True,
+                bn_mode="train",
+            )  # the pre-0.2 defaults, kept so the committed cells reproduce
             obs, truth = simulate(sc)
             t = time.perf_counter()
             an = analyze_model(obs.model, obs.input_shape, obs.num_classes, name=f"cnn6 width2={w}")
@@ -239,7 +246,9 @@ def bench_ranking(quick: bool, previous: dict | None = None) -> dict:
             reuse["cnn6" if r["width2"] == 36 else "cnn6-d"] = r["rgap"]
     rows = []
     for name in models:
-        obs, truth = simulate(Scenario(model=name, dataset="photos", seed=0))
+        obs, truth = simulate(
+            Scenario(model=name, dataset="photos", seed=0, unique_labels=True, bn_mode="train")
+        )  # the pre-0.2 defaults, kept so the committed cells reproduce
         an = analyze_model(obs.model, obs.input_shape, obs.num_classes, name=name)
         row = {
             "model": name,

@@ -48,6 +48,7 @@ def make_case(regime: str, seed: int, args):
         batch_size=args.batch,
         seed=seed,
         bn_mode="eval",
+        unique_labels=True,
     )
     model, _ = build_scenario_model(sc, data.num_classes, data.image_shape)
     if regime == "real-data":

@@ -218,7 +218,7 @@ def main() -> None:
     t_start = time.perf_counter()
     for b in args.batches:
         for seed in args.seeds:
-            sc = Scenario(dataset="photos", image_size=32, batch_size=b, seed=seed, bn_mode="train")
+            sc = Scenario(dataset="photos", image_size=32, batch_size=b, seed=seed, bn_mode="train", unique_labels=True)
             obs, truth = simulate(sc, dataset=data, model=model)
             index = [int(((data.images - im).abs().flatten(1).sum(1)).argmin()) for im in truth.images]
             labels = recover_labels(obs, label_method)

@@ -110,7 +110,9 @@ def train(model: nn.Module, data: Dataset, steps: int, seed: int) -> nn.Module:
 def base_model(name: str, n: int, shape, init: str, data: Dataset, steps: int, cache: dict) -> nn.Module:
     key = (name, n, init)
     if key not in cache:
-        sc = Scenario(model=name, model_kwargs=MODELS[name][0], seed=0)
+        sc = Scenario(
+            model=name, model_kwargs=MODELS[name][0], seed=0, bn_mode="train"
+        )  # the pre-0.2 defaults, kept so the committed cells reproduce
         m, _ = build_scenario_model(sc, n, shape)
         info = {}
         if init == "trained":
