@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx as fx
@@ -133,16 +133,13 @@ def copa_index(deficiencies: list[int]) -> int:
     return int(sum(round(d * (big_l - 1 - i) / (big_l - 1)) for i, d in enumerate(deficiencies[:-1])))
 
 
-def _weight_path(
-    gm: fx.GraphModule, node: fx.Node, values: dict[fx.Node, Any]
-) -> tuple[Tensor | None, Tensor | None, str]:
+def _weight_path(gm: fx.GraphModule, node: fx.Node, values: dict[fx.Node, Any]) -> tuple[Tensor, Tensor | None, str]:
     """Which output rows of an affine node the attacker reads back from the next layer's input.
-    Returns (row mask over the flattened output or None for all, BatchNorm-train output values or
-    None, a description)."""
+    Returns (row mask over the flattened output, BatchNorm-train output values or None, a description)."""
     out = values[node][0]
     mask = torch.ones(out.numel(), dtype=torch.bool)
     bn_vals = None
-    steps = []
+    steps: list[str] = []
     cur = node
     while True:
         users = list(cur.users)
@@ -217,8 +214,8 @@ def analyze_model(
         name or type(model).__name__, list(input_shape), num_classes, rtol=rtol, exact_limit=exact_limit
     )
     for node in affine:
-        m = gm.get_submodule(node.target)
-        x_in = rec.values[node.args[0]]
+        m = cast("nn.Linear | nn.Conv2d", gm.get_submodule(str(node.target)))  # is_affine
+        x_in = rec.values[cast(fx.Node, node.args[0])]
         delta = deltas[node]
         if delta is None:
             delta = torch.zeros_like(rec.values[node])
@@ -232,7 +229,7 @@ def analyze_model(
 def _analyze_layer(
     gm: fx.GraphModule,
     node: fx.Node,
-    m: nn.Module,
+    m: nn.Linear | nn.Conv2d,
     in_shape: tuple[int, ...],
     delta: Tensor,
     values: dict[fx.Node, Any],

@@ -117,7 +117,7 @@ class Observation:
         return w, b
 
     def head_module(self) -> nn.Linear:
-        return dict(self.model.named_modules())[self.head]  # type: ignore[return-value]
+        return dict(self.model.named_modules())[self.head]
 
     def functional(self) -> tuple[nn.Module, dict[str, Tensor]]:
         """A :func:`~gradleak.protocols.stateless` copy of the model and its parameters, for replay."""
@@ -182,7 +182,8 @@ class Observation:
         problems += finite_problems(tensors)
         problems.raise_if_any(f"observation {f.path} holds unusable values")
         if on_meta:
-            model = h.spec.build()  # type: ignore[union-attr]
+            assert h.spec is not None  # _resolve_model built the zoo model on the meta device
+            model = h.spec.build()
         model.load_state_dict({k[len("state.") :]: v for k, v in tensors.items() if k.startswith("state.")})
         model.train(h.model_training)
         for m in model.modules():
@@ -218,23 +219,23 @@ def _resolve_model(
         )
         if not isinstance(model, nn.Module):
             raise InputError(f"model factory {factory!r} returned {type(model).__name__}, not an nn.Module")
-    if model is None and h.spec is None:
-        raise InputError(
-            f"observation {path} was saved from a user model (not in the zoo), and a file never names "
-            "code: pass the model, e.g. Observation.load(path, model_factory='module:factory') or "
-            "model=<nn.Module> (CLI: --model module:factory)"
-        )
     if model is None:
+        if h.spec is None:
+            raise InputError(
+                f"observation {path} was saved from a user model (not in the zoo), and a file never names "
+                "code: pass the model, e.g. Observation.load(path, model_factory='module:factory') or "
+                "model=<nn.Module> (CLI: --model module:factory)"
+            )
         try:
             with torch.device("meta"):
-                return h.spec.build()  # type: ignore[union-attr]
+                return h.spec.build()
         except GradleakError:
             raise
         except Exception as e:  # noqa: BLE001 (the zoo constructor met kwargs from the file it cannot take)
             raise InputError(
-                f"observation {path}: zoo model {h.spec.name!r} cannot be built with "  # type: ignore[union-attr]
+                f"observation {path}: zoo model {h.spec.name!r} cannot be built with "
                 f"{h.spec.kwargs}: {type(e).__name__}: {e}"
-            ) from None  # type: ignore[union-attr]
+            ) from None
     if h.user_sha256 is not None and architecture_hash(model, h.head) != h.user_sha256:
         raise InputError(
             f"observation {path} was saved from another architecture than the model given "

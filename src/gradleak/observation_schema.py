@@ -87,19 +87,12 @@ def parse_header(meta: dict[str, Any], what: str) -> ObservationHeader:
     training, bn_train = p.boolean(meta, "model_training"), p.boolean(meta, "bn_train")
     spec, sha = _model_spec(p, meta, fmt == FORMAT_V1, num_classes, shape)
     p.raise_if_any(f"{what} has a bad header")
+    # no problems: every required field was read
+    assert protocol is not None and num_classes is not None and shape is not None and head is not None
+    assert training is not None and bn_train is not None
     return ObservationHeader(
-        protocol,
-        num_classes,
-        tuple(shape),
-        batch_size,
-        norm,
-        tuple(defenses),
-        head,  # type: ignore[arg-type]
-        spec,
-        sha,
-        training,
-        bn_train,
-    )  # type: ignore[arg-type]
+        protocol, num_classes, tuple(shape), batch_size, norm, tuple(defenses), head, spec, sha, training, bn_train
+    )
 
 
 def protocol_from_json(d: Any) -> Protocol:
@@ -107,7 +100,8 @@ def protocol_from_json(d: Any) -> Protocol:
     p = Problems()
     protocol = _protocol(p, {"protocol": d})
     p.raise_if_any("bad protocol record")
-    return protocol  # type: ignore[return-value]
+    assert protocol is not None  # no problems: the record was read
+    return protocol
 
 
 def _protocol(p: Problems, meta: dict[str, Any]) -> Protocol | None:

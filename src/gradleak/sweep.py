@@ -413,7 +413,11 @@ def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
     attacks = results["config"]["attacks"]
     base = next(r for r in rows if r["family"] == NONE)
     fams = sorted({r["family"] for r in rows} - {NONE})
-    panels = [(f"{a} PSNR (dB)", lambda r, a=a: r["attacks"][a]["psnr"]) for a in attacks]
+
+    def psnr(a: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda r: r["attacks"][a]["psnr"]
+
+    panels = [(f"{a} PSNR (dB)", psnr(a)) for a in attacks]
     panels.append(("label accuracy", lambda r: r["label_accuracy"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]

@@ -3,8 +3,9 @@ returning an :class:`AttackResult`. Attacks never print, write files or see the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
@@ -16,15 +17,17 @@ from ..registry import Registry
 from ..settings import configure
 from .steps import StepCallback, no_progress
 
-ATTACKS: Registry = Registry("attack")
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+A = TypeVar("A", bound="type[Attack]")
 
 
-def attack(name: str):
+def attack(name: str) -> Callable[[A], A]:
     """Class decorator registering an :class:`Attack` under ``name``."""
 
-    def add(cls: type[Attack]) -> type[Attack]:
+    def add(cls: A) -> A:
         cls.name = name
-        return ATTACKS.register(name)(cls)
+        ATTACKS.register(name)(cls)
+        return cls
 
     return add
 
@@ -96,4 +99,4 @@ class Attack:
         return None if iterations is None else (int(iterations), int(getattr(self.config, "restarts", 1)))
 
     def config_json(self) -> dict[str, Any]:
-        return asdict(self.config) if is_dataclass(self.config) else {}
+        return asdict(self.config) if is_dataclass(self.config) and not isinstance(self.config, type) else {}

@@ -160,7 +160,9 @@ class MatchingProblem:
         stats = [
             (m.running_mean.detach().clone(), m.running_var.detach().clone())
             for m in self.obs.model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.running_mean is not None
+            and m.running_var is not None
         ]
         if not stats:
             raise InputError("the BatchNorm term needs BatchNorm layers with running statistics")
@@ -188,11 +190,11 @@ class MatchingProblem:
     def distance(self, update: dict[str, Tensor]) -> Tensor:
         cand = [update[k] for k in self.keys]
         if self.cfg.distance == "l2":
-            return sum(w * (c - t).pow(2).sum() for w, c, t in zip(self.weights, cand, self.target))
+            return sum((w * (c - t).pow(2).sum() for w, c, t in zip(self.weights, cand, self.target)), torch.zeros(()))
         if self.cfg.distance == "layer_l2":
             return sum(w * torch.linalg.vector_norm(c - t) for w, c, t in zip(self.weights, cand, self.target))
         dot = sum(w * (c * t).sum() for w, c, t in zip(self.weights, cand, self.target))
-        sq = sum(w * c.pow(2).sum() for w, c in zip(self.weights, cand))
+        sq = sum((w * c.pow(2).sum() for w, c in zip(self.weights, cand)), torch.zeros(()))
         return 1 - dot / (sq.sqrt() * math.sqrt(self.target_sq) + 1e-12)
 
     def labels_from(self, label_logits: Tensor | None) -> Tensor:
@@ -238,9 +240,8 @@ def objective_fn(problem: MatchingProblem) -> Callable:
     """``(X[R], Y[R] | None) -> (grads, (loss[R], match[R]))``: vmapped over restarts, or, for a single
     restart, plain autograd (``vmap`` and nested ``torch.func`` add overhead there and buy nothing)."""
     joint = problem.cfg.optimize_labels
-    single = grad_and_value(
-        problem.objective if joint else (lambda x: problem.objective(x)), argnums=(0, 1) if joint else 0, has_aux=True
-    )
+    objective: Callable[..., tuple[Tensor, Tensor]] = problem.objective if joint else (lambda x: problem.objective(x))
+    single = grad_and_value(objective, argnums=(0, 1) if joint else 0, has_aux=True)
     batched = vmap(single)
 
     def step(X: Tensor, Y: Tensor | None) -> tuple:
@@ -454,4 +455,5 @@ class _Checkpoint:
                     "exp_avg": tensors[f"var{i}.exp_avg"].clone(),
                     "exp_avg_sq": tensors[f"var{i}.exp_avg_sq"].clone(),
                 }
-        return iteration, [(it, math.inf if b is None else b) for it, b in curve]  # type: ignore[misc]
+        assert iteration is not None  # no problems: the header was read
+        return iteration, [(it, math.inf if b is None else b) for it, b in curve]

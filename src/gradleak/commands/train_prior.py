@@ -103,6 +103,6 @@ def run(a: argparse.Namespace) -> int:
     )
     if bar is not None:
         bar.close()
-    path = save_prior(G, out / "prior.safetensors", {**G.meta, "holdout": a.holdout})  # type: ignore[arg-type]
+    path = save_prior(G, out / "prior.safetensors", {**G.meta, "holdout": a.holdout})
     print(json.dumps({"prior": str(path), "generator": gcfg.to_json(), "steps": cfg.steps}))
     return 0

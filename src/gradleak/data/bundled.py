@@ -127,12 +127,12 @@ def _pick_crops(img: Image.Image, probe: int = 32) -> list[tuple[int, int, int]]
                 top = round(j * (h - side) / (_CROP_GRID - 1))
                 boxes.append((left, top, side))
     boxes = sorted(set(boxes))
-    small = img.resize((max(1, w * 4 * probe // short), max(1, h * 4 * probe // short)), Image.BOX)
+    small = img.resize((max(1, w * 4 * probe // short), max(1, h * 4 * probe // short)), Image.Resampling.BOX)
     f = small.width / w
     scores = []
     for left, top, side in boxes:
         box = (round(left * f), round(top * f), round((left + side) * f), round((top + side) * f))
-        crop = np.asarray(small.crop(box).resize((probe, probe), Image.BOX), dtype=np.float32) / 255.0
+        crop = np.asarray(small.crop(box).resize((probe, probe), Image.Resampling.BOX), dtype=np.float32) / 255.0
         scores.append(_content(crop))
     chosen: list[tuple[int, int, int]] = []
     for k in np.argsort(-np.asarray(scores), kind="stable"):
@@ -149,7 +149,7 @@ def _photo_crops(size: int) -> tuple[np.ndarray, tuple[str, ...]]:
     for name, load in _photo_sources():
         img = Image.fromarray(np.asarray(load())).convert("RGB")
         for left, top, side in _pick_crops(img):
-            crop = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+            crop = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
             crops.append(np.asarray(crop))
         classes.append(name)
     arr = np.stack(crops)  # [N, size, size, 3] uint8

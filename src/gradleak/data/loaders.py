@@ -240,7 +240,7 @@ def _square(img: Image.Image, size: int) -> Image.Image:
         return img
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
-    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
+    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.BICUBIC)
 
 
 def _open_image(p: Path) -> Image.Image:
@@ -361,10 +361,10 @@ def _idx_pair(path: Path) -> tuple[Path, Path]:
     if path.is_dir():
         candidates = sorted(p for p in path.iterdir() if _is_idx(p) and "images" in p.name)
         candidates.sort(key=lambda p: not p.name.startswith(("t10k", "test")))
-        for images in candidates:
-            labels = _idx_partner(images, "labels")
+        for candidate in candidates:
+            labels = _idx_partner(candidate, "labels")
             if labels is not None:
-                return images, labels
+                return candidate, labels
         raise InputError(f"{path}: expected a pair of *-images-idx3-ubyte[.gz] and *-labels-idx1-ubyte[.gz] files")
     if "labels" in path.name:
         images = _idx_partner(path, "images")

@@ -18,7 +18,7 @@ randomness only from the ``torch.Generator`` it is given. Spec strings for the C
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, fields
+from dataclasses import MISSING, Field, asdict, fields
 from typing import Any, ClassVar
 
 import torch
@@ -31,7 +31,7 @@ from ..registry import Registry
 __all__ = ["DEFENSES", "BatchDefense", "Defense", "TrainingDefense", "Update", "parse_defense", "require_positive"]
 
 Update = dict[str, Tensor]
-DEFENSES: Registry = Registry("defense")
+DEFENSES: Registry[type[Defense]] = Registry("defense")
 
 
 class Defense:
@@ -39,12 +39,13 @@ class Defense:
 
     name: ClassVar[str]
     main: ClassVar[str]
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # declared for type checkers: subclasses are dataclasses
 
     def __call__(self, update: Update, *, generator: torch.Generator) -> Update:
         raise NotImplementedError
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self)}  # type: ignore[call-overload]
+        return {"name": self.name, **asdict(self)}
 
 
 class TrainingDefense(Defense):

@@ -7,7 +7,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -107,7 +107,7 @@ class DPSGD(TrainingDefense):
                 cross_entropy(gsm(x[sl]), y[sl]).backward()
                 opt.step()
         if isinstance(protocol, FedSGD):
-            update = {k: params[k].grad.detach().clone() for k in params}
+            update = {k: cast(Tensor, params[k].grad).detach().clone() for k in params}  # step() set every .grad
         else:
             update = {k: params[k].detach() - theta0[k] for k in params}
         gsm._close()

@@ -94,13 +94,14 @@ def read_index(index: Path) -> tuple[dict[str, dict[str, Any]], int]:
     if not isinstance(captures, list):
         p.append(f"captures: expected a list, got {brief(captures)}")
         captures = []
-    for i, e in enumerate(captures):
-        _check_entry(p, e, f"captures[{i}].")
+    for i, entry in enumerate(captures):
+        _check_entry(p, entry, f"captures[{i}].")
     p.raise_if_any(f"capture index {index} is invalid")
     entries = {_key(e["round"], e["client"]): e for e in captures}
     if len(entries) != len(captures):
         raise InputError(f"capture index {index} is invalid: it lists a round/client pair twice")
-    return entries, latest  # type: ignore[return-value]
+    assert latest is not None  # no problems: the index was read
+    return entries, latest
 
 
 class CaptureStore:

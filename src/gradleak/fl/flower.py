@@ -27,7 +27,7 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -204,14 +204,14 @@ def make_client_app(task: FlowerTask | None = None) -> ClientApp:
             data,
             global_model(t, data, msg),
             protocol_from_json(json.loads(str(cfg["protocol"]))),
-            float(cfg.get("lr", t.lr)),
+            float(cast(float, cfg.get("lr", t.lr))),
             pid,
             n,
-            int(cfg["server-round"]),
+            int(cast(int, cfg["server-round"])),
         )
         metrics["num-examples"] = int(metrics["num-examples"])
         metrics["partition-id"] = pid  # lets the demo score against this client's data; no attack reads it
-        reply = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)})
+        reply = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(dict(metrics))})
         return Message(content=reply, reply_to=msg)
 
     @app.evaluate()

@@ -56,6 +56,7 @@ import torch
 
 from ..errors import InputError, UnsupportedError
 from ..observation import Observation
+from ..protocols import FedAvg
 from .base import LabelMethod, LabelResult, label_method
 
 #: the paper's exact-recovery criterion as used by the anchor harness: max_c |ŷ_c − y_c| ≤ 1e-3
@@ -213,10 +214,10 @@ class Wang2024(LabelMethod):
 
         numpy, not torch: these are tiny arrays, and torch's thread pool costs more than the work here
         (tens of ms per op on a loaded 2-core machine)."""
-        w, b = obs.head_grads()
-        w, b = _np(w), None if b is None else _np(b)
-        if obs.kind == "delta":
-            lr = obs.protocol.local_lr  # type: ignore[union-attr]
+        gw, gb = obs.head_grads()
+        w, b = _np(gw), None if gb is None else _np(gb)
+        if isinstance(obs.protocol, FedAvg):
+            lr = obs.protocol.local_lr
             return -w / lr, None if b is None else -b / lr
         return w, b
 
@@ -230,9 +231,9 @@ class Wang2024(LabelMethod):
                 f"it recovers the label of one input; this update comes from {obs.batch_size} "
                 "(a batch's head gradient is not rank one)"
             )
-        if obs.kind == "delta" and getattr(obs.protocol, "local_steps", 1) != 1:
+        if isinstance(obs.protocol, FedAvg) and obs.protocol.local_steps != 1:
             problems.append(
-                f"a FedAvg update after {obs.protocol.local_steps} local steps is not one gradient; "  # type: ignore[union-attr]
+                f"a FedAvg update after {obs.protocol.local_steps} local steps is not one gradient; "
                 "it needs FedSGD or FedAvg with one local step"
             )
         w = _np(obs.head_grads()[0])

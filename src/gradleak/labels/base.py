@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
@@ -13,15 +14,17 @@ from ..observation import Observation
 from ..registry import Registry
 from ..settings import NoSettings, configure
 
-LABEL_METHODS: Registry = Registry("label method")
+LABEL_METHODS: Registry[type[LabelMethod]] = Registry("label method")
+M = TypeVar("M", bound="type[LabelMethod]")
 
 
-def label_method(name: str):
+def label_method(name: str) -> Callable[[M], M]:
     """Class decorator registering a :class:`LabelMethod` under ``name``."""
 
-    def add(cls: type[LabelMethod]) -> type[LabelMethod]:
+    def add(cls: M) -> M:
         cls.name = name
-        return LABEL_METHODS.register(name)(cls)
+        LABEL_METHODS.register(name)(cls)
+        return cls
 
     return add
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -74,7 +75,7 @@ class GradInversionMin(LabelMethod):
         score = gw.min(dim=1).values
         labels = score.argsort()[: obs.batch_size].tolist()
         n_neg = int((score < 0).sum())
-        details = {"classes_with_negative_entries": n_neg}
+        details: dict[str, Any] = {"classes_with_negative_entries": n_neg}
         if n_neg < obs.batch_size:  # type: ignore[operator]
             details["note"] = (
                 f"only {n_neg} classes show a negative entry for a batch of {obs.batch_size}: "

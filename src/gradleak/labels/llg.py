@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from ..observation import Observation
+from ..protocols import FedAvg
 from .base import LabelMethod, LabelResult, label_method, need_batch_size
 from .probe import probe
 
@@ -67,11 +68,11 @@ def counts_to_labels(n: np.ndarray) -> list[int]:
 
 def _scaled_grads(obs: Observation) -> tuple[np.ndarray, np.ndarray | None, str]:
     """The head's batch-mean gradient in float64 numpy; FedAvg: −Δ / (lr · K) (first-order)."""
-    w, b = obs.head_grads()
-    w = w.detach().cpu().numpy().astype(np.float64)
-    b = None if b is None else b.detach().cpu().numpy().astype(np.float64)
-    if obs.kind == "delta":
-        k = obs.protocol.local_steps * obs.protocol.local_lr  # type: ignore[union-attr]
+    gw, gb = obs.head_grads()
+    w = gw.detach().cpu().numpy().astype(np.float64)
+    b = None if gb is None else gb.detach().cpu().numpy().astype(np.float64)
+    if isinstance(obs.protocol, FedAvg):
+        k = obs.protocol.local_steps * obs.protocol.local_lr
         return -w / k, None if b is None else -b / k, "FedAvg delta read as −Δ/(lr·K): first order in lr"
     return w, b, "FedSGD gradient"
 
@@ -132,8 +133,9 @@ class LLGBiasCorrected(_Count):
         self.check(obs)
         t0 = time.perf_counter()
         _, b, note = _scaled_grads(obs)
+        assert b is not None  # needs_bias: check() found the bias gradient
         B, N = int(obs.batch_size), obs.num_classes  # type: ignore[arg-type]
-        x = B * (1.0 / N - b)  # type: ignore[operator]
+        x = B * (1.0 / N - b)
         n = round_counts(x, B)
         return LabelResult(
             self.name,

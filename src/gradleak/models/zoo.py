@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..registry import Registry
 
-MODELS: Registry = Registry("model")
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def flat_size(body: nn.Module, input_shape: Sequence[int]) -> int:
@@ -153,10 +153,14 @@ class ResNet(nn.Module):
     """
 
     head_name = "fc"
+    layer1: nn.Sequential  # set by name in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(
         self,
-        block: type[nn.Module],
+        block: type[BasicBlock | Bottleneck],
         layers: Sequence[int],
         num_classes: int,
         input_shape: Sequence[int],
@@ -179,7 +183,7 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(n):
                 blocks.append(block(cin, planes, stride=2 if (j == 0 and i > 0) else 1))
-                cin = planes * block.expansion  # type: ignore[attr-defined]
+                cin = planes * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)

@@ -81,16 +81,16 @@ def load_prior(path: str | Path) -> Generator:
     p.raise_if_any(f"prior {path} has a bad header")
     prefix = "G." if info["format"] == CHECKPOINT_FORMAT else ""
     with torch.device("meta"):
-        want = state_shapes(Generator(gcfg))  # type: ignore[arg-type]
+        want = state_shapes(Generator(gcfg))
     have = {k[len(prefix) :]: v for k, v in f.shapes.items() if k.startswith(prefix)}
     p += shape_problems(have, want)
     p.raise_if_any(f"prior {path}: weights do not fit its recorded architecture")
     tensors = {k[len(prefix) :]: v for k, v in f.tensors().items() if k.startswith(prefix)}
     p += finite_problems(tensors)
     p.raise_if_any(f"prior {path} holds unusable weights")
-    G = Generator(gcfg)  # type: ignore[arg-type]
+    G = Generator(gcfg)
     G.load_state_dict(tensors)
     G.eval()
     G.requires_grad_(False)
-    G.meta = info  # type: ignore[assignment]
+    G.meta = info
     return G

@@ -86,6 +86,8 @@ class Generator(nn.Module):
     Images are in [-1, 1], shape ``[B, channels, size, size]``.
     """
 
+    meta: dict[str, Any]  # set by training and loading: what the prior was trained on
+
     def __init__(self, config: GeneratorConfig | None = None):
         super().__init__()
         self.config = cfg = config or GeneratorConfig()

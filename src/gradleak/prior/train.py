@@ -133,7 +133,7 @@ def train_prior(
             _save_checkpoint(ckpt, meta, done, G, D, opt_g, opt_d, gen)
     G.eval()
     G.requires_grad_(False)
-    G.meta = {**meta, "step": cfg.steps}  # type: ignore[assignment]
+    G.meta = {**meta, "step": cfg.steps}
     return G
 
 

@@ -253,7 +253,9 @@ def _per_image(psnr: Sequence[float], ssim: Sequence[float], lpips: Sequence[flo
 
 
 def _errors(result: AuditResult) -> str:
-    errors = [(f"label method {r.method}", r.error, None) for r in result.labels.runs if r.error]
+    errors: list[tuple[str, str | None, str | None]] = [
+        (f"label method {r.method}", r.error, None) for r in result.labels.runs if r.error
+    ]
     errors += [(f"attack {a.name}", a.error, a.traceback) for a in result.attacks if a.error]
     if not errors:
         return ""

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn.grad import conv2d_input
 
 from ...errors import InputError
 from ...labels import LabelResult
@@ -82,7 +83,7 @@ def layerwise_problems(obs: Observation, method: str) -> tuple[list[Op], list[st
 
 def _below_range_complement(op_below: Op, rtol: float) -> Tensor | None:
     """An orthonormal basis [n_out, k] of the complement of range(W_below), or None if it is onto."""
-    w = dense_operator(op_below.module, op_below.in_shape)  # [n_out, n_in]
+    w = dense_operator(op_below.layer(), op_below.in_shape)  # [n_out, n_in]
     if w.shape[0] <= w.shape[1]:
         s = torch.linalg.svdvals(w) if w.shape[0] <= 2000 else torch.linalg.eigvalsh(w @ w.T).clamp_min(0).sqrt()
         if int((s > rtol * s.max()).sum()) >= w.shape[0]:
@@ -104,12 +105,13 @@ def invert_chain(
     """Run the backward recursion on a traced chain (see the module docstring)."""
     upd = {k: v.detach().to(DTYPE) for k, v in obs.update.items()}
     head = ops[-1]
-    hw = head.module.weight.detach().to(DTYPE)
-    gb = upd.get(f"{head.name}.bias") if head.module.bias is not None else None
+    hm = head.layer()
+    hw = hm.weight.detach().to(DTYPE)
+    gb = upd.get(f"{head.name}.bias") if hm.bias is not None else None
     delta, label, info = solve_head(hw, upd[f"{head.name}.weight"], gb)
     sol = solve_fc(head.name, upd[f"{head.name}.weight"], delta)
     layers = [sol]
-    x, g = sol.x, hw.T @ delta
+    x, g = sol.solved(), hw.T @ delta
     n_ops = len(ops) - 1
     for i in range(n_ops - 1, -1, -1):
         op = ops[i]
@@ -120,20 +122,20 @@ def invert_chain(
             g = g * op.derivative(z, x)
             x = z
         elif op.kind == "affine":
-            m = op.module
+            m = op.layer()
             gw = upd[f"{op.name}.weight"]
             wt = m.weight.detach().to(DTYPE)
             if isinstance(m, nn.Linear):
                 if m.bias is not None and f"{op.name}.bias" in upd:
                     pass  # the bias gradient equals δ; the weight rows already fix x
                 sol = solve_fc(op.name, gw, g.flatten())
-                x_in, g_in = sol.x, wt.T @ g.flatten()
+                x_in, g_in = sol.solved(), wt.T @ g.flatten()
             else:
                 sol = solve_conv(op.name, m, op.in_shape, x, g, gw, rtol=rtol)
                 if pullback and sol.deficiency < 0:
                     sol = _with_pullback(obs, ops, i, m, op, x, g, gw, sol, rtol, pullback_steps)
-                x_in = sol.x.view(op.in_shape)
-                g_in = torch.nn.grad.conv2d_input((1, *op.in_shape), wt, g.unsqueeze(0), m.stride, m.padding)[0]
+                x_in = sol.solved().view(op.in_shape)
+                g_in = conv2d_input((1, *op.in_shape), wt, g.unsqueeze(0), m.stride, m.padding)[0]
             layers.append(sol)
             if on_layer is not None:
                 on_layer(sol)
@@ -172,14 +174,15 @@ def _with_pullback(
     q = _below_range_complement(below, rtol)
     if q is None:
         return sol
+    below_bias = below.layer().bias
     bias = (
-        below.module.bias.detach().to(DTYPE).repeat_interleave(int(torch.tensor(below.out_shape[1:]).prod()))
-        if below.module.bias is not None
+        below_bias.detach().to(DTYPE).repeat_interleave(int(torch.tensor(below.out_shape[1:]).prod()))
+        if below_bias is not None
         else torch.zeros(q.shape[0], dtype=DTYPE)
     )
     pattern = None
     for _ in range(steps):
-        xh = sol.x.reshape(op.in_shape)
+        xh = sol.solved().reshape(op.in_shape)
         if act.what == "leaky_relu":  # piecewise linear: stop once the sign pattern is stable
             now = xh > 0
             if pattern is not None and bool((now == pattern).all()):
@@ -219,7 +222,7 @@ class RGAP(Attack):
     Settings (:class:`RGAPConfig`): ``rtol`` of the numerical rank."""
 
     paper = "Zhu & Blaschko ICLR 2021, arXiv:2010.07733"
-    Config = RGAPConfig
+    Config: ClassVar[type] = RGAPConfig
     pullback = False
 
     def problems(self, obs: Observation) -> list[str]:

@@ -41,6 +41,8 @@ def conv_gradient_operator(delta: Tensor, in_hw: tuple[int, int], conv: nn.Conv2
     """``D₁(δ)`` [C_out·kh·kw, H·W]: ``∇K[o, c, u, v] = (D₁ x[c])[(o, u, v)]`` for every input channel c,
     i.e. ``D₁[(o, u, v), q] = δ[o, p]`` where output position p reads input pixel q through tap (u, v)."""
     h, w = in_hw
+    if isinstance(conv.padding, str):
+        raise InputError(f"convolutions with padding={conv.padding!r} are not supported; use numeric padding")
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     cout, ho, wo = delta.shape
     d1 = torch.zeros(cout, kh, kw, h * w, dtype=DTYPE)
@@ -55,7 +57,7 @@ def conv_gradient_operator(delta: Tensor, in_hw: tuple[int, int], conv: nn.Conv2
     return d1.reshape(cout * kh * kw, h * w)
 
 
-def dense_operator(module: nn.Module, in_shape: tuple[int, ...], chunk: int = 2048) -> Tensor:
+def dense_operator(module: nn.Linear | nn.Conv2d, in_shape: tuple[int, ...], chunk: int = 2048) -> Tensor:
     """The layer's weight as a dense matrix [outputs, inputs] (bias excluded)."""
     wt = module.weight.detach().to(DTYPE)
     if isinstance(module, nn.Linear):
@@ -130,6 +132,11 @@ class LayerSolution:
     def deficiency(self) -> int:
         return self.rank - self.unknowns
 
+    def solved(self) -> Tensor:
+        """``x``, which every solver sets (an inverted chain drops it from the layers it returns)."""
+        assert self.x is not None
+        return self.x
+
     def to_json(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "x"}
         d["deficiency"] = self.deficiency
@@ -151,7 +158,7 @@ def solve_fc(name: str, gw: Tensor, delta: Tensor) -> LayerSolution:
 def solve_conv(
     name: str,
     conv: nn.Conv2d,
-    in_shape: tuple[int, int, int],
+    in_shape: tuple[int, ...],
     z: Tensor,
     delta: Tensor,
     gk: Tensor,

@@ -209,18 +209,19 @@ def _two_layer(obs: Observation) -> tuple[nn.Linear | None, str | None, Any, nn.
                 f"(a two-layer network); found {[o.what for o in seq]}"
             ],
         )
-    act = seq[1]
+    hidden, act, head = seq[0].module, seq[1], seq[2].module
+    assert isinstance(hidden, nn.Linear) and isinstance(head, nn.Linear)  # shape_ok
     sig = _sigma(act.what if act.what != "ReLU" else "relu", act.slope)
     problems = []
     if sig is None:
         problems.append(f"activation {act.what} has no known moments")
-    if seq[0].module.bias is not None:
+    if hidden.bias is not None:
         problems.append(f"the first layer {seq[0].name} has a bias; Stein's identity needs σ(wᵀx) without one")
     return (
-        seq[0].module,
+        hidden,
         seq[0].name,
         sig,
-        seq[2].module,
+        head,
         problems + ([] if seq[2].name == obs.head else [f"the last layer is not the head {obs.head!r}"]),
     )
 
@@ -237,7 +238,7 @@ def tensor_problems(obs: Observation, cfg: TensorConfig) -> list[str]:
         problems.append(f"needs one gradient (FedSGD); this update is a {obs.protocol.name} parameter delta")
     hidden, _, sig, head, p = _two_layer(obs)
     problems += p
-    if hidden is None or sig is None:
+    if hidden is None or head is None or sig is None:
         return problems
     m, d = hidden.weight.shape
     b = obs.batch_size
@@ -322,7 +323,7 @@ def _first_layer(c: Tensor, gproj: Tensor, p_mat: Tensor, order: int) -> Tensor:
             + torch.einsum("kad,bc->kabcd", u, eye)
         )
     perms = list(itertools.permutations(range(1, order + 1)))
-    return sum(t.permute(0, *p) for p in perms) / len(perms)
+    return sum((t.permute(0, *p) for p in perms), torch.zeros_like(t)) / len(perms)
 
 
 def _estimate(parts: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -407,7 +408,8 @@ def reconstruct(
     """The whole pipeline on an observation that meets :func:`tensor_problems`."""
     gen = generator or torch.Generator().manual_seed(0)
     hidden, hname, sig, head, _ = _two_layer(obs)
-    b = int(obs.batch_size)  # type: ignore[arg-type]
+    assert hidden is not None and head is not None and obs.batch_size is not None  # tensor_problems passed
+    b = int(obs.batch_size)
     w = hidden.weight.detach().to(DT)
     a = head.weight.detach().to(DT)
     gw = obs.update[f"{hname}.weight"].to(DT)

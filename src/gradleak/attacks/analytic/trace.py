@@ -32,6 +32,11 @@ class Op:
     in_shape: tuple[int, ...] = ()
     out_shape: tuple[int, ...] = ()
 
+    def layer(self) -> nn.Linear | nn.Conv2d:
+        """The module of an ``affine`` op."""
+        assert isinstance(self.module, (nn.Linear, nn.Conv2d)), f"{self.name} is not affine"
+        return self.module
+
     # -- element-wise inverse and derivative (kind == "invertible") ----------------------------------
     def inverse(self, y: Tensor) -> Tensor:
         """The pre-activation ``z`` with ``σ(z) = y``."""
@@ -39,7 +44,7 @@ class Op:
         if w in ("identity", "dropout"):
             return y
         if w == "leaky_relu":
-            return torch.where(y > 0, y, y / self.slope)
+            return torch.where(y > 0, y, y / self._slope())
         if w == "sigmoid":
             y = y.clamp(1e-12, 1 - 1e-12)
             return torch.log(y) - torch.log1p(-y)
@@ -58,7 +63,7 @@ class Op:
         if w in ("identity", "dropout"):
             return torch.ones_like(z)
         if w == "leaky_relu":
-            return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self.slope))
+            return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, self._slope()))
         if w == "sigmoid":
             return y * (1 - y)
         if w == "tanh":
@@ -70,9 +75,16 @@ class Op:
             return (g / sd).expand_as(z)
         raise InputError(f"{self.name}: {w} has no derivative rule")
 
+    def _slope(self) -> float:
+        assert self.slope is not None  # classify_node sets it for every leaky_relu
+        return self.slope
+
     def _bn(self) -> tuple[Tensor, ...]:
         m = self.module
-        c = m.num_features  # type: ignore[union-attr]
+        # classify_node: batchnorm_eval is a BatchNorm with running statistics
+        assert isinstance(m, nn.modules.batchnorm._BatchNorm)
+        assert m.running_mean is not None and m.running_var is not None
+        c = m.num_features
         shape = (c,) + (1,) * (len(self.in_shape) - 1)
         g = (m.weight if m.weight is not None else torch.ones(c)).detach().to(DTYPE).view(shape)
         b = (m.bias if m.bias is not None else torch.zeros(c)).detach().to(DTYPE).view(shape)
@@ -103,14 +115,14 @@ def classify_node(gm: fx.GraphModule, node: fx.Node) -> Op:
     """The :class:`Op` a traced node performs (its kind decides how the analytic methods treat it)."""
     name = str(node.target)
     if node.op == "call_module":
-        m = gm.get_submodule(node.target)
+        m = gm.get_submodule(name)
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             return Op(name, "affine", type(m).__name__, m)
         if type(m) in _INVERTIBLE_MODULES:
             what = _INVERTIBLE_MODULES[type(m)]
-            if what == "leaky_relu" and m.negative_slope <= 0:
+            if isinstance(m, nn.LeakyReLU) and m.negative_slope <= 0:
                 return Op(name, "relu", "LeakyReLU with slope <= 0 (not invertible)", m)
-            if what == "softplus" and (m.beta != 1 or m.threshold < 20):
+            if isinstance(m, nn.Softplus) and (m.beta != 1 or m.threshold < 20):
                 return Op(name, "other", "Softplus with beta != 1", m)
             return Op(name, "invertible", what, m, slope=getattr(m, "negative_slope", None))
         if isinstance(m, nn.Dropout):
@@ -147,6 +159,8 @@ def classify_node(gm: fx.GraphModule, node: fx.Node) -> Op:
                 return Op(getattr(node.target, "__name__", name), "relu", "relu")
             if what == "leaky_relu":
                 slope = node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope", 0.01)
+                if not isinstance(slope, (int, float)):
+                    return Op("leaky_relu", "other", "leaky_relu with a computed slope")
                 return Op("leaky_relu", "invertible", what, slope=float(slope))
             return Op(getattr(node.target, "__name__", name), "invertible", what)
         if node.target in (operator.add, torch.add, operator.iadd, torch.cat):
@@ -249,4 +263,4 @@ def trace_chain(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list[Op
 
 def is_affine(gm: fx.GraphModule, n: fx.Node) -> bool:
     """Whether node ``n`` calls a Linear or Conv2d module."""
-    return n.op == "call_module" and isinstance(gm.get_submodule(n.target), (nn.Linear, nn.Conv2d))
+    return n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), (nn.Linear, nn.Conv2d))

@@ -99,7 +99,7 @@ class Renderer:
 
     def __call__(self, img: Tensor) -> Tensor:
         x = self.to_unit(img)
-        return x if self.mean is None else (x - self.mean) / self.std
+        return x if self.mean is None or self.std is None else (x - self.mean) / self.std
 
 
 def condition_labels(
@@ -141,7 +141,7 @@ def defense_estimate(
     def transform(update: Update) -> Update:
         if masks:
             update = {k: v * masks[k] if k in masks else v for k, v in update.items()}
-        norm = torch.sqrt(sum(v.pow(2).sum() for v in update.values()))
+        norm = torch.sqrt(sum((v.pow(2).sum() for v in update.values()), torch.zeros(())))
         factor = torch.clamp(bound / (norm + 1e-12), max=1.0)
         return {k: v * factor for k, v in update.items()}
 
