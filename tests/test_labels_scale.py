@@ -1,4 +1,4 @@
-"""Label recovery at scale: iLRG counts with repeats (rank condition), FedAvg rounds, the ``auto`` choice."""
+"""Label recovery at scale: iLRG and ilrg-lsq counts with repeats, FedAvg rounds, the ``auto`` choice."""
 
 import copy
 
@@ -9,10 +9,13 @@ import torch
 from gradleak.auditing import run_labels
 from gradleak.errors import UnsupportedError
 from gradleak.labels import LABEL_METHODS, recover_labels
-from gradleak.labels.auto import choose
+from gradleak.labels.auto import TRAINED_CONFIDENCE, choose, dummy_confidence
 from gradleak.labels.fedavg import recover_rounds
-from gradleak.labels.ilrg import ILRG, round_counts
+from gradleak.labels.ilrg import ILRG
+from gradleak.labels.ilrg_lsq import ILRGLsq
+from gradleak.labels.llg import round_counts
 from gradleak.metrics import label_accuracy
+from gradleak.metrics.labels import max_abs_error
 from gradleak.observation import Observation
 from gradleak.protocols import FedAvg, FedSGD, client_update
 from gradleak.scenario import Scenario, simulate
@@ -25,23 +28,23 @@ def _case(**kw):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ilrg_counts_exact_with_repeats(seed):
+def test_ilrg_lsq_counts_exact_with_repeats(seed):
     obs, truth = _case(batch_size=24, seed=seed)  # 24 samples over 10 classes: repeats
-    res = ILRG().recover(obs)
+    res = ILRGLsq().recover(obs)
     assert len(set(truth.labels.tolist())) < 24
     assert sorted(res.labels) == sorted(truth.labels.tolist())
     assert res.details["rank_condition"]["system_ok"]
 
 
-def test_ilrg_rank_condition_holds_and_is_reported_small_batch():
+def test_ilrg_lsq_rank_condition_holds_and_is_reported_small_batch():
     obs, truth = _case(batch_size=6, seed=3)
-    res = ILRG(strict=True).recover(obs)
+    res = ILRGLsq(strict=True).recover(obs)
     rc = res.details["rank_condition"]
     assert rc["holds"] and rc["instance_level"] and rc["gradient_rank"] >= 6
     assert sorted(res.labels) == sorted(truth.labels.tolist())
 
 
-def test_ilrg_batchnorm_train_mode():
+def test_ilrg_lsq_batchnorm_train_mode():
     obs, truth = simulate(
         Scenario(
             model="convnet",
@@ -54,21 +57,21 @@ def test_ilrg_batchnorm_train_mode():
         )
     )
     assert obs.bn_train
-    assert label_accuracy(truth.labels.tolist(), ILRG().recover(obs).labels) == 1.0
+    assert label_accuracy(truth.labels.tolist(), ILRGLsq().recover(obs).labels) == 1.0
 
 
-def test_ilrg_without_bias():
+def test_ilrg_lsq_without_bias():
     obs, truth = _case(batch_size=5, seed=2, model_kwargs={"width": 32, "depth": 1, "bias": False})
     assert obs.head_grads()[1] is None
-    res = ILRG().recover(obs)
+    res = ILRGLsq().recover(obs)
     assert "estimated" in res.details["bias_gradient"]
     assert sorted(res.labels) == sorted(truth.labels.tolist())
 
 
-def test_ilrg_without_bias_refuses_when_every_class_may_be_present():
+def test_ilrg_lsq_without_bias_refuses_when_every_class_may_be_present():
     obs, _ = _case(batch_size=12, seed=2, model_kwargs={"width": 32, "depth": 1, "bias": False})
     with pytest.raises(UnsupportedError, match="B < N|batch size \\(12\\) < classes"):
-        ILRG().recover(obs)
+        ILRGLsq().recover(obs)
 
 
 def _saturated(scale: float):
@@ -84,11 +87,11 @@ def _saturated(scale: float):
     return Observation(model=model, update=upd, num_classes=10, input_shape=obs.input_shape, batch_size=12)
 
 
-def test_ilrg_refuses_when_rank_condition_fails():
+def test_ilrg_lsq_refuses_when_rank_condition_fails():
     obs = _saturated(100.0)
     with pytest.raises(UnsupportedError, match="rank"):
-        ILRG(strict=True).recover(obs)
-    res = ILRG().recover(obs)  # lenient: an answer flagged as approximate
+        ILRGLsq(strict=True).recover(obs)
+    res = ILRGLsq().recover(obs)  # lenient: an answer flagged as approximate
     assert not res.details["rank_condition"]["holds"] and "warning" in res.details
 
 
@@ -113,34 +116,70 @@ def test_fedavg_labels_with_estimated_lr_and_per_round():
         assert res.details["local_lr_estimated"] == pytest.approx(0.1, rel=0.2)
 
 
+def _confident(obs: Observation) -> Observation:
+    """The same round with the head scaled ×100: the model is confident on dummy inputs, as a trained one is."""
+    model = copy.deepcopy(obs.model)
+    with torch.no_grad():
+        model.head.weight.mul_(100.0)
+        model.head.bias.mul_(100.0)
+    x = torch.rand((obs.batch_size, *obs.input_shape), generator=torch.Generator().manual_seed(0))
+    upd = client_update(model, FedSGD(), obs.normalization.normalize(x), torch.arange(obs.batch_size) % 10)
+    return Observation(
+        model=model,
+        update=upd,
+        num_classes=10,
+        input_shape=obs.input_shape,
+        batch_size=obs.batch_size,
+        normalization=obs.normalization,
+    )
+
+
 def test_auto_picks_by_what_the_server_sees():
     obs, _ = _case(batch_size=8, seed=0)
-    assert choose(obs)[0] == "ilrg"
+    assert dummy_confidence(obs) < TRAINED_CONFIDENCE
+    assert choose(obs)[0] == "ilrg-lsq"  # fresh model: the gradient's own estimate of the mean prediction
+    trained = _confident(obs)
+    assert dummy_confidence(trained) >= TRAINED_CONFIDENCE
+    assert choose(trained)[0] == "gradinversion-min"  # confident model, B < N: the min rule
     obs1, _ = _case(batch_size=1, seed=0)
-    assert choose(obs1)[0] == "idlg"
+    assert choose(obs1)[0] == "wang2024"
     obsf, _ = _case(batch_size=8, seed=0, protocol=FedAvg(local_steps=2, local_lr=0.05))
     assert choose(obsf)[0] == "fedavg"
     res = recover_labels(obsf)
     assert res.method == "fedavg" and res.details["auto"]["picked"] == "fedavg" and res.details["auto"]["reason"]
-    obsb, _ = simulate(
-        Scenario(
-            model="convnet",
-            model_kwargs={"width": 4},
-            dataset="photos",
-            batch_size=8,
-            unique_labels=False,
-            bn_mode="train",
-            seed=0,
-        )
-    )
-    expected = "llg-whitebox" if "llg-whitebox" in LABEL_METHODS.names() else "ilrg"
-    assert choose(obsb)[0] == expected
 
 
-def test_auto_falls_back_when_the_pick_refuses():
-    obs = _saturated(1e4)  # a vanishing gradient: iLRG refuses at run time
+def test_auto_confident_model_with_more_samples_than_classes_uses_the_bias_counts():
+    obs, _ = _case(batch_size=16, seed=1)
+    assert choose(_confident(obs))[0] == "llg-bias-corrected"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auto_returns_soft_labels_only_when_the_label_is_soft(seed):
+    obs, truth = _case(batch_size=1, seed=seed, label_smoothing=0.1)
     res = recover_labels(obs)
-    assert res.method != "ilrg" and any(t["method"] == "ilrg" for t in res.details["auto"]["skipped"])
+    assert res.soft is not None and max_abs_error(res.soft, truth.targets) <= 1e-3
+    obs, truth = _case(batch_size=1, seed=seed)
+    res = recover_labels(obs)
+    assert res.soft is None and res.labels == truth.labels.tolist()
+    assert "one-hot" in res.details["auto"]["reason"]
+
+
+def test_published_ilrg_and_the_variant_are_both_registered_and_differ():
+    assert {"ilrg", "ilrg-lsq"} <= set(LABEL_METHODS.names())
+    obs, truth = _case(batch_size=32, seed=0)  # B ≫ N: class-wise embeddings are off where g_b[c] ≈ 0
+    published, variant = ILRG().recover(obs), ILRGLsq().recover(obs)
+    assert label_accuracy(truth.labels.tolist(), variant.labels) == 1.0
+    assert label_accuracy(truth.labels.tolist(), published.labels) < 0.9
+    assert len(published.labels) == 32 and sum(published.details["counts"]) == 32
+    nobias, _ = _case(batch_size=5, seed=2, model_kwargs={"width": 32, "depth": 1, "bias": False})
+    assert ILRG().problems(nobias) and not ILRGLsq().problems(nobias)
+
+
+def test_auto_falls_back_when_the_pick_cannot_run():
+    obs, _ = _case(batch_size=12, seed=2, model_kwargs={"width": 32, "depth": 1, "bias": False})  # no bias, B ≥ N
+    res = recover_labels(obs)
+    assert res.method == "llg-whitebox" and any(t["method"] == "ilrg-lsq" for t in res.details["auto"]["skipped"])
 
 
 def test_audit_reports_the_auto_choice():

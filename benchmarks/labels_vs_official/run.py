@@ -72,7 +72,7 @@ CIFAR = {
         (0.2673342823982239, 0.2564384639263153, 0.2761504650115967),
     ),
 }
-COUNT_METHODS = ["ilrg", "llg-whitebox", "llg-bias-corrected", "llg-simple"]
+COUNT_METHODS = ["ilrg", "ilrg-lsq", "llg-whitebox", "llg-bias-corrected", "llg-simple"]
 
 
 class LeNet5(nn.Module):

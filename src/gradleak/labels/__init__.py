@@ -26,12 +26,14 @@ from .fedavg import FedAvgLabels  # noqa: E402
 from .gradinversion_min import GradInversionMin  # noqa: E402
 from .idlg import IDLG  # noqa: E402
 from .ilrg import ILRG  # noqa: E402
+from .ilrg_lsq import ILRGLsq  # noqa: E402
 from .llg import LLGBiasCorrected, LLGSimple, LLGWhitebox  # noqa: E402
 from .sum_rule import SumRule  # noqa: E402
 
 __all__ = [
     "IDLG",
     "ILRG",
+    "ILRGLsq",
     "LABEL_METHODS",
     "Auto",
     "FedAvgLabels",

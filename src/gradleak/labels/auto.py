@@ -1,20 +1,32 @@
 """The ``auto`` label method: pick the best method for what the server observes — never the ground truth.
 
 Observable facts only: the protocol (FedSGD gradient or FedAvg delta), the batch size (known or not), the
-number of classes and whether the head has a bias. Preference (best first; the benchmark
-``benchmarks/labels_vs_official`` gives the numbers behind it):
+number of classes, whether the head has a bias, and the model itself — in particular its **confidence on dummy
+inputs**: ``κ = (mean max softmax − 1/N) / (1 − 1/N)`` over 64 uniform inputs run as the client runs them
+(:func:`dummy_confidence`). Preference (best first; numbers from ``benchmarks/labels/trained.py``, digits split
+into a training and a disjoint attack half, ConvNet width 16 and ResNet-18, BN eval and train, B = 8/32/64):
 
-1. one sample (B = 1): ``idlg`` (exact sign rule);
-2. a FedAvg delta with a head bias: ``fedavg`` (replays the head's path over the K local steps);
-3. a FedSGD gradient with BatchNorm in train mode: ``llg-whitebox`` (its dummy-input probe sees batch
-   statistics like the client's; it beat iLRG at B=128 there and tied below);
-4. a head bias, or no bias with ``B < N``: ``ilrg`` (counts with repeats; checks its rank condition);
-5. ``llg-whitebox``, ``llg-bias-corrected``, ``llg-simple`` (counts from gradient magnitudes), then the
-   distinct-label rules ``gradinversion-min`` and ``sum``.
+1. one sample (B = 1 or unknown): ``wang2024`` — the rank-one head gradient gives the label exactly, soft or not.
+   A recovered label within 1e-3 of a one-hot is reported as that hard label (``soft=None``), so a one-hot label
+   is never called soft; if the necessary condition fails, ``idlg`` (exact for a hard label).
+2. a FedAvg delta with a head bias: ``fedavg`` (replays the head's path over the K local steps).
+3. a FedSGD gradient, B > 1, **fresh model** (κ < 0.4; measured κ 0.01–0.20 on fresh ConvNet / ResNet-18 in both
+   BN modes): ``ilrg-lsq``, then ``llg-whitebox``. The counts are ``B (p̄ − g_b)``; on a fresh model both the
+   gradient's own mean-embedding estimate and the dummy probe give ``p̄`` well — ``ilrg-lsq`` was best or within
+   0.012 of the best in every fresh cell (0.99–1.00), while the published ``ilrg`` fell to 0.91–0.97 with BN in
+   train mode (class-wise embeddings break where ``g_b[c] ≈ 0``), which is why ``auto`` uses the variant.
+4. a FedSGD gradient, B > 1, **trained model** (κ ≥ 0.4; measured 0.56 / 0.93 on the trained ConvNet in BN
+   train / eval): a confident model predicts its batch, so ``p̄`` is close to the label histogram and neither
+   dummy inputs (which a trained model maps to a few classes: ``llg-whitebox`` 0.10–0.77) nor class-wise
+   embeddings (``ilrg`` 0.27–0.56) reveal it. What is left is a prior: with ``B < N`` the min rule's distinct
+   labels (``gradinversion-min``, 0.73–0.75 at B = 8), otherwise the bias counts with a uniform offset
+   (``llg-bias-corrected``, 0.80–0.88 at B = 32/64). The threshold sits between the two measured ranges.
+5. then the rest: ``ilrg-lsq``, ``llg-whitebox``, ``llg-bias-corrected``, ``llg-simple``, the distinct-label rules
+   ``gradinversion-min`` and ``sum``, ``idlg``.
 
 A method is skipped if it is not registered or its ``problems(obs)`` are not empty; at run time a method that
-refuses (e.g. iLRG's rank condition fails on a saturated model) hands over to the next. The result says
-which method ran and why: ``LabelResult.method`` and ``details["auto"]``.
+refuses hands over to the next. The result says which method ran and why: ``LabelResult.method`` and
+``details["auto"]``.
 """
 
 from __future__ import annotations
@@ -23,7 +35,21 @@ import torch
 
 from ..errors import GradleakError, UnsupportedError
 from ..observation import Observation
+from .augmented import EXACT_TOL
 from .base import LABEL_METHODS, LabelMethod, LabelResult, label_method
+from .probe import probe
+
+#: normalised dummy-input confidence above which the model counts as trained (see the module docstring)
+TRAINED_CONFIDENCE = 0.4
+PROBE_INPUTS = 64
+
+
+def dummy_confidence(obs: Observation) -> float:
+    """The model's confidence on dummy inputs relative to chance: ``(mean max p − 1/N) / (1 − 1/N)`` ∈ [0, 1]
+    over 64 uniform inputs (seed 0) run as the client runs them (BatchNorm in the observation's mode)."""
+    p = probe(obs, PROBE_INPUTS, generator=torch.Generator().manual_seed(0)).probs
+    n = obs.num_classes
+    return max(0.0, (float(p.max(1).values.mean()) - 1.0 / n) / (1.0 - 1.0 / n))
 
 
 def candidates(obs: Observation) -> list[tuple[str, str]]:
@@ -31,8 +57,9 @@ def candidates(obs: Observation) -> list[tuple[str, str]]:
     has_bias = obs.head_grads()[1] is not None
     B, N = obs.batch_size, obs.num_classes
     prefs: list[tuple[str, str]] = []
-    if B == 1:
-        prefs.append(("idlg", "one sample: the iDLG sign rule is exact"))
+    if B == 1 or B is None:
+        prefs.append(("wang2024", "one sample: exact (soft) label from the rank-one head gradient"))
+        prefs.append(("idlg", "one sample: the iDLG sign rule is exact for a hard label"))
     if obs.kind == "delta" and has_bias:
         prefs.append(
             (
@@ -41,20 +68,23 @@ def candidates(obs: Observation) -> list[tuple[str, str]]:
                 "head bias: counts with the head's path replayed",
             )
         )
-    if obs.kind == "gradient" and obs.bn_train and B is not None and B > 1:
-        prefs.append(
-            (
-                "llg-whitebox",
-                "BatchNorm in train mode: dummy inputs through the batch-statistics model "
-                "estimate the batch's mean prediction best (benchmark: ResNet-18, B=128: "
-                "0.99 vs iLRG 0.96)",
+    if B is not None and B > 1 and obs.kind == "gradient":
+        kappa = dummy_confidence(obs)
+        if kappa >= TRAINED_CONFIDENCE:
+            why = (
+                f"trained model (confidence on dummy inputs {kappa:.2f} ≥ {TRAINED_CONFIDENCE} above chance): "
+                "its batch's predicted mass is close to the label histogram, which neither dummy inputs nor "
+                "class-wise embeddings reveal"
             )
-        )
-    if has_bias:
-        prefs.append(("ilrg", "head bias observed: iLRG counts (repeats allowed), rank condition checked"))
-    elif B is not None and B < N:
-        prefs.append(("ilrg", "no head bias but B < N: iLRG counts with the bias gradient estimated"))
+            if B < N:
+                prefs.append(("gradinversion-min", why + "; B < N: the min rule's distinct labels"))
+            prefs.append(("llg-bias-corrected", why + "; counts from the bias gradient with a uniform offset"))
+        else:
+            why = f"fresh model (confidence on dummy inputs {kappa:.2f} < {TRAINED_CONFIDENCE} above chance)"
+            prefs.append(("ilrg-lsq", why + ": counts from the gradient's own mean-embedding estimate"))
+            prefs.append(("llg-whitebox", why + ": dummy inputs estimate the batch's mean prediction"))
     prefs += [
+        ("ilrg-lsq", "counts with repeats (least-squares mean embedding)"),
         ("llg-whitebox", "count strategy with the known model (LLG*)"),
         ("llg-bias-corrected", "count strategy from the bias gradient"),
         ("llg-simple", "count strategy from weight-gradient magnitudes"),
@@ -69,6 +99,14 @@ def candidates(obs: Observation) -> list[tuple[str, str]]:
             seen.add(name)
             out.append((name, why))
     return out
+
+
+def is_soft(y: torch.Tensor) -> bool:
+    """Whether a recovered label is soft: it departs from the one-hot of its top class by more than the
+    exactness tolerance (a label within it of one-hot is reported as that hard label, still exact)."""
+    onehot = torch.zeros_like(y)
+    onehot[int(y.argmax())] = 1.0
+    return float((y - onehot).abs().max()) > EXACT_TOL
 
 
 def choose(obs: Observation) -> tuple[str, str]:
@@ -110,5 +148,8 @@ class Auto(LabelMethod):
                 tried.append({"method": name, "refused": str(e)})
                 continue
             res.details["auto"] = {"picked": name, "reason": why, "skipped": tried}
+            if res.soft is not None and not is_soft(res.soft[0]):
+                res.soft = None  # a one-hot label: report the hard label only
+                res.details["auto"]["reason"] += f"; the recovered label is one-hot within {EXACT_TOL:g}: hard"
             return res
         raise UnsupportedError("auto", [f"{t['method']}: {t.get('skipped') or t.get('refused')}" for t in tried])

@@ -7,7 +7,7 @@ step's mini-batch, so when the steps cover the client's samples evenly (full-bat
 
     k = B (P̄ − Ḡ_b),   Ḡ_b = −Δb / (η K),   P̄ = (1/K) Σ_t p̄^(t)  (the batch's mean prediction along the path)
 
-``P̄`` is what must be estimated (RLU's "erroneous confidence"). We reuse :mod:`.ilrg`'s estimator on the mean
+``P̄`` is what must be estimated (RLU's "erroneous confidence"). We reuse :mod:`.ilrg_lsq`'s estimator on the mean
 local gradient ``Ḡ = −Δ / (ηK)``: the batch's mean embedding from the rows of ``Ḡ_W`` (weighted least squares on
 ``Ḡ_b``), class-mean embeddings, and iLRG's count system — with the probabilities averaged over the head's path
 ``W_t = W_0 + (t/K) ΔW``, ``b_t = b_0 + (t/K) Δb`` for ``t = 0..K−1`` (the server knows both ends; the
@@ -34,7 +34,7 @@ import torch
 from ..errors import UnsupportedError
 from ..observation import Observation
 from .base import LabelMethod, LabelResult, label_method, need_batch_size
-from .ilrg import ILRGConfig, counts_to_labels, estimate_counts, head_arrays, softmax
+from .ilrg_lsq import ILRGConfig, counts_to_labels, estimate_counts, head_arrays, softmax
 
 
 @dataclass(frozen=True, kw_only=True)
