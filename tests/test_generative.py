@@ -8,8 +8,10 @@ import torch
 from scipy.optimize import minimize
 
 from gradleak.attacks import ATTACKS
-from gradleak.attacks.generative import GIFD, project_l1_ball
-from gradleak.attacks.generative.search import defense_estimate, project_sphere
+from gradleak.attacks.generative import GGL, GIFD, LatentAdam, project_l1_ball
+from gradleak.attacks.generative.gifd import PAPER_RADIUS
+from gradleak.attacks.generative.search import defense_estimate, latent_problem, project_sphere
+from gradleak.attacks.matching import MatchingConfig
 from gradleak.data import Normalization, load_dataset
 from gradleak.metrics import psnr
 from gradleak.models import MODELS
@@ -101,13 +103,20 @@ def tiny_observation(images01: torch.Tensor, labels: torch.Tensor, defense=None)
     )
 
 
+def test_adam_latent_search_has_its_own_name_and_ggl_is_gradient_free():
+    assert ATTACKS.get("latent_adam") is LatentAdam
+    assert ATTACKS.get("ggl") is GGL
+    assert "optimizer" not in GGL.Config.__dataclass_fields__ and "lr" not in GGL.Config.__dataclass_fields__
+    assert GGL().cost_units() == (500, 50)  # official: 500 rounds of 50 candidates
+
+
 def test_latent_search_recovers_the_generating_latent(tmp_path):
     G = tiny_generator()
     path = save_prior(G, tmp_path / "prior.safetensors")
     z_star = project_sphere(torch.randn(1, 4, generator=torch.Generator().manual_seed(5)), 2.0)
     x_star = (G(z_star) + 1) / 2
     obs = tiny_observation(x_star, torch.tensor([1]))
-    res = ATTACKS.get("ggl")(prior=str(path), iterations=150, restarts=4, distance="cosine", lr=0.1).run(
+    res = ATTACKS.get("latent_adam")(prior=str(path), iterations=150, restarts=4, distance="cosine", lr=0.1).run(
         obs, generator=torch.Generator().manual_seed(0)
     )
     assert res.final_loss < 1e-3
@@ -117,13 +126,28 @@ def test_latent_search_recovers_the_generating_latent(tmp_path):
 def test_cmaes_latent_search_recovers_the_image(tmp_path):
     G = tiny_generator()
     path = save_prior(G, tmp_path / "prior.safetensors")
-    z_star = torch.randn(1, 4, generator=torch.Generator().manual_seed(5))
-    x_star = (G(z_star) + 1) / 2
+    w_star = torch.tanh(torch.randn(1, 4, generator=torch.Generator().manual_seed(5)))  # inside GGL's box
+    x_star = (G(w_star) + 1) / 2
     obs = tiny_observation(x_star, torch.tensor([2]))
-    res = ATTACKS.get("ggl")(prior=str(path), optimizer="cmaes", iterations=40, population=16, sigma=1.0).run(
+    res = ATTACKS.get("ggl")(prior=str(path), iterations=40, population=16, sigma=1.0).run(
         obs, generator=torch.Generator().manual_seed(0)
     )
     assert float(psnr(res.images, x_star).mean()) > 25
+    assert res.assumptions["gradient_queries"] == 40 * 16
+
+
+def test_cmaes_latent_stays_inside_the_tanh_box():
+    G = tiny_generator()
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    obs = tiny_observation(x, torch.tensor([1]))
+    attack = GGL(prior=G, iterations=5, population=8, sigma=50.0)  # raw candidates far outside (−1, 1)
+    problem, _ = latent_problem(obs, torch.tensor([1]), MatchingConfig(distance="l2", box=False), True)
+    found = attack.search_latent(problem, obs, torch.tensor([1]), 1, generator=torch.Generator().manual_seed(0))
+    assert found.latent.shape == (1, 4)
+    assert float(found.latent.abs().max()) <= 1.0  # the closed box: float32 tanh saturates at ±1
+    assert float(found.latent.abs().max()) > 0.9  # σ = 50 saturates tanh: only the bound holds it
+    x_hat = (G(found.latent) + 1) / 2
+    assert float(problem.objective(x_hat)[1]) == pytest.approx(found.match, rel=1e-4)
 
 
 def test_feature_stages_stay_inside_their_l1_balls_and_best_stage_wins(tmp_path):
@@ -132,19 +156,29 @@ def test_feature_stages_stay_inside_their_l1_balls_and_best_stage_wins(tmp_path)
     gen = torch.Generator().manual_seed(7)
     x = torch.rand(2, 1, 8, 8, generator=gen)  # off the generator's manifold
     obs = tiny_observation(x, torch.tensor([0, 3]))
-    attack = GIFD(prior=str(path), iterations=60, restarts=3, radius=(0.2, 0.4))
+    attack = GIFD(prior=str(path), iterations=60, restarts=3, radius=(0.02, 0.05))
     stages, _, _ = attack.search_stages(obs, torch.tensor([0, 3]), 2, generator=torch.Generator().manual_seed(0))
     assert [s.name for s in stages] == ["latent", "h0", "h1"]
     assert torch.allclose(stages[0].variables.norm(dim=-1), torch.full((3, 2), 2.0), atol=1e-4)
     for s in stages[1:]:
         dist = (s.variables - s.centre).abs().flatten(2).sum(-1)
         assert torch.all(dist <= s.radius * (1 + 1e-5) + 1e-6), (dist, s.radius)
-        assert s.radius.shape == (3, 2) and torch.all(s.radius > 0)
+    # the configured schedule: radius per entry × the map's size, the same for every sample and restart
+    for s, per_entry in zip(stages[1:], (0.02, 0.05)):
+        assert torch.equal(s.radius, torch.full((3, 2), per_entry * s.centre[0, 0].numel()))
     res = attack.run(obs, generator=torch.Generator().manual_seed(0))
     best = min(float(s.match.min()) for s in stages)
     assert res.final_loss == pytest.approx(best, rel=1e-4, abs=1e-6)
     assert set(res.stages) == {"latent", "h0", "h1"}
     assert res.assumptions["chosen_stage"] in res.stages
+
+
+def test_gifd_defaults_follow_the_official_code():
+    c = GIFD().config
+    assert c.lr == c.feature_lr == 0.1 and c.restarts == 4 and c.latent_fraction is None
+    # official BigGAN radii 2000, 2500, 3000 over maps of 2048·4·4, 2048·8·8, 2048·8·8 entries
+    assert PAPER_RADIUS[:3] == pytest.approx((2000 / 32768, 2500 / 131072, 3000 / 131072))
+    assert c.radius == PAPER_RADIUS
 
 
 def test_defense_estimate_copies_the_sparsity_mask_and_clip_bound():
@@ -242,8 +276,6 @@ def test_train_prior_command_and_audit_with_prior(tmp_path):
                 str(out / "prior.safetensors"),
                 "--iterations",
                 "12",
-                "--restarts",
-                "2",
                 "--out",
                 str(audit),
                 "--quiet",
@@ -263,6 +295,6 @@ def test_attacks_without_prior_say_what_to_do():
     from gradleak.errors import UnsupportedError
 
     obs = tiny_observation(torch.rand(1, 1, 8, 8), torch.tensor([1]))
-    for name in ("ggl", "gifd"):
+    for name in ("ggl", "latent_adam", "gifd"):
         with pytest.raises(UnsupportedError, match="train-prior"):
             ATTACKS.get(name)().check(obs)

@@ -19,6 +19,7 @@ from .analytic.tensor import TensorAttack  # noqa: E402
 from .dlg import DLG  # noqa: E402
 from .generative.ggl import GGL  # noqa: E402
 from .generative.gifd import GIFD  # noqa: E402
+from .generative.latent_adam import LatentAdam  # noqa: E402
 from .gradinversion import GradInversion  # noqa: E402
 from .inverting_gradients import InvertingGradients  # noqa: E402
 
@@ -33,6 +34,7 @@ __all__ = [
     "FCExact",
     "GradInversion",
     "InvertingGradients",
+    "LatentAdam",
     "Step",
     "TensorAttack",
     "attack",

@@ -1,7 +1,7 @@
 """GIFD — Fang, Chen, Wang, Wang & Xia, "GIFD: A Generative Gradient Inversion Method with Feature
 Domain Optimization", ICCV 2023, arXiv:2308.04699.
 
-Stage 0 is a latent search (as GGL, with Adam and a cosine-with-warm-up schedule, each latent projected
+Stage 0 is a latent search (``latent_adam``: Adam with a cosine-with-warm-up schedule, each latent projected
 back onto its sphere). Each later stage k freezes the generator's feature map ``h_k`` reached so far as
 the centre ``h⁰`` and optimises ``h_k`` itself, projecting ``h_k − h⁰`` after every step onto the l1 ball
 of radius ``r_k`` (per sample; exact projection of Duchi et al. 2008), then hands ``h_k`` on to the next
@@ -15,9 +15,18 @@ official code returns the last restart — not copied). Every stage's best image
 
     res = GIFD(prior="out/prior/prior.safetensors", iterations=1200).run(obs, generator=torch.Generator())
 
-Radii: the paper's absolute radii (2000, 2500, … for BigGAN at 64 px) do not transfer between
-generators; here ``r_k = radius[k] · ‖h⁰_k‖₁``, a fraction of the centre's own l1 norm, growing with
-depth as in the paper.
+Settings from the official code (github.com/ffhibnese/GIFD_Gradient_Inversion_Attack,
+``configs_biggan.yml`` and ``invert_biggan``; read for these notes, not copied): 4 restarts; the same
+number of Adam steps in every stage (1000 each) at learning rate 0.1 in every stage (``lr_io``, latent
+and feature stages alike); l1 radii ``max_radius_gen_out`` = 2000, 2500, 3000, 3500, 4000, … for the
+feature maps entering BigGAN-deep-128's blocks 1, 2, 3, … (2048×4×4, 2048×8×8, 2048×8×8, 1024×16×16,
+1024×16×16 entries), over each sample's flattened map. Absolute radii do not transfer between
+generators, so ``radius`` here is a mean deviation per entry: the official radius divided by the size
+of the map it bounds (0.061, 0.019, 0.023, 0.013, 0.015 — both generators' maps are of unit scale:
+BigGAN's batch-normalised, this project's pixel-normalised), and stage j's ball has radius
+``r = radius[j] · numel(h_k)`` (the last value repeats for later stages); ``radius`` is a setting, so
+an ablation can scale it. Deviation: the schedule is linear warm-up then cosine decay over each stage
+(the official ramps up over 5 %, holds, then decays over the last 75 %).
 """
 
 from __future__ import annotations
@@ -36,24 +45,39 @@ from ..base import Attack, AttackResult, attack
 from ..common import batch_size_of, denormalize, label_targets, protocol_assumptions, to_result
 from ..matching import MatchingConfig, MatchResult
 from ..steps import StepCallback, no_progress
-from .ggl import latent_problem
-from .search import Renderer, condition_labels, get_prior, prior_problems, project_l1_ball, project_sphere, search
+from .search import (
+    Renderer,
+    condition_labels,
+    get_prior,
+    latent_problem,
+    prior_problems,
+    project_l1_ball,
+    project_sphere,
+    search,
+)
+
+# Official BigGAN radii for the maps entering blocks 1-5, over those maps' sizes: a radius per entry.
+PAPER_RADIUS: tuple[float, ...] = tuple(
+    r / n for r, n in zip((2000, 2500, 3000, 3500, 4000), (2048 * 16, 2048 * 64, 2048 * 64, 1024 * 256, 1024 * 256))
+)
 
 
 @dataclass(frozen=True, kw_only=True)
 class GIFDConfig:
-    """GIFD's settings (official code: R=4, Adam 0.1, 1000 steps per stage). ``iterations`` is the total
-    budget per restart: ``latent_fraction`` of it for the latent stage, the rest split evenly over the
-    feature stages ``layers`` (default: every feature map of the prior, coarse to fine)."""
+    """GIFD's settings (official code: R=4, Adam 0.1 in every stage, 1000 steps per stage). ``iterations``
+    is the total budget per restart: ``latent_fraction`` of it for the latent stage (default: an equal
+    share, as the official code), the rest split evenly over the feature stages ``layers`` (default:
+    every feature map of the prior, coarse to fine). ``radius``: the l1 radius per feature entry of each
+    feature stage (see the module's notes)."""
 
     prior: str | None = None
     iterations: int = 1500
     restarts: int = 4
-    latent_fraction: float = 0.4
+    latent_fraction: float | None = None
     layers: tuple[int, ...] | None = None
-    radius: tuple[float, ...] = (0.15, 0.3, 0.6, 0.8, 1.0)
+    radius: tuple[float, ...] = PAPER_RADIUS
     lr: float = 0.1
-    feature_lr: float = 0.05
+    feature_lr: float = 0.1
     warmup_fraction: float = 0.05
     tv: float = 1e-4
     l2: float = 1e-6
@@ -62,10 +86,10 @@ class GIFDConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        if not 0 < self.latent_fraction <= 1:
+        if self.latent_fraction is not None and not 0 < self.latent_fraction <= 1:
             raise InputError(f"latent_fraction must be in (0, 1], got {self.latent_fraction}")
         if not self.radius or any(r < 0 for r in self.radius):
-            raise InputError(f"radius needs non-negative fractions, got {self.radius}")
+            raise InputError(f"radius needs non-negative values per feature entry, got {self.radius}")
 
 
 @dataclass
@@ -88,7 +112,8 @@ class GIFD(Attack):
     inside l1 balls around the previous stage; the stage with the lowest matching loss is returned.
 
     Paper: Fang et al. ICCV 2023. Needs: a generative prior (``prior``) and labels (``labels=None``: ``auto``).
-    Main settings (:class:`GIFDConfig`): ``iterations`` per stage, ``restarts``, the l1 radii, ``prior``."""
+    Main settings (:class:`GIFDConfig`): ``iterations`` (all stages), ``restarts``, ``radius`` (l1 radius per
+    feature entry, per stage), ``prior``."""
 
     paper = "Fang et al. ICCV 2023, arXiv:2308.04699 (generative prior: --prior)"
     Config = GIFDConfig
@@ -150,7 +175,8 @@ class GIFD(Attack):
         layers = list(range(G.num_features)) if c.layers is None else list(c.layers)
         if any(not 0 <= k < G.num_features for k in layers) or layers != sorted(set(layers)):
             raise InputError(f"layers must increase within 0..{G.num_features - 1}, got {layers}")
-        n_latent = max(1, round(c.iterations * c.latent_fraction)) if layers else c.iterations
+        share = 1 / (1 + len(layers)) if c.latent_fraction is None else c.latent_fraction
+        n_latent = max(1, round(c.iterations * share)) if layers else c.iterations
         n_feat = (c.iterations - n_latent) // len(layers) if layers else 0
         if layers and n_feat < 1:
             raise InputError(f"{c.iterations} iterations leave none for the {len(layers)} feature stages")
@@ -206,8 +232,8 @@ class GIFD(Attack):
                     for block in G.blocks[prev.layer : k]:
                         centre = block(centre)
                 centre = centre.unflatten(0, (R, B))
-            frac = c.radius[min(j, len(c.radius) - 1)]
-            radius = frac * centre.abs().flatten(2).sum(-1)  # [R, B]
+            per_entry = c.radius[min(j, len(c.radius) - 1)]
+            radius = torch.full((R, B), per_entry * centre[0, 0].numel())
 
             def project(h: Tensor, centre: Tensor = centre, radius: Tensor = radius) -> Tensor:
                 d = project_l1_ball((h - centre).flatten(2).flatten(0, 1), radius.flatten())

@@ -31,6 +31,7 @@ __all__ = [
     "condition_labels",
     "defense_estimate",
     "get_prior",
+    "latent_problem",
     "project_l1_ball",
     "project_sphere",
     "search",
@@ -146,6 +147,15 @@ def defense_estimate(
         return {k: v * factor for k, v in update.items()}
 
     return transform, {"clip_bound": bound, "masked_tensors": len(masks), "observed_zero_fraction": zero}
+
+
+def latent_problem(
+    obs: Observation, targets: Tensor, cfg: MatchingConfig, adaptive: bool
+) -> tuple[MatchingProblem, dict[str, Any]]:
+    """The matching problem of a generative attack, with the estimated defense applied to the candidate's
+    update when ``adaptive``; also returns the estimate's description."""
+    transform, estimate = defense_estimate(obs) if adaptive else (None, {})
+    return MatchingProblem(obs, targets, cfg, transform=transform), estimate
 
 
 # -- projections ----------------------------------------------------------------------------------------
