@@ -307,7 +307,7 @@ def run_matching(
         if ckpt and ((it + 1) % cfg.checkpoint_every == 0 or last):
             ckpt.save(variables, opt, it + 1, curve)
     # score the final candidates by matching loss alone (never by ground truth)
-    final = _final_match(problem, X.detach(), None if Y is None else Y.detach())
+    final = matching_distances(problem, X.detach(), None if Y is None else Y.detach())
     best = int(final.nan_to_num(float("inf")).argmin())
     return MatchResult(
         X.detach()[best].clone(),
@@ -320,7 +320,8 @@ def run_matching(
     )
 
 
-def _final_match(problem: MatchingProblem, X: Tensor, Y: Tensor | None) -> Tensor:
+def matching_distances(problem: MatchingProblem, X: Tensor, Y: Tensor | None = None) -> Tensor:
+    """The gradient-matching distance (no priors) of each candidate batch in ``X`` [R, B, C, H, W]."""
     with torch.no_grad():
         if Y is None:
             return vmap(lambda x: problem.objective(x)[1])(X)
@@ -366,7 +367,7 @@ def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: S
         X[r] = x.detach()
         if Y is not None:
             Y[r] = y.detach()  # type: ignore[union-attr]
-    final = _final_match(problem, X, Y)
+    final = matching_distances(problem, X, Y)
     best = int(final.nan_to_num(float("inf")).argmin())
     return MatchResult(
         X[best].clone(), None if Y is None else Y[best].clone(), final.tolist(), best, curve, used, X.clone()
