@@ -25,7 +25,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ..errors import InputError
 from ..observation import Observation
-from ..protocols import autograd_grad
+from ..protocols import REPLAYS, autograd_grad, replay_protocol
 from ..schema import Problems, finite_problems, is_int, is_number, read_safetensors, shape_problems
 from .steps import Step, StepCallback, no_progress
 
@@ -51,6 +51,7 @@ class MatchingConfig:
     bn: float = 0.0
     box: bool = True  # keep candidates inside the normalised image range
     optimize_labels: bool = False  # DLG: match soft labels jointly (softmax of free logits)
+    replay: str = "known-order"  # FedAvg: "known-order" (the client's mini-batch order) | "full-batch"
     lbfgs_max_iter: int = 20
     log_every: int = 10
     checkpoint_every: int = 100
@@ -62,6 +63,7 @@ class MatchingConfig:
             ("distance", ("cosine", "l2", "layer_l2")),
             ("optimizer", ("adam", "lbfgs")),
             ("schedule", ("step", "cosine", "constant")),
+            ("replay", REPLAYS),
         ):
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -126,9 +128,10 @@ class MatchingProblem:
             raise InputError("labels are needed unless the attack optimises them (optimize_labels)")
         self.net, self.params = obs.functional()
         self.buffers = dict(self.net.named_buffers())
-        self.update_fn = obs.protocol.update_fn(self.net)
+        protocol = replay_protocol(obs.protocol, cfg.replay)
+        self.update_fn = protocol.update_fn(self.net)
         # one candidate: the same update through plain autograd (faster than nested torch.func)
-        self._autograd_update = obs.protocol.update_fn(self.net, autograd_grad)
+        self._autograd_update = protocol.update_fn(self.net, autograd_grad)
         self._leaves = {k: v.detach().requires_grad_() for k, v in self.params.items()}
         self.keys = [k for k in self.params if k in obs.update]
         weights = cfg.layer_weights or {}
