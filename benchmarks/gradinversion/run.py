@@ -196,7 +196,8 @@ def summarise(runs: list[dict], args, greys: dict) -> str:
         gs = [v for k, v in greys.items() if k.startswith(f"{b}/")]
         if gs:
             lines.append(
-                f"| {b} | *grey image (batch mean)* | – | – | {statistics.mean(g['psnr'] for g in gs):.2f} | – | "
+                f"| {b} | *grey image (batch mean)* | – | {statistics.mean(g['psnr'] for g in gs):.2f} | "
+                f"{statistics.mean(g['psnr'] for g in gs):.2f} | {statistics.mean(g['ssim'] for g in gs):.3f} | "
                 f"{statistics.mean(g['ssim'] for g in gs):.3f} | – | {len(gs)} |"
             )
     return "\n".join(lines)
