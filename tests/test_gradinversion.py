@@ -251,3 +251,47 @@ def test_iip_hits_when_reconstruction_is_the_original(digit_batch):
     assert exact.precision == 1.0 and exact.order == [1, 0]
     noise = torch.rand(2, *truth.images.shape[1:], generator=torch.Generator().manual_seed(0))
     assert image_identifiability(obs.model, noise, ref, index, normalization=data.normalization).precision == 0.0
+
+
+def _distance_of(obs, labels, images, distance="layer_l2"):
+    """The gradient-matching distance of images in [0, 1], computed independently of the attack."""
+    problem = MatchingProblem(obs, torch.tensor(labels), MatchingConfig(distance=distance))
+    x = obs.normalization.normalize(images)
+    return float(problem.objective(x, autograd=True)[1])
+
+
+@pytest.mark.parametrize("output", ["consensus", "best"])
+def test_final_loss_is_the_returned_outputs_matching_loss(digit_batch, output):
+    obs, truth, _ = digit_batch
+    res = _run(obs, truth, iterations=8, restarts=3, group="lazy", group_start=0.0, group_every=0.5, output=output)
+    assert set(res.stages) == {"best candidate", "consensus"}
+    returned = _distance_of(obs, res.labels, res.images)
+    other = _distance_of(obs, res.labels, res.stages["best candidate" if output == "consensus" else "consensus"])
+    assert res.final_loss == pytest.approx(returned, rel=1e-3)
+    assert abs(res.final_loss - other) > 1e-3 * returned  # the other output's loss is a different number
+
+
+def test_rows_without_group_term_report_the_seeds_mean_too(digit_batch):
+    obs, truth, _ = digit_batch
+    res = _run(obs, truth, iterations=3, restarts=2, group="none")
+    assert res.assumptions["output"] == "best" and set(res.stages) == {"best candidate", "consensus"}
+    assert torch.equal(res.images, res.stages["best candidate"])
+
+
+def test_exact_batch_statistics_are_marked_as_oracle_input(digit_batch, tmp_path):
+    from gradleak.report import AuditImages, render_html
+    from gradleak.results import AttackRun, AuditResult, LabelSection, verdict
+
+    obs, truth, data = digit_batch
+    path = save_batch_statistics(obs.model, data.normalization.normalize(truth.images), tmp_path / "bn.safetensors")
+    oracle = _run(obs, truth, iterations=2, restarts=1, bn_statistics=str(path))
+    plain = _run(obs, truth, iterations=2, restarts=1)
+    assert set(oracle.assumptions["oracle_inputs"]) == {"bn_statistics"}
+    assert "oracle_inputs" not in plain.assumptions
+    runs = (AttackRun("gradinversion", 0, result=oracle), AttackRun("gradinversion-running", 0, result=plain))
+    assert runs[0].to_json()["assumptions"]["oracle_inputs"] == oracle.assumptions["oracle_inputs"]
+    assert AttackRun.from_json(runs[0].to_json()).oracle_inputs == oracle.assumptions["oracle_inputs"]
+    assert runs[1].oracle_inputs == {}
+    labels = LabelSection()
+    page = render_html(AuditResult(labels=labels, attacks=runs, verdict=verdict(labels, runs)), AuditImages())
+    assert page.count("oracle input</span> bn_statistics") == 1  # one note, in the oracle run's section only

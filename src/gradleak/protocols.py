@@ -11,13 +11,21 @@ than nested ``torch.func`` transforms; benchmarks/performance).
 - :class:`FedAvg`: ``local_steps`` SGD steps of rate ``local_lr`` over consecutive local mini-batches of
   ``local_batch`` samples (cycling through the batch in order; ``None`` = the whole batch each step);
   the update is the parameter delta ``θ_K − θ_0``.
+
+**Batch order.** Replaying FedAvg exactly assumes the server knows the client's mini-batch order: which
+samples (and so which labels) shared a local step. Attacks state this in their ``assumptions``
+(``batch_order``). :func:`replay_protocol` gives the attacker's model of the client for a chosen replay:
+``"known-order"`` (the client's own steps, slot ``i`` of the candidate in the client's position ``i``) or
+``"full-batch"`` (order-agnostic: ``local_steps`` steps on the whole batch at the same rate — exact when
+``local_batch`` ≥ B, otherwise a first-order approximation: with even coverage both sum to ``−η K ḡ`` at
+``θ_0``).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -131,6 +139,33 @@ class FedAvg:
 
 
 Protocol = FedSGD | FedAvg
+
+REPLAYS = ("known-order", "full-batch")
+
+
+def replay_protocol(protocol: Protocol, replay: str) -> Protocol:
+    """The protocol an attacker replays: the client's own (``"known-order"``), or for FedAvg with local
+    mini-batches the order-agnostic full-batch approximation (``"full-batch"``; see the module docstring)."""
+    if replay not in REPLAYS:
+        raise InputError(f"replay must be one of {REPLAYS}, got {replay!r}")
+    if replay == "full-batch" and isinstance(protocol, FedAvg):
+        return replace(protocol, local_batch=None)
+    return protocol
+
+
+def batch_order_assumption(protocol: Protocol, replay: str) -> str:
+    """What an attack replaying ``protocol`` with ``replay`` assumes about the client's mini-batch order."""
+    if not isinstance(protocol, FedAvg) or protocol.local_batch is None:
+        return "not needed: every local step uses the whole batch"
+    if replay == "full-batch":
+        return (
+            "unknown: order-agnostic full-batch replay (K whole-batch steps at the client's rate; "
+            "a first-order approximation of its mini-batch steps)"
+        )
+    return (
+        f"known: the server replays the client's mini-batches of {protocol.local_batch} in the client's order "
+        "(the labels' order must match the client's)"
+    )
 
 
 def client_update(model: nn.Module, protocol: Protocol, x: Tensor, y: Tensor) -> Params:

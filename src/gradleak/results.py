@@ -35,6 +35,11 @@ class LabelRun:
     accuracy: float | None = None  # against the truth, if the audit had one
     soft_max_abs_error: float | None = None  # soft labels against soft targets, if both exist
 
+    @property
+    def oracle_inputs(self) -> dict[str, str]:
+        """Inputs the method took that a server cannot observe (name → what it is), from its details."""
+        return {} if self.result is None else dict(self.result.details.get("oracle_inputs") or {})
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "recovered": None,
@@ -128,6 +133,11 @@ class AttackRun:
     @property
     def mean_psnr(self) -> float | None:
         return None if self.scores is None else self.scores.mean_psnr
+
+    @property
+    def oracle_inputs(self) -> dict[str, str]:
+        """Inputs the attack took that a server cannot observe (name → what it is), from its assumptions."""
+        return {} if self.result is None else dict(self.result.assumptions.get("oracle_inputs") or {})
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "seed": self.seed, "error": self.error}

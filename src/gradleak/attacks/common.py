@@ -11,6 +11,7 @@ from torch import Tensor
 from ..errors import UnsupportedError
 from ..labels import LabelResult, recover_labels
 from ..observation import Observation
+from ..protocols import batch_order_assumption
 from .base import AttackResult
 from .matching import MatchResult
 
@@ -70,10 +71,11 @@ def denormalize(obs: Observation, x: Tensor) -> Tensor:
     return out.clamp(0, 1).detach()
 
 
-def protocol_assumptions(obs: Observation) -> dict[str, Any]:
-    """What the attacker assumed about the client when replaying it."""
+def protocol_assumptions(obs: Observation, replay: str = "known-order") -> dict[str, Any]:
+    """What the attacker assumed about the client when replaying it (``replay``: see :func:`replay_protocol`)."""
     return {
         "protocol": obs.protocol.to_json(),
+        "batch_order": batch_order_assumption(obs.protocol, replay),
         "batch_size": obs.batch_size,
         "bn": "train (batch statistics)" if obs.bn_train else "eval (running statistics)",
     }

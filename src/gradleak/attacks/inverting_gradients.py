@@ -5,7 +5,9 @@ Minimise ``1 − cos(∇θL(x̂, ŷ), g*)`` over all layers concatenated plus ``
 (lr 0.1) on the *sign* of the gradient, step decay (×0.1 at 3/8, 5/8 and 7/8 of the run), the
 candidate kept inside the image box, and several restarts of which the one with the lowest matching
 loss is kept. Labels come from a label-recovery method (iDLG for one image), as in the paper. For
-FedAvg the local steps are replayed differentiably (the paper's §5). Example::
+FedAvg the local steps are replayed differentiably (the paper's §5), which assumes the server knows the
+client's mini-batch order; ``replay="full-batch"`` is the order-agnostic approximation
+(:func:`gradleak.protocols.replay_protocol`), and ``assumptions["batch_order"]`` says which was used. Example::
 
     result = InvertingGradients(iterations=2000).run(obs, generator=torch.Generator().manual_seed(0))
 """
@@ -20,7 +22,7 @@ import torch
 from ..labels import LabelResult
 from ..observation import Observation
 from .base import Attack, AttackResult, attack
-from .common import batch_size_of, label_targets, to_result
+from .common import batch_size_of, label_targets, protocol_assumptions, to_result
 from .matching import MatchingConfig, MatchingProblem, run_matching
 from .steps import StepCallback, no_progress
 
@@ -37,6 +39,7 @@ class InvertingGradientsConfig:
     tv: float = 0.2
     signed: bool = True
     schedule: str = "step"
+    replay: str = "known-order"  # FedAvg: "known-order" (the client's mini-batch order) | "full-batch"
     log_every: int = 10
     checkpoint: str | None = None
 
@@ -47,7 +50,8 @@ class InvertingGradients(Attack):
     variation, signed Adam in a box, step-decayed learning rate; restarts chosen by matching loss.
 
     Paper: Geiping et al. NeurIPS 2020. Needs: labels (``labels=None``: ``auto``); FedSGD gradients or FedAvg
-    deltas (the local steps are replayed). Main settings (:class:`InvertingGradientsConfig`): ``iterations``
+    deltas (the local steps are replayed in the client's mini-batch order, or ``replay="full-batch"`` when the
+    order is unknown). Main settings (:class:`InvertingGradientsConfig`): ``iterations``
     (600), ``restarts`` (1), ``lr`` (0.1), ``tv`` (0.2), ``checkpoint``."""
 
     paper = "Geiping et al. NeurIPS 2020, arXiv:2003.14053"
@@ -72,6 +76,7 @@ class InvertingGradients(Attack):
             signed=c.signed,
             schedule=c.schedule,
             tv=c.tv,
+            replay=c.replay,
             log_every=c.log_every,
         )
         problem = MatchingProblem(obs, targets, cfg)
@@ -83,5 +88,12 @@ class InvertingGradients(Attack):
             checkpoint=c.checkpoint,
         )
         return to_result(
-            self.name, obs, match, t0, labels=labels.labels, restarts=c.restarts, config=self.config_json()
+            self.name,
+            obs,
+            match,
+            t0,
+            labels=labels.labels,
+            restarts=c.restarts,
+            config=self.config_json(),
+            assumptions=protocol_assumptions(obs, c.replay),
         )

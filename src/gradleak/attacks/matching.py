@@ -25,7 +25,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ..errors import InputError
 from ..observation import Observation
-from ..protocols import autograd_grad
+from ..protocols import REPLAYS, autograd_grad, replay_protocol
 from ..schema import Problems, finite_problems, is_int, is_number, read_safetensors, shape_problems
 from .steps import Step, StepCallback, no_progress
 
@@ -51,6 +51,7 @@ class MatchingConfig:
     bn: float = 0.0
     box: bool = True  # keep candidates inside the normalised image range
     optimize_labels: bool = False  # DLG: match soft labels jointly (softmax of free logits)
+    replay: str = "known-order"  # FedAvg: "known-order" (the client's mini-batch order) | "full-batch"
     lbfgs_max_iter: int = 20
     log_every: int = 10
     checkpoint_every: int = 100
@@ -62,6 +63,7 @@ class MatchingConfig:
             ("distance", ("cosine", "l2", "layer_l2")),
             ("optimizer", ("adam", "lbfgs")),
             ("schedule", ("step", "cosine", "constant")),
+            ("replay", REPLAYS),
         ):
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -126,9 +128,10 @@ class MatchingProblem:
             raise InputError("labels are needed unless the attack optimises them (optimize_labels)")
         self.net, self.params = obs.functional()
         self.buffers = dict(self.net.named_buffers())
-        self.update_fn = obs.protocol.update_fn(self.net)
+        protocol = replay_protocol(obs.protocol, cfg.replay)
+        self.update_fn = protocol.update_fn(self.net)
         # one candidate: the same update through plain autograd (faster than nested torch.func)
-        self._autograd_update = obs.protocol.update_fn(self.net, autograd_grad)
+        self._autograd_update = protocol.update_fn(self.net, autograd_grad)
         self._leaves = {k: v.detach().requires_grad_() for k, v in self.params.items()}
         self.keys = [k for k in self.params if k in obs.update]
         weights = cfg.layer_weights or {}
@@ -308,7 +311,7 @@ def run_matching(
         if ckpt and ((it + 1) % cfg.checkpoint_every == 0 or last):
             ckpt.save(variables, opt, it + 1, curve)
     # score the final candidates by matching loss alone (never by ground truth)
-    final = _final_match(problem, X.detach(), None if Y is None else Y.detach())
+    final = matching_distances(problem, X.detach(), None if Y is None else Y.detach())
     best = int(final.nan_to_num(float("inf")).argmin())
     return MatchResult(
         X.detach()[best].clone(),
@@ -321,7 +324,8 @@ def run_matching(
     )
 
 
-def _final_match(problem: MatchingProblem, X: Tensor, Y: Tensor | None) -> Tensor:
+def matching_distances(problem: MatchingProblem, X: Tensor, Y: Tensor | None = None) -> Tensor:
+    """The gradient-matching distance (no priors) of each candidate batch in ``X`` [R, B, C, H, W]."""
     with torch.no_grad():
         if Y is None:
             return vmap(lambda x: problem.objective(x)[1])(X)
@@ -367,7 +371,7 @@ def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: S
         X[r] = x.detach()
         if Y is not None:
             Y[r] = y.detach()  # type: ignore[union-attr]
-    final = _final_match(problem, X, Y)
+    final = matching_distances(problem, X, Y)
     best = int(final.nan_to_num(float("inf")).argmin())
     return MatchResult(
         X[best].clone(), None if Y is None else Y[best].clone(), final.tolist(), best, curve, used, X.clone()

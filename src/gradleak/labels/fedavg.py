@@ -19,6 +19,10 @@ fixed by the non-negativity of the counts (``τ = max_c −Δb_c / P̄_c``; exac
 round, an underestimate of the rarest class otherwise — reported). The local batch size only decides whether
 the steps cover the samples evenly; uneven coverage is reported as an approximation. Needs a head bias and
 the number of samples B. Each call reports one round: :func:`recover_rounds` maps a list of rounds.
+
+**Batch order**: the counts depend only on how often each sample was used (the coverage, from ``K``, the local
+batch and B), not on which samples shared a step, so this method does not need the client's mini-batch order
+(``details["batch_order"]``). Image attacks that replay the steps do (:mod:`gradleak.protocols`).
 """
 
 from __future__ import annotations
@@ -134,6 +138,7 @@ class FedAvgLabels(LabelMethod):
             "raw_counts": est.raw.round(4).tolist(),
             "rank_condition": est.rank.to_json(),
             "even_coverage": even,
+            "batch_order": "not needed: the counts use only how often each sample was used",
         }
         if not even:
             details["note"] = (

@@ -132,6 +132,7 @@ def _labels(labels: LabelSection, names: Sequence[str]) -> str:
             name += f' <span class="muted">({_e(run.requested)})</span>'
         if run is chosen:
             name += ' <span class="tag">used by attacks</span>'
+        name += _oracle_tag(run.oracle_inputs)
         if run.result is None:
             cell = f'<span class="err">failed: {_e(run.error)}</span>'
         else:
@@ -187,7 +188,7 @@ def _numbers(run: AttackRun) -> list[tuple[str, str]]:
 def _attack_summary(runs: Sequence[AttackRun]) -> str:
     head = "".join(f'<th class="num">{label}</th>' for label, _ in _numbers(runs[0]))
     rows = "".join(
-        f'<tr><th><a href="#attack-{i}">{_e(run.name)}</a></th>'
+        f'<tr><th><a href="#attack-{i}">{_e(run.name)}</a>{_oracle_tag(run.oracle_inputs)}</th>'
         + "".join(f'<td class="num">{value}</td>' for _, value in _numbers(run))
         + f"<td>{'<span class=err>failed</span>' if run.error else 'ok'}</td></tr>"
         for i, run in enumerate(runs)
@@ -201,6 +202,8 @@ def _attack(i: int, run: AttackRun, images: AuditImages) -> str:
     parts = [f'<article class="attack" id="attack-{i}"><h3>{_e(run.name)}</h3>']
     if run.error:
         parts.append(f'<p class="err">This attack failed: {_e(run.error)} (details under Errors).</p>')
+    for key, what in run.oracle_inputs.items():
+        parts.append(f'<p class="note"><span class="tag oracle">oracle input</span> {_e(key)}: {_e(what)}</p>')
     result = run.result
     stats = _numbers(run)
     if result is not None:
@@ -233,6 +236,13 @@ def _attack(i: int, run: AttackRun, images: AuditImages) -> str:
         parts.append(f"<details><summary>Attack configuration</summary><pre>{_e(_json(result.config))}</pre></details>")
     parts.append("</article>")
     return "".join(parts)
+
+
+def _oracle_tag(oracle: dict[str, str]) -> str:
+    """A badge naming inputs a server cannot observe (an upper-bound run), or nothing."""
+    if not oracle:
+        return ""
+    return f' <span class="tag oracle" title="{_e(", ".join(oracle))}">oracle input</span>'
 
 
 def _per_image(psnr: Sequence[float], ssim: Sequence[float], lpips: Sequence[float] | None) -> str:
@@ -458,6 +468,7 @@ border-radius:10px;background:#e6edf7;font-variant-numeric:tabular-nums;font-siz
 .chip.miss{background:#fbd5d5;color:#8e1111}
 .tag{display:inline-block;margin-left:6px;padding:0 6px;border-radius:8px;background:#e1f0e4;
 color:#1b5e20;font-size:11px;font-weight:500;vertical-align:middle}
+.tag.oracle{background:#fbe3c8;color:#8a4b00}
 .note{margin:6px 0;color:var(--muted);font-size:13px}.muted{color:var(--muted)}
 .missing{color:#8e1111}.err{color:#b71c1c}
 .attack{margin:22px 0;padding:16px 18px;border:1px solid var(--line);border-radius:8px}

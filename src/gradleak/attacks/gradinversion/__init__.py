@@ -17,7 +17,10 @@ pass its result to use it).
 
 Output (``output="auto"``): the final registered/lazy consensus when the group term is on — the
 paper's intent is that the seeds "work together to find an enhanced reconstruction" — and the seed
-with the lowest gradient-matching loss otherwise; both are kept in ``stages``. Because Adam is
+with the lowest gradient-matching loss otherwise; with several seeds both are kept in ``stages``
+("best candidate", "consensus": the plain mean of the seeds when the group term is off), and
+``final_loss`` is the gradient-matching distance of the returned output. Exact batch statistics
+(``bn_statistics``) are an oracle input: ``assumptions["oracle_inputs"]`` names them. Because Adam is
 invariant to the scale of the loss, α_G is applied by dividing every other weight by it. Example::
 
     result = GradInversion(iterations=2000, restarts=4).run(obs, generator=torch.Generator().manual_seed(0))
@@ -39,7 +42,7 @@ from ...labels import LabelResult
 from ...observation import Observation
 from ..base import Attack, AttackResult, attack
 from ..common import batch_size_of, denormalize, label_targets, protocol_assumptions, to_result
-from ..matching import MatchingConfig, MatchingProblem, lr_factor, run_matching
+from ..matching import MatchingConfig, MatchingProblem, lr_factor, matching_distances, run_matching
 from ..steps import StepCallback, no_progress
 from .registration import register
 
@@ -255,30 +258,40 @@ class GradInversion(Attack):
             post_step=group.post_step,
         )
         assert match.all_x is not None
-        final_consensus = group.compute(match.all_x) if group_on else match.x
+        # the seeds' consensus (registered or plain mean) is computed for every run with several seeds, so
+        # that an ablation can compare best seed and consensus in every row
+        final_consensus = group.compute(match.all_x) if c.restarts > 1 else match.x
+        problem.clamp_(final_consensus)
         output = c.output if c.output != "auto" else ("consensus" if group_on else "best")
+        final_loss = match.restart_losses[match.best_restart]
         if output == "consensus":
-            problem.clamp_(final_consensus)
             match.x = final_consensus
+            final_loss = float(matching_distances(problem, final_consensus.unsqueeze(0))[0])
         stages = {"best candidate": denormalize(obs, match.all_x[match.best_restart])}
-        if group_on:
+        if c.restarts > 1:
             stages["consensus"] = denormalize(obs, final_consensus)
         assumptions: dict[str, Any] = protocol_assumptions(obs)
+        oracle = bool(bn_targets)
         assumptions["bn_term"] = (
             "off: the model has no BatchNorm layers with running statistics"
             if not has_bn
             else "off (bn weight 0)"
             if not c.bn
-            else "on: exact batch statistics from " + c.bn_statistics
-            if bn_targets
+            else "on: exact batch statistics of the client's images (oracle input) from " + c.bn_statistics
+            if oracle
             else "on: the model's running statistics"
         )
+        if oracle:
+            assumptions["oracle_inputs"] = {
+                "bn_statistics": "exact per-layer batch mean/variance of the client's images: an upper bound "
+                "unless the client shares them; a server that sees only the update does not have them"
+            }
         assumptions["group"] = (
             f"{c.group}, {c.restarts} seeds, on from iteration {start}, refreshed every {every}" if group_on else "off"
         )
         assumptions["output"] = output
         assumptions["labels"] = labels.method
-        return to_result(
+        result = to_result(
             self.name,
             obs,
             match,
@@ -289,3 +302,5 @@ class GradInversion(Attack):
             assumptions=assumptions,
             stages=stages,
         )
+        result.final_loss = final_loss  # the returned output's matching distance (the consensus's, if returned)
+        return result
