@@ -278,7 +278,7 @@ def main() -> int:
     t_start = time.perf_counter()
     for b in args.batches:
         for seed in args.seeds:
-            sc = Scenario(dataset="photos", image_size=32, batch_size=b, seed=seed, bn_mode="train", unique_labels=True)
+            sc = Scenario(dataset="photos", image_size=32, batch_size=b, seed=seed, bn_mode="train")
             obs, truth = simulate(sc, dataset=victims, model=model)
             index = [int(((data.images - im).abs().flatten(1).sum(1)).argmin()) for im in truth.images]
             labels = recover_labels(obs, label_method)

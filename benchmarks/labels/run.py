@@ -457,40 +457,6 @@ def write_markdown(out: dict, path: Path) -> None:
     path.write_text("\n".join(L) + "\n")
 
 
-CHECK_TOL = 0.02  # |Δ accuracy| allowed by --check (seeded; only thread-count rounding may move a label)
-
-
-def check(path: Path) -> int:
-    """``--check``: rerun the random-init ConvNet, 10-class, B = 8 cells (both BN modes, labels with repeats,
-    the committed trial count) and compare every method's accuracy with ``results.json`` within CHECK_TOL."""
-    ref = json.loads(path.read_text())
-    data = datasets(MODELS["convnet"][1])[10]
-    model, _ = base_model("convnet", 10, data.image_shape, "random", data, 0, {})
-    bad = []
-    for want in ref["count_cells"]:
-        key = (want["model"], want["init"], want["classes"], want["B"], want["labels"])
-        if key != ("convnet", "random", 10, 8, "repeats"):
-            continue
-        for t in range(ref["config"]["trials"]):
-            sc = Scenario(model="convnet", batch_size=8, unique_labels=False, seed=8000 + t, bn_mode=want["bn"])
-            obs, gt = simulate(sc, dataset=data, model=copy.deepcopy(model))
-            for m in want["methods"]:
-                want.setdefault("_got", {}).setdefault(m, [])
-                try:
-                    r = LABEL_METHODS.get(m)().recover(obs)
-                except GradleakError:
-                    continue
-                want["_got"][m].append(label_accuracy(gt.labels.tolist(), r.labels))
-        for m, v in want["methods"].items():
-            got = want["_got"][m]
-            if ("accuracy" in v) != bool(got) or (got and abs(statistics.mean(got) - v["accuracy"]) > CHECK_TOL):
-                bad.append(f"{key} bn={want['bn']} {m}: {statistics.mean(got) if got else 'refused'} vs {v}")
-    print(f"--check: {len(bad)} mismatches (tolerance {CHECK_TOL})")
-    for b in bad:
-        print("  " + b)
-    return 1 if bad else 0
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="benchmarks/labels")
@@ -513,11 +479,7 @@ def main() -> int:
         metavar=("SOFT_JSON", "COUNT_JSON"),
         help="combine a --only soft and a --only count run into OUT/results.json and results.md",
     )
-    ap.add_argument("--check", action="store_true", help="rerun a seeded subset, compare with results.json")
     args = ap.parse_args()
-    if args.check:
-        torch.set_num_threads(args.threads)
-        return check(Path(args.out) / "results.json")
     if args.merge:
         soft, count = (json.loads(Path(f).read_text()) for f in args.merge)
         merged = {
