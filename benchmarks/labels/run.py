@@ -42,12 +42,22 @@ from gradleak.data import load_dataset
 from gradleak.data.dataset import Dataset
 from gradleak.errors import GradleakError
 from gradleak.labels import LABEL_METHODS
+from gradleak.labels.auto import dummy_confidence
 from gradleak.metrics.labels import EXACT_TOL, label_accuracy, max_abs_error
 from gradleak.models import find_head
 from gradleak.protocols import cross_entropy
 from gradleak.scenario import Scenario, build_scenario_model, simulate
 
-COUNT_METHODS = ["idlg", "sum", "gradinversion-min", "llg-simple", "llg-bias-corrected", "llg-whitebox", "ilrg"]
+COUNT_METHODS = [
+    "idlg",
+    "sum",
+    "gradinversion-min",
+    "llg-simple",
+    "llg-bias-corrected",
+    "llg-whitebox",
+    "ilrg",
+    "ilrg-lsq",
+]
 AUTO = "auto"  # reported beside every method; no column is chosen with the ground truth
 MODELS = {"convnet": ({"width": 16}, 32), "resnet18": ({}, 16)}
 
@@ -176,11 +186,13 @@ def run_cell(mname: str, init: str, n: int, bn: str, B: int, uniq: bool, model: 
     acc: dict[str, list[float]] = {m: [] for m in methods}
     secs: dict[str, list[float]] = {m: [] for m in methods}
     picks: list[str] = []
+    kappa: list[float] = []  # auto's observable: the model's confidence on dummy inputs
     refused = {m: "" for m in methods}
     t0 = time.time()
     for t in range(trials):
         sc = Scenario(model=mname, batch_size=B, unique_labels=uniq, seed=1000 * B + t, bn_mode=bn)
         obs, gt = simulate(sc, dataset=ds, model=copy.deepcopy(model))
+        kappa.append(dummy_confidence(obs))
         for m in methods:
             try:
                 r = LABEL_METHODS.get(m)().recover(obs)
@@ -203,6 +215,7 @@ def run_cell(mname: str, init: str, n: int, bn: str, B: int, uniq: bool, model: 
             else {"refused": refused[m]}
         )
     cell["auto_picked"] = sorted(set(picks))
+    cell["dummy_confidence"] = statistics.mean(kappa)
     cell["seconds"] = time.time() - t0
     return cell
 
@@ -429,13 +442,16 @@ def write_markdown(out: dict, path: Path) -> None:
             "observes — beside every method. No column is a maximum over methods: which method is best in a cell "
             "is known only with the ground truth.",
             "",
-            "| model | init | N | BN | B | auto | auto picked | " + " | ".join(COUNT_METHODS) + " |",
-            "|---|---|---|---|---|---|---|" + "---|" * len(COUNT_METHODS),
+            "| model | init | N | BN | B | κ (dummy confidence) | auto | auto picked | "
+            + " | ".join(COUNT_METHODS)
+            + " |",
+            "|---|---|---|---|---|---|---|---|" + "---|" * len(COUNT_METHODS),
         ]
         for c in cells:
             if c["labels"] == "repeats" and c["B"] >= 8:
                 L.append(
                     f"| {c['model']} | {c['init']} | {c['classes']} | {c['bn']} | {c['B']} | "
+                    f"{c.get('dummy_confidence', float('nan')):.2f} | "
                     f"**{_acc(c['methods'][AUTO])}** | {'/'.join(c['auto_picked'])} | "
                     + " | ".join(_acc(c["methods"][m]) for m in COUNT_METHODS)
                     + " |"
