@@ -157,6 +157,29 @@ def test_checkpoint_of_another_observation_is_refused(digit_case, tmp_path):
         )
 
 
+def test_finished_checkpoint_extends_to_more_iterations(digit_case, tmp_path):
+    from gradleak.errors import CheckpointError
+
+    obs, _ = digit_case
+    labels = torch.tensor(recover_labels(obs).labels)
+
+    def run(iterations, checkpoint=None):
+        cfg = MatchingConfig(iterations=iterations, checkpoint_every=10, schedule="constant")
+        problem = MatchingProblem(obs, labels, cfg)
+        return run_matching(problem, batch_size=1, generator=torch.Generator().manual_seed(3), checkpoint=checkpoint)
+
+    ck = tmp_path / "run.ckpt"
+    first = run(20, ck)
+    assert first.resumed is None
+    extended = run(40, ck)
+    assert extended.resumed == {"from_iteration": 20, "checkpoint_iterations": 20}
+    assert extended.iterations == 40 and extended.curve[-1][0] == 39
+    # a constant schedule does not depend on the budget: the extended run is the 40-iteration run
+    torch.testing.assert_close(extended.x, run(40).x, rtol=1e-5, atol=1e-6)
+    with pytest.raises(CheckpointError, match="beyond this run's 10"):
+        run(10, ck)
+
+
 @pytest.mark.parametrize("protocol, joint", [(None, False), (FedAvg(2, 0.1), False), (None, True)])
 def test_single_candidate_autograd_step_equals_the_vmapped_step(protocol, joint):
     # one restart runs through plain autograd, several through vmap(torch.func): same numbers

@@ -57,7 +57,7 @@ def saved(obs, tmp_path_factory):
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return json.loads(f.metadata()["gradleak"]), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
+        return json.loads(f.metadata()["gradleak"]), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
 
 
 def write(path: Path, header, tensors: dict) -> Path:
@@ -360,7 +360,7 @@ def test_fuzz_prior_headers(prior_file, field, delete, value):
     from safetensors import safe_open
 
     with safe_open(str(prior_file), "pt") as f:
-        header, tensors = json.loads(f.metadata()["gradleak"]), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
+        header, tensors = json.loads(f.metadata()["gradleak"]), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     with tempfile.TemporaryDirectory() as d:
         path = write(Path(d) / "p.safetensors", mutate(header, [(field, delete, value)]), tensors)
         load_only_gradleak_errors(lambda: load_prior(path))

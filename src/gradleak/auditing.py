@@ -22,9 +22,10 @@ import torch
 from . import __version__
 from .attacks import ATTACKS, Attack
 from .attacks.common import batch_size_of
+from .attacks.matching import check_checkpoint_file
 from .attacks.steps import StepCallback, no_progress
 from .cost import CostEstimate, estimate
-from .errors import GradleakError
+from .errors import CheckpointError, GradleakError
 from .labels import LABEL_METHODS
 from .metrics import LPIPS, label_accuracy, score_images
 from .observation import Observation
@@ -52,8 +53,8 @@ class AuditPlan:
         seed: attack ``i`` runs with ``torch.Generator().manual_seed(seed + i)``.
         estimate_costs: time each attack's matching step first (``AttackRun.estimate``).
         lpips_weights: LPIPS weights (.safetensors) for scoring; without them LPIPS is not reported.
-        checkpoint_dir: every attack with a ``checkpoint`` setting checkpoints to ``DIR/<attack>.ckpt`` and
-            resumes from it.
+        checkpoint_dir: every attack with a ``checkpoint`` setting checkpoints to
+            ``DIR/<attack>.checkpoint.safetensors`` and resumes from it.
     """
 
     label_methods: tuple[str, ...] = ("auto",)
@@ -110,7 +111,7 @@ def run_labels(obs: Observation, methods: Sequence[str], truth: GroundTruth | No
 def _with_checkpoint(attack: Attack, folder: str | None) -> Attack:
     if folder is None or "checkpoint" not in setting_names(attack.Config):
         return attack
-    return type(attack)(attack.config, checkpoint=str(Path(folder) / f"{attack.name}.ckpt"))
+    return type(attack)(attack.config, checkpoint=str(Path(folder) / f"{attack.name}.checkpoint.safetensors"))
 
 
 def audit(
@@ -125,14 +126,20 @@ def audit(
 
     ``truth`` (the client's batch) only scores the results. An attack that cannot run on ``obs`` is recorded
     with its reasons; one that crashes (a bug) with its traceback — neither loses the others' results.
+    A checkpoint that cannot resume its attack raises :class:`~gradleak.errors.CheckpointError` and stops the
+    audit, since the user asked to resume that run: an unreadable checkpoint file before any work, one of
+    another run (other settings or observation) when its attack starts, before that attack's first step.
     With ``plan.estimate_costs``, ``on_estimate`` receives the estimates before any attack runs.
     """
     plan = plan or AuditPlan()
+    attacks = [_with_checkpoint(a, plan.checkpoint_dir) for a in plan.attacks]
+    for attack in attacks:
+        if getattr(attack.config, "checkpoint", None):
+            check_checkpoint_file(attack.config.checkpoint)
     lpips = LPIPS.from_file(plan.lpips_weights) if plan.lpips_weights else None
     labels = run_labels(obs, plan.label_methods, truth)
     chosen = labels.chosen
     used = None if chosen is None else chosen.result
-    attacks = [_with_checkpoint(a, plan.checkpoint_dir) for a in plan.attacks]
     estimates: dict[int, CostEstimate] = {}
     if plan.estimate_costs:
         for i, attack in enumerate(attacks):
@@ -157,6 +164,8 @@ def audit(
                 generator=torch.Generator().manual_seed(seed),
                 on_step=progress(attack.name, i) if progress else no_progress,
             )
+        except CheckpointError:
+            raise
         except GradleakError as e:
             log.warning("attack %s failed: %s", attack.name, e)
             runs.append(replace(base, error=str(e)))

@@ -24,6 +24,11 @@ class InputError(GradleakError, ValueError):
         super().__init__(f"{message}:{lines}" if self.problems else message)
 
 
+class CheckpointError(InputError):
+    """A checkpoint that cannot resume the run: corrupt, of another run, or beyond its budget. Unlike an
+    attack's own failure it stops the whole audit: the user asked to resume that run."""
+
+
 class UnsupportedError(GradleakError):
     """A method cannot run on this observation; the message lists every unmet need."""
 

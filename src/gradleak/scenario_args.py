@@ -7,14 +7,17 @@ import argparse
 import json
 from typing import Any
 
+from .cli_args import fraction, image_size, positive_float, positive_int, seed
 from .errors import InputError
+from .observation_schema import MAX_BATCH, MAX_LOCAL_STEPS
 from .scenario import Scenario, defense_spec
 
 
 def add_scenario_args(
     p: argparse.ArgumentParser, *, model_kwargs: dict[str, dict[str, Any]] | None = None, **defaults: Any
 ) -> None:
-    """The flags of :class:`~gradleak.scenario.Scenario`. ``defaults`` (e.g. ``model="mlp"``) override the
+    """The flags of :class:`~gradleak.scenario.Scenario`, each typed and bounded (:mod:`gradleak.cli_args`), so a
+    bad value is a usage error before any work. ``defaults`` (e.g. ``model="mlp"``) override the
     scenario's defaults for one command; ``model_kwargs`` maps a model name to the constructor arguments it gets
     when ``--model-kwargs`` is not given (e.g. ``{"mlp": {"width": 64}}``)."""
     d = Scenario()
@@ -31,20 +34,28 @@ def add_scenario_args(
     g.add_argument("--weights", help="model weights (.safetensors)")
     g.add_argument("--head", help="module path of the classification head, for your own models")
     g.add_argument("--data", default=d.dataset, help="bundled dataset name or a path to your data")
-    g.add_argument("--image-size", type=int, help="resize images to this many pixels (default: the dataset's)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--image-size", type=image_size, help="resize images to this many pixels (default: the dataset's)")
+    g.add_argument("--batch-size", type=positive_int(MAX_BATCH), default=d.batch_size)
     g.add_argument(
         "--unique-labels",
         action="store_true",
         help="draw a batch of distinct labels (default: as a data loader draws, labels may repeat)",
     )
     g.add_argument("--protocol", choices=("fedsgd", "fedavg"), default="fedsgd")
-    g.add_argument("--local-steps", type=int, default=5, help="FedAvg local SGD steps")
-    g.add_argument("--local-lr", type=float, default=1e-2, help="FedAvg local learning rate")
-    g.add_argument("--local-batch", type=int, help="FedAvg local mini-batch size (default: whole batch)")
-    g.add_argument("--assume-local-steps", type=int, help="what the attacker assumes, if not the true value")
-    g.add_argument("--assume-local-lr", type=float, help="what the attacker assumes, if not the true value")
-    g.add_argument("--assume-local-batch", type=int, help="what the attacker assumes, if not the true value")
+    g.add_argument("--local-steps", type=positive_int(MAX_LOCAL_STEPS), default=5, help="FedAvg local SGD steps")
+    g.add_argument("--local-lr", type=positive_float(), default=1e-2, help="FedAvg local learning rate")
+    g.add_argument(
+        "--local-batch", type=positive_int(MAX_BATCH), help="FedAvg local mini-batch size (default: whole batch)"
+    )
+    g.add_argument(
+        "--assume-local-steps",
+        type=positive_int(MAX_LOCAL_STEPS),
+        help="what the attacker assumes, if not the true value",
+    )
+    g.add_argument("--assume-local-lr", type=positive_float(), help="what the attacker assumes, if not the true value")
+    g.add_argument(
+        "--assume-local-batch", type=positive_int(MAX_BATCH), help="what the attacker assumes, if not the true value"
+    )
     g.add_argument(
         "--defense",
         action="append",
@@ -52,8 +63,10 @@ def add_scenario_args(
         metavar="SPEC",
         help="e.g. clip:4, noise:0.01, laplace:0.01, sparsify:0.9, quantize:8 (repeatable, in order)",
     )
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="EPS")
-    g.add_argument("--mixup", type=float, metavar="ALPHA", help="client trains with mixup Beta(ALPHA, ALPHA)")
+    g.add_argument("--label-smoothing", type=fraction, default=d.label_smoothing, metavar="EPS")
+    g.add_argument(
+        "--mixup", type=positive_float(), metavar="ALPHA", help="client trains with mixup Beta(ALPHA, ALPHA)"
+    )
     g.add_argument(
         "--bn-mode",
         choices=("train", "eval"),
@@ -61,7 +74,7 @@ def add_scenario_args(
         help="BatchNorm of the client: eval = the running statistics the server sent (default); "
         "train = batch statistics (for one image they hide its brightness and contrast)",
     )
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=seed, default=d.seed)
     g.add_argument("--device", default="cpu", help="only 'cpu' is supported in this version")
     p.set_defaults(default_model_kwargs=model_kwargs or {}, **{k.replace("-", "_"): v for k, v in defaults.items()})
 

@@ -56,7 +56,7 @@ class SafetensorsFile:
 
         try:
             with safe_open(str(self.path), "pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
+                return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
         except (OSError, SafetensorError, RuntimeError, ValueError) as e:
             raise InputError(f"cannot read the tensors of {self.path}: {e}") from None
 
@@ -77,8 +77,8 @@ def read_safetensors(path: str | Path, key: str | None, what: str) -> Safetensor
     try:
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
-            dtypes = {k: str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118 (a safe_open handle is not iterable)
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
+            dtypes = {k: str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     except (OSError, SafetensorError, RuntimeError, ValueError) as e:
         if path.suffix in PICKLE_SUFFIXES:
             raise UnsafeFileError(

@@ -62,7 +62,7 @@ def to_result(
         best_restart=match.best_restart,
         stages=stages or {},
         assumptions=assumptions or protocol_assumptions(obs),
-        config=config,
+        config={**config, "resumed": match.resumed} if match.resumed else config,
     )
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from ..errors import InputError
+from ..errors import CheckpointError, GradleakError, InputError
 from ..observation import Observation
 from ..protocols import REPLAYS, autograd_grad, replay_protocol
 from ..schema import Problems, finite_problems, is_int, is_number, read_safetensors, shape_problems
@@ -80,6 +80,7 @@ class MatchResult:
     curve: list[tuple[int, float]]  # (iteration, best total loss over restarts)
     iterations: int
     all_x: Tensor | None = None  # [R, B, C, H, W]
+    resumed: dict[str, int] | None = None  # from a checkpoint: {"from_iteration", "checkpoint_iterations"}
 
 
 def total_variation(x: Tensor) -> Tensor:
@@ -273,6 +274,13 @@ def run_matching(
 ) -> MatchResult:
     """Optimise ``cfg.restarts`` candidate batches of ``batch_size`` images; return the best.
 
+    ``checkpoint``: a file to save the run to every ``cfg.checkpoint_every`` iterations and to resume it from
+    (Adam only). A checkpoint of the same problem and settings resumes at its iteration, also under a larger
+    ``cfg.iterations`` (extending a finished run): the learning-rate schedule of the remaining iterations then
+    follows the new budget, so an extended run is not the run it would have been with that budget from the
+    start; ``MatchResult.resumed`` records where it resumed and the checkpoint's budget. A corrupt checkpoint,
+    one of another problem or settings, or one beyond ``cfg.iterations`` raises :class:`CheckpointError`.
+
     ``init`` ([B, C, H, W] or [R, B, C, H, W]) replaces the random start; ``post_step(it, X)`` runs
     after every Adam step on the candidates ``X`` [R, B, C, H, W] (it may change them in place, e.g.
     Langevin noise, or refresh an attack's state such as a group consensus)."""
@@ -291,7 +299,8 @@ def run_matching(
     variables = [X] + ([Y.requires_grad_(True)] if Y is not None else [])
     opt = torch.optim.Adam(variables, lr=cfg.lr)
     ckpt = _Checkpoint(Path(checkpoint), cfg, problem.fingerprint()) if checkpoint else None
-    start, curve = ckpt.restore(variables, opt) if ckpt else (0, [])
+    start, curve, saved_budget = ckpt.restore(variables, opt) if ckpt else (0, [], None)
+    resumed = None if saved_budget is None else {"from_iteration": start, "checkpoint_iterations": saved_budget}
     step_fn = objective_fn(problem)
     for it in range(start, cfg.iterations):
         for group in opt.param_groups:
@@ -321,6 +330,7 @@ def run_matching(
         curve,
         cfg.iterations,
         X.detach().clone(),
+        resumed,
     )
 
 
@@ -378,16 +388,29 @@ def _run_lbfgs(problem: MatchingProblem, X: Tensor, Y: Tensor | None, on_step: S
     )
 
 
-class _Checkpoint:
-    """A resumable snapshot of a run: candidates, Adam state, iteration and curve (safetensors + JSON).
+def check_checkpoint_file(path: str | Path) -> None:
+    """Raise :class:`CheckpointError` when ``path`` exists but is no readable gradleak checkpoint (whether it
+    fits a run is known only when the run starts); a missing file is fine: the run starts afresh."""
+    if Path(path).exists():
+        try:
+            read_safetensors(path, "gradleak-checkpoint", "checkpoint")
+        except GradleakError as e:
+            raise CheckpointError(str(e)) from None
 
-    Restoring checks the whole file first: a corrupt file, one of another run (other settings or
-    observation) or one whose tensors do not fit this run raises one InputError, and nothing is resumed."""
+
+class _Checkpoint:
+    """A resumable snapshot of a run: candidates, Adam state, iteration, curve and the run's iteration budget
+    (safetensors + JSON).
+
+    Restoring checks the whole file first: a corrupt file, one of another run (other settings, except the
+    iteration budget, or another observation) or one whose tensors do not fit this run raises one
+    CheckpointError, and nothing is resumed."""
 
     def __init__(self, path: Path, cfg: MatchingConfig, fingerprint: str):
         self.path = path
         self.iterations = cfg.iterations
-        self.key = json.dumps({"config": asdict(cfg), "observation": fingerprint}, sort_keys=True, default=str)
+        settings = {k: v for k, v in asdict(cfg).items() if k != "iterations"}  # a run may be extended
+        self.key = json.dumps({"config": settings, "observation": fingerprint}, sort_keys=True, default=str)
 
     def save(
         self, variables: list[Tensor], opt: torch.optim.Optimizer, iteration: int, curve: list[tuple[int, float]]
@@ -404,6 +427,7 @@ class _Checkpoint:
         meta = {
             "config": self.key,
             "iteration": iteration,
+            "iterations": self.iterations,
             "curve": [[it, b if math.isfinite(b) else None] for it, b in curve],
             "steps": [float(opt.state.get(v, {}).get("step", 0)) for v in variables],
         }
@@ -412,9 +436,21 @@ class _Checkpoint:
         save_file(tensors, str(tmp), metadata={"gradleak-checkpoint": json.dumps(meta)})
         tmp.replace(self.path)
 
-    def restore(self, variables: list[Tensor], opt: torch.optim.Optimizer) -> tuple[int, list[tuple[int, float]]]:
+    def restore(
+        self, variables: list[Tensor], opt: torch.optim.Optimizer
+    ) -> tuple[int, list[tuple[int, float]], int | None]:
+        """(iteration to resume at, loss curve so far, the checkpoint's iteration budget or ``None`` when there
+        is no checkpoint yet)."""
         if not self.path.exists():
-            return 0, []
+            return 0, [], None
+        try:
+            return self._restore(variables, opt)
+        except GradleakError as e:
+            raise CheckpointError(str(e)) from None
+
+    def _restore(
+        self, variables: list[Tensor], opt: torch.optim.Optimizer
+    ) -> tuple[int, list[tuple[int, float]], int | None]:
         f = read_safetensors(self.path, "gradleak-checkpoint", "checkpoint")
         meta = f.header
         if meta.get("config") != self.key:
@@ -423,11 +459,14 @@ class _Checkpoint:
                 "observation); remove it or use another path"
             )
         p = Problems()
-        iteration = p.integer(meta, "iteration", 0, self.iterations)
+        budget = p.integer(meta, "iterations", 1, 2**62)
+        iteration = p.integer(meta, "iteration", 0, budget or self.iterations)
+        if iteration is not None and iteration > self.iterations:
+            p.append(f"iteration: the checkpoint is at iteration {iteration}, beyond this run's {self.iterations}")
         curve = p.get(meta, "curve", "")
         if not (
             isinstance(curve, list)
-            and len(curve) <= self.iterations + 1
+            and len(curve) <= (budget or 0) + 1
             and all(
                 isinstance(c, list) and len(c) == 2 and is_int(c[0]) and (c[1] is None or is_number(c[1]))
                 for c in curve
@@ -459,5 +498,5 @@ class _Checkpoint:
                     "exp_avg": tensors[f"var{i}.exp_avg"].clone(),
                     "exp_avg_sq": tensors[f"var{i}.exp_avg_sq"].clone(),
                 }
-        assert iteration is not None  # no problems: the header was read
-        return iteration, [(it, math.inf if b is None else b) for it, b in curve]
+        assert iteration is not None and budget is not None  # no problems: the header was read
+        return iteration, [(it, math.inf if b is None else b) for it, b in curve], budget

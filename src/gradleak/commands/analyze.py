@@ -8,17 +8,16 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import InputError
+from ..cli_args import image_size, int_range, nonnegative_int, output_dir, seed
+from ..observation_schema import MAX_CLASSES
 
 
 def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected C,H,W integers, got {text!r}") from None
-    if not shape or any(s < 1 for s in shape):
-        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
-    return shape
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected C,H,W (three integers), got {text[:40]!r}")
+    channels, height, width = parts
+    return (int_range(1, 64)(channels), image_size(height), image_size(width))
 
 
 def register(subparsers) -> None:
@@ -26,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="cnn6", help="zoo name (see `gradleak list`) or module:factory")
     p.add_argument("--weights", help="model weights (.safetensors); default: the seeded initialisation")
     p.add_argument("--input-shape", type=_shape, default=(3, 32, 32), metavar="C,H,W")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=int_range(2, MAX_CLASSES), default=10)
     p.add_argument(
         "--bn-mode",
         choices=("train", "eval"),
@@ -35,12 +34,12 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--exact-limit",
-        type=int,
+        type=nonnegative_int(),
         default=6000,
         help="largest reduced system whose rank is computed numerically (else a counting bound)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the probe sample")
-    p.add_argument("--out", help="write OUT/analysis.json and OUT/analysis.png")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the initialisation and of the probe sample")
+    p.add_argument("--out", type=output_dir, help="write OUT/analysis.json and OUT/analysis.png")
     p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     p.set_defaults(func=run)
 
@@ -51,8 +50,6 @@ def run(a: argparse.Namespace) -> int:
     from ..analyze import analyze_model
     from ..models import build_model, load_weights
 
-    if a.num_classes < 2:
-        raise InputError(f"--num-classes must be >= 2, got {a.num_classes}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(a.seed)
         model = build_model(a.model, a.num_classes, a.input_shape)

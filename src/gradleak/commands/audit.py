@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..cli_args import output_dir, positive_int
 from ..scenario_args import add_scenario_args, scenario_from_args
 from .progress import print_estimates, progress_bars
 
@@ -15,12 +16,16 @@ def register(subparsers: Any) -> None:
     add_scenario_args(p)
     p.add_argument("--attack", action="append", help="attack to run (repeatable; default inverting_gradients)")
     p.add_argument("--label-method", action="append", help="label method(s); the first that works feeds the attacks")
-    p.add_argument("--iterations", type=int, help="each attack's iteration budget (default: the attack's own)")
-    p.add_argument("--restarts", type=int, help="each attack's restarts (default: the attack's own)")
+    p.add_argument(
+        "--iterations", type=positive_int(), help="each attack's iteration budget (default: the attack's own)"
+    )
+    p.add_argument("--restarts", type=positive_int(1000), help="each attack's restarts (default: the attack's own)")
     p.add_argument("--prior", help="generative prior (.safetensors from `gradleak train-prior`) for ggl and gifd")
     p.add_argument("--lpips-weights", help="LPIPS weights (.safetensors); without them LPIPS is not reported")
-    p.add_argument("--checkpoint-dir", help="checkpoint long attacks here; a rerun with the same settings resumes")
-    p.add_argument("--out", default="out/audit", help="output folder (default out/audit)")
+    p.add_argument(
+        "--checkpoint-dir", type=output_dir, help="checkpoint long attacks here; a rerun with the same settings resumes"
+    )
+    p.add_argument("--out", type=output_dir, default="out/audit", help="output folder (default out/audit)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -28,6 +33,7 @@ def register(subparsers: Any) -> None:
 def run(a: argparse.Namespace) -> int:
     from ..auditing import AuditPlan, audit_scenario, make_attacks
     from ..errors import InputError
+    from ..prior import load_prior
     from ..report import write_audit
 
     scenario = scenario_from_args(a)
@@ -35,6 +41,7 @@ def run(a: argparse.Namespace) -> int:
     if a.prior:  # a resource of the attacks that take a generative prior
         if not any(hasattr(x.config, "prior") for x in attacks):
             raise InputError("--prior applies to attacks with a generative prior (ggl, gifd); none was chosen")
+        load_prior(a.prior)  # a missing or unusable prior is an error before any work
         attacks = tuple(type(x)(x.config, prior=a.prior) if hasattr(x.config, "prior") else x for x in attacks)
     plan = AuditPlan(
         label_methods=tuple(a.label_method or ["auto"]),

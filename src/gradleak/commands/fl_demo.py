@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..cli_args import int_range, output_dir, positive_float, positive_int
 from ..scenario_args import add_scenario_args, scenario_from_args
 
 
@@ -23,16 +24,20 @@ def register(subparsers: Any) -> None:
         help="Flower simulation with a capturing server; audit report per client",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
-    p.add_argument("--clients", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--clients", type=int_range(2, 10_000), default=2, help="simulated clients (at least 2)")
+    p.add_argument("--rounds", type=positive_int(100_000), default=2)
     add_scenario_args(p, model="mlp", data="digits", model_kwargs={"mlp": {"width": 64}, "convnet": {"width": 64}})
-    p.add_argument("--lr", type=float, default=0.1, help="FedSGD step the server asks clients to take")
+    p.add_argument("--lr", type=positive_float(), default=0.1, help="FedSGD step the server asks clients to take")
     p.add_argument("--attack", action="append", help="attack run on each capture (default inverting_gradients)")
     p.add_argument("--no-attack", action="store_true", help="label recovery only")
-    p.add_argument("--iterations", type=int, help="each attack's iteration budget (default: the attack's own)")
-    p.add_argument("--max-capture-mb", type=float, default=1024.0, help="stop capturing beyond this size")
-    p.add_argument("--keep-rounds", type=int, help="keep only the last K rounds' captures on disk")
-    p.add_argument("--out", default="out/fl-demo")
+    p.add_argument(
+        "--iterations", type=positive_int(), help="each attack's iteration budget (default: the attack's own)"
+    )
+    p.add_argument(
+        "--max-capture-mb", type=positive_float(2**30), default=1024.0, help="stop capturing beyond this size"
+    )
+    p.add_argument("--keep-rounds", type=positive_int(100_000), help="keep only the last K rounds' captures on disk")
+    p.add_argument("--out", type=output_dir, default="out/fl-demo")
     p.set_defaults(func=run)
 
 
@@ -46,8 +51,6 @@ def run(a: argparse.Namespace) -> int:
     from ..fl.capture import LabelAttackAudit
     from ..fl.task import FlowerTask
 
-    if a.clients < 2:
-        raise InputError("fl-demo needs at least 2 clients (FedAvg's minimum)")
     task = FlowerTask(scenario=scenario_from_args(a), lr=a.lr)
     attacks = () if a.no_attack else tuple(a.attack or ["inverting_gradients"])
     out = Path(a.out)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli_args import output_dir
 from ..scenario_args import add_scenario_args, scenario_from_args
 
 
@@ -14,7 +15,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("labels", help="label recovery only (fast)")
     add_scenario_args(p)
     p.add_argument("--method", action="append", help="label method (repeatable; default auto)")
-    p.add_argument("--out", help="also write OUT/results.json")
+    p.add_argument("--out", type=output_dir, help="also write OUT/results.json")
     p.set_defaults(func=run)
 
 

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli_args import nonnegative_int, output_dir, positive_float, positive_int
+from ..observation_schema import MAX_BATCH
 from ..scenario_args import add_scenario_args, scenario_from_args
 
 
@@ -27,20 +29,24 @@ def register(subparsers: Any) -> None:
         "'noise:0.01|0.1', 'smooth:0.1|0.3', 'mixup:1' (repeatable; default: " + " ".join(DEFAULT_GRID) + ")",
     )
     add_scenario_args(p, model="mlp", data="digits", model_kwargs={"mlp": {"width": 64}, "convnet": {"width": 64}})
-    p.add_argument("--clients", type=int, default=4, help="simulated clients (seeds) per setting")
+    p.add_argument("--clients", type=positive_int(10_000), default=4, help="simulated clients (seeds) per setting")
     p.add_argument("--attack", action="append", help="attack(s) (default inverting_gradients)")
-    p.add_argument("--iterations", type=int, help="each attack's iteration budget (default: the attack's own)")
-    p.add_argument("--train-steps", type=int, default=300, help="training steps for the utility measurement")
-    p.add_argument("--train-batch", type=int, default=32)
-    p.add_argument("--train-lr", type=float, default=0.1)
+    p.add_argument(
+        "--iterations", type=positive_int(), help="each attack's iteration budget (default: the attack's own)"
+    )
+    p.add_argument(
+        "--train-steps", type=nonnegative_int(), default=300, help="training steps for the utility measurement"
+    )
+    p.add_argument("--train-batch", type=positive_int(MAX_BATCH), default=32)
+    p.add_argument("--train-lr", type=positive_float(), default=0.1)
     p.add_argument(
         "--backend",
         choices=("auto", "ray", "process", "serial"),
         default="auto",
         help="auto: Ray if installed, else local processes",
     )
-    p.add_argument("--workers", type=int, help="parallel workers (default: CPU count)")
-    p.add_argument("--out", default="out/sweep")
+    p.add_argument("--workers", type=positive_int(1024), help="parallel workers (default: CPU count)")
+    p.add_argument("--out", type=output_dir, default="out/sweep")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 

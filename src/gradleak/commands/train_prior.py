@@ -10,6 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
+from ..cli_args import nonnegative_int, output_dir, positive_float, positive_int, seed
+from ..observation_schema import MAX_BATCH
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -18,25 +21,36 @@ def register(subparsers) -> None:
         description=__doc__.splitlines()[0],
     )
     p.add_argument("--data", default="digits", help="bundled dataset name or a path (default digits)")
-    p.add_argument("--image-size", type=int, default=32, help="generated image size: 8, 16, 32 or 64 (default 32)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        choices=(8, 16, 32, 64),
+        default=32,
+        help="generated image size: 8, 16, 32 or 64 (default 32)",
+    )
     p.add_argument(
         "--holdout",
-        type=int,
+        type=nonnegative_int(),
         default=0,
         metavar="N",
         help="leave the last N images out of training (victims for an in-distribution audit)",
     )
     p.add_argument("--unconditional", action="store_true", help="ignore the labels (default: class-conditional)")
-    p.add_argument("--z-dim", type=int, default=64)
-    p.add_argument("--width", type=int, default=32, help="channels of the full-size feature map (doubles per 2x down)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sample-every", type=int, default=500)
-    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--z-dim", type=positive_int(4096), default=64)
+    p.add_argument(
+        "--width",
+        type=positive_int(4096),
+        default=32,
+        help="channels of the full-size feature map (doubles per 2x down)",
+    )
+    p.add_argument("--steps", type=positive_int(), default=3000)
+    p.add_argument("--batch-size", type=positive_int(MAX_BATCH), default=64)
+    p.add_argument("--lr", type=positive_float(), default=2e-4)
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--sample-every", type=positive_int(), default=500)
+    p.add_argument("--checkpoint-every", type=positive_int(), default=500)
     p.add_argument("--fresh", action="store_true", help="discard OUT/checkpoint.safetensors instead of resuming")
-    p.add_argument("--out", default="out/prior", help="output folder (default out/prior)")
+    p.add_argument("--out", type=output_dir, default="out/prior", help="output folder (default out/prior)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

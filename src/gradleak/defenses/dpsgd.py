@@ -4,6 +4,7 @@ SGD (per-example clipping and Gaussian noise in every local step), and its priva
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import warnings
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class DPSGD(TrainingDefense):
     main: ClassVar[str] = "noise"
 
     def __post_init__(self) -> None:
+        if importlib.util.find_spec("opacus") is None:  # known before any work, not when the client trains
+            raise InputError("the dpsgd defense needs Opacus: pip install 'gradleak[dp]'")
         if not (self.noise >= 0 and math.isfinite(self.noise)):
             raise InputError(f"dpsgd noise multiplier must be >= 0, got {self.noise}")
         require_positive("dpsgd clip", self.clip)

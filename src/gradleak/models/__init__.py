@@ -71,15 +71,23 @@ def build_model(name: str, num_classes: int, input_shape: Sequence[int], **kwarg
     from a file."""
     if ":" in name:
         module_name, _, attr = name.partition(":")
+        if not (attr.isidentifier() and all(part.isidentifier() for part in module_name.split("."))):
+            raise InputError(f"model {name!r}: expected a zoo name or module:factory, e.g. mypackage.nets:make_net")
         try:
             factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as e:
             raise InputError(f"cannot load model factory {name!r}: {e}") from None
+    else:
+        factory = MODELS.get(name)
+    try:
         model = factory(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
-        return model
-    return MODELS.get(name)(num_classes, tuple(input_shape), **kwargs)
+    except (TypeError, RuntimeError) as e:  # an argument it does not take, a negative layer size, ...
+        raise InputError(f"cannot build model {name!r} with {kwargs}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
+    if any(p.numel() == 0 for p in model.parameters()):
+        raise InputError(f"model {name!r} with {kwargs} has a layer without units; check its size arguments")
+    return model
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:

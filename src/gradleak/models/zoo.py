@@ -13,17 +13,22 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def flat_size(body: nn.Module, input_shape: Sequence[int]) -> int:
-    """The number of features ``body`` outputs for one input of ``input_shape`` (its training mode is kept)."""
+    """The number of features ``body`` outputs for one input of ``input_shape`` (its training mode is kept);
+    InputError when ``body`` cannot take such an input."""
     with torch.no_grad():
         was_training = body.training
         body.eval()
-        n = body(torch.zeros(1, *input_shape)).flatten(1).shape[1]
+        try:
+            n = body(torch.zeros(1, *input_shape)).flatten(1).shape[1]
+        except RuntimeError as e:
+            raise InputError(f"the model cannot take inputs of shape {tuple(input_shape)}: {e}") from None
         body.train(was_training)
     return int(n)
 
