@@ -3,26 +3,27 @@
 Observable facts only: the protocol (FedSGD gradient or FedAvg delta), the batch size (known or not), the
 number of classes, whether the head has a bias, and the model itself — in particular its **confidence on dummy
 inputs**: ``κ = (mean max softmax − 1/N) / (1 − 1/N)`` over 64 uniform inputs run as the client runs them
-(:func:`dummy_confidence`). Preference (best first; numbers from ``benchmarks/labels/trained.py``, digits split
-into a training and a disjoint attack half, ConvNet width 16 and ResNet-18, BN eval and train, B = 8/32/64):
+(:func:`dummy_confidence`). Preference (best first; the numbers are ``benchmarks/labels/results.md``: ConvNet
+width 16 and ResNet-18, 10 classes, BN eval and train, B = 8/32, untrained or trained on a disjoint half):
 
 1. one sample (B = 1 or unknown): ``wang2024`` — the rank-one head gradient gives the label exactly, soft or not.
    A recovered label within 1e-3 of a one-hot is reported as that hard label (``soft=None``), so a one-hot label
    is never called soft; if the necessary condition fails, ``idlg`` (exact for a hard label).
 2. a FedAvg delta with a head bias: ``fedavg`` (replays the head's path over the K local steps).
-3. a FedSGD gradient, B > 1, **fresh model** (κ < 0.4; measured κ 0.01–0.20 on fresh ConvNet / ResNet-18 in both
-   BN modes): ``ilrg-lsq``, then ``llg-whitebox``. The counts are ``B (p̄ − g_b)``; on a fresh model both the
-   gradient's own mean-embedding estimate and the dummy probe give ``p̄`` well — ``ilrg-lsq`` was best or within
-   0.012 of the best in every fresh cell (0.99–1.00), while the published ``ilrg`` fell to 0.91–0.97 with BN in
-   train mode (class-wise embeddings break where ``g_b[c] ≈ 0``), which is why ``auto`` uses the variant.
-4. a FedSGD gradient, B > 1, **trained model** (κ ≥ 0.4; measured 0.56 / 0.93 on the trained ConvNet in BN
-   train / eval): a confident model predicts its batch, so ``p̄`` is close to the label histogram and neither
-   dummy inputs (which a trained model maps to a few classes: ``llg-whitebox`` 0.10–0.77) nor class-wise
-   embeddings (``ilrg`` 0.27–0.56) reveal it. What is left is a prior: with ``B < N`` the min rule's distinct
-   labels (``gradinversion-min``, 0.73–0.75 at B = 8), otherwise the bias counts with a uniform offset
-   (``llg-bias-corrected``, 0.80–0.88 at B = 32/64). The threshold sits between the two measured ranges.
+3. a FedSGD gradient, B > 1, **fresh model** (κ < 0.4; measured 0.00–0.23 on the untrained models):
+   ``ilrg-lsq``, then ``llg-whitebox``. The counts are ``B (p̄ − g_b)``; on a fresh model the gradient's own
+   mean-embedding estimate gives ``p̄`` well (``ilrg-lsq`` 0.91–1.00 there), while the published ``ilrg`` falls
+   to 0.86–0.89 with BN in train mode (class-wise embeddings break where ``g_b[c] ≈ 0``).
+4. a FedSGD gradient, B > 1, **trained model** (κ ≥ 0.4; measured 0.57–0.94): a confident model predicts its
+   batch, so ``p̄`` is close to the label histogram and neither dummy inputs nor class-wise embeddings reveal
+   it. What is left is a prior: with ``B < N`` the min rule's distinct labels (``gradinversion-min``), otherwise
+   the bias counts with a uniform offset (``llg-bias-corrected``).
 5. then the rest: ``ilrg-lsq``, ``llg-whitebox``, ``llg-bias-corrected``, ``llg-simple``, the distinct-label rules
    ``gradinversion-min`` and ``sum``, ``idlg``.
+
+Known weakness (measured): the threshold is one number between two measured ranges, and a trained ResNet-18
+with BN in eval mode gave κ = 0.32 — below it — so ``auto`` treated it as fresh and fell 0.13–0.27 short of
+the best method there. ``auto`` is within 0.02 of the best method in 12 of the 16 cells.
 
 A method is skipped if it is not registered or its ``problems(obs)`` are not empty; at run time a method that
 refuses hands over to the next. The result says which method ran and why: ``LabelResult.method`` and
