@@ -42,7 +42,8 @@ def test_audit_writes_results_report_and_grid(tmp_path, capsys):
     for a in res["attacks"]:
         assert a["error"] is None and len(a["psnr"]) == 1 and a["lpips"] is None
         assert (out / a["images"]["grid"]).exists()
-    assert res["labels"]["methods"]["idlg"]["label_accuracy"] == 1.0
+    used = res["labels"]["methods"][res["labels"]["used_by_attacks"]]
+    assert used["requested"] == "auto" and used["label_accuracy"] == 1.0
     assert res["scenario"]["defenses"] == [{"name": "clip", "max_norm": 100.0}]
     html = (out / "report.html").read_text()
     assert "inverting_gradients" in html and "data:image/png;base64," in html
