@@ -106,6 +106,15 @@ class Observation:
         return self.protocol.kind
 
     @property
+    def device(self) -> torch.device:
+        """Where the model (and so every attack's candidates) lives: attacks take it from here, never assume one."""
+        return next(iter(self.parameters().values())).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.parameters().values())).dtype
+
+    @property
     def bn_train(self) -> bool:
         """True if BatchNorm layers ran in train mode (batch statistics)."""
         return any(m.training for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))

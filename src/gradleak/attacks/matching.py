@@ -124,6 +124,7 @@ class MatchingProblem:
         transform: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
         bn_targets: Sequence[tuple[Tensor, Tensor]] | None = None,
     ):
+        targets = None if targets is None else targets.to(obs.device)
         self.obs, self.cfg, self.targets, self.transform = obs, cfg, targets, transform
         if targets is None and not cfg.optimize_labels:
             raise InputError("labels are needed unless the attack optimises them (optimize_labels)")
@@ -157,7 +158,7 @@ class MatchingProblem:
             lo, hi = norm.bounds()
         else:
             lo, hi = torch.zeros(c, 1, 1), torch.ones(c, 1, 1)
-        self.lower, self.upper = lo.float(), hi.float()
+        self.lower, self.upper = lo.to(obs.device, obs.dtype), hi.to(obs.device, obs.dtype)
 
     # -- pieces of the objective ------------------------------------------------------------------
     def _bn_statistics(self) -> list[tuple[Tensor, Tensor]]:
@@ -194,11 +195,13 @@ class MatchingProblem:
     def distance(self, update: dict[str, Tensor]) -> Tensor:
         cand = [update[k] for k in self.keys]
         if self.cfg.distance == "l2":
-            return sum((w * (c - t).pow(2).sum() for w, c, t in zip(self.weights, cand, self.target)), torch.zeros(()))
+            return sum(
+                (w * (c - t).pow(2).sum() for w, c, t in zip(self.weights, cand, self.target)), cand[0].new_zeros(())
+            )
         if self.cfg.distance == "layer_l2":
             return sum(w * torch.linalg.vector_norm(c - t) for w, c, t in zip(self.weights, cand, self.target))
         dot = sum(w * (c * t).sum() for w, c, t in zip(self.weights, cand, self.target))
-        sq = sum((w * c.pow(2).sum() for w, c in zip(self.weights, cand)), torch.zeros(()))
+        sq = sum((w * c.pow(2).sum() for w, c in zip(self.weights, cand)), cand[0].new_zeros(()))
         return 1 - dot / (sq.sqrt() * math.sqrt(self.target_sq) + 1e-12)
 
     def labels_from(self, label_logits: Tensor | None) -> Tensor:
@@ -286,10 +289,11 @@ def run_matching(
     Langevin noise, or refresh an attack's state such as a group consensus)."""
     cfg = problem.cfg
     shape = (cfg.restarts, batch_size, *problem.obs.input_shape)
-    X = (init.expand(shape).clone() if init is not None else torch.randn(shape, generator=generator)).float()
+    device, dtype = problem.obs.device, problem.obs.dtype  # candidates live with the model; draws stay seeded on CPU
+    X = (init.expand(shape).clone() if init is not None else torch.randn(shape, generator=generator)).to(device, dtype)
     problem.clamp_(X)
     Y = (
-        torch.randn(cfg.restarts, batch_size, problem.obs.num_classes, generator=generator)
+        torch.randn(cfg.restarts, batch_size, problem.obs.num_classes, generator=generator).to(device, dtype)
         if cfg.optimize_labels
         else None
     )
