@@ -11,7 +11,15 @@ from torch import nn
 
 from gradleak.analyze import analyze_model, copa_index
 from gradleak.attacks import ATTACKS
-from gradleak.attacks.analytic.tensor import TensorConfig, match_cosines, reconstruct, single_query
+from gradleak.attacks.analytic.tensor import (
+    QueryTruth,
+    TensorConfig,
+    has_flip_symmetry,
+    match_cosines,
+    reconstruct,
+    score_query,
+    single_query,
+)
 from gradleak.attacks.analytic.trace import trace_chain
 from gradleak.errors import UnsupportedError
 from gradleak.metrics import psnr, score_images
@@ -88,6 +96,43 @@ def test_tensor_recovers_small_batch():
     cos, _ = match_cosines(rec.x, truth.x)
     assert min(cos) > 0.99
     assert sorted(rec.labels) == sorted(truth.labels.tolist())
+
+
+def test_tensor_same_result_at_one_and_two_threads():
+    obs, _ = single_query(d=10, batch_size=3, width=3000, seed=1, num_classes=2)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = reconstruct(obs, TensorConfig(max_noise=10.0))
+        torch.set_num_threads(2)
+        two = reconstruct(obs, TensorConfig(max_noise=10.0))
+    finally:
+        torch.set_num_threads(old)
+    assert (one.x - two.x).abs().max() < 1e-6
+    assert one.labels == two.labels
+
+
+def test_tensor_recovers_the_scale_where_the_direction_is_right():
+    obs, truth = single_query(d=10, batch_size=3, width=30000, seed=1, num_classes=2)
+    rec = reconstruct(obs, TensorConfig())
+    sc = score_query(rec.x, rec.labels, truth, has_flip_symmetry(obs))
+    assert min(sc.cos) > 0.999
+    assert max(sc.rel_error) < 0.05
+    assert all(sc.labels_ok)
+
+
+def test_tensor_score_is_modulo_the_two_class_flip_only_where_it_exists():
+    x = torch.randn(3, 6, generator=gen(), dtype=torch.float64)
+    truth = QueryTruth(x, torch.tensor([0, 1, 1]))
+    flipped = score_query(-x[[2, 0, 1]], [0, 1, 0], truth, symmetric=True)  # (−x, 1 − y), permuted
+    assert flipped.cos == pytest.approx([1.0] * 3) and flipped.labels_ok == [True] * 3
+    assert max(flipped.rel_error) < 1e-12 and flipped.order == [1, 2, 0]
+    signed = score_query(-x, [1, 0, 0], truth, symmetric=False)
+    assert signed.cos == pytest.approx([-1.0] * 3) and signed.labels_ok == [False] * 3
+    assert min(signed.rel_error) == pytest.approx(2.0)
+    assert has_flip_symmetry(single_query(d=6, batch_size=2, width=200, num_classes=2)[0])
+    assert not has_flip_symmetry(single_query(d=6, batch_size=2, width=200, num_classes=10)[0])
+    assert not has_flip_symmetry(single_query(d=6, batch_size=2, width=200, num_classes=2, activation="relu")[0])
 
 
 @pytest.mark.parametrize("case", ["batch_exceeds_dim", "uniform_init", "linear"])

@@ -10,13 +10,22 @@ mean included), ``τ_i = s‖x_i‖`` and ``κ_p(τ) = E[σ(τz) He_p(z)]`` (Ste
 
 p = 3 for activations with an odd part (tanh, sigmoid); p = 4 where ``κ_3 = 0`` (ReLU, softplus).
 Steps (our working version — the paper's own decomposition routine and width rate are not available
-to us): (1) project on the top-B right singular vectors of ``∇W`` (its rows lie in span{x_i});
+to us; everything in float64, all randomness from the caller's seeded generator):
+(1) project on the top-B right singular vectors of ``∇W`` (its rows lie in span{x_i}), signs canonical;
 (2) both estimators over 16 chunks of the hidden units, combined by inverse variance — the chunk
 spread also gives the estimate's relative noise; (3) Jennrich's simultaneous diagonalisation of
-random slice combinations, the best of several by fit, then a least-squares CP refinement;
-(4) per sample, the norm ``τ``, the sign and the label are those whose predicted coefficient
-``κ_p(τ)·(softmax(f(x)) − e_y)/B`` best matches the recovered one; (5) each sample's sign and label
-are re-checked by replaying the client's gradient on the candidate batch.
+random slice pairs, whitened by the symmetric eigendecomposition of one slice (no pseudo-inverse
+cut-off), the best few by fit refined by least-squares CP (L-BFGS), the best refined one kept;
+directions' signs canonical (largest entry positive) and ordered by coefficient size;
+(4) per sample, the norm from the first-layer gradient: with the directions known, ``∇W``'s column
+for sample i is ``ρ_i (Aᵀ r_i) ⊙ σ'(ρ_i W x̂_i) / B`` — m equations, linear in ``r_i`` for fixed ``ρ_i``,
+so ``ρ_i`` is a 1-D least-squares problem (deviation: the paper reads ``r_i`` off the tensor
+coefficients and does not need the norm under its normalisation); the sign and label are those for
+which ``softmax(f(x_i)) − e_y`` matches the recovered ``r_i``.
+
+Symmetry: with two classes, an odd σ and no head bias, ``(x, y)`` and ``(−x, 1 − y)`` give exactly the
+same gradient (:func:`has_flip_symmetry`); the canonical direction is returned and
+:func:`score_query` scores modulo that flip.
 
 Conditions checked: FedSGD gradient, known batch size ``B ≤ d`` and ``B ≤ m``, exactly
 Linear(no bias) → element-wise σ → Linear, ``κ_p ≠ 0``, first-layer weights Gaussian (kurtosis ≈ 3,
@@ -145,18 +154,18 @@ def match_cosines(rec: Tensor, true: Tensor) -> tuple[list[float], list[int]]:
 @dataclass(frozen=True, kw_only=True)
 class TensorConfig:
     """``order``: 0 = 3 if κ_3 ≠ 0 else 4; ``estimator``: "both" (inverse-variance combination),
-    "first" or "second" layer; ``trials`` random Jennrich pencils; ``refine_steps`` of L-BFGS on the
-    CP fit; ``max_noise``: refuse when the tensor's estimated relative noise exceeds it;
-    ``replay_passes`` greedy passes re-choosing each sample's sign and label by the replayed gradient."""
+    "first" or "second" layer; ``trials`` seeded whitened Jennrich pencils, the ``refined`` best of them
+    refined by ``refine_steps`` of L-BFGS on the CP fit; ``max_noise``: refuse when the tensor's
+    estimated relative noise exceeds it; ``tau_range``: the range of ``τ = s‖x‖`` searched for each norm."""
 
     order: int = 0
     estimator: str = "both"
     chunks: int = 16
     trials: int = 20
     refine_steps: int = 100
+    refined: int = 4
     max_noise: float = 1.0
-    tau_grid: tuple[float, float, int] = (0.02, 20.0, 241)
-    replay_passes: int = 1
+    tau_range: tuple[float, float] = (0.02, 30.0)
 
 
 @dataclass
@@ -168,7 +177,7 @@ class TensorReconstruction:
     order: int
     noise: float
     fit_residual: float
-    scale_residuals: list[float]
+    scale_residuals: list[float]  # relative residual of each sample's first-layer gradient fit
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -337,8 +346,7 @@ def _estimate(parts: list[Tensor]) -> tuple[Tensor, Tensor]:
 def _cp_fit(t: Tensor, xs: Tensor, order: int) -> tuple[Tensor, float]:
     """Least-squares coefficients [B, K] of ``T_k ≈ Σ_i c_ik x_i^{⊗p}`` and the relative residual."""
     k = t.shape[0]
-    cols = [xs[i] for i in range(xs.shape[0])]
-    design = torch.stack([_outer(v, order).flatten() for v in cols], 1)  # [B^p, B]
+    design = torch.stack([_outer(v, order).flatten() for v in xs], 1)  # [B^p, B]
     coef = torch.linalg.lstsq(design, t.reshape(k, -1).T).solution  # [B, K]
     res = float((design @ coef - t.reshape(k, -1).T).norm() / t.norm())
     return coef, res
@@ -351,32 +359,45 @@ def _outer(v: Tensor, order: int) -> Tensor:
     return out
 
 
-def _jennrich(t: Tensor, order: int, trials: int, gen: torch.Generator) -> tuple[Tensor, Tensor, float]:
-    k, b = t.shape[0], t.shape[1]
-    best: tuple[float, Tensor, Tensor] | None = None
-    for _ in range(trials):
-        t3 = t
-        if order == 4:
-            h = torch.randn(b, generator=gen, dtype=DT)
-            t3 = torch.einsum("kabcd,d->kabc", t, h)
-        theta = torch.randn(k, generator=gen, dtype=DT)
-        u, v = torch.randn(b, generator=gen, dtype=DT), torch.randn(b, generator=gen, dtype=DT)
-        mu = torch.einsum("k,kabc,c->ab", theta, t3, u)
-        mv = torch.einsum("k,kabc,c->ab", theta, t3, v)
-        try:
-            evals, evecs = torch.linalg.eig(mu @ torch.linalg.pinv(mv))
-        except RuntimeError:
-            continue
-        xs = F.normalize(evecs.real.T, dim=1)
+def _pencil(t3: Tensor, gen: torch.Generator) -> Tensor:
+    """One Jennrich step on an order-3 tensor ``T_k = Σ_i c_ik v_i^{⊗3}`` [K, B, B, B], whitened.
+
+    Two random slices ``M_u = V D_u Vᵀ``, ``M_v = V D_v Vᵀ``; ``M_v = Q Λ Qᵀ`` (symmetric eigh) gives
+    ``W = Q|Λ|^{-1/2}`` with ``Wᵀ M_v W = S = sign(Λ)``; the eigenvectors z of ``(Wᵀ M_u W) S`` map back to
+    ``v_i ∝ Q|Λ|^{1/2} z``. Same eigenvectors as ``M_u M_v⁻¹`` (the paper's simultaneous diagonalisation),
+    without a pseudo-inverse's rank cut-off and with a symmetric (well-conditioned) first factorisation.
+    Returns unit rows [B, B]."""
+    k, b = t3.shape[0], t3.shape[1]
+    theta = torch.randn(k, generator=gen, dtype=DT)
+    u, v = torch.randn(b, generator=gen, dtype=DT), torch.randn(b, generator=gen, dtype=DT)
+    mu = torch.einsum("k,kabc,c->ab", theta, t3, u)
+    mv = torch.einsum("k,kabc,c->ab", theta, t3, v)
+    mu, mv = (mu + mu.T) / 2, (mv + mv.T) / 2
+    lam, q = torch.linalg.eigh(mv)
+    mag = lam.abs().clamp_min(float(lam.abs().max()) * 1e-12 + 1e-300)
+    w = q * mag.rsqrt()
+    _, z = torch.linalg.eig((w.T @ mu @ w) * torch.sign(lam)[None, :])
+    return F.normalize(((q * mag.sqrt()) @ z.real).T, dim=1)
+
+
+def _decompose(t: Tensor, order: int, cfg: TensorConfig, gen: torch.Generator) -> tuple[Tensor, Tensor, float]:
+    """CP decomposition of the symmetric moment tensor: ``cfg.trials`` seeded whitened Jennrich pencils
+    (order 4: the last mode contracted with a random vector first), the ``cfg.refined`` best by fit
+    refined by L-BFGS, the best refined one kept. Returns unit directions [B, B], coefficients [B, K]
+    and the relative residual."""
+    cands = []
+    for _ in range(cfg.trials):
+        t3 = t if order == 3 else torch.einsum("kabcd,d->kabc", t, torch.randn(t.shape[1], generator=gen, dtype=DT))
+        xs = _pencil(t3, gen)
         coef, res = _cp_fit(t, xs, order)
-        if best is None or res < best[0]:
-            best = (res, xs, coef)
-    if best is None:
-        raise UnsupportedError("tensor", ["the tensor's slices could not be diagonalised"])
-    return best[1], best[2], best[0]
+        cands.append((res, xs, coef))
+    cands.sort(key=lambda c: c[0])
+    refined = [_refine(t, xs, coef, order, cfg.refine_steps) for _, xs, coef in cands[: cfg.refined]]
+    return min(refined, key=lambda r: r[2])
 
 
 def _refine(t: Tensor, xs: Tensor, coef: Tensor, order: int, steps: int) -> tuple[Tensor, Tensor, float]:
+    """Least-squares CP fit ``Σ_k ‖Σ_i c_ik x_i^{⊗p} − T_k‖²`` by L-BFGS from a Jennrich start (float64)."""
     if steps <= 0:
         return xs, coef, _cp_fit(t, xs, order)[1]
     x = xs.clone().contiguous().requires_grad_(True)
@@ -384,15 +405,11 @@ def _refine(t: Tensor, xs: Tensor, coef: Tensor, order: int, steps: int) -> tupl
     letters = "abcd"[:order]
     expr = ",".join(f"i{l}" for l in letters) + ",ik->k" + letters
     scale = t.norm()
-
-    def loss() -> Tensor:
-        return ((torch.einsum(expr, *([x] * order), c) - t) ** 2).sum() / scale**2
-
     opt = torch.optim.LBFGS([x, c], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()
-        val = loss()
+        val = ((torch.einsum(expr, *([x] * order), c) - t) ** 2).sum() / scale**2
         val.backward()
         return val
 
@@ -400,6 +417,56 @@ def _refine(t: Tensor, xs: Tensor, coef: Tensor, order: int, steps: int) -> tupl
     xs = F.normalize(x.detach(), dim=1)
     coef, res = _cp_fit(t, xs, order)
     return xs, coef, res
+
+
+def _canonical(dirs: Tensor) -> Tensor:
+    """Each row's sign fixed so that its largest-magnitude entry is positive (eigenvectors have none)."""
+    idx = dirs.abs().argmax(1, keepdim=True)
+    return dirs * torch.sign(dirs.gather(1, idx))
+
+
+def _dsigma(sig, z: Tensor) -> Tensor:
+    z = z.detach().requires_grad_(True)
+    return torch.autograd.grad(sig(z).sum(), z)[0]
+
+
+def _scale_fit(col: Tensor, u: Tensor, a: Tensor, sig, b: int, rhos: Tensor) -> tuple[float, Tensor, float]:
+    """Norm ρ and output residual r̂ of one sample from its first-layer gradient column.
+
+    ``∇W = Σ_i g_i x_iᵀ`` with ``g_i = (Aᵀ r_i) ⊙ σ'(W x_i) / B``; with the directions known, the column
+    ``ĝ_i`` (from the dual basis) equals ``ρ_i (Aᵀ r_i) ⊙ σ'(ρ_i u_i) / B`` (``u_i = W x̂_i``): m equations,
+    linear in the K entries of ``r_i`` for fixed ``ρ_i``. ρ minimises the profiled least-squares residual
+    (a log grid, then golden-section search between the grid neighbours of the best point)."""
+
+    def fit(rho: float) -> tuple[float, Tensor]:
+        design = (rho / b) * _dsigma(sig, rho * u)[:, None] * a.T  # [m, K]
+        r = torch.linalg.lstsq(design, col[:, None]).solution[:, 0]
+        return float((design @ r - col).norm() / col.norm().clamp_min(1e-300)), r
+
+    errs = [fit(float(rho))[0] for rho in rhos]
+    j = min(range(len(errs)), key=errs.__getitem__)
+    lo, hi = math.log(float(rhos[max(j - 1, 0)])), math.log(float(rhos[min(j + 1, len(rhos) - 1)]))
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(40):
+        m1, m2 = hi - g * (hi - lo), lo + g * (hi - lo)
+        if fit(math.exp(m1))[0] <= fit(math.exp(m2))[0]:
+            hi = m2
+        else:
+            lo = m1
+    rho = math.exp((lo + hi) / 2)
+    err, r = fit(rho)
+    return rho, r, err
+
+
+def has_flip_symmetry(obs: Observation) -> bool:
+    """Two classes, an odd activation and no head bias: ``(x, y)`` and ``(−x, 1 − y)`` give exactly the same
+    gradient (``σ(−Wx) = −σ(Wx)`` flips the logits, hence ``softmax − e_y`` flips with the label), so no
+    attack can tell them apart."""
+    _, _, sig, head, _ = _two_layer(obs)
+    if sig is None or head is None or obs.num_classes != 2 or head.bias is not None:
+        return False
+    z = torch.linspace(-5, 5, 101, dtype=DT)
+    return bool(torch.allclose(sig(-z), -sig(z), atol=1e-12))
 
 
 def reconstruct(
@@ -417,11 +484,10 @@ def reconstruct(
     m, d = w.shape
     order = _order(sig, cfg.order)
     s = float(w.pow(2).mean().sqrt())
-    # (1) the span of the inputs
-    evals, evecs = torch.linalg.eigh(gw.T @ gw)
-    sv = evals.flip(0).clamp_min(0).sqrt()
-    u = evecs.flip(1)[:, :b]  # [d, B]
-    gap = float(sv[b] / sv[b - 1]) if b < d and float(sv[b - 1]) > 0 else 0.0
+    # (1) the span of the inputs: top-B right singular vectors of ∇W, signs canonical
+    _, sv, vh = torch.linalg.svd(gw, full_matrices=False)
+    u = _canonical(vh[:b]).T  # [d, B]
+    gap = float(sv[b] / sv[b - 1]) if b < min(m, d) and float(sv[b - 1]) > 0 else 0.0
     p_all = (w / s) @ u  # [m, B]
     g_all = gw @ u
     # (2) the tensor, by chunks
@@ -453,62 +519,38 @@ def reconstruct(
                 f"m ≈ {needed} hidden units would bring it to 0.05"
             ],
         )
-    # (3) decomposition
-    xs, coef, res = _jennrich(t, order, cfg.trials, gen)
-    xs, coef, res = _refine(t, xs, coef, order, cfg.refine_steps)
-    dirs = xs @ u.T  # [B, d] unit (U orthonormal)
-    # (4) norm, sign and label per sample
-    lo, hi, n = cfg.tau_grid
-    taus = torch.logspace(math.log10(lo), math.log10(hi), int(n), dtype=DT)
-    kap = kappa(sig, order, taus)  # [T]
-    out_x, out_dir, labels, resids = [], [], [], []
-    k_cls = a.shape[0]
-    eye = torch.eye(k_cls, dtype=DT)
-    hb = head.bias.detach().to(DT) if head.bias is not None else torch.zeros(k_cls, dtype=DT)
-    options = []  # per sample: the best (residual, x, label) for each sign
+    # (3) decomposition; directions in input space, signs canonical, ordered by coefficient size
+    xs, coef, res = _decompose(t, order, cfg, gen)
+    dirs = _canonical(xs @ u.T)  # [B, d] unit (U orthonormal)
+    coef, _ = _cp_fit(t, dirs @ u, order)
+    perm = torch.argsort(-coef.norm(dim=1), stable=True)
+    dirs, coef = dirs[perm], coef[perm]
+    # (4) norm, sign and label per sample: for each sign, the norm and output residual r̂ from the
+    # first-layer gradient; the sign and label are those whose softmax(f(x)) − e_y best matches r̂.
+    # Under the flip symmetry both signs fit equally, and the canonical one is kept
+    cols = gw @ torch.linalg.pinv(dirs)  # [m, B]: column i = ±ρ_i g_i
+    pre = w @ dirs.T  # [m, B]
+    lo, hi = cfg.tau_range
+    rhos = torch.logspace(math.log10(lo / s), math.log10(hi / s), 61, dtype=DT)
+    symmetric = has_flip_symmetry(obs)
+    hb = head.bias.detach().to(DT) if head.bias is not None else torch.zeros(k_out, dtype=DT)
+    eye = torch.eye(k_out, dtype=DT)
+    out_x, labels, scale_res, label_res = [], [], [], []
     for i in range(b):
         best = None
-        per_sign = {}
-        for sign in (1.0, -1.0):
-            e = sign * dirs[i]
-            c_i = coef[i] * (sign**order)
-            pre = (taus[:, None] / s) * (w @ e)[None]  # [T, m]: w_jᵀx at x = τ/s·e
-            prob = torch.softmax(sig(pre) @ a.T + hb, 1)  # [T, K]
-            pred = kap[:, None, None] * (prob[:, None, :] - eye[None]) / b  # [T, y, K]
-            err = (pred - c_i).norm(dim=-1) / c_i.norm().clamp_min(1e-300)
-            j = int(err.argmin())
-            ti, yi = divmod(j, k_cls)
-            per_sign[sign] = (float(err.flatten()[j]), sign * dirs[i] * float(taus[ti]) / s, yi)
-            if best is None or float(err.flatten()[j]) < best[0]:
-                best = (float(err.flatten()[j]), sign, float(taus[ti]), yi)
-        r, sign, tau, y = best  # type: ignore[misc]
-        out_dir.append(sign * dirs[i])
-        out_x.append(sign * dirs[i] * tau / s)
-        labels.append(y)
-        resids.append(r)
-        options.append(per_sign)
-    # (5) sign and label of each sample re-checked against the observed gradient: the choice whose
-    # replayed gradient is closest wins (``replay_passes`` greedy passes; the norm found in (4) is kept)
-    flips = relabels = 0
-    dist = _replay_distance(obs, out_x, labels)
-    for _ in range(cfg.replay_passes):
-        for i in range(b):
-            best_i = (dist, 1.0, labels[i])
-            for sign in (1.0, -1.0):
-                for y in range(k_cls):
-                    if sign == 1.0 and y == labels[i]:
-                        continue
-                    trial_x, trial_y = list(out_x), list(labels)
-                    trial_x[i], trial_y[i] = sign * out_x[i], y
-                    d_try = _replay_distance(obs, trial_x, trial_y)
-                    if d_try < best_i[0]:
-                        best_i = (d_try, sign, y)
-            dist, sign, y = best_i
-            if sign < 0:
-                out_x[i], out_dir[i] = -out_x[i], -out_dir[i]
-                flips += 1
-            relabels += int(y != labels[i])
-            labels[i] = y
+        for sign in (1.0,) if symmetric else (1.0, -1.0):
+            rho, r_hat, err = _scale_fit(cols[:, i], sign * pre[:, i], a, sig, b, rhos)
+            x_i = sign * rho * dirs[i]
+            prob = torch.softmax(sig(w @ x_i) @ a.T + hb, 0)
+            errs = (sign * r_hat[None] - (prob[None] - eye)).norm(dim=1) / r_hat.norm().clamp_min(1e-300)
+            y = int(errs.argmin())
+            if best is None or err + float(errs[y]) < best[0] + best[1]:
+                best = (err, float(errs[y]), x_i, y)
+        scale_res.append(best[0])  # type: ignore[index]
+        label_res.append(best[1])  # type: ignore[index]
+        out_x.append(best[2])  # type: ignore[index]
+        labels.append(best[3])  # type: ignore[index]
+    x = torch.stack(out_x)
     info = {
         "order": order,
         "width": m,
@@ -516,14 +558,15 @@ def reconstruct(
         "batch_size": b,
         "weight_scale": s,
         "span_gap": gap,
-        "gradient_distance": dist,
-        "sign_flips_by_replay": flips,
-        "relabels_by_replay": relabels,
+        "flip_symmetric": symmetric,
+        "gradient_distance": _replay_distance(obs, list(x), labels),
+        "label_residuals": label_res,
         "noise_first_layer": float(v1.sqrt() / t1.norm()),
         "noise_second_layer": float(v2.sqrt() / t2.norm()),
         "estimator": cfg.estimator,
     }
-    return TensorReconstruction(torch.stack(out_x), torch.stack(out_dir), labels, coef, order, noise, res, resids, info)
+    dirs = F.normalize(x, dim=1)
+    return TensorReconstruction(x, dirs, labels, coef, order, noise, res, scale_res, info)
 
 
 def _replay_distance(obs: Observation, xs: list[Tensor], labels: list[int]) -> float:
@@ -534,6 +577,33 @@ def _replay_distance(obs: Observation, xs: list[Tensor], labels: list[int]) -> f
     num = sum(float((upd[k] - obs.update[k]).double().pow(2).sum()) for k in upd)
     den = sum(float(obs.update[k].double().pow(2).sum()) for k in upd)
     return math.sqrt(num / max(den, 1e-300))
+
+
+@dataclass
+class QueryScore:
+    """A reconstruction scored against the truth, matched by |cos| (Hungarian assignment). Under the flip
+    symmetry (:func:`has_flip_symmetry`) a reconstruction ``(−x, 1 − y)`` is the same solution as
+    ``(x, y)``: it is flipped before scoring, so ``cos`` is then ≥ 0 and a flipped label is not an error.
+    Otherwise cosines are signed and labels compared as they are."""
+
+    cos: list[float]  # per true sample
+    rel_error: list[float]  # ‖x̂ − x‖ / ‖x‖ per true sample
+    labels_ok: list[bool]
+    order: list[int]  # reconstruction index matched to each true sample
+    symmetric: bool
+
+
+def score_query(x: Tensor, labels: list[int], truth: QueryTruth, symmetric: bool) -> QueryScore:
+    cos, order = match_cosines(x, truth.x)
+    out_cos, rel, ok = [], [], []
+    for i, j in enumerate(order):
+        c, xr, yr = cos[i], x[j].double(), labels[j]
+        if symmetric and c < 0:
+            c, xr, yr = -c, -xr, 1 - yr
+        out_cos.append(c)
+        rel.append(float((xr - truth.x[i]).norm() / truth.x[i].norm()))
+        ok.append(yr == int(truth.labels[i]))
+    return QueryScore(out_cos, rel, ok, order, symmetric)
 
 
 @attack("tensor")
