@@ -24,7 +24,7 @@ from .errors import GradleakError, InputError
 from .models import ModelSpec, architecture_hash, build_model, find_head
 from .normalization import Normalization
 from .observation_schema import FORMAT, ObservationHeader, parse_header
-from .protocols import FedSGD, Protocol, stateless
+from .protocols import FedAvg, FedSGD, Protocol, stateless
 from .schema import Problems, SafetensorsFile, finite_problems, read_safetensors, shape_problems, state_shapes
 
 ModelFactory = Callable[..., nn.Module]
@@ -104,6 +104,18 @@ class Observation:
     @property
     def kind(self) -> str:
         return self.protocol.kind
+
+    def known_batch_size(self) -> int:
+        """The batch size, for methods whose ``problems`` already required it to be known."""
+        if self.batch_size is None:
+            raise InputError("the batch size is unknown to the server (this method needs it)")
+        return self.batch_size
+
+    def fedavg(self) -> FedAvg:
+        """The FedAvg protocol, for methods whose ``problems`` already required a FedAvg delta."""
+        if not isinstance(self.protocol, FedAvg):
+            raise InputError(f"this needs a FedAvg delta; the observation is a {self.protocol.name} update")
+        return self.protocol
 
     @property
     def device(self) -> torch.device:

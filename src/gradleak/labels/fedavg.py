@@ -52,9 +52,9 @@ class FedAvgLabelsConfig:
 
 def coverage(obs: Observation) -> tuple[bool, list[int]]:
     """How many local steps used each of the B samples, and whether that is even."""
-    B = int(obs.batch_size)  # type: ignore[arg-type]
+    B = obs.known_batch_size()
     uses = np.zeros(B, dtype=int)
-    for sl in obs.protocol.batches(B):  # type: ignore[union-attr]
+    for sl in obs.fedavg().batches(B):
         uses[sl] += 1
     return bool((uses == uses[0]).all()), uses.tolist()
 
@@ -98,8 +98,8 @@ class FedAvgLabels(LabelMethod):
         t0 = time.perf_counter()
         dW, db, W0, b0 = head_arrays(obs)
         assert db is not None and b0 is not None
-        K = int(obs.protocol.local_steps)  # type: ignore[union-attr]
-        B = int(obs.batch_size)  # type: ignore[arg-type]
+        K = obs.fedavg().local_steps
+        B = obs.known_batch_size()
         if float(np.abs(db).max(initial=0.0)) <= self.config.counts.min_gradient:
             raise UnsupportedError(
                 self.name, ["the head's update is (numerically) zero: the round carries no label counts"]
@@ -113,7 +113,7 @@ class FedAvgLabels(LabelMethod):
             return softmax(np.einsum("nm,tcm->tnc", h, Ws) + bs[:, None, :]).mean(0)
 
         # τ only scales Ḡ; the estimator's embedding and probabilities do not depend on it
-        tau_known = K * float(obs.protocol.local_lr)  # type: ignore[union-attr]
+        tau_known = K * obs.fedavg().local_lr
         est = estimate_counts(-dW / tau_known, -db / tau_known, B, probs, config=self.config.counts)
         details: dict[str, Any] = {"local_steps": K, "path_points": T}
         if self.config.estimate_lr:

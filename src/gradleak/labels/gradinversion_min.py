@@ -76,7 +76,7 @@ class GradInversionMin(LabelMethod):
         labels = score.argsort()[: obs.batch_size].tolist()
         n_neg = int((score < 0).sum())
         details: dict[str, Any] = {"classes_with_negative_entries": n_neg}
-        if n_neg < obs.batch_size:  # type: ignore[operator]
+        if n_neg < obs.known_batch_size():
             details["note"] = (
                 f"only {n_neg} classes show a negative entry for a batch of {obs.batch_size}: "
                 "labels probably repeat; the extra labels are guesses"

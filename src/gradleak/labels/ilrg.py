@@ -97,7 +97,7 @@ class ILRG(LabelMethod):
         t0 = time.perf_counter()
         gw, gb, W, b = head_arrays(obs)
         assert gb is not None and b is not None  # checked by problems()
-        B = int(obs.batch_size)  # type: ignore[arg-type]
+        B = obs.known_batch_size()
         Q = softmax(class_embeddings(gw, gb) @ W.T + b)
         raw, counts = solve_counts(Q, gb, B)
         sg = singular_values(gw @ gw.T if gw.shape[0] <= gw.shape[1] else gw.T @ gw)

@@ -282,10 +282,10 @@ class ILRGLsq(LabelMethod):
         gw, gb, W, b = head_arrays(obs)
         note = "FedSGD gradient"
         if obs.kind == "delta":
-            scale = obs.protocol.local_steps * obs.protocol.local_lr  # type: ignore[union-attr]
+            scale = obs.fedavg().local_steps * obs.fedavg().local_lr
             gw, gb = -gw / scale, None if gb is None else -gb / scale
             note = "FedAvg delta read as the mean local gradient −Δ/(lr·K) (first order in lr); see 'fedavg'"
-        B = int(obs.batch_size)  # type: ignore[arg-type]
+        B = obs.known_batch_size()
         if float(np.abs(gw).max(initial=0.0)) <= self.config.min_gradient:
             raise UnsupportedError(
                 self.name,

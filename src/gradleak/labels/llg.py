@@ -101,7 +101,7 @@ class LLGSimple(_Count):
         self.check(obs)
         t0 = time.perf_counter()
         w, _, note = _scaled_grads(obs)
-        B, N = int(obs.batch_size), obs.num_classes  # type: ignore[arg-type]
+        B, N = obs.known_batch_size(), obs.num_classes
         g = w.sum(1)
         neg = np.flatnonzero(g < 0)
         if len(neg) > B:
@@ -134,7 +134,7 @@ class LLGBiasCorrected(_Count):
         t0 = time.perf_counter()
         _, b, note = _scaled_grads(obs)
         assert b is not None  # needs_bias: check() found the bias gradient
-        B, N = int(obs.batch_size), obs.num_classes  # type: ignore[arg-type]
+        B, N = obs.known_batch_size(), obs.num_classes
         x = B * (1.0 / N - b)
         n = round_counts(x, B)
         return LabelResult(
@@ -171,7 +171,7 @@ class LLGWhitebox(_Count):
         self.check(obs)
         t0 = time.perf_counter()
         w, b, note = _scaled_grads(obs)
-        B = int(obs.batch_size)  # type: ignore[arg-type]
+        B = obs.known_batch_size()
         n_probe = self.config.probe_inputs or max(B, 64)
         pr = probe(obs, n_probe, generator=generator or torch.Generator().manual_seed(self.config.seed))
         p = pr.probs.numpy()

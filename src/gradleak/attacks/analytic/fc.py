@@ -158,7 +158,7 @@ class FCExact(Attack):
         self.check(obs)
         name, _, _ = first_linear(obs)
         gw, gb = obs.update[f"{name}.weight"], obs.update[f"{name}.bias"]
-        b = int(obs.batch_size)  # type: ignore[arg-type]
+        b = obs.known_batch_size()
         x, exact, counts = recover_batch(gw, gb, self.config, b)
         images = denormalize(obs, x.float().view(b, *obs.input_shape))
         return AttackResult(
