@@ -4,7 +4,7 @@ Observable facts only: the protocol (FedSGD gradient or FedAvg delta), the batch
 number of classes, whether the head has a bias, and the model itself — in particular its **confidence on dummy
 inputs**: ``κ = (mean max softmax − 1/N) / (1 − 1/N)`` over 64 uniform inputs run as the client runs them
 (:func:`dummy_confidence`). Preference (best first; the numbers are ``benchmarks/labels/results.md``: ConvNet
-width 16 and ResNet-18, 10 classes, BN eval and train, B = 8/32, untrained or trained on a disjoint half):
+width 16 and ResNet-18, 10 classes, BN eval and train, B = 8/32/64, untrained or trained on a disjoint half):
 
 1. one sample (B = 1 or unknown): ``wang2024`` — the rank-one head gradient gives the label exactly, soft or not.
    A recovered label within 1e-3 of a one-hot is reported as that hard label (``soft=None``), so a one-hot label
@@ -14,16 +14,20 @@ width 16 and ResNet-18, 10 classes, BN eval and train, B = 8/32, untrained or tr
    ``ilrg-lsq``, then ``llg-whitebox``. The counts are ``B (p̄ − g_b)``; on a fresh model the gradient's own
    mean-embedding estimate gives ``p̄`` well (``ilrg-lsq`` 0.91–1.00 there), while the published ``ilrg`` falls
    to 0.86–0.89 with BN in train mode (class-wise embeddings break where ``g_b[c] ≈ 0``).
-4. a FedSGD gradient, B > 1, **trained model** (κ ≥ 0.4; measured 0.57–0.94): a confident model predicts its
+4. a FedSGD gradient, B > 1, **trained model** (κ ≥ 0.4; measured 0.56–0.99): a confident model predicts its
    batch, so ``p̄`` is close to the label histogram and neither dummy inputs nor class-wise embeddings reveal
    it. What is left is a prior: with ``B < N`` the min rule's distinct labels (``gradinversion-min``), otherwise
    the bias counts with a uniform offset (``llg-bias-corrected``).
 5. then the rest: ``ilrg-lsq``, ``llg-whitebox``, ``llg-bias-corrected``, ``llg-simple``, the distinct-label rules
    ``gradinversion-min`` and ``sum``, ``idlg``.
 
-Known weakness (measured): the threshold is one number between two measured ranges, and a trained ResNet-18
-with BN in eval mode gave κ = 0.32 — below it — so ``auto`` treated it as fresh and fell 0.13–0.27 short of
-the best method there. ``auto`` is within 0.02 of the best method in 12 of the 16 cells.
+Measured (``benchmarks/labels``, 4 trials per cell, labels with repeats, B = 8/32/64): ``auto`` is within 0.02
+of the cell's best method in 12/12 cells on victims trained to 0.99 held-out accuracy (digits), 10/12 on
+untrained ones and 7/8 on briefly trained photo models (held-out accuracy 0.42–0.80). Known weaknesses: an
+untrained ResNet-18 with BN in train mode is best served by ``llg-whitebox`` (1.000 vs ``ilrg-lsq``'s 0.867 /
+0.953 at B = 32 / 64) while the ConvNet there prefers ``ilrg-lsq``, and nothing observable separates the two
+yet; between fresh and trained (κ ≈ 0.3–0.6, partly trained models) no single method wins, and the threshold
+is one number between measured ranges.
 
 A method is skipped if it is not registered or its ``problems(obs)`` are not empty; at run time a method that
 refuses hands over to the next. The result says which method ran and why: ``LabelResult.method`` and
