@@ -41,7 +41,7 @@ PAPER = (
 CHECK_ROWS = [
     ("photos", 8, 0, "fedsgd"),
     ("photos", 8, 1, "fedsgd"),
-    ("digits", 16, 0, "fedsgd"),
+    ("digits", 16, 1, "fedsgd"),
     ("photos", 4, 0, "fedavg"),
 ]
 CHECK_TOL_DB = 0.5  # min PSNR; samples drawn, exact flags and the exact verdict must match exactly
@@ -103,11 +103,13 @@ def one_batch(data: str, b: int, seed: int, proto: str = "fedsgd", max_samples: 
         "labels_repeat": len(set(truth.labels.tolist())) < b,
     }
     attack = SPEAR() if max_samples is None else SPEAR(max_samples=max_samples)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     try:
         res = attack.run(obs, generator=torch.Generator().manual_seed(seed))
     except UnsupportedError as e:
-        return {**row, "error": str(e), "seconds": time.perf_counter() - t, "exact": False}
+        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+        return {**row, "exact": False, "error": str(e), "seconds": wall, "cpu_seconds": cpu}
+    row["cpu_seconds"] = time.process_time() - cpu
     s = score_images(res.images, truth.images)
     flags = res.assumptions["exact"]
     psnr_of = {j: s.psnr[i] for i, j in enumerate(s.order)}  # reconstruction j → its PSNR
@@ -143,6 +145,7 @@ def summary(rows: list[dict]) -> dict:
         "refused": len(rows) - len(ok),
         "median_seconds": statistics.median(r["seconds"] for r in rows),
         "max_seconds": max(r["seconds"] for r in rows),
+        "max_cpu_seconds": max(r["cpu_seconds"] for r in rows),
         "median_samples": statistics.median(r["samples_drawn"] for r in ok) if ok else None,
     }
 
@@ -169,8 +172,8 @@ def bench_fedavg(quick: bool) -> dict:
 
 
 def bench_runtime(quick: bool) -> dict:
-    plan = [(12, 3), (20, 2), (24, 1)] if not quick else [(12, 1)]
-    rows = [one_batch("photos", b, seed, max_samples=60_000_000) for b, n in plan for seed in range(n)]
+    plan = [(12, 3), (20, 1), (24, 1)] if not quick else [(12, 1)]
+    rows = [one_batch("photos", b, seed, max_samples=40_000_000) for b, n in plan for seed in range(n)]
     return {"rows": rows, "expected": {b: expected_samples(b) for b in (4, 8, 12, 16, 20, 24)}}
 
 
@@ -263,13 +266,13 @@ def markdown(results: dict) -> str:
         out += [
             "## Runtime (photos, width 1000, FedSGD)",
             "",
-            "| B | seed | exact | s | samples drawn | expected 2^(B−1)·H_B |",
-            "|---|---|---|---|---|---|",
+            "| B | seed | exact | wall s | CPU s | samples drawn | expected 2^(B−1)·H_B |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in rt["rows"]:
             drawn = r.get("samples_drawn", "refused")
             out.append(
-                f"| {r['B']} | {r['seed']} | {r['exact']} | {r['seconds']:.0f} | {drawn} | "
+                f"| {r['B']} | {r['seed']} | {r['exact']} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | {drawn} | "
                 f"{expected_samples(r['B']):.0f} |"
             )
         out.append("")
@@ -285,10 +288,12 @@ def markdown(results: dict) -> str:
 
 def verdict(groups: list[dict]) -> str:
     missed = [f"{g['data']} B={g['B']} ({g['exact_fraction']:.0%})" for g in groups if g["exact_fraction"] < 0.95]
-    b16 = [g["max_seconds"] for g in groups if g["B"] == 16]
+    b16 = [g for g in groups if g["B"] == 16]
     acc = "Met: every group ≥ 95% exact." if not missed else "Missed the 95% target: " + ", ".join(missed) + "."
-    t = max(b16) if b16 else math.nan
-    speed = f"Slowest B=16 batch {t:.1f} s: " + ("met (≤ 60 s)." if t <= 60 else "missed (> 60 s).")
+    t = max((g["max_seconds"] for g in b16), default=math.nan)
+    c = max((g["max_cpu_seconds"] for g in b16), default=math.nan)
+    met = "met (≤ 60 s)." if t <= 60 else "missed (> 60 s)."
+    speed = f"Slowest B=16 batch {t:.1f} s wall ({c:.1f} s CPU): {met}"
     return f"{acc} {speed}"
 
 
