@@ -270,12 +270,18 @@ def markdown(results: dict) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for r in rt["rows"]:
-            drawn = r.get("samples_drawn", "refused")
+            drawn = r.get("samples_drawn") or "budget spent, refused: " + r["error"].split("- ")[-1].split(" in ")[0]
             out.append(
                 f"| {r['B']} | {r['seed']} | {r['exact']} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | {drawn} | "
                 f"{expected_samples(r['B']):.0f} |"
             )
-        out.append("")
+        out += [
+            "",
+            "A batch not separated within the sample budget (`max_samples`) is refused with the number of directions "
+            "found, never returned as images. Sampling cost follows the 2^(B−1)·H_B estimate within a small factor; "
+            "it grows where a sample's ReLU zeroes fewer units (digits, B=16).",
+            "",
+        ]
     out += [
         "`python benchmarks/spear/run.py --check` reruns "
         + ", ".join(f"{d} B={b} seed={s} {p}" for d, b, s, p in CHECK_ROWS)
