@@ -15,6 +15,7 @@ import_submodules(sys.modules[__name__])
 
 from .analytic.fc import FCExact  # noqa: E402  (the registrations above import every attack module once)
 from .analytic.layerwise import RGAP  # noqa: E402
+from .analytic.spear import SPEAR  # noqa: E402
 from .analytic.tensor import TensorAttack  # noqa: E402
 from .dlg import DLG  # noqa: E402
 from .generative.ggl import GGL  # noqa: E402
@@ -29,6 +30,7 @@ __all__ = [
     "GGL",
     "GIFD",
     "RGAP",
+    "SPEAR",
     "Attack",
     "AttackResult",
     "FCExact",

@@ -4,6 +4,8 @@
   (``x = ∂L/∂W_n / ∂L/∂b_n``), for B=1 and for batches through rows only one sample activates.
 - :mod:`.layerwise` — R-GAP (Zhu & Blaschko, ICLR 2021) and the layer-wise reconstruction of
   Chen & Campbell (2021/2022): backward from the head, one linear system per layer.
+- :mod:`.spear` — SPEAR (Dimitrov et al., NeurIPS 2024): exact recovery of whole batches through a first
+  linear layer followed by a ReLU, from the gradient's low rank and the ReLU's zeros.
 - :mod:`.tensor` — the tensor-decomposition reconstruction of Wang, Lee & Lei (AISTATS 2023) for
   two-layer networks at random Gaussian parameters, with its own single-query scenario.
 
