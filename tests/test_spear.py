@@ -11,6 +11,7 @@ from gradleak.attacks.analytic.spear import SPEAR, evaluate
 from gradleak.client import client_round
 from gradleak.errors import UnsupportedError
 from gradleak.metrics import score_images
+from gradleak.models import build_model
 from gradleak.observation import Observation
 from gradleak.protocols import FedAvg, FedSGD
 from gradleak.scenario import Scenario, simulate
@@ -148,3 +149,17 @@ def test_a_wrong_batch_size_is_refused():
         model=obs.model, update=obs.update, num_classes=obs.num_classes, input_shape=obs.input_shape, batch_size=3
     )
     assert "rank above B=3" in refusal(small)
+
+
+def test_analyze_batch_limits_agree_with_the_attacks_refusals():
+    from gradleak.analyze import batch_recovery
+
+    for model, kw in (("mlp", {"width": 64}), ("convnet", {"width": 8})):
+        claims = {b.attack: b for b in batch_recovery(build_model(model, 10, (1, 16, 16), **kw))}
+        spear = claims["spear"]
+        for b in (4, 64):  # inside and just beyond the mlp's limit (B < 64 units)
+            sc = Scenario(model=model, model_kwargs=kw, dataset="digits", image_size=16, batch_size=b, seed=b)
+            obs, _ = simulate(sc)
+            admitted = not ATTACKS.get("spear")().problems(obs)
+            assert admitted == (spear.applies and b <= spear.max_batch), (model, b, spear)
+    assert claims["spear"].applies is False and claims["cocktail"].applies is False  # convnet: a conv first layer

@@ -38,6 +38,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attacks.analytic.fc import first_linear_layer
 from .attacks.analytic.linalg import (
     DTYPE,
     RANK_RTOL,
@@ -49,7 +50,15 @@ from .attacks.analytic.linalg import (
 )
 from .attacks.analytic.trace import Recorder, classify_node, is_affine, symbolic_trace
 
-__all__ = ["LayerAnalysis", "ModelAnalysis", "analyze_model", "copa_index"]
+__all__ = ["BatchRecovery", "LayerAnalysis", "ModelAnalysis", "analyze_model", "batch_recovery", "copa_index"]
+
+#: what the batch attacks' benchmarks measured on this project's 2-core CPU (quoted beside the algebraic limit)
+MEASURED = {
+    "analytic_fc": "exact at B = 1; in a batch only samples alone in a ReLU unit (benchmarks/analytic)",
+    "spear": "exact in 60/60 batches at B = 4–16, B = 20 in 21 s, B = 24 refused at the default sample "
+    "budget (benchmarks/spear)",
+    "cocktail": "see benchmarks/cocktail",
+}
 
 
 @dataclass
@@ -87,6 +96,7 @@ class ModelAnalysis:
     input_shape: list[int]
     num_classes: int
     layers: list[LayerAnalysis] = field(default_factory=list)
+    batch_recovery: list[BatchRecovery] = field(default_factory=list)
     rtol: float = RANK_RTOL
     exact_limit: int = 0
     seconds: float = 0.0
@@ -122,7 +132,74 @@ class ModelAnalysis:
             "exact_limit": self.exact_limit,
             "seconds": self.seconds,
             "layers": [l.to_json() for l in self.layers],
+            "batch_recovery": [b.to_json() for b in self.batch_recovery],
         }
+
+
+@dataclass(frozen=True)
+class BatchRecovery:
+    """Worst case for a batch: whether an analytic batch attack applies to the model's first layer and the
+    largest batch its algebra allows (``max_batch``); ``measured`` quotes its benchmark."""
+
+    attack: str
+    applies: bool
+    layer: str | None
+    max_batch: int | None
+    reason: str
+    measured: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def batch_recovery(model: nn.Module) -> list[BatchRecovery]:
+    """Which of the exact batch attacks (``analytic_fc``, ``spear``, ``cocktail``) the model's first layer admits
+    and up to which batch size — the conditions their ``problems()`` check, read from the architecture alone."""
+    name, after, problems = first_linear_layer(model)
+    if name is None:
+        why = problems[0] if problems else "no first fully connected layer"
+        return [BatchRecovery(a, False, None, None, why, MEASURED[a]) for a in ("analytic_fc", "spear", "cocktail")]
+    lin = cast(nn.Linear, model.get_submodule(name))
+    m, d, bias = lin.out_features, lin.in_features, lin.bias is not None
+    relu = after == "relu"
+    no_bias = f"{name} has no bias: the scale of each input is not determined"
+    return [
+        BatchRecovery(
+            "analytic_fc",
+            bias,
+            name,
+            1 if bias else None,
+            (
+                "B = 1 exact; batches need a ReLU after the layer"
+                if not relu
+                else "B = 1 exact; in a batch, samples alone in some ReLU unit"
+            )
+            if bias
+            else no_bias,
+            MEASURED["analytic_fc"],
+        ),
+        BatchRecovery(
+            "spear",
+            bias and relu,
+            name,
+            min(m - 1, d) if bias and relu else None,
+            (
+                f"rank-B gradient of a Linear({d}→{m}) + ReLU: B < {m} units and B ≤ {d} inputs; the sampling cost "
+                "doubles with every sample"
+            )
+            if bias and relu
+            else (no_bias if not bias else f"{name} is followed by {after}, not a ReLU"),
+            MEASURED["spear"],
+        ),
+        BatchRecovery(
+            "cocktail",
+            True,
+            name,
+            min(m, d),
+            f"the {m} rows of ∇W mix the B inputs: B ≤ {min(m, d)} independent sources",
+            MEASURED["cocktail"],
+        ),
+    ]
 
 
 def copa_index(deficiencies: list[int]) -> int:
@@ -222,6 +299,7 @@ def analyze_model(
         res.layers.append(
             _analyze_layer(gm, node, m, tuple(x_in.shape[1:]), delta[0].detach(), rec.values, exact_limit, rtol)
         )
+    res.batch_recovery = batch_recovery(model)
     res.seconds = time.perf_counter() - t0
     return res
 

@@ -94,6 +94,14 @@ def format_table(data: dict) -> str:
         f"COPA index (Chen & Campbell): {data['copa_index']}   (0 = every layer determined: leaks; "
         "more negative = safer)",
         f"R-GAP rank index (undetermined input directions): {data['rgap_rank_index']}   [{exact}]",
+        "",
+        "Worst case for a batch (exact / ICA batch attacks on the first layer):",
+        *(
+            f"  {b['attack']:<12} "
+            + (f"applies to {b['layer']} up to B = {b['max_batch']}: " if b["applies"] else "does not apply: ")
+            + f"{b['reason']}. Measured: {b['measured']}"
+            for b in data.get("batch_recovery", [])
+        ),
         f"{data['seconds']:.1f} s",
     ]
     return "\n".join(lines)

@@ -48,9 +48,15 @@ class FCExactConfig:
 
 
 def first_linear(obs: Observation) -> tuple[str | None, str | None, list[str]]:
-    """(module path of the first layer, kind of the op after it, problems)."""
+    """(module path of the first layer, kind of the op after it, problems) of the observation's model."""
+    return first_linear_layer(obs.model)
+
+
+def first_linear_layer(model: nn.Module) -> tuple[str | None, str | None, list[str]]:
+    """(module path of the model's first layer, kind of the op after it, problems): the layer must be the
+    input's only consumer and an ``nn.Linear`` with bias (reshapes before it are skipped)."""
     try:
-        gm = symbolic_trace(obs.model)
+        gm = symbolic_trace(model)
     except InputError as e:
         return None, None, [str(e)]
     node = next(n for n in gm.graph.nodes if n.op == "placeholder")
