@@ -135,6 +135,26 @@ def test_tensor_score_is_modulo_the_two_class_flip_only_where_it_exists():
     assert not has_flip_symmetry(single_query(d=6, batch_size=2, width=200, num_classes=2, activation="relu")[0])
 
 
+def test_tensor_polish_removes_the_estimate_noise():
+    obs, truth = single_query(d=10, batch_size=3, width=3000, seed=1, num_classes=2)
+    rec = reconstruct(obs, TensorConfig())
+    sym = has_flip_symmetry(obs)
+    assert max(score_query(rec.x_tensor, rec.labels, truth, sym).rel_error) > 0.1  # the paper's estimate
+    assert max(score_query(rec.x, rec.labels, truth, sym).rel_error) < 1e-2
+    assert rec.info["polish"]["converged"] and rec.info["gradient_distance"] < rec.info["gradient_distance_tensor"]
+    off = reconstruct(obs, TensorConfig(polish_steps=0))
+    assert torch.equal(off.x, off.x_tensor) and torch.allclose(off.x, rec.x_tensor)
+
+
+def test_tensor_refuses_a_fit_far_above_the_noise():
+    obs, _ = single_query(d=10, batch_size=3, width=3000, seed=1, num_classes=2)
+    rec = reconstruct(obs, TensorConfig(polish_steps=0))
+    ratio = rec.fit_residual / rec.noise  # 0.38: a decomposition that found the batch
+    assert 0.1 < ratio < 1.0
+    with pytest.raises(UnsupportedError, match="did not find B=3 components"):
+        reconstruct(obs, TensorConfig(max_fit_ratio=0.9 * ratio, polish_steps=0))
+
+
 @pytest.mark.parametrize("case", ["batch_exceeds_dim", "uniform_init", "linear"])
 def test_tensor_flags_cases_outside_its_conditions(case):
     kw = {

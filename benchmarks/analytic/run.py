@@ -158,7 +158,14 @@ TENSOR_SYMMETRY = (
     "and is scored as it is (signed cosine)."
 )
 CHECK_ROWS = [(20, 5, 3000, 0), (20, 5, 3000, 1), (20, 5, 30000, 0)]  # --check: a seeded subset, < 1 min
-CHECK_TOL = {"min_cos": 1e-3, "mean_cos": 1e-3, "max_rel_error": 1e-2, "max_scale_error": 1e-2}
+CHECK_TOL = {
+    "min_cos": 1e-3,
+    "mean_cos": 1e-3,
+    "max_rel_error": 1e-2,
+    "max_scale_error": 1e-2,
+    "tensor_min_cos": 1e-3,
+    "tensor_max_rel_error": 1e-2,
+}
 
 
 def _with_threads(n: int, fn):
@@ -170,10 +177,29 @@ def _with_threads(n: int, fn):
         torch.set_num_threads(old)
 
 
+def _score(x, rec, truth, obs) -> dict:
+    from gradleak.attacks.analytic.tensor import has_flip_symmetry, score_query
+
+    sc = score_query(x, rec.labels, truth, has_flip_symmetry(obs))
+    scale = [abs(float(x[j].norm() / truth.x[i].norm()) - 1) for i, j in enumerate(sc.order)]
+    return {
+        "cos": sc.cos,
+        "min_cos": min(sc.cos),
+        "mean_cos": sum(sc.cos) / len(sc.cos),
+        "max_rel_error": max(sc.rel_error),
+        "max_scale_error": max(scale),
+        "labels_ok": sum(sc.labels_ok),
+        "flip_symmetric": sc.symmetric,
+    }
+
+
 def tensor_row(d: int, b: int, m: int, seed: int, threads: list[int]) -> dict:
     """One tensor row at each thread count; the first count's numbers are the row's, the others give
-    ``max_dcos_threads`` = the largest |Δcos| of any sample against it."""
-    from gradleak.attacks.analytic.tensor import TensorConfig, has_flip_symmetry, reconstruct, score_query, single_query
+    ``max_dcos_threads`` = the largest |Δcos| of any sample against it. Numbers without a prefix are the
+    attack's output (polished); ``tensor_*`` the paper's estimate before the polish. A refusal (the fit
+    check) is the row's result when every thread count refuses; a refusal at some counts only is recorded
+    as not reproducing."""
+    from gradleak.attacks.analytic.tensor import TensorConfig, reconstruct, single_query
     from gradleak.errors import UnsupportedError
 
     obs, truth = single_query(d=d, batch_size=b, width=m, seed=seed, num_classes=2)
@@ -183,30 +209,39 @@ def tensor_row(d: int, b: int, m: int, seed: int, threads: list[int]) -> dict:
         try:
             rec = _with_threads(n, lambda: reconstruct(obs, TensorConfig(max_noise=10.0)))
         except UnsupportedError as e:
-            return {"d": d, "B": b, "m": m, "seed": seed, "error": str(e)}
-        sc = score_query(rec.x, rec.labels, truth, has_flip_symmetry(obs))
-        scale = [abs(float(rec.x[j].norm() / truth.x[i].norm()) - 1) for i, j in enumerate(sc.order)]
+            runs.append({"threads": n, "error": str(e), "seconds": time.perf_counter() - t})
+            continue
+        paper = _score(rec.x_tensor, rec, truth, obs)
         runs.append(
             {
                 "threads": n,
-                "cos": sc.cos,
-                "min_cos": min(sc.cos),
-                "mean_cos": sum(sc.cos) / b,
-                "max_rel_error": max(sc.rel_error),
-                "max_scale_error": max(scale),
-                "labels_ok": sum(sc.labels_ok),
-                "flip_symmetric": sc.symmetric,
+                **_score(rec.x, rec, truth, obs),
+                **{f"tensor_{k}": paper[k] for k in ("cos", "min_cos", "mean_cos", "max_rel_error", "labels_ok")},
                 "noise": rec.noise,
                 "fit_residual": rec.fit_residual,
+                "gradient_distance_tensor": rec.info["gradient_distance_tensor"],
+                "gradient_distance": rec.info["gradient_distance"],
+                "polish_converged": rec.info["polish"]["converged"],
                 "seconds": time.perf_counter() - t,
             }
         )
-    out = {"d": d, "B": b, "m": m, "seed": seed, **runs[0]}
-    out["max_dcos_threads"] = max((abs(x - y) for r in runs[1:] for x, y in zip(r["cos"], runs[0]["cos"])), default=0.0)
-    out["seconds_per_thread_count"] = {r["threads"]: r["seconds"] for r in runs}
+    head = {"d": d, "B": b, "m": m, "seed": seed}
+    secs = {r["threads"]: r["seconds"] for r in runs}
+    refused = [r for r in runs if "error" in r]
+    if refused:
+        out = {**head, **refused[0], "refused_at": [r["threads"] for r in refused], "seconds_per_thread_count": secs}
+        out["reproduces"] = len(refused) == len(runs) and len({r["error"][:80] for r in refused}) == 1
+        log(f"tensor d={d} B={b} m={m} seed={seed}: refused at {out['refused_at']} threads: {out['error'][:120]}")
+        return out
+    out = {**head, **runs[0], "seconds_per_thread_count": secs}
+    out["max_dcos_threads"] = max(
+        (abs(x - y) for r in runs[1:] for k in ("cos", "tensor_cos") for x, y in zip(r[k], runs[0][k])), default=0.0
+    )
+    out["reproduces"] = out["max_dcos_threads"] <= 1e-3
     log(
-        f"tensor d={d} B={b} m={m} seed={seed}: min cos {out['min_cos']:.4f}, scale error "
-        f"{out['max_scale_error']:.3f}, labels {out['labels_ok']}/{b}, |Δcos| threads {out['max_dcos_threads']:.1e}"
+        f"tensor d={d} B={b} m={m} seed={seed}: min cos {out['min_cos']:.6f} (paper's estimate "
+        f"{out['tensor_min_cos']:.4f}), rel. error {out['max_rel_error']:.1e} ({out['tensor_max_rel_error']:.3f}), "
+        f"labels {out['labels_ok']}/{b}, |Δcos| threads {out['max_dcos_threads']:.1e}"
     )
     return out
 
@@ -229,6 +264,7 @@ def bench_tensor(quick: bool, threads: list[int]) -> dict:
     recs = [_with_threads(n, lambda: reconstruct(obs, TensorConfig())) for n in threads]
     scores = [score_query(r.x, r.labels, truth, symmetric=False) for r in recs]
     rec, sc = recs[0], scores[0]
+    paper = score_query(rec.x_tensor, rec.labels, truth, symmetric=False)
     rec_img = dg.normalization.denormalize(rec.x.float().view(-1, *dg.image_shape)).clamp(0, 1)
     p = [float(psnr(rec_img[j : j + 1], imgs[i : i + 1])) for i, j in enumerate(sc.order)]
     digits = {
@@ -238,6 +274,8 @@ def bench_tensor(quick: bool, threads: list[int]) -> dict:
         "min_cos": min(sc.cos),
         "mean_cos": sum(sc.cos) / 8,
         "max_rel_error": max(sc.rel_error),
+        "tensor_min_cos": min(paper.cos),
+        "tensor_max_rel_error": max(paper.rel_error),
         "psnr": p,
         "labels_ok": sum(sc.labels_ok),
         "noise": rec.noise,
@@ -267,9 +305,15 @@ def check_tensor(path: Path) -> int:
     bad = 0
     for key in CHECK_ROWS:
         new, old = tensor_row(*key, threads=[1, 2]), rows[key]
-        if new["max_dcos_threads"] > 1e-3:
+        if ("error" in new) != ("error" in old) or not new["reproduces"]:
             bad += 1
-            log(f"MISMATCH {key}: |Δcos| between 1 and 2 threads {new['max_dcos_threads']:.1e} > 1e-3")
+            log(
+                f"MISMATCH {key}: {new.get('error') or 'answered'} vs committed {old.get('error') or 'answered'}; "
+                f"reproduces at 1 and 2 threads: {new['reproduces']}"
+            )
+            continue
+        if "error" in new:
+            continue
         for k, tol in CHECK_TOL.items():
             if abs(new[k] - old[k]) > tol:
                 bad += 1
@@ -406,12 +450,12 @@ def plot(results: dict, path: Path) -> None:
     if t:
         ax = axes[0]
         ms = sorted({r["m"] for r in t["vs_width"] if "min_cos" in r})
-        for agg, lab in ((max, "worst seed"), (lambda v: sum(v) / len(v), "mean")):
+        for key, lab in (("tensor_min_cos", "paper's estimate"), ("min_cos", "after the polish")):
             ax.plot(
                 ms,
-                [agg([1 - r["min_cos"] for r in t["vs_width"] if r["m"] == m and "min_cos" in r]) for m in ms],
+                [max(1 - r[key] for r in t["vs_width"] if r["m"] == m and "min_cos" in r) for m in ms],
                 "o-",
-                label=f"1 − min cos over samples ({lab})",
+                label=f"1 − min cos, worst seed ({lab})",
             )
         ax.axhline(0.01, ls="--", c="k", lw=0.8, label="target cos 0.99")
         ax.set(xscale="log", yscale="log", xlabel="width m", title="tensor: d=20, B=5, tanh")
@@ -421,9 +465,9 @@ def plot(results: dict, path: Path) -> None:
             bs = sorted({r["B"] for r in rows if "min_cos" in r})
             ax.plot(
                 bs,
-                [max(1 - r["min_cos"] for r in rows if r["B"] == b and "min_cos" in r) for b in bs],
+                [max(1 - r["tensor_min_cos"] for r in rows if r["B"] == b and "min_cos" in r) for b in bs],
                 "o-",
-                label=f"d={d_}",
+                label=f"d={d_} (paper's estimate; refused B not shown)",
             )
         ax.axhline(0.01, ls="--", c="k", lw=0.8)
         ax.set(yscale="log", xlabel="batch B", ylabel="1 − min cos (worst seed)", title="tensor: error vs B")
@@ -460,21 +504,25 @@ def plot(results: dict, path: Path) -> None:
 
 def _tensor_targets(t: dict) -> str:
     """The issue's targets, computed from the rows: thread reproducibility and the error where cos ≥ 0.999."""
-    rows = [r for r in t["vs_width"] + t["vs_batch"] + t["d100"] if "error" not in r]
-    unrep = [r for r in rows if r["max_dcos_threads"] > 1e-3]
-    good = [r for r in rows if r["min_cos"] >= 0.999]
+    rows = t["vs_width"] + t["vs_batch"] + t["d100"]
+    unrep = [r for r in rows if not r["reproduces"]]
+    refused = [r for r in rows if "error" in r]
+    good = [r for r in rows if "error" not in r and r["min_cos"] >= 0.999]
     worst = max((r["max_rel_error"] for r in good), default=float("nan"))
     worst_scale = max((r["max_scale_error"] for r in good), default=float("nan"))
     rep = (
-        "all rows reproduce at 1 and 2 threads to |Δcos| ≤ 1e-3"
+        f"all {len(rows)} rows reproduce at 1 and 2 threads (|Δcos| ≤ 1e-3 of the output and the paper's "
+        f"estimate, or the same refusal at both: {len(refused)} rows)"
         if not unrep
-        else f"{len(rows) - len(unrep)}/{len(rows)} rows reproduce to |Δcos| ≤ 1e-3; not: "
-        + ", ".join(f"d={r['d']} B={r['B']} seed={r['seed']} ({r['max_dcos_threads']:.2f})" for r in unrep)
-        + " (rows where the decomposition fails, tensor noise ≥ 0.15)"
+        else f"{len(rows) - len(unrep)}/{len(rows)} rows reproduce; not: "
+        + ", ".join(f"d={r['d']} B={r['B']} seed={r['seed']}" for r in unrep)
     )
+    paper_good = [r for r in rows if "error" not in r and r["tensor_min_cos"] >= 0.999]
     return (
-        f"{rep}; where min cos ≥ 0.999 ({len(good)} rows) the worst relative error is {worst:.3f} "
-        f"(target ≤ 0.05) and the worst scale error {worst_scale:.3f}."
+        f"{rep}; where min cos ≥ 0.999 ({len(good)} rows) the worst relative error is {worst:.2e} "
+        f"(target ≤ 0.05) and the worst scale error {worst_scale:.2e}. The paper's estimate alone (no polish): "
+        f"min cos ≥ 0.999 in {len(paper_good)} rows, worst relative error there "
+        f"{max((r['tensor_max_rel_error'] for r in paper_good), default=float('nan')):.3f}."
     )
 
 
@@ -527,24 +575,33 @@ def markdown(results: dict) -> str:
             "column is the largest |Δcos| of any sample between the counts. Scale error: |‖x̂‖/‖x‖ − 1|; "
             "rel. error: ‖x̂ − x‖/‖x‖ (both the worst sample).",
             "",
-            "| d | B | m | seed | min cos | mean cos | max rel. error | max scale error | labels | noise | s | "
-            "max abs Δcos (threads) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "Columns *paper's estimate*: the tensor decomposition and norm fit alone (polish_steps=0); the "
+            "others: the attack's output after its gradient-matching polish (a deviation, see `tensor.py`). "
+            "*refused*: the fit check (residual > 1.5× the tensor's noise) declined the batch at every thread count.",
+            "",
+            "| d | B | m | seed | paper's estimate: min cos | rel. error | min cos | mean cos | max rel. error | "
+            "max scale error | labels | noise | fit residual | s | max abs Δcos (threads) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in t["vs_width"] + t["vs_batch"] + t["d100"]:
             if "error" in r:
-                out.append(f"| {r['d']} | {r['B']} | {r['m']} | {r['seed']} | refused: {r['error'][:60]} |" + " |" * 7)
+                out.append(
+                    f"| {r['d']} | {r['B']} | {r['m']} | {r['seed']} | refused at threads {r['refused_at']}: "
+                    f"{r['error'].split(': ', 1)[-1][:110]} |" + " |" * 10
+                )
                 continue
             out.append(
-                f"| {r['d']} | {r['B']} | {r['m']} | {r['seed']} | {r['min_cos']:.4f} | {r['mean_cos']:.4f} | "
-                f"{r['max_rel_error']:.3f} | {r['max_scale_error']:.3f} | {r['labels_ok']}/{r['B']} | "
-                f"{r['noise']:.3f} | {r['seconds']:.1f} | {r['max_dcos_threads']:.1e} |"
+                f"| {r['d']} | {r['B']} | {r['m']} | {r['seed']} | {r['tensor_min_cos']:.4f} | "
+                f"{r['tensor_max_rel_error']:.3f} | {r['min_cos']:.6f} | {r['mean_cos']:.6f} | "
+                f"{r['max_rel_error']:.1e} | {r['max_scale_error']:.1e} | {r['labels_ok']}/{r['B']} | "
+                f"{r['noise']:.3f} | {r['fit_residual']:.3f} | {r['seconds']:.1f} | {r['max_dcos_threads']:.1e} |"
             )
         dg = t["digits"]
         out += [
             "",
             f"Digits (d=64, B=8, m=1e5, 10 classes, signed cosine): min cos {dg['min_cos']:.4f}, mean "
-            f"{dg['mean_cos']:.4f}, max rel. error {dg['max_rel_error']:.3f}, PSNR "
+            f"{dg['mean_cos']:.4f}, max rel. error {dg['max_rel_error']:.3f} (paper's estimate: min cos "
+            f"{dg['tensor_min_cos']:.4f}, rel. error {dg['tensor_max_rel_error']:.3f}), PSNR "
             f"{min(dg['psnr']):.1f}–{max(dg['psnr']):.1f} dB, labels {dg['labels_ok']}/8, max |Δcos| between "
             f"thread counts {dg['max_dcos_threads']:.1e}.",
             "",
