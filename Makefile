@@ -35,13 +35,13 @@ lint: $(STAMP)
 
 # every benchmark's --check: reruns a small seeded subset and compares with the committed numbers
 # (about 5 minutes on an idle 2-core machine; each prints its tolerance and exits 1 on a mismatch)
-CHECKS := labels analytic generative gradinversion fedavg_order core
+CHECKS := labels analytic spear generative gradinversion fedavg_order core
 reproduce: $(STAMP)
 	set -e; for b in $(CHECKS); do OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/$$b/run.py --check; done
 
 # the short subset CI runs (about 20 s; the generative check needs the Debian package dataset-fashion-mnist)
 reproduce-ci: $(STAMP)
-	$(MAKE) reproduce CHECKS="labels analytic"
+	$(MAKE) reproduce CHECKS="labels analytic spear"
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
