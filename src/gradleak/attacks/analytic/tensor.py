@@ -617,7 +617,7 @@ def _polish(obs: Observation, x0: Tensor, labels: list[int], steps: int) -> tupl
     def distance(x: Tensor, create_graph: bool) -> Tensor:
         logits = sig(x @ w.T) @ a.T + (hb if hb is not None else 0.0)
         grads = torch.autograd.grad(cross_entropy(logits, y), params, create_graph=create_graph)
-        return sum(((g - t) ** 2).sum() for g, t in zip(grads, target)) / den
+        return torch.stack([((g - t) ** 2).sum() for g, t in zip(grads, target)]).sum() / den
 
     start = float(distance(x0, False))
     x = x0.clone().requires_grad_(True)
