@@ -9,16 +9,19 @@ crops of scikit-image photos drawn from the same generator, normalised with CIFA
 seeds and architectures as the official harness's ``run_ilrg.py``. Weights are drawn from the same scheme but by
 gradleak's module order, so individual weights differ from the official run's.
 
-gradleak side: every registered count method (iLRG, LLG family, ...) and ``auto`` on the same Observation (the
-server sees the head's gradient; the body is frozen to skip its backward pass). Official side: the harness's
-``run_ilrg.py`` in the folder ``--harness DIR`` (or the environment variable ``GRADLEAK_ILRG_HARNESS``), run by
-subprocess when it and an export of BUAA-CST/iLRG are present (skipped with a note otherwise; ``--official-dir``
-reuses result files already made by it).
+gradleak side: the count methods — ``ilrg`` (the published iLRG), ``ilrg-lsq`` (gradleak's least-squares variant),
+the LLG family — and ``auto`` (with the method it picked) on the same Observation (the server sees the head's
+gradient; the body is frozen to skip its backward pass). No column is chosen by ground truth.
+
+Official side: the harness's ``run_ilrg.py`` in the folder ``--harness DIR`` (or the environment variable
+``GRADLEAK_ILRG_HARNESS``), run by subprocess when it and an export of BUAA-CST/iLRG are present (skipped with a
+note otherwise; ``--official-dir`` reuses result files already made by it).
 
 Extra cells: FedAvg K = 1 / 5 local steps (LeNet-5 and ResNet-18, B = 32, 10 classes), and models trained a few
-epochs on the bundled ``photos`` data. Timing: iLRG recovery at B = 256, median of repeats, with the load average.
+epochs on the bundled ``photos`` data. Timing: both iLRGs at B = 256, median of repeats, with the load average.
 
 Usage: python benchmarks/labels_vs_official/run.py [--trials 5] [--official-dir DIR] [--harness DIR] [--ilrg-src DIR]
+       python benchmarks/labels_vs_official/run.py --check   (two FedSGD cells against results.json, under a minute)
 """
 
 from __future__ import annotations
@@ -318,32 +321,39 @@ def official(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ main
+MODELS, CLASSES, BATCHES = ["resnet18", "lenet5"], [10, 100], [8, 32, 128]
+
+
+def fedsgd_cell(model: str, C: int, B: int, bn: str, init: str, n_trials: int) -> dict:
+    """One FedSGD cell: every count method and ``auto`` on ``n_trials`` seeded batches (the harness's seeds)."""
+    trials = []
+    for t in range(n_trials):
+        seed = 10000 * MODELS.index(model) + 1000 * CLASSES.index(C) + 100 * BATCHES.index(B) + t
+        x, y = batch(C, B, seed)
+        net = head_only(make_model(model, C, seed, init))
+        obs = fedsgd_obs(net, x, y, C, bn == "train")
+        trials.append({"seed": seed, "methods": run_methods(obs, y, COUNT_METHODS)})
+    return {
+        "kind": "fedsgd",
+        "model": model,
+        "classes": C,
+        "batch": B,
+        "bn": bn,
+        "init": init,
+        "summary": summarise(trials),
+        "trials": trials,
+    }
+
+
 def fedsgd_cells(args, runs) -> list:
     cells = []
-    models, classes, batches = ["resnet18", "lenet5"], [10, 100], [8, 32, 128]
     for bn, init in runs:
-        for mi, model in enumerate(models):
-            for ci, C in enumerate(classes):
+        for model in MODELS:
+            for C in CLASSES:
                 if bn == "train" and (model != "resnet18" or C != 10):
                     continue
-                for bi, B in enumerate(batches):
-                    trials = []
-                    for t in range(args.trials):
-                        seed = 10000 * mi + 1000 * ci + 100 * bi + t
-                        x, y = batch(C, B, seed)
-                        net = head_only(make_model(model, C, seed, init))
-                        obs = fedsgd_obs(net, x, y, C, bn == "train")
-                        trials.append({"seed": seed, "methods": run_methods(obs, y, COUNT_METHODS)})
-                    cell = {
-                        "kind": "fedsgd",
-                        "model": model,
-                        "classes": C,
-                        "batch": B,
-                        "bn": bn,
-                        "init": init,
-                        "summary": summarise(trials),
-                        "trials": trials,
-                    }
+                for B in BATCHES:
+                    cell = fedsgd_cell(model, C, B, bn, init, args.trials)
                     cells.append(cell)
                     print(
                         f"{bn:5s} {init:6s} {model:8s} C={C:3d} B={B:3d} "
@@ -353,26 +363,63 @@ def fedsgd_cells(args, runs) -> list:
     return cells
 
 
+CHECK_TOL = 1e-6  # accuracies are means of multiset accuracies: the same seeds give the same numbers
+CHECK_CELLS = [("resnet18", 10, 32, "eval", "theirs"), ("lenet5", 10, 128, "eval", "torch")]
+
+
+def check(path: Path) -> int:
+    """Rerun two committed FedSGD cells (every method and auto, same seeds and trials) and compare accuracies."""
+    committed = json.loads(path.read_text())
+    bad = []
+    for model, C, B, bn, init in CHECK_CELLS:
+        old = next(
+            (
+                c
+                for c in committed["cells"]
+                if c["kind"] == "fedsgd"
+                and (c["model"], c["classes"], c["batch"], c["bn"], c["init"]) == (model, C, B, bn, init)
+            ),
+            None,
+        )
+        if old is None:
+            bad.append(f"{model} C={C} B={B} {bn}/{init}: not in {path.name}")
+            continue
+        fresh = fedsgd_cell(model, C, B, bn, init, len(old["trials"]))
+        for m, v in old["summary"].items():
+            got = fresh["summary"].get(m, {})
+            same = (v["mean"] is None) == (got.get("mean") is None) and (
+                v["mean"] is None or abs(v["mean"] - got["mean"]) <= CHECK_TOL
+            )
+            if not same or v.get("picked") != got.get("picked"):
+                bad.append(f"{model} C={C} B={B} {bn}/{init} {m}: {got} vs committed {v}")
+    print(
+        f"check: {len(CHECK_CELLS)} cells,",
+        "OK" if not bad else "MISMATCH\n  " + "\n  ".join(bad),
+        f"(tolerance {CHECK_TOL:g} on mean multiset accuracy; auto's picks must match)",
+    )
+    return 1 if bad else 0
+
+
 def timing_ilrg() -> dict:
-    # timing: iLRG at B=256 (ResNet-18, 10 and 100 classes), median of 21 repeats of recover()
+    """Both iLRGs at B=256 (ResNet-18, 10 and 100 classes), median of 21 repeats of recover()."""
     timing = {}
-    for C in (10, 100):
+    for name, C in [(m, c) for m in ("ilrg", "ilrg-lsq") for c in (10, 100)]:
         x, y = batch(C, 256, 90000 + C)
         obs = fedsgd_obs(head_only(make_model("resnet18", C, 0, "theirs")), x, y, C, False)
-        method = LABEL_METHODS.get("ilrg")()
+        method = LABEL_METHODS.get(name)()
         secs = []
         for _ in range(21):
             t0 = time.perf_counter()
             res = method.recover(obs)
             secs.append(time.perf_counter() - t0)
-        timing[f"resnet18/{C}/256"] = {
+        timing[f"{name} resnet18/{C}/256"] = {
             "median_s": float(np.median(secs)),
             "min_s": float(np.min(secs)),
             "max_s": float(np.max(secs)),
             "acc": label_accuracy(y.tolist(), res.labels),
             "loadavg": os.getloadavg(),
         }
-        print(f"timing B=256 C={C}: median {np.median(secs) * 1e3:.1f} ms", flush=True)
+        print(f"timing {name} B=256 C={C}: median {np.median(secs) * 1e3:.1f} ms", flush=True)
     return timing
 
 
@@ -397,7 +444,11 @@ def main() -> None:
         help="redo the B=256 timing under this process's OMP_WAIT_POLICY and add it to results.json",
     )
     ap.add_argument("--only-bn-train", action="store_true", help="redo the BatchNorm-train FedSGD cells")
+    ap.add_argument("--check", action="store_true", help="rerun two committed FedSGD cells; exit 1 on mismatch")
     args = ap.parse_args()
+    if args.check:
+        torch.set_num_threads(args.threads)
+        raise SystemExit(check(Path(args.out)))
     if args.timing_only or args.only_bn_train:
         torch.set_num_threads(args.threads)
         results = json.loads(Path(args.out).read_text())
@@ -542,7 +593,20 @@ def _fmt(v) -> str:
 def _fmt_off(v) -> str:
     if v is None:
         return "not run"
-    return f"{v['mean']:.3f} / {v['sym_mean']:.3f} (Σ−B: {' '.join(f'{d:+d}' for d in v['sum_pred_minus_B'])})"
+    return (
+        f"{v['mean']:.3f} / {v['sym_mean']:.3f} / {v['mod_mean']:.3f} "
+        f"(Σ−B: {' '.join(f'{d:+d}' for d in v['sum_pred_minus_B'])})"
+    )
+
+
+def _cell(c: dict) -> str:
+    return f"{c['bn']}/{c['init']} {c['model']} C={c['classes']} B={c['batch']}"
+
+
+def _ge(pairs: list, method: str, ref: str) -> str:
+    """'n ≥ / n <': cells where ``method``'s mean accuracy is at least / below the official ``ref`` mean."""
+    ge = sum(sm[method]["mean"] >= o[ref] - 1e-9 for sm, o in pairs)
+    return f"{ge} / {len(pairs) - ge}"
 
 
 def write_markdown(r: dict, path: Path) -> None:
@@ -552,19 +616,27 @@ def write_markdown(r: dict, path: Path) -> None:
         "",
         f"Generated by `run.py` ({r['wall_s']:.0f} s; load average {r['machine']['loadavg_start'][0]:.1f} → "
         f"{r['machine']['loadavg_end'][0]:.1f} on {r['machine']['cpu_count']} cores, {r['machine']['threads']} "
-        f"torch threads). Multiset accuracy Σ_c min(true_c, pred_c)/B, mean / min over {r['setup']['trials']} "
+        f"torch threads, OMP_WAIT_POLICY={r['machine']['OMP_WAIT_POLICY'] or 'default'}). Multiset accuracy "
+        f"Σ_c min(true_c, pred_c)/B, mean / min over {r['setup']['trials']} "
         "trials; `auto` names the method it picked. gradleak's counts always sum to B. Official column: "
         "their `multiset_acc` mean (lenient: their counts need not sum to B, and over-counting is not penalised) / "
-        "`multiset_acc_sym` mean (Σ min / max(B, Σ pred)), with Σpred − B per trial. Same seeds, labels, inputs, "
-        "architectures and init scheme as the official harness.",
+        "`multiset_acc_sym` mean (Σ min / max(B, Σ pred)) / `multiset_acc_mod` mean (assigned: their own "
+        "post-processing of the counts to sum to B, the step gradleak's `ilrg` reproduces), with Σpred − B per trial "
+        "before assignment. Same seeds, labels, inputs, "
+        "architectures and init scheme as the official harness; the weights are drawn in gradleak's module order, "
+        "so they differ from the official run's and a cell's gap mixes the method with the weight draw (5 trials).",
+        "",
+        "`ilrg` is the published iLRG (class-wise embeddings, the official instance-level assignment); "
+        "`ilrg-lsq` is gradleak's least-squares variant. No column is chosen by ground truth: `auto` picks from "
+        "what the server sees.",
         "",
         "## FedSGD cells (the issue's)",
         "",
-        "| BN | init | model | C | B | official iLRG (lenient / sum-aware) | gradleak ilrg | llg-whitebox | "
-        "llg-bias-corrected | "
-        "llg-simple | auto (picked) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| BN | init | model | C | B | official iLRG (lenient / sum-aware / assigned) | gradleak ilrg | ilrg-lsq | "
+        "llg-whitebox | llg-bias-corrected | llg-simple | auto (picked) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for c in r["cells"]:
         if c["kind"] != "fedsgd":
             continue
@@ -574,18 +646,56 @@ def write_markdown(r: dict, path: Path) -> None:
         o = off.get(key, {}).get("cells", {}).get(f"{c['model']}/{c['classes']}/{c['batch']}")
         s = c["summary"]
         auto = s.get("auto", {})
+        rows.append((c, o))
         lines.append(
             f"| {c['bn']} | {c['init']} | {c['model']} | {c['classes']} | {c['batch']} | {_fmt_off(o)} | "
-            f"{_fmt(s.get('ilrg'))} | {_fmt(s.get('llg-whitebox'))} | {_fmt(s.get('llg-bias-corrected'))} | "
-            f"{_fmt(s.get('llg-simple'))} | {_fmt(auto)} ({', '.join(auto.get('picked', []))}) |"
+            f"{_fmt(s.get('ilrg'))} | {_fmt(s.get('ilrg-lsq'))} | {_fmt(s.get('llg-whitebox'))} | "
+            f"{_fmt(s.get('llg-bias-corrected'))} | {_fmt(s.get('llg-simple'))} | {_fmt(auto)} "
+            f"({', '.join(auto.get('picked', []))}) |"
         )
+    lines += ["", "### Mean accuracy against the official code's, per cell family (cells: ≥ / < official)", ""]
+    lines += [
+        "| BN / init / model | cells | ilrg ≥ lenient | ilrg ≥ assigned | ilrg-lsq ≥ lenient | ilrg-lsq ≥ assigned |"
+        " ilrg − lenient (min … max) | ilrg-lsq − ilrg (min … max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for fam in dict.fromkeys((c["bn"], c["init"], c["model"]) for c, o in rows if o is not None):
+        fr = [(c["summary"], o) for c, o in rows if o is not None and (c["bn"], c["init"], c["model"]) == fam]
+        d_off = [sm["ilrg"]["mean"] - o["mean"] for sm, o in fr]
+        d_lsq = [sm["ilrg-lsq"]["mean"] - sm["ilrg"]["mean"] for sm, o in fr]
+        lines.append(
+            f"| {' / '.join(fam)} | {len(fr)} | {_ge(fr, 'ilrg', 'mean')} | {_ge(fr, 'ilrg', 'mod_mean')} | "
+            f"{_ge(fr, 'ilrg-lsq', 'mean')} | {_ge(fr, 'ilrg-lsq', 'mod_mean')} | "
+            f"{min(d_off):+.3f} … {max(d_off):+.3f} | "
+            f"{min(d_lsq):+.3f} … {max(d_lsq):+.3f} |"
+        )
+    paired = [(c, o) for c, o in rows if o is not None]
+    below = [
+        f"{_cell(c)} ({c['summary']['ilrg']['mean']:.3f} vs {o['mean']:.3f} / {o['mod_mean']:.3f})"
+        for c, o in paired
+        if c["summary"]["ilrg"]["mean"] < o["mean"] - 1e-9
+    ]
+    n_ge_mod = sum(c["summary"]["ilrg"]["mean"] >= o["mod_mean"] - 1e-9 for c, o in paired)
+    lsq_up = [_cell(c) for c, o in paired if c["summary"]["ilrg-lsq"]["mean"] > c["summary"]["ilrg"]["mean"] + 1e-9]
+    lsq_down = [_cell(c) for c, o in paired if c["summary"]["ilrg-lsq"]["mean"] < c["summary"]["ilrg"]["mean"] - 1e-9]
+    lines += [
+        "",
+        f"Published `ilrg` is at or above the official code's lenient mean in {len(paired) - len(below)} of "
+        f"{len(paired)} cells and at or above its assigned mean in {n_ge_mod}; below the lenient mean in "
+        f"(ilrg vs official lenient / assigned): {'; '.join(below) or 'none'}.",
+        f"`ilrg-lsq` is above `ilrg` in {len(lsq_up)} cells ({'; '.join(lsq_up) or '—'}) and below it in "
+        f"{len(lsq_down)} ({'; '.join(lsq_down) or '—'}).",
+    ]
     lines += [
         "",
         "## FedAvg (B = 32, 10 classes, full-batch local steps)",
         "",
-        "| model | BN | K | lr | fedavg | fedavg, lr estimated | ilrg (−Δ/(lr·K)) | llg-whitebox | "
-        "llg-bias-corrected | auto (picked) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "The published `ilrg` refuses a FedAvg delta (it reads one FedSGD gradient: `—`); `ilrg-lsq` reads "
+        "−Δ/(lr·K) as a gradient.",
+        "",
+        "| model | BN | K | lr | fedavg | fedavg, lr estimated | ilrg | ilrg-lsq (−Δ/(lr·K)) | "
+        "llg-whitebox | llg-bias-corrected | auto (picked) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in r["cells"]:
         if c["kind"] != "fedavg":
@@ -594,15 +704,16 @@ def write_markdown(r: dict, path: Path) -> None:
         auto = s.get("auto", {})
         lines.append(
             f"| {c['model']} | {c['bn']} | {c['local_steps']} | {c['local_lr']} | {_fmt(s.get('fedavg'))} | "
-            f"{_fmt(s.get('fedavg (lr estimated)'))} | {_fmt(s.get('ilrg'))} | {_fmt(s.get('llg-whitebox'))} | "
+            f"{_fmt(s.get('fedavg (lr estimated)'))} | {_fmt(s.get('ilrg'))} | {_fmt(s.get('ilrg-lsq'))} | "
+            f"{_fmt(s.get('llg-whitebox'))} | "
             f"{_fmt(s.get('llg-bias-corrected'))} | {_fmt(auto)} ({', '.join(auto.get('picked', []))}) |"
         )
     lines += [
         "",
         "## Trained models (LeNet-5 on the bundled photos, FedSGD, eval)",
         "",
-        "| epochs | train acc | B | ilrg | llg-whitebox | llg-bias-corrected | llg-simple | auto (picked) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| epochs | train acc | B | ilrg | ilrg-lsq | llg-whitebox | llg-bias-corrected | llg-simple | auto (picked) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in r["cells"]:
         if c["kind"] != "trained":
@@ -611,15 +722,16 @@ def write_markdown(r: dict, path: Path) -> None:
         auto = s.get("auto", {})
         lines.append(
             f"| {c['epochs']} | {c['train_accuracy']:.2f} | {c['batch']} | {_fmt(s.get('ilrg'))} | "
-            f"{_fmt(s.get('llg-whitebox'))} | {_fmt(s.get('llg-bias-corrected'))} | {_fmt(s.get('llg-simple'))} | "
+            f"{_fmt(s.get('ilrg-lsq'))} | {_fmt(s.get('llg-whitebox'))} | {_fmt(s.get('llg-bias-corrected'))} | "
+            f"{_fmt(s.get('llg-simple'))} | "
             f"{_fmt(auto)} ({', '.join(auto.get('picked', []))}) |"
         )
     lines += [
         "",
         "## iLRG time at B = 256 (ResNet-18 head, `recover()` median of 21)",
         "",
-        "First lines: the full run (default OpenMP wait policy, other jobs loading the machine); then reruns "
-        "under the stated policy and thread count.",
+        "First lines: the full run (OpenMP wait policy as in the header); then any reruns under the stated policy "
+        "and thread count.",
         "",
     ]
     for k, v in r["timing_ilrg_B256"].items():
