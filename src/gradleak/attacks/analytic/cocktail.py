@@ -43,7 +43,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ...errors import InputError
 from ...labels import LabelResult
