@@ -13,7 +13,8 @@ from .steps import Step
 
 import_submodules(sys.modules[__name__])
 
-from .analytic.fc import FCExact  # noqa: E402  (the registrations above import every attack module once)
+from .analytic.cocktail import CocktailParty  # noqa: E402  (the registrations above import every attack module once)
+from .analytic.fc import FCExact  # noqa: E402
 from .analytic.layerwise import RGAP  # noqa: E402
 from .analytic.spear import SPEAR  # noqa: E402
 from .analytic.tensor import TensorAttack  # noqa: E402
@@ -26,6 +27,7 @@ from .inverting_gradients import InvertingGradients  # noqa: E402
 
 __all__ = [
     "ATTACKS",
+    "CocktailParty",
     "DLG",
     "GGL",
     "GIFD",

@@ -8,6 +8,8 @@
   linear layer followed by a ReLU, from the gradient's low rank and the ReLU's zeros.
 - :mod:`.tensor` — the tensor-decomposition reconstruction of Wang, Lee & Lei (AISTATS 2023) for
   two-layer networks at random Gaussian parameters, with its own single-query scenario.
+- :mod:`.cocktail` — the Cocktail Party Attack (Kariyappa et al., ICML 2023): ICA separates a batch (or an
+  aggregate of several clients) from the mixture that a fully connected first layer's gradient is.
 
 - :mod:`.trace` — tracing a model into a chain of layers; :mod:`.linalg` — the linear algebra of one
   layer (operators, ranks, solving for its input), shared with the per-layer rank analysis these
