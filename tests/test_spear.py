@@ -156,10 +156,11 @@ def test_analyze_batch_limits_agree_with_the_attacks_refusals():
 
     for model, kw in (("mlp", {"width": 64}), ("convnet", {"width": 8})):
         claims = {b.attack: b for b in batch_recovery(build_model(model, 10, (1, 16, 16), **kw))}
-        spear = claims["spear"]
-        for b in (4, 64):  # inside and just beyond the mlp's limit (B < 64 units)
+        for b in (4, 64, 65):  # inside and beyond the mlp's limits (spear: B < 64 units; cocktail: B ≤ 64)
             sc = Scenario(model=model, model_kwargs=kw, dataset="digits", image_size=16, batch_size=b, seed=b)
             obs, _ = simulate(sc)
-            admitted = not ATTACKS.get("spear")().problems(obs)
-            assert admitted == (spear.applies and b <= spear.max_batch), (model, b, spear)
+            for name in ("spear", "cocktail"):
+                claim = claims[name]
+                admitted = not ATTACKS.get(name)().problems(obs)
+                assert admitted == (claim.applies and b <= claim.max_batch), (model, b, claim)
     assert claims["spear"].applies is False and claims["cocktail"].applies is False  # convnet: a conv first layer

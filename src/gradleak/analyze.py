@@ -57,7 +57,8 @@ MEASURED = {
     "analytic_fc": "exact at B = 1; in a batch only samples alone in a ReLU unit (benchmarks/analytic)",
     "spear": "exact in 60/60 batches at B = 4–16, B = 20 in 21 s, B = 24 refused at the default sample "
     "budget (benchmarks/spear)",
-    "cocktail": "see benchmarks/cocktail",
+    "cocktail": "photos mean PSNR 24.2 dB at B = 16, 19.5 dB at B = 64 (also under 4-client secure aggregation), "
+    "Fashion-MNIST 9.9 dB at B = 256 (benchmarks/cocktail)",
 }
 
 
