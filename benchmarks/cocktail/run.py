@@ -98,12 +98,7 @@ def single_client(data: str, b: int, seed: int, protocol=None) -> dict:
     from gradleak.scenario import Scenario, simulate
 
     sc = Scenario(
-        model="mlp",
-        model_kwargs={"width": WIDTH},
-        dataset=data,
-        batch_size=b,
-        seed=seed,
-        protocol=protocol or FedSGD(),
+        model="mlp", model_kwargs={"width": WIDTH}, dataset=data, batch_size=b, seed=seed, protocol=protocol or FedSGD()
     )
     obs, truth = simulate(sc)
     return attack_batch(obs, truth.images, seed)
