@@ -9,7 +9,7 @@ import torch
 from gradleak.auditing import run_labels
 from gradleak.errors import UnsupportedError
 from gradleak.labels import LABEL_METHODS, recover_labels
-from gradleak.labels.auto import TRAINED_CONFIDENCE, choose, dummy_confidence
+from gradleak.labels.auto import NEAR_UNIFORM, TRAINED_CONFIDENCE, choose, dummy_confidence
 from gradleak.labels.fedavg import recover_rounds
 from gradleak.labels.ilrg import ILRG
 from gradleak.labels.ilrg_lsq import ILRGLsq
@@ -195,3 +195,11 @@ def test_audit_reports_the_auto_choice():
 def test_round_counts_sum_and_nonnegative():
     n = round_counts(np.array([2.6, -0.4, 1.2, 0.7]), 4)
     assert n.sum() == 4 and (n >= 0).all() and n.tolist() == [2, 0, 1, 1]
+
+
+@pytest.mark.parametrize("bn_mode, expected", [("train", "llg-whitebox"), ("eval", "ilrg-lsq")])
+def test_auto_trusts_dummy_inputs_where_batchnorm_normalises_every_batch_alike(bn_mode, expected):
+    sc = Scenario(model="resnet18", image_size=16, batch_size=8, seed=0, bn_mode=bn_mode, unique_labels=False)
+    obs, _ = simulate(sc)
+    assert dummy_confidence(obs) < NEAR_UNIFORM  # a fresh ResNet-18
+    assert choose(obs)[0] == expected

@@ -460,6 +460,8 @@ def write_markdown(out: dict, path: Path) -> None:
             ),
             "",
         ]
+    for r in out.get("reruns", []):
+        L += [f"Rerun {r['created']} ({r['wall_seconds']:.0f} s): the {r['cells']}, after {r['why']}.", ""]
     if out.get("skipped"):
         L += ["Cells not run: " + "; ".join(out["skipped"]) + ".", ""]
     soft = out["soft_cells"]
