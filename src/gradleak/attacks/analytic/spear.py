@@ -63,6 +63,7 @@ from ..base import Attack, AttackResult, attack
 from ..common import denormalize
 from ..steps import Step, StepCallback, no_progress
 from .fc import first_linear
+from .linalg import gram_svd
 
 DT = torch.float64
 
@@ -117,9 +118,7 @@ def spectrum(g: Tensor) -> tuple[Tensor, Tensor]:
     """Singular values (descending) of ``g`` [m, n] and its left (m ≤ n) or right singular vectors, from the
     eigendecomposition of the smaller Gram matrix: several times faster than an SVD of a wide layer, and
     accurate to ~1e-8 of the largest singular value, far below the thresholds used here."""
-    gram = g @ g.T if g.shape[0] <= g.shape[1] else g.T @ g
-    ev, vec = torch.linalg.eigh(gram)
-    return ev.flip(0).clamp_min(0).sqrt(), vec.flip(1)
+    return gram_svd(g.T if g.shape[0] <= g.shape[1] else g)
 
 
 def factor(g: Tensor, b: int) -> tuple[Tensor, Tensor]:
