@@ -20,29 +20,19 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from gradleak.cost import machine
+
 HERE = Path(__file__).resolve().parent
 
 
 def log(*a) -> None:
     print(*a, flush=True)
-
-
-def env() -> dict:
-    return {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-        "python": platform.python_version(),
-        "load_average_start": os.getloadavg(),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -685,12 +675,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    results["environment"] = env()
+    results["environment"] = machine()
     t0 = time.perf_counter()
     fns = {"fc": bench_fc, "layerwise": bench_layerwise, "tensor": bench_tensor, "ranking": bench_ranking}
     for name in a.only:
         ts, cpu = time.perf_counter(), time.process_time()
-        section_env = env()
+        section_env = machine()
         if name == "ranking":
             res = bench_ranking(a.quick, results.get("layerwise"))
         else:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from gradleak.cost import machine
 
 HERE = Path(__file__).resolve().parent
 WIDTH = 512
@@ -47,17 +48,6 @@ PAPER = (
 
 def log(*a) -> None:
     print(*a, flush=True)
-
-
-def env() -> dict:
-    return {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-        "python": platform.python_version(),
-        "load_average_start": os.getloadavg(),
-    }
 
 
 def fashion_available() -> bool:
@@ -248,7 +238,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"sections": {}}
-    results["environment"] = env()
+    results["environment"] = machine()
     t0 = time.perf_counter()
     for name in a.only:
         results["sections"][name] = bench(name)

@@ -21,13 +21,14 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from gradleak.cost import machine
 
 HERE = Path(__file__).resolve().parent
 WIDTH = {"photos": 1000, "digits": 500}
@@ -49,17 +50,6 @@ CHECK_TOL_DB = 0.5  # min PSNR; samples drawn, exact flags and the exact verdict
 
 def log(*a) -> None:
     print(*a, flush=True)
-
-
-def env() -> dict:
-    return {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-        "python": platform.python_version(),
-        "load_average_start": os.getloadavg(),
-    }
 
 
 def expected_samples(b: int) -> float:
@@ -319,11 +309,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    results["environment"] = env()
+    results["environment"] = machine()
     fns = {"exact": bench_exact, "fedavg": bench_fedavg, "runtime": bench_runtime}
     for name in a.only:
         ts, cpu = time.perf_counter(), time.process_time()
-        section_env = env()
+        section_env = machine()
         res = fns[name](a.quick)
         res["seconds"] = time.perf_counter() - ts
         res["cpu_seconds"] = time.process_time() - cpu

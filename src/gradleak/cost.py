@@ -13,6 +13,8 @@ step cost grows with batch and image size on the reference machine.
 
 from __future__ import annotations
 
+import os
+import platform
 import resource
 import statistics
 import time
@@ -23,6 +25,19 @@ import torch
 from .attacks.base import Attack
 from .attacks.matching import MatchingConfig, MatchingProblem, objective_fn
 from .observation import Observation
+
+
+def machine() -> dict[str, object]:
+    """What a timing depends on: torch version and threads, CPUs, the OpenMP wait policy, Python, and the load
+    average when it was taken (benchmarks record it beside their seconds)."""
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "python": platform.python_version(),
+        "load_average_start": os.getloadavg(),
+    }
 
 
 @dataclass(frozen=True)
