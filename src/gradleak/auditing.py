@@ -203,6 +203,17 @@ def observed_setting(obs: Observation) -> dict[str, Any]:
             "bn": "train" if obs.bn_train else "eval",
         },
         "defenses": list(obs.defenses),
+        "threat": threat_model(obs),
+    }
+
+
+def threat_model(obs: Observation) -> dict[str, Any]:
+    """The threat model the round was observed under: the server (honest or the malicious strategy's record)
+    and how many clients' updates it saw aggregated, with their assumed batch sizes."""
+    return {
+        "server": "honest" if obs.server is None else obs.server,
+        "clients": obs.clients,
+        "client_batch_sizes": None if obs.client_batch_sizes is None else list(obs.client_batch_sizes),
     }
 
 

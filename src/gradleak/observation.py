@@ -49,6 +49,11 @@ class Observation:
         head: module path of the classification head (``nn.Linear``); found by name if not given.
         model_spec: how to rebuild a zoo architecture (files record it, so :meth:`load` needs no model);
             without one, or for a user's ``module:factory``, files record the architecture's hash.
+        clients: how many clients' updates the server sees aggregated (secure aggregation: the mean of their
+            updates, each client with its own batch); ``batch_size`` is then the total over all clients.
+        client_batch_sizes: the per-client batch sizes the server assumes (summing to ``batch_size``), if known.
+        server: what the server did to the model it sent (``None``: honest) — the JSON record of a malicious
+            :class:`~gradleak.servers.ServerStrategy`, which the matching recovery reads.
     """
 
     model: nn.Module
@@ -61,6 +66,9 @@ class Observation:
     defenses: tuple[dict[str, Any], ...] = ()
     head: str | None = None
     model_spec: ModelSpec | None = None
+    clients: int = 1
+    client_batch_sizes: tuple[int, ...] | None = None
+    server: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.head is None:
@@ -86,6 +94,7 @@ class Observation:
                 problems.append(f"{k}: the update contains NaN or inf")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        problems += self._aggregate_problems()
         if self.num_classes < 2:
             problems.append(f"num_classes must be >= 2, got {self.num_classes}")
         head = dict(self.model.named_modules()).get(self.head)
@@ -95,6 +104,28 @@ class Observation:
             problems.append(f"head {self.head!r} has {head.out_features} outputs but num_classes is {self.num_classes}")
         if problems:
             raise InputError("the observation is inconsistent", problems)
+
+    def _aggregate_problems(self) -> list[str]:
+        if self.clients < 1:
+            return [f"clients must be >= 1, got {self.clients}"]
+        sizes = self.client_batch_sizes
+        if sizes is None:
+            return []
+        problems = []
+        if len(sizes) != self.clients:
+            problems.append(f"{len(sizes)} client batch sizes given for an aggregate of {self.clients} client(s)")
+        if any(b < 1 for b in sizes):
+            problems.append(f"client batch sizes must be >= 1, got {list(sizes)}")
+        if self.batch_size is not None and sum(sizes) != self.batch_size:
+            problems.append(
+                f"the client batch sizes {list(sizes)} sum to {sum(sizes)}, not batch_size {self.batch_size}"
+            )
+        return problems
+
+    @property
+    def aggregated(self) -> bool:
+        """True if the update is an aggregate of several clients' updates (secure aggregation)."""
+        return self.clients > 1
 
     # -- views ------------------------------------------------------------------------------------
     def parameters(self) -> dict[str, Tensor]:
@@ -167,6 +198,9 @@ class Observation:
             ),
             "model_training": self.model.training,
             "bn_train": self.bn_train,
+            "clients": self.clients,
+            "client_batch_sizes": None if self.client_batch_sizes is None else list(self.client_batch_sizes),
+            "server": self.server,
         }
 
     # -- files ------------------------------------------------------------------------------------
@@ -222,6 +256,9 @@ class Observation:
             defenses=h.defenses,
             head=h.head,
             model_spec=h.spec,
+            clients=h.clients,
+            client_batch_sizes=h.client_batch_sizes,
+            server=h.server,
         )
 
 

@@ -10,6 +10,7 @@ A header names its architecture in one of two ways, and never names code:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -41,7 +42,12 @@ FIELDS = {
     "model_spec",
     "model_training",
     "bn_train",
+    "clients",
+    "client_batch_sizes",
+    "server",
 }
+MAX_CLIENTS = 100_000
+MAX_SERVER_CHARS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,9 @@ class ObservationHeader:
     user_sha256: str | None  # the user model's architecture hash, or None for a zoo model
     model_training: bool
     bn_train: bool
+    clients: int = 1
+    client_batch_sizes: tuple[int, ...] | None = None
+    server: dict[str, Any] | None = None
 
 
 def parse_header(meta: dict[str, Any], what: str) -> ObservationHeader:
@@ -86,12 +95,33 @@ def parse_header(meta: dict[str, Any], what: str) -> ObservationHeader:
     head = p.string(meta, "head")
     training, bn_train = p.boolean(meta, "model_training"), p.boolean(meta, "bn_train")
     spec, sha = _model_spec(p, meta, fmt == FORMAT_V1, num_classes, shape)
+    clients = p.integer(meta, "clients", 1, MAX_CLIENTS, optional=True) or 1
+    sizes = None
+    if meta.get("client_batch_sizes") is not None:
+        sizes = p.int_list(meta, "client_batch_sizes", 1, MAX_BATCH, (1, MAX_CLIENTS))
+    server = meta.get("server")
+    if server is not None and not (isinstance(server, dict) and len(json.dumps(server)) <= MAX_SERVER_CHARS):
+        p.append(f"server: expected a JSON object of at most {MAX_SERVER_CHARS} characters, got {brief(server)}")
+        server = None
     p.raise_if_any(f"{what} has a bad header")
     # no problems: every required field was read
     assert protocol is not None and num_classes is not None and shape is not None and head is not None
     assert training is not None and bn_train is not None
     return ObservationHeader(
-        protocol, num_classes, tuple(shape), batch_size, norm, tuple(defenses), head, spec, sha, training, bn_train
+        protocol,
+        num_classes,
+        tuple(shape),
+        batch_size,
+        norm,
+        tuple(defenses),
+        head,
+        spec,
+        sha,
+        training,
+        bn_train,
+        clients,
+        None if sizes is None else tuple(sizes),
+        server,
     )
 
 

@@ -20,6 +20,7 @@ from .models import ModelSpec, find_head, load_weights
 from .observation import Observation
 from .observation_schema import protocol_from_json
 from .protocols import FedSGD, Protocol
+from .servers import ServerStrategy, server_from_json
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +31,11 @@ class Scenario:
     The client draws its batch the way a data loader does (labels may repeat; ``unique_labels=True`` asks for
     distinct labels) and trains with BatchNorm in ``bn_mode``: ``eval`` uses the running statistics the server
     sent (default), ``train`` the batch's statistics.
+
+    The threat model: ``clients`` > 1 is secure aggregation — that many clients, each with its own batch of
+    ``batch_size`` (all distinct samples), train the same model and the server sees only the mean of their
+    updates; ``server`` is a malicious :class:`~gradleak.servers.ServerStrategy` that modifies the model before
+    sending it (``None``: an honest server).
     """
 
     model: str = "convnet"
@@ -48,10 +54,14 @@ class Scenario:
     seed: int = 0
     server_knows_batch_size: bool = True
     assumed_protocol: Protocol | None = None  # what the server assumes, if not the true protocol
+    clients: int = 1
+    server: ServerStrategy | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.clients < 1:
+            raise InputError(f"clients must be >= 1, got {self.clients}")
         if self.bn_mode not in ("train", "eval"):
             raise InputError(f"bn_mode must be 'train' or 'eval', got {self.bn_mode!r}")
         if self.label_smoothing and self.mixup:
@@ -74,6 +84,8 @@ class Scenario:
             "assumed_protocol": None if self.assumed_protocol is None else self.assumed_protocol.to_json(),
             "head": self.head,
             "server_knows_batch_size": self.server_knows_batch_size,
+            "clients": self.clients,
+            "server": None if self.server is None else self.server.to_json(),
         }
 
     @classmethod
@@ -98,6 +110,8 @@ class Scenario:
             seed=int(d.get("seed", 0)),
             server_knows_batch_size=bool(d.get("server_knows_batch_size", True)),
             assumed_protocol=None if assumed is None else protocol_from_json(assumed),
+            clients=int(d.get("clients", 1)),
+            server=server_from_json(d.get("server")),
         )
 
 
@@ -165,40 +179,55 @@ def draw_batch(
 def simulate(
     sc: Scenario, dataset: Dataset | None = None, model: nn.Module | None = None
 ) -> tuple[Observation, GroundTruth]:
-    """Run one honest client round and return what the server sees plus the ground truth."""
+    """Run one client round (or ``sc.clients`` of them, aggregated) and return what the server sees plus the
+    ground truth (every client's samples, in client order)."""
     data = dataset if dataset is not None else load_dataset(sc.dataset, size=sc.image_size)
     gen = torch.Generator().manual_seed(sc.seed)
-    if sc.mixup and sc.unique_labels and 2 * sc.batch_size > data.num_classes:
+    total = sc.clients * sc.batch_size
+    if sc.mixup and sc.unique_labels and 2 * total > data.num_classes:
         raise InputError(
-            f"mixup of {sc.batch_size} pairs with unique labels needs {2 * sc.batch_size} classes; "
-            f"{data.name} has {data.num_classes}"
+            f"mixup of {total} pairs with unique labels needs {2 * total} classes; {data.name} has {data.num_classes}"
         )
     images, labels, targets = draw_batch(
-        data,
-        sc.batch_size,
-        generator=gen,
-        unique_labels=sc.unique_labels,
-        label_smoothing=sc.label_smoothing,
-        mixup=sc.mixup,
+        data, total, generator=gen, unique_labels=sc.unique_labels, label_smoothing=sc.label_smoothing, mixup=sc.mixup
     )
     n_cls = data.num_classes
+    spec: ModelSpec | None = None
     if model is None:
         model, spec = build_scenario_model(sc, n_cls, data.image_shape)
-    else:
-        spec = None
-        model.train(sc.bn_mode == "train")
+    server_record = None
+    if sc.server is not None:
+        sc.server.check(model, input_shape=data.image_shape, num_classes=n_cls)
+        model, server_record = sc.server.prepare(
+            model,
+            input_shape=data.image_shape,
+            num_classes=n_cls,
+            normalization=data.normalization,
+            generator=torch.Generator().manual_seed(sc.seed + 1),
+        )
+        spec = None  # no longer the zoo architecture: files record its hash
+    model.train(sc.bn_mode == "train")
     x = data.normalization.normalize(images)
-    update, defense_records = client_round(model, sc.protocol, x, targets, sc.defenses, generator=gen)
+    updates: list[dict[str, Tensor]] = []
+    defense_records: tuple[dict[str, Any], ...] = ()
+    for c in range(sc.clients):
+        part = slice(c * sc.batch_size, (c + 1) * sc.batch_size)
+        update, defense_records = client_round(model, sc.protocol, x[part], targets[part], sc.defenses, generator=gen)
+        updates.append(update)
+    aggregate = updates[0] if sc.clients == 1 else {k: torch.stack([u[k] for u in updates]).mean(0) for k in updates[0]}
     obs = Observation(
         model=model,
-        update=update,
+        update=aggregate,
         protocol=sc.assumed_protocol or sc.protocol,
         num_classes=n_cls,
         input_shape=data.image_shape,
-        batch_size=sc.batch_size if sc.server_knows_batch_size else None,
+        batch_size=total if sc.server_knows_batch_size else None,
         normalization=data.normalization,
         defenses=tuple(defense_records),
         head=sc.head,
         model_spec=spec,
+        clients=sc.clients,
+        client_batch_sizes=(sc.batch_size,) * sc.clients if sc.clients > 1 and sc.server_knows_batch_size else None,
+        server=server_record,
     )
     return obs, GroundTruth(images, labels, targets, data.classes)

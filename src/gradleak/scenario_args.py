@@ -9,8 +9,9 @@ from typing import Any
 
 from .cli_args import fraction, image_size, positive_float, positive_int, seed
 from .errors import InputError
-from .observation_schema import MAX_BATCH, MAX_LOCAL_STEPS
+from .observation_schema import MAX_BATCH, MAX_CLIENTS, MAX_LOCAL_STEPS
 from .scenario import Scenario, defense_spec
+from .servers import HONEST, parse_server
 
 
 def add_scenario_args(
@@ -74,6 +75,21 @@ def add_scenario_args(
         help="BatchNorm of the client: eval = the running statistics the server sent (default); "
         "train = batch statistics (for one image they hide its brightness and contrast)",
     )
+    g.add_argument(
+        "--secagg",
+        type=positive_int(MAX_CLIENTS),
+        default=d.clients,
+        metavar="N",
+        help="secure aggregation: the server sees only the mean of N clients' updates, each client with its "
+        "own --batch-size samples (default: 1, one client's update)",
+    )
+    g.add_argument(
+        "--server",
+        default=HONEST,
+        metavar="SPEC",
+        help="threat model of the server: honest (default) or a malicious strategy that modifies the model it "
+        "sends, e.g. imprint:bins=128 (see `gradleak list`)",
+    )
     g.add_argument("--seed", type=seed, default=d.seed)
     g.add_argument("--device", default="cpu", help="only 'cpu' is supported in this version")
     p.set_defaults(default_model_kwargs=model_kwargs or {}, **{k.replace("-", "_"): v for k, v in defaults.items()})
@@ -116,6 +132,8 @@ def scenario_from_args(a: argparse.Namespace) -> Scenario:
         bn_mode=a.bn_mode,
         seed=a.seed,
         assumed_protocol=assumed,
+        clients=a.secagg,
+        server=parse_server(a.server),
     )
 
 

@@ -102,6 +102,7 @@ def _scenario(setting: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         ("Model", _e(_fmt(setting.get("model")))),
         ("Dataset", dataset),
         ("Batch size", _e(_fmt(setting.get("batch_size")))),
+        ("Threat model", _threat(setting.get("threat") or {})),
         ("Protocol", protocol_html),
         ("Attacker assumes", _e(_kv(setting.get("attacker_assumes") or {}, empty="none"))),
         ("Defenses", "<br>".join(_e(_fmt(d)) for d in setting.get("defenses") or ()) or "none"),
@@ -113,6 +114,26 @@ def _scenario(setting: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     if config:
         full = f"<details><summary>Full configuration</summary><pre>{_e(_json(config))}</pre></details>"
     return f"<section><h2>Scenario</h2>{table}{full}</section>"
+
+
+def _threat(threat: Mapping[str, Any]) -> str:
+    """The server (honest, or what the malicious one did to the model) and the aggregation it saw."""
+    server = threat.get("server", "honest")
+    if isinstance(server, Mapping):
+        record = dict(server)
+        text = f"<strong>malicious: {_e(_fmt(record.pop('name', None)))}</strong>"
+        text += f' <span class="muted">({_e(_kv(record))})</span>' if record else ""
+    else:
+        text = "honest-but-curious server"
+    clients = int(threat.get("clients") or 1)
+    if clients > 1:
+        sizes = threat.get("client_batch_sizes")
+        text += f"<br>secure aggregation: the mean of {clients} clients' updates" + (
+            f' <span class="muted">(batch sizes {_e(_fmt(sizes))})</span>' if sizes else ""
+        )
+    else:
+        text += "<br>one client's update"
+    return text
 
 
 def _labels(labels: LabelSection, names: Sequence[str]) -> str:

@@ -1,0 +1,115 @@
+"""What a malicious server does to the model it sends: the :class:`ServerStrategy` interface and its registry.
+
+An honest-but-curious server sends the global model unchanged and only looks at the updates. A malicious
+server changes the model first (inserts an imprint block, plants trap weights, sets fishing parameters) so
+that the update leaks more. A strategy returns the modified model plus a JSON record of what it did; the
+record travels in :attr:`gradleak.observation.Observation.server`, where the matching recovery attack and the
+report read it (the server knows what it sent, so nothing there is an oracle input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, fields, is_dataclass
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from ..errors import InputError, UnsupportedError
+from ..normalization import Normalization
+from ..registry import Registry
+from ..settings import NoSettings, configure
+
+SERVERS: Registry[type[ServerStrategy]] = Registry("server strategy")
+HONEST = "honest"
+S = TypeVar("S", bound="type[ServerStrategy]")
+
+
+def server(name: str) -> Callable[[S], S]:
+    """Class decorator registering a :class:`ServerStrategy` under ``name``."""
+
+    def add(cls: S) -> S:
+        cls.name = name
+        SERVERS.register(name)(cls)
+        return cls
+
+    return add
+
+
+class ServerStrategy:
+    """Base: ``Config`` is a frozen dataclass with the paper's defaults; :meth:`prepare` builds the sent model."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type] = NoSettings
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        self.config = configure(self.Config, config, overrides, f"server strategy {self.name!r}")
+
+    def problems(self, model: nn.Module, *, input_shape: tuple[int, ...], num_classes: int) -> list[str]:
+        """Why this strategy cannot modify ``model`` (empty: it can)."""
+        return []
+
+    def check(self, model: nn.Module, *, input_shape: tuple[int, ...], num_classes: int) -> None:
+        problems = self.problems(model, input_shape=input_shape, num_classes=num_classes)
+        if problems:
+            raise UnsupportedError(f"server strategy {self.name!r} cannot modify this model", problems)
+
+    def prepare(
+        self,
+        model: nn.Module,
+        *,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        normalization: Normalization | None,
+        generator: torch.Generator,
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """The model the server sends (a new module; ``model`` is not changed) and the JSON record of what was
+        done (``{"name": ..., ...}``: everything the recovery needs, e.g. the inserted layer's name)."""
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        cfg = asdict(self.config) if is_dataclass(self.config) and not isinstance(self.config, type) else {}
+        return {"name": self.name, **cfg}
+
+
+def parse_server(spec: str) -> ServerStrategy | None:
+    """A strategy from a spec such as ``imprint:bins=128`` (``honest``: ``None``, the model is sent unchanged)."""
+    name, _, rest = spec.strip().partition(":")
+    if name == HONEST:
+        if rest:
+            raise InputError("the honest server takes no parameters")
+        return None
+    cls = SERVERS.get(name)
+    types = {f.name: f.type for f in fields(cls.Config)} if is_dataclass(cls.Config) else {}
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or key not in types:
+            raise InputError(f"server strategy {name!r}: expected KEY=VALUE with KEY in {sorted(types)}, got {part!r}")
+        kwargs[key] = _value(name, key, value, str(types[key]))
+    return cls(**kwargs)
+
+
+def server_from_json(record: dict[str, Any] | None) -> ServerStrategy | None:
+    """The strategy a :meth:`ServerStrategy.to_json` record describes (``None``: honest)."""
+    if record is None:
+        return None
+    cls = SERVERS.get(str(record.get("name")))
+    return cls(**{k: v for k, v in record.items() if k != "name"})
+
+
+def _value(name: str, key: str, value: str, type_name: str) -> Any:
+    try:
+        if type_name.startswith("int"):
+            return int(value)
+        if type_name.startswith("float"):
+            return float(value)
+        if type_name.startswith("bool"):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+    except ValueError:
+        raise InputError(f"server strategy {name!r}: {key}={value!r} is not a {type_name.split(' ')[0]}") from None
+    return value

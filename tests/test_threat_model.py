@@ -1,0 +1,69 @@
+"""The threat model in the scenario and the Observation: secure aggregation of N clients, a server's record."""
+
+import json
+
+import pytest
+import torch
+
+from gradleak.cli import main
+from gradleak.errors import InputError, UnknownNameError
+from gradleak.observation import Observation
+from gradleak.protocols import client_update
+from gradleak.scenario import Scenario, simulate
+from gradleak.servers import parse_server
+
+TINY = dict(model="mlp", dataset="digits", image_size=8, batch_size=3, seed=5)
+
+
+def test_secagg_update_is_the_mean_of_each_clients_update():
+    obs, truth = simulate(Scenario(**TINY, clients=4))
+    assert obs.clients == 4 and obs.batch_size == 12 and obs.client_batch_sizes == (3, 3, 3, 3)
+    assert truth.images.shape[0] == 12 and len(set(map(tuple, truth.images.flatten(1).tolist()))) == 12
+    x = obs.normalization.normalize(truth.images)
+    parts = [slice(c * 3, (c + 1) * 3) for c in range(4)]
+    per_client = [client_update(obs.model, obs.protocol, x[s], truth.targets[s]) for s in parts]
+    for k, v in obs.update.items():
+        assert torch.allclose(v, torch.stack([u[k] for u in per_client]).mean(0), atol=1e-6), k
+        assert not torch.allclose(v, per_client[0][k], atol=1e-6), k
+
+
+def test_one_client_is_unchanged_by_the_threat_fields():
+    obs, truth = simulate(Scenario(**TINY))
+    assert obs.clients == 1 and obs.client_batch_sizes is None and obs.server is None
+    assert truth.images.shape[0] == 3
+
+
+def test_threat_fields_survive_a_file(tmp_path):
+    obs, _ = simulate(Scenario(**TINY, clients=2))
+    obs = Observation(**{**obs.__dict__, "server": {"name": "example", "bins": 4}})
+    back = Observation.load(obs.save(tmp_path / "o.safetensors"), model=obs.model)
+    assert (back.clients, back.client_batch_sizes, back.server) == (2, (3, 3), {"name": "example", "bins": 4})
+
+
+def test_client_batch_sizes_must_fit_the_aggregate():
+    obs, _ = simulate(Scenario(**TINY, clients=2))
+    with pytest.raises(InputError) as e:
+        Observation(**{**obs.__dict__, "client_batch_sizes": (3, 2)})
+    assert "sum to 5, not batch_size 6" in str(e.value.problems)
+    with pytest.raises(InputError) as e:
+        Observation(**{**obs.__dict__, "client_batch_sizes": (2, 2, 2)})
+    assert "3 client batch sizes given for an aggregate of 2" in str(e.value.problems)
+
+
+def test_server_specs():
+    assert parse_server("honest") is None
+    with pytest.raises(UnknownNameError):
+        parse_server("no-such-server")
+    with pytest.raises(InputError):
+        parse_server("honest:bins=3")
+    with pytest.raises(InputError):
+        Scenario(clients=0)
+
+
+def test_cli_secagg_audit_reports_the_threat(tmp_path):
+    out = tmp_path / "out"
+    args = ["audit", "--model", "mlp", "--data", "digits", "--image-size", "8", "--batch-size", "2", "--secagg", "3"]
+    assert main(args + ["--attack", "analytic_fc", "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["scenario"]["threat"] == {"server": "honest", "clients": 3, "client_batch_sizes": [2, 2, 2]}
+    assert "secure aggregation: the mean of 3 clients" in (out / "report.html").read_text()
