@@ -1,14 +1,17 @@
 """The threat model in the scenario and the Observation: secure aggregation of N clients, a server's record."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
+from gradleak.attacks.matching import MatchingConfig, MatchingProblem
 from gradleak.cli import main
 from gradleak.errors import InputError, UnknownNameError
+from gradleak.labels import LABEL_METHODS
 from gradleak.observation import Observation
-from gradleak.protocols import client_update
+from gradleak.protocols import FedAvg, FedSGD, client_update
 from gradleak.scenario import Scenario, simulate
 from gradleak.servers import parse_server
 
@@ -67,3 +70,33 @@ def test_cli_secagg_audit_reports_the_threat(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["scenario"]["threat"] == {"server": "honest", "clients": 3, "client_batch_sizes": [2, 2, 2]}
     assert "secure aggregation: the mean of 3 clients" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("protocol", [FedSGD(), FedAvg(local_steps=2, local_lr=0.1)])
+def test_matching_replays_each_client_of_an_aggregate(protocol):
+    """With BN in train mode and FedAvg, the mean of per-client updates differs from one big batch's update; the
+    matching engine replays each client's part, so the true images match the aggregate exactly."""
+    obs, truth = simulate(
+        Scenario(
+            model="convnet",
+            model_kwargs={"width": 4},
+            dataset="digits",
+            image_size=16,
+            batch_size=2,
+            clients=3,
+            bn_mode="train",
+            protocol=protocol,
+            seed=1,
+        )
+    )
+    x = obs.normalization.normalize(truth.images)
+    problem = MatchingProblem(obs, truth.labels, MatchingConfig(distance="l2", tv=0.0, bn=0.0))
+    _, match = problem.objective(x, autograd=True)
+    single = MatchingProblem(replace(obs, clients=1, client_batch_sizes=None), truth.labels, problem.cfg)
+    _, match_single = single.objective(x, autograd=True)
+    assert float(match) < 1e-10 < float(match_single)
+
+
+def test_fedavg_label_replay_refuses_an_aggregate():
+    obs, _ = simulate(Scenario(**TINY, clients=2, protocol=FedAvg(local_steps=2, local_lr=0.1)))
+    assert "mean of 2 clients' FedAvg deltas" in " ".join(LABEL_METHODS.get("fedavg")().problems(obs))

@@ -100,6 +100,35 @@ def lr_factor(cfg: MatchingConfig, it: int) -> float:
     return warm
 
 
+def client_sizes(obs: Observation) -> tuple[int, ...] | None:
+    """The per-client batch sizes of an aggregate (``None`` for one client's update): the assumed sizes, or an
+    equal split of the batch."""
+    if obs.clients == 1:
+        return None
+    if obs.client_batch_sizes is not None:
+        return obs.client_batch_sizes
+    b = obs.known_batch_size()
+    if b % obs.clients:
+        raise InputError(
+            f"an aggregate of {obs.clients} clients with {b} samples in all: give the client batch sizes "
+            "(they do not split equally)"
+        )
+    return (b // obs.clients,) * obs.clients
+
+
+def aggregated(update_fn: Callable, sizes: tuple[int, ...] | None) -> Callable:
+    """``update_fn`` for secure aggregation: each client's part of the candidate batch replayed on its own
+    (its BatchNorm statistics, its FedAvg steps), then the mean of the clients' updates — what the server saw."""
+    if sizes is None:
+        return update_fn
+
+    def mean_update(params: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        parts = [update_fn(params, xc, yc) for xc, yc in zip(x.split(list(sizes)), y.split(list(sizes)))]
+        return {k: torch.stack([u[k] for u in parts]).mean(0) for k in parts[0]}
+
+    return mean_update
+
+
 class MatchingProblem:
     """The objective ``distance(update(x̂, ŷ), update*) + priors`` for one candidate batch.
 
@@ -131,9 +160,10 @@ class MatchingProblem:
         self.net, self.params = obs.functional()
         self.buffers = dict(self.net.named_buffers())
         protocol = replay_protocol(obs.protocol, cfg.replay)
-        self.update_fn = protocol.update_fn(self.net)
+        sizes = client_sizes(obs)
+        self.update_fn = aggregated(protocol.update_fn(self.net), sizes)
         # one candidate: the same update through plain autograd (faster than nested torch.func)
-        self._autograd_update = protocol.update_fn(self.net, autograd_grad)
+        self._autograd_update = aggregated(protocol.update_fn(self.net, autograd_grad), sizes)
         self._leaves = {k: v.detach().requires_grad_() for k, v in self.params.items()}
         self.keys = [k for k in self.params if k in obs.update]
         weights = cfg.layer_weights or {}

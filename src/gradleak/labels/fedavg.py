@@ -87,6 +87,11 @@ class FedAvgLabels(LabelMethod):
             problems.append(
                 "this method reads a FedAvg parameter delta; the observation is a FedSGD gradient (use ilrg)"
             )
+        if obs.aggregated:
+            problems.append(
+                f"the update is the mean of {obs.clients} clients' FedAvg deltas and this method replays one "
+                "client's local steps (use llg-bias-corrected or ilrg-lsq, which read the delta to first order)"
+            )
         if obs.head_grads()[1] is None:
             problems.append(
                 f"the head {obs.head!r} has no bias: the counts are read from the bias update (use llg-whitebox)"
