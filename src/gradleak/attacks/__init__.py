@@ -15,6 +15,7 @@ import_submodules(sys.modules[__name__])
 
 from .analytic.cocktail import CocktailParty  # noqa: E402  (the registrations above import every attack module once)
 from .analytic.fc import FCExact  # noqa: E402
+from .analytic.imprint import ImprintRecovery  # noqa: E402
 from .analytic.layerwise import RGAP  # noqa: E402
 from .analytic.spear import SPEAR  # noqa: E402
 from .analytic.tensor import TensorAttack  # noqa: E402
@@ -37,6 +38,7 @@ __all__ = [
     "AttackResult",
     "FCExact",
     "GradInversion",
+    "ImprintRecovery",
     "InvertingGradients",
     "LatentAdam",
     "Step",
