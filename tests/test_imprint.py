@@ -150,3 +150,10 @@ def test_list_names_the_attack_and_the_strategy(capsys):
     assert main(["list", "--json"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert "imprint" in table["attacks"] and "imprint" in table["server strategies"]
+
+
+def test_a_named_head_survives_the_imprint_wrapper():
+    obs, _ = simulate(
+        Scenario(model="mlp", dataset="digits", image_size=8, batch_size=2, head="head", server=Imprint())
+    )
+    assert obs.head == "model.head" and obs.server["head"] == "model.head"

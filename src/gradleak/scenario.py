@@ -195,7 +195,7 @@ def simulate(
     spec: ModelSpec | None = None
     if model is None:
         model, spec = build_scenario_model(sc, n_cls, data.image_shape)
-    server_record = None
+    server_record, head = None, sc.head
     if sc.server is not None:
         sc.server.check(model, input_shape=data.image_shape, num_classes=n_cls)
         model, server_record = sc.server.prepare(
@@ -206,6 +206,7 @@ def simulate(
             generator=torch.Generator().manual_seed(sc.seed + 1),
         )
         spec = None  # no longer the zoo architecture: files record its hash
+        head = server_record.get("head", sc.head)
     model.train(sc.bn_mode == "train")
     x = data.normalization.normalize(images)
     updates: list[dict[str, Tensor]] = []
@@ -224,7 +225,7 @@ def simulate(
         batch_size=total if sc.server_knows_batch_size else None,
         normalization=data.normalization,
         defenses=tuple(defense_records),
-        head=sc.head,
+        head=head,
         model_spec=spec,
         clients=sc.clients,
         client_batch_sizes=(sc.batch_size,) * sc.clients if sc.clients > 1 and sc.server_knows_batch_size else None,

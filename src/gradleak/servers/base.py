@@ -66,7 +66,8 @@ class ServerStrategy:
         generator: torch.Generator,
     ) -> tuple[nn.Module, dict[str, Any]]:
         """The model the server sends (a new module; ``model`` is not changed) and the JSON record of what was
-        done (``{"name": ..., ...}``: everything the recovery needs, e.g. the inserted layer's name)."""
+        done (``{"name": ..., ...}``: everything the recovery needs, e.g. the inserted layer's name; a strategy
+        that moves the classification head records its module path in the sent model as ``"head"``)."""
         raise NotImplementedError
 
     def to_json(self) -> dict[str, Any]:

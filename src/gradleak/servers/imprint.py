@@ -171,6 +171,7 @@ class Imprint(ServerStrategy):
         sent.train(model.training)
         record = {
             **self.to_json(),
+            "head": f"model.{head}",
             "weight": "imprint.bins.weight",
             "bias": "imprint.bins.bias",
             "structure": "cumulative",  # unit i fires iff h(x) > c_i; c_i ascending with i
