@@ -100,3 +100,19 @@ def test_matching_replays_each_client_of_an_aggregate(protocol):
 def test_fedavg_label_replay_refuses_an_aggregate():
     obs, _ = simulate(Scenario(**TINY, clients=2, protocol=FedAvg(local_steps=2, local_lr=0.1)))
     assert "mean of 2 clients' FedAvg deltas" in " ".join(LABEL_METHODS.get("fedavg")().problems(obs))
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("imprint:bins=1", "cannot modify this model"),
+        ("imprint:bins=x", "bins='x' is not of type int"),
+        ("no-such-server", "unknown server strategy"),
+        ("imprint:foo=2", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_server_specs_exit_2_and_write_nothing(tmp_path, capsys, spec, message):
+    out = tmp_path / "out"
+    args = ["audit", "--model", "mlp", "--data", "digits", "--image-size", "8", "--server", spec, "--out", str(out)]
+    assert main(args + ["--quiet"]) == 2
+    assert message in capsys.readouterr().err and not out.exists()

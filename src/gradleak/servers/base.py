@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from ..errors import InputError, UnsupportedError
+from ..errors import InputError
 from ..normalization import Normalization
 from ..registry import Registry
 from ..settings import NoSettings, configure
@@ -54,7 +54,7 @@ class ServerStrategy:
     def check(self, model: nn.Module, *, input_shape: tuple[int, ...], num_classes: int) -> None:
         problems = self.problems(model, input_shape=input_shape, num_classes=num_classes)
         if problems:
-            raise UnsupportedError(f"server strategy {self.name!r} cannot modify this model", problems)
+            raise InputError(f"server strategy {self.name!r} cannot modify this model", problems)
 
     def prepare(
         self,
@@ -112,5 +112,5 @@ def _value(name: str, key: str, value: str, type_name: str) -> Any:
                 raise ValueError(value)
             return value.lower() in ("true", "1")
     except ValueError:
-        raise InputError(f"server strategy {name!r}: {key}={value!r} is not a {type_name.split(' ')[0]}") from None
+        raise InputError(f"server strategy {name!r}: {key}={value!r} is not of type {type_name}") from None
     return value
