@@ -10,7 +10,9 @@ touched, are rebuilt from row ``t`` (the fished sample has ``p_j = 1/(N − 1)``
 feature and a bias far below the others, on which every candidate passes its gradient (the body's gradient
 divided by ``feature_weight``, as in the reference framework) — on the fished head a candidate above the cut
 would have no gradient to match. Inverting Gradients (:mod:`gradleak.attacks.inverting_gradients`) then
-reconstructs the one sample with its label ``t``, which the server chose.
+reconstructs the one sample with the label ``t`` the server fished for: the fished gradient is that of a class-``t``
+sample even where a difference of two cuts isolated a sample of another class (:mod:`gradleak.servers.fishing`).
+Given labels are not used.
 """
 
 from __future__ import annotations
