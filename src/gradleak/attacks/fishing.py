@@ -52,7 +52,7 @@ def fished_gradient(obs: Observation) -> tuple[nn.Module, dict[str, Tensor]]:
     head, t, n = str(record["head"]), int(record["target"]), obs.num_classes
     grad = {k: v * obs.known_batch_size() for k, v in obs.update.items()}
     w, b = grad[f"{head}.weight"].clone(), grad[f"{head}.bias"].clone()
-    others = torch.arange(n) != t
+    others = torch.arange(n, device=w.device) != t
     w[others] = -w[t] / (n - 1)
     b[others] = -b[t] / (n - 1)
     grad[f"{head}.weight"], grad[f"{head}.bias"] = w, b

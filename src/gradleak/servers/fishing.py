@@ -153,25 +153,24 @@ def fish_one(
     ``baseline_threshold`` (the lower cut). Halves that fail are searched in turn; GradleakError after
     ``max_rounds`` queries."""
     rounds: list[tuple[float, float]] = []
-    updates: dict[float, Observation] = {}
 
-    def count(cut: float) -> float:
+    def query_at(cut: float) -> tuple[float, Observation]:
         if len(rounds) >= max_rounds:
             raise GradleakError(f"fishing: no cut isolated one sample in {max_rounds} rounds")
         obs = query(Fishing(target=target, feature=feature, threshold=cut, feature_weight=feature_weight))
-        updates[cut] = obs
         rounds.append((cut, fished_count(obs)))
-        return rounds[-1][1]
+        return rounds[-1][1], obs
+
+    def count(cut: float) -> float:
+        return query_at(cut)[0]
 
     margin = 30.0 / feature_weight
     half = 1.0
-    lo, hi = centre - half, centre + half
-    c_lo, c_hi = count(lo), count(hi)
+    c_lo, c_hi = count(centre - half), count(centre + half)
     while c_hi - c_lo < 0.5:
         half *= 2
-        lo, hi = centre - half, centre + half
-        c_lo, c_hi = count(lo), count(hi)
-    stack = [(lo, c_lo, hi, c_hi)]
+        c_lo, c_hi = count(centre - half), count(centre + half)
+    stack = [(centre - half, c_lo, centre + half, c_hi)]
     while stack:
         lo, c_lo, hi, c_hi = stack.pop()
         if hi - lo > margin:
@@ -182,9 +181,8 @@ def fish_one(
                     stack.append(part)
             continue
         a, b = (lo + hi) / 2 - 2 * margin, (lo + hi) / 2 + 2 * margin
-        c_a, c_b = count(a), count(b)
+        (c_a, lower), (c_b, upper) = query_at(a), query_at(b)
         if abs(c_b - c_a - 1) < count_tol and abs(c_a - round(c_a)) < count_tol:
-            upper, lower = updates[b], updates[a]
             diff = {k: upper.update[k] - lower.update[k] for k in upper.update}
             record = {**(upper.server or {}), "baseline_threshold": a, "rounds": len(rounds)}
             return replace(upper, update=diff, server=record), rounds
