@@ -16,7 +16,7 @@ from gradleak.labels import LABEL_METHODS
 from gradleak.prior import Generator, GeneratorConfig, save_prior
 from gradleak.protocols import FedAvg
 from gradleak.scenario import Scenario, simulate
-from gradleak.servers import Imprint
+from gradleak.servers import Fishing, Imprint, TrapWeights
 
 DIGITS = {"dataset": "digits", "image_size": 8, "seed": 0}
 # small scenarios, tried in this order; each method runs on the first one it supports
@@ -29,6 +29,10 @@ SCENARIOS = {
         model="mlp", model_kwargs={"width": 32}, batch_size=2, protocol=FedAvg(local_steps=2, local_lr=0.1), **DIGITS
     ),
     "imprint-mlp-b2": Scenario(model="mlp", model_kwargs={"width": 32}, batch_size=2, server=Imprint(bins=8), **DIGITS),
+    "trap-mlp-b2": Scenario(model="mlp", model_kwargs={"width": 32}, batch_size=2, server=TrapWeights(), **DIGITS),
+    "fishing-mlp-b1": Scenario(  # class fishing on the one sample's class (6 at this seed): a fished count of 1
+        model="mlp", model_kwargs={"width": 32}, batch_size=1, server=Fishing(target=6), **DIGITS
+    ),
 }
 # settings that keep an iterative attack to a few steps (set only where its config has the field)
 FEW_STEPS = {"iterations": 3, "restarts": 1, "warmup": 0, "log_every": 1, "refine_steps": 5, "trials": 2}

@@ -19,7 +19,9 @@ from .analytic.imprint import ImprintRecovery  # noqa: E402
 from .analytic.layerwise import RGAP  # noqa: E402
 from .analytic.spear import SPEAR  # noqa: E402
 from .analytic.tensor import TensorAttack  # noqa: E402
+from .analytic.trap import TrapRecovery  # noqa: E402
 from .dlg import DLG  # noqa: E402
+from .fishing import FishingRecovery  # noqa: E402
 from .generative.ggl import GGL  # noqa: E402
 from .generative.gifd import GIFD  # noqa: E402
 from .generative.latent_adam import LatentAdam  # noqa: E402
@@ -37,11 +39,13 @@ __all__ = [
     "Attack",
     "AttackResult",
     "FCExact",
+    "FishingRecovery",
     "GradInversion",
     "ImprintRecovery",
     "InvertingGradients",
     "LatentAdam",
     "Step",
     "TensorAttack",
+    "TrapRecovery",
     "attack",
 ]

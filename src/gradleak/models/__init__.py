@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import InputError
 from . import rgap as _rgap  # noqa: F401  (registers cnn6, cnn6-d, fcn3, twolayer)
+from .first_layer import input_linear
 from .zoo import MLP, MODELS, ConvNet, LeNet, ResNet
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "load_weights",
     "save_weights",
     "find_head",
+    "input_linear",
     "ConvNet",
     "LeNet",
     "MLP",

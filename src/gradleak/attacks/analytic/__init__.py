@@ -8,6 +8,8 @@
   linear layer followed by a ReLU, from the gradient's low rank and the ReLU's zeros.
 - :mod:`.tensor` — the tensor-decomposition reconstruction of Wang, Lee & Lei (AISTATS 2023) for
   two-layer networks at random Gaussian parameters, with its own single-query scenario.
+- :mod:`.trap` — recovery through trap weights a malicious server planted in the first fully connected layer
+  (Boenisch et al., EuroS&P 2023; the server is :mod:`gradleak.servers.trap`).
 - :mod:`.cocktail` — the Cocktail Party Attack (Kariyappa et al., ICML 2023): ICA separates a batch (or an
   aggregate of several clients) from the mixture that a fully connected first layer's gradient is.
 
