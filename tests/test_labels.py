@@ -3,7 +3,9 @@ them; exact soft labels (Wang et al. 2024) with and without a bias; the necessar
 
 from __future__ import annotations
 
+import copy
 import functools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from gradleak.labels.augmented import Wang2024, triple_scales
 from gradleak.labels.llg import round_counts
 from gradleak.metrics.labels import EXACT_TOL, exact_recovery, label_accuracy, max_abs_error, score_labels
 from gradleak.models import MLP
+from gradleak.protocols import FedSGD, client_update
 from gradleak.scenario import Scenario, simulate
 
 
@@ -225,3 +228,24 @@ def test_cli_labels_runs_every_method(capsys):
     )
     out = capsys.readouterr().out
     assert "wang2024" in out and "llg-whitebox" in out
+
+
+def test_min_rule_counts_keeps_the_support_and_counts_the_repeats():
+    """The min rule's present classes are exact with repeats (a ReLU before the head), on a fresh and on a
+    confident model; the repeats go to present classes, so the variant beats the min rule's distinct labels."""
+    obs, gt = observe(8, False, seed=0)  # labels 4, 5, 5, 6, 7, 8, 9, 9
+    model = copy.deepcopy(obs.model)
+    with torch.no_grad():  # a confident head, as a trained model has
+        model.head.weight.mul_(30.0)
+        model.head.bias.mul_(30.0)
+    x = obs.normalization.normalize(gt.images)
+    confident = replace(obs, model=model, update=client_update(model, FedSGD(), x, gt.labels))
+    true = gt.labels.tolist()
+    for o in (obs, confident):
+        res = LABEL_METHODS.get("min-rule-counts")().recover(o)
+        assert res.details["present_classes"] == sorted(set(true)) and res.details["repeats"] == 2
+        assert len(res.labels) == 8 and set(res.labels) == set(true)
+        assert label_accuracy(true, res.labels) > label_accuracy(
+            true, LABEL_METHODS.get("gradinversion-min")().recover(o).labels
+        )
+    assert label_accuracy(true, LABEL_METHODS.get("min-rule-counts")().recover(obs).labels) == 1.0

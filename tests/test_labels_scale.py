@@ -140,7 +140,7 @@ def test_auto_picks_by_what_the_server_sees():
     assert choose(obs)[0] == "ilrg-lsq"  # fresh model: the gradient's own estimate of the mean prediction
     trained = _confident(obs)
     assert dummy_confidence(trained) >= TRAINED_CONFIDENCE
-    assert choose(trained)[0] == "gradinversion-min"  # confident model, B < N: the min rule
+    assert choose(trained)[0] == "min-rule-counts"  # confident model, B < N: the min rule's classes + counts
     obs1, _ = _case(batch_size=1, seed=0)
     assert choose(obs1)[0] == "wang2024"
     obsf, _ = _case(batch_size=8, seed=0, protocol=FedAvg(local_steps=2, local_lr=0.05))

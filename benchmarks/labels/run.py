@@ -52,6 +52,7 @@ COUNT_METHODS = [
     "idlg",
     "sum",
     "gradinversion-min",
+    "min-rule-counts",
     "llg-simple",
     "llg-bias-corrected",
     "llg-whitebox",

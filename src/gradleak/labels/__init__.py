@@ -28,6 +28,7 @@ from .idlg import IDLG  # noqa: E402
 from .ilrg import ILRG  # noqa: E402
 from .ilrg_lsq import ILRGLsq  # noqa: E402
 from .llg import LLGBiasCorrected, LLGSimple, LLGWhitebox  # noqa: E402
+from .min_counts import MinRuleCounts  # noqa: E402
 from .sum_rule import SumRule  # noqa: E402
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "LLGWhitebox",
     "LabelMethod",
     "LabelResult",
+    "MinRuleCounts",
     "SumRule",
     "Wang2024",
     "head_gradient",
