@@ -6,6 +6,8 @@ import pytest
 
 from gradleak.cli import main
 from gradleak.errors import InputError
+from gradleak.scenario import Scenario
+from gradleak.servers import Imprint
 from gradleak.sweep import (
     NONE,
     SweepPlan,
@@ -14,6 +16,7 @@ from gradleak.sweep import (
     run_jobs,
     run_sweep,
     strength,
+    threat_text,
     utility_cell,
     write_sweep,
 )
@@ -56,8 +59,14 @@ def test_run_sweep_writes_json_plot_markdown_and_html(tmp_path):
     assert len(data["cells"]) == 4 and set(data["summary"]["trends"]) == {"noise", "soteria"}
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "noise:1" in paths["md"].read_text()
+    assert "threat model: honest server, one client's update" in paths["md"].read_text()
     html = paths["html"].read_text()
     assert "data:image/png;base64," in html and "<table>" in html
+
+
+def test_threat_text_names_the_server_and_the_aggregation():
+    sc = Scenario(clients=4, server=Imprint(bins=16)).to_json()
+    assert threat_text(sc) == "malicious server `imprint`, secure aggregation of 4 clients' updates"
 
 
 @pytest.mark.slow

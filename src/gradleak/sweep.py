@@ -488,6 +488,14 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def threat_text(sc: dict[str, Any]) -> str:
+    """The threat model of a scenario's JSON in words: the server, and the aggregation it sees."""
+    server = sc.get("server")
+    who = "honest server" if server is None else f"malicious server `{server['name']}`"
+    clients = int(sc.get("clients", 1))
+    return who + (f", secure aggregation of {clients} clients' updates" if clients > 1 else ", one client's update")
+
+
 def write_sweep(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
     """Write ``sweep.json``, ``privacy_utility.png``, ``sweep.md`` and ``report.html`` into ``out``."""
     from .report import write_json_atomic
@@ -519,7 +527,8 @@ def write_sweep(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
     iters = "each attack's default budget" if cfg["iterations"] is None else f"{cfg['iterations']} iterations"
     md = (
         f"# Privacy–utility sweep\n\n{sc['model']} on `{sc['dataset']}`, client batch {sc['batch_size']}, "
-        f"protocol {sc['protocol']['name']}, {cfg['clients']} clients per setting, attacks "
+        f"protocol {sc['protocol']['name']}, threat model: {threat_text(sc)}, {cfg['clients']} clients "
+        "per setting, attacks "
         f"{', '.join(cfg['attacks'])} ({iters}), utility after {cfg['train_steps']} "
         f"training steps of batch {cfg['train_batch']} (lr {cfg['train_lr']}). Ran in "
         f"{results['seconds']:.0f} s on backend `{results['backend']}`.\n\n![privacy-utility]"
