@@ -9,7 +9,7 @@ import torch
 from gradleak.auditing import run_labels
 from gradleak.errors import UnsupportedError
 from gradleak.labels import LABEL_METHODS, recover_labels
-from gradleak.labels.auto import NEAR_UNIFORM, TRAINED_CONFIDENCE, choose, dummy_confidence
+from gradleak.labels.auto import NEAR_UNIFORM, TRAINED_CONFIDENCE, candidates, choose, dummy_confidence
 from gradleak.labels.fedavg import recover_rounds
 from gradleak.labels.ilrg import ILRG
 from gradleak.labels.ilrg_lsq import ILRGLsq
@@ -149,9 +149,9 @@ def test_auto_picks_by_what_the_server_sees():
     assert res.method == "fedavg" and res.details["auto"]["picked"] == "fedavg" and res.details["auto"]["reason"]
 
 
-def test_auto_confident_model_with_more_samples_than_classes_uses_the_bias_counts():
+def test_auto_confident_model_with_more_samples_than_classes_counts_with_the_support():
     obs, _ = _case(batch_size=16, seed=1)
-    assert choose(_confident(obs))[0] == "llg-bias-corrected"
+    assert [name for name, _ in candidates(_confident(obs))][:2] == ["min-rule-counts", "llg-bias-corrected"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -22,10 +22,9 @@ width 16 and ResNet-18, 10 classes, BN eval and train, B = 8/32/64, untrained or
    architectures (0.16 and 0.23): a thin margin.
 4. a FedSGD gradient, B > 1, **trained model** (κ ≥ 0.4; measured 0.56–0.99): a confident model predicts its
    batch, so ``p̄`` is close to the label histogram and neither dummy inputs nor class-wise embeddings reveal
-   it. What is left: the min rule still finds which classes are present (a negative weight-gradient entry needs a
-   sample of the class, whatever the model predicts), so with ``B < N`` ``min-rule-counts`` (those classes, the
-   repeats by the bias counts: at B = 8 at least as accurate as the min rule and the bias counts in every
-   trained cell), otherwise the bias counts with a uniform offset (``llg-bias-corrected``).
+   it. What is left: a negative weight-gradient entry still proves a class present, whatever the model predicts:
+   ``min-rule-counts`` (those classes and the ones the bias counts show, one label each, the repeats by the bias
+   counts), then the bias counts alone (``llg-bias-corrected``).
 5. then the rest: ``ilrg-lsq``, ``llg-whitebox``, ``llg-bias-corrected``, ``llg-simple``, the distinct-label rules
    ``gradinversion-min`` and ``sum``, ``idlg``.
 
@@ -87,11 +86,7 @@ def candidates(obs: Observation) -> list[tuple[str, str]]:
                 "its batch's predicted mass is close to the label histogram, which neither dummy inputs nor "
                 "class-wise embeddings reveal"
             )
-            if B < N:
-                prefs.append(
-                    ("min-rule-counts", why + "; B < N: the min rule's classes present, repeats by the bias counts")
-                )
-                prefs.append(("gradinversion-min", why + "; B < N: the min rule's distinct labels"))
+            prefs.append(("min-rule-counts", why + "; the classes shown present, repeats by the bias counts"))
             prefs.append(("llg-bias-corrected", why + "; counts from the bias gradient with a uniform offset"))
         else:
             why = f"fresh model (confidence on dummy inputs {kappa:.2f} < {TRAINED_CONFIDENCE} above chance)"
@@ -109,7 +104,7 @@ def candidates(obs: Observation) -> list[tuple[str, str]]:
         ("llg-whitebox", "count strategy with the known model (LLG*)"),
         ("llg-bias-corrected", "count strategy from the bias gradient"),
         ("llg-simple", "count strategy from weight-gradient magnitudes"),
-        ("min-rule-counts", "the min rule's classes present, repeats by the bias counts"),
+        ("min-rule-counts", "the classes shown present, repeats by the bias counts"),
         ("gradinversion-min", "distinct labels (min rule)"),
         ("sum", "distinct labels (sum rule)"),
         ("idlg", "single-label sign rule"),
