@@ -2,6 +2,7 @@
 on outgoing updates, and both in Flower — against a test-only malicious server that plants trap-like weights."""
 
 import copy
+import importlib.util
 import math
 
 import pytest
@@ -15,8 +16,12 @@ from gradleak.guard import LeakageGuard, ModelCheckThresholds, model_check
 from gradleak.guard.model_check import per_sample_loss
 from gradleak.models import build_model
 from gradleak.protocols import FedAvg, FedSGD, client_update, cross_entropy
-from gradleak.servers import ServerStrategy, server
+from gradleak.scenario import Scenario
+from gradleak.servers import ServerStrategy, parse_server, server
 
+needs_flwr = pytest.mark.skipif(
+    importlib.util.find_spec("flwr") is None, reason="Flower is not installed: pip install 'gradleak[flower]'"
+)
 DIGITS = load_dataset("digits")
 
 
@@ -225,3 +230,135 @@ def test_bad_guard_thresholds_raise(bad):
 def test_guard_refuses_a_training_defense_as_remedy():
     with pytest.raises(InputError):
         LeakageGuard(remedies=(DPSGD(noise=1.0),))
+
+
+# -- Flower --------------------------------------------------------------------------------------------------------
+TASK = dict(model="mlp", model_kwargs={"width": 64}, dataset="digits", batch_size=8, seed=0)
+
+
+def flower_task(**kw):
+    from gradleak.fl.task import FlowerTask
+
+    return FlowerTask(scenario=Scenario(**{**TASK, **kw.pop("scenario", {})}), **kw)
+
+
+def train_message(state: dict, server_round: int = 1):
+    import json
+    import time
+
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, RecordDict
+
+    config = ConfigRecord({"protocol": json.dumps(FedSGD().to_json()), "lr": 0.1, "server-round": server_round})
+    meta = Metadata(
+        run_id=1,
+        message_id=f"m{server_round}",
+        src_node_id=0,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id=str(server_round),
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type=MessageType.TRAIN,
+    )
+    return Message(content=RecordDict({"arrays": ArrayRecord(state), "config": config}), metadata=meta)
+
+
+def client_context():
+    from flwr.app import Context, RecordDict
+
+    return Context(
+        run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(), run_config={}
+    )
+
+
+@needs_flwr
+def test_client_app_refuses_to_train_a_trapped_model_and_names_the_check():
+    from gradleak.fl.flower import make_client_app
+
+    task = flower_task(model_check=True)
+    model = task.initial_model(DIGITS)
+    trapped, _ = IsolatingTrap().prepare(
+        model,
+        input_shape=DIGITS.image_shape,
+        num_classes=10,
+        normalization=None,
+        generator=torch.Generator().manual_seed(0),
+    )
+    app = make_client_app(task)
+    refused = app(train_message(trapped.state_dict()), client_context())
+    assert refused.has_error() and "isolating_units FIRED" in refused.error.reason
+    honest_reply = app(train_message(model.state_dict()), client_context())
+    assert not honest_reply.has_error() and set(honest_reply.content.array_records) == {"arrays"}
+    unchecked = make_client_app(flower_task())(train_message(trapped.state_dict()), client_context())
+    assert not unchecked.has_error()  # without the check the client trains on it
+
+
+@needs_flwr
+def test_guard_mod_blocks_or_replaces_the_reply():
+    from gradleak.fl.flower import make_client_app
+    from gradleak.fl.task import FlowerTask, update_between
+
+    task = flower_task(scenario={"batch_size": 1}, guard_db=25.0)
+    state = task.initial_model(DIGITS).state_dict()
+    blocked = make_client_app(task)(train_message(state), client_context())
+    assert blocked.has_error() and "-> block" in blocked.error.reason
+    defended_task = FlowerTask(scenario=task.scenario, guard_db=25.0, guard_remedies=(GaussianNoise(1.0),))
+    defended = make_client_app(defended_task)(train_message(state), client_context())
+    plain = make_client_app(flower_task(scenario={"batch_size": 1}))(train_message(state), client_context())
+    sent, honest_arrays = (m.content.array_records["arrays"].to_torch_state_dict() for m in (defended, plain))
+    names = [k for k, p in task.initial_model(DIGITS).named_parameters()]
+    noise = {
+        k: v - w
+        for (k, v), w in zip(
+            update_between(state, sent, names, FedSGD(), 0.1).items(),
+            update_between(state, honest_arrays, names, FedSGD(), 0.1).values(),
+        )
+    }
+    assert 0.8 < float(torch.cat([v.flatten() for v in noise.values()]).std()) < 1.2  # σ = 1 noise on the gradient
+    assert defended.content.metric_records["metrics"]["num-examples"] == 1
+
+
+@needs_flwr
+def test_task_config_carries_the_clients_protection():
+    from gradleak.fl.task import FlowerTask
+
+    task = flower_task(model_check=True, guard_db=22.5, guard_remedies=(GaussianNoise(0.01), GaussianNoise(0.1)))
+    cfg = task.to_config()
+    assert (cfg["model-check"], cfg["guard"], cfg["guard-remedies"]) == (True, 22.5, "noise:sigma=0.01;noise:sigma=0.1")
+    assert FlowerTask.from_config(cfg) == task
+    assert FlowerTask.from_config({**cfg, "guard": 0.0, "guard-remedies": ""}).leakage_guard() is None
+    for bad in ({"guard": 250.0}, {"guard": -1.0}, {"model-check": "maybe"}, {"guard": 0.0}):
+        with pytest.raises(InputError):
+            FlowerTask.from_config({**cfg, **bad})
+
+
+@pytest.fixture(scope="module")
+def simulations(tmp_path_factory):
+    """One round with 2 checking clients under an honest server, one under the test trap server (Ray: slow)."""
+    if importlib.util.find_spec("flwr") is None:
+        pytest.skip("Flower is not installed: pip install 'gradleak[flower]'")
+    from gradleak.fl.flower import run_simulation
+
+    task = flower_task(model_check=True)
+    return {
+        kind: run_simulation(
+            task,
+            num_clients=2,
+            num_rounds=1,
+            capture_dir=tmp_path_factory.mktemp(kind),
+            num_cpus=2,
+            server=parse_server(kind if kind == "honest" else "test-isolating-trap"),
+        )
+        for kind in ("honest", "malicious")
+    }
+
+
+@pytest.mark.slow
+@needs_flwr
+def test_model_check_fires_only_under_the_malicious_server(simulations):
+    honest_store, malicious_store = simulations["honest"], simulations["malicious"]
+    assert len(honest_store.captured()) == 2
+    assert not any("skipped" in e for e in honest_store.entries.values())
+    assert malicious_store.captured() == []
+    refusals = [e["skipped"] for e in malicious_store.entries.values()]
+    assert len(refusals) == 2 and all("client error" in r and "isolating_units FIRED" in r for r in refusals)
