@@ -11,8 +11,8 @@ order (defenses from :mod:`gradleak.defenses`, each applied to the update as tra
 whose update scores below the threshold; if none does, or there are none, it blocks the update.
 
 The score is only as good as the attacks that produce it: an attack the guard does not run (a long optimisation
-attack, an attack against a modification the client cannot see) can still recover what the guard called safe.
-Run :func:`~gradleak.guard.model_check` on the received model as well.
+attack such as fishing's, a recovery that needs the server's record of a modification the client cannot see) can
+still recover what the guard called safe. Run :func:`~gradleak.guard.model_check` on the received model as well.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from ..scenario import GroundTruth
 __all__ = ["FAST_ATTACKS", "GuardAttempt", "GuardDecision", "LeakageGuard", "fast_attacks"]
 
 #: attacks the guard runs when registered, in order: analytic (no optimisation), milliseconds to seconds each;
-#: each refuses (``problems``) where it does not apply. The last three are the malicious-server recoveries.
-FAST_ATTACKS = ("analytic_fc", "imprint", "trap", "trap_weights", "fishing")
+#: each refuses (``problems``) where it does not apply. ``imprint`` and ``trap`` are the malicious servers'
+#: recoveries: they read the server's record of its modification, so they run only when the client has one.
+FAST_ATTACKS = ("analytic_fc", "imprint", "trap")
 #: the default threshold on the highest PSNR of a reconstructed image (dB): above gradleak's "recognisable" 20 dB
 #: (:data:`gradleak.results.HIGH_PSNR`) and below what exact analytic recovery reaches (> 40 dB)
 THRESHOLD_DB = 25.0
@@ -152,10 +153,13 @@ class LeakageGuard:
         targets: Tensor,
         normalization: Normalization | None = None,
         head: str | None = None,
+        server: dict[str, Any] | None = None,
     ) -> GuardDecision:
         """Decide what to send for one round: ``model`` as received (in the mode the client trained in), its
         ``update`` (gradient or delta as ``protocol`` says), the batch's ``images`` in [0, 1] and training
-        ``targets`` (int64 labels or soft targets), the input ``normalization`` the model expects."""
+        ``targets`` (int64 labels or soft targets), the input ``normalization`` the model expects. ``server``: the
+        record of a server modification the client knows of (it was told, or a benchmark gives the true one);
+        normally the client knows none, and the malicious servers' recoveries refuse."""
         t0 = time.perf_counter()
         if images.dim() != 4 or len(images) != len(targets) or len(images) == 0:
             raise InputError(
@@ -173,6 +177,7 @@ class LeakageGuard:
             batch_size=len(images),
             normalization=normalization,
             head=head,
+            server=server,
         )
         truth = GroundTruth(images, labels, targets, ())
         plan = AuditPlan(label_methods=tuple(self.label_methods), attacks=tuple(self.attacks), seed=self.seed)
