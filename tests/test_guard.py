@@ -86,14 +86,13 @@ def trap_model(seed: int = 0) -> nn.Module:
     return modified
 
 
-def test_model_check_flags_trap_weights_by_isolating_units():
+def test_model_check_flags_trap_weights_by_a_sparse_first_layer():
     _, y, x = batch(8)
     result = model_check(trap_model(), x, y)
-    assert [c.name for c in result.fired] == ["isolating_units"]
-    assert result.value("isolating_units") > 0.5
-    assert "isolating_units FIRED" in result.summary()
-    # on 4 samples the statistic means nothing: not applied
-    assert model_check(trap_model(), x[:4], y[:4]).value("isolating_units") is None
+    assert "relu_sparsity" in [c.name for c in result.fired]
+    assert result.value("relu_sparsity") > 0.9
+    assert "relu_sparsity FIRED" in result.summary()
+    assert model_check(honest("mlp", 0, False, width=64), x, y).value("relu_sparsity") < 0.6
 
 
 def test_model_check_flags_one_measurement_binned_as_collinear_rows():
@@ -161,7 +160,7 @@ def test_dsnr_is_seers_per_example_gradient_ratio(bn_train):
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(dsnr=-1.0), dict(transmit_snr=0.0), dict(isolating_units=1.5), dict(head_bias=math.nan)]
+    "bad", [dict(dsnr=-1.0), dict(transmit_snr=0.0), dict(relu_sparsity=1.5), dict(head_bias=math.nan)]
 )
 def test_bad_model_check_thresholds_raise(bad):
     with pytest.raises(InputError):
@@ -286,7 +285,7 @@ def test_client_app_refuses_to_train_a_trapped_model_and_names_the_check():
     )
     app = make_client_app(task)
     refused = app(train_message(trapped.state_dict()), client_context())
-    assert refused.has_error() and "isolating_units FIRED" in refused.error.reason
+    assert refused.has_error() and "relu_sparsity FIRED" in refused.error.reason
     honest_reply = app(train_message(model.state_dict()), client_context())
     assert not honest_reply.has_error() and set(honest_reply.content.array_records) == {"arrays"}
     unchecked = make_client_app(flower_task())(train_message(trapped.state_dict()), client_context())
@@ -361,4 +360,4 @@ def test_model_check_fires_only_under_the_malicious_server(simulations):
     assert not any("skipped" in e for e in honest_store.entries.values())
     assert malicious_store.captured() == []
     refusals = [e["skipped"] for e in malicious_store.entries.values()]
-    assert len(refusals) == 2 and all("client error" in r and "isolating_units FIRED" in r for r in refusals)
+    assert len(refusals) == 2 and all("client error" in r and "relu_sparsity FIRED" in r for r in refusals)

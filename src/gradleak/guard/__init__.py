@@ -1,7 +1,7 @@
 """Client-side defenses against a malicious or curious server (PAPERS.md §10).
 
 - :mod:`.model_check` — :func:`model_check`: checks the client runs on the model it receives, before training
-  (D-SNR and transmit-SNR of Garov et al. ICLR 2024, isolating ReLU units, collinear first-layer rows, zeroed
+  (D-SNR and transmit-SNR of Garov et al. ICLR 2024, a sparse first ReLU layer, collinear first-layer rows, zeroed
   head rows and a dominating head bias, the agreed architecture);
 - :mod:`.leakage` — :class:`LeakageGuard`: checks the client's outgoing update with the server's fast attacks
   and sends it, sends a defended one or blocks it.

@@ -11,12 +11,15 @@ define them, the others check the structure each family of attacks needs:
   sample's gradient dominates a layer — the point of fishing (all other samples' gradients switched off).
 - ``transmit_snr`` (SEER's transmit-SNR): over the rows (kernels) of the first conv/linear layer,
   ``max |w| / (Σ|w| − max |w|)``; large for a pass-through (Dirac-like) kernel that copies one input value.
-- ``isolating_units``: the share of the first ReLU layer's units active for some sample of the batch that are
-  active for exactly one — such a unit's gradient row is that sample times a scalar (``x = ∂L/∂W_n / ∂L/∂b_n``,
-  PAPERS.md §3), which is what trap weights (§8) are built to produce for every unit.
+- ``relu_sparsity``: the share of the first ReLU layer's outputs on the batch that are zero. A unit that fires for
+  one sample alone has that sample, times a scalar, as its gradient row (``x = ∂L/∂W_n / ∂L/∂b_n``, PAPERS.md §3);
+  trap weights (§8) push the pre-activations negative so that units fire rarely and many fire for ≤ 1 sample. At
+  random or briefly trained weights pre-activations are centred and a ReLU layer is active about half the time.
+  (The share of units firing for exactly one sample measures the same thing but depends on the batch size; the
+  sparsity does not.)
 - ``collinear_rows``: the largest ``|cos|`` between two rows (kernels) of the first conv/linear layer. Units
   that measure one direction with staggered biases bin the batch along it, and differences of adjacent bins
-  isolate samples — the imprint module's construction (§7); random or trained rows are never parallel.
+  isolate samples — the imprint module's construction (§7); random or briefly trained rows are far from parallel.
 - ``head_rows``: the share of the classification head's rows that are zero (below 1e-6 of the largest row
   norm): a zeroed class cannot pass gradient to the features — how class fishing (§9) silences all but the
   target class.
@@ -26,14 +29,22 @@ define them, the others check the structure each family of attacks needs:
 - ``architecture`` (with ``reference_architecture``): the parameter and buffer names and shapes equal the
   agreed model's; the value is the number of entries that differ (an inserted imprint block changes them).
 
-**Calibration** (``benchmarks/guard/run.py``, section ``calibration``): honest zoo models — mlp (width 64 and
-256), lenet, convnet (width 16), cnn6, resnet18 (CIFAR stem) — on bundled digits and photos, batches of 8 and
-16 drawn as a data loader draws them, seeds 0-4, each at its seeded initialisation and after 10 SGD steps
-(lr 0.05) on other batches of the same data. The largest honest values seen there are recorded in
-``benchmarks/guard/results.md``; every default threshold sits above them with a margin and is a round number
-with a meaning (D-SNR 10: one sample's gradient outweighs all others ten times; transmit-SNR 1, as SEER's
-code flags; a third of the active units isolating a sample; rows parallel to 1e-3; any zeroed head row; a
-bias spread 100 times the input's). The thresholds do not depend on any attack's constants.
+**Calibration** (``benchmarks/guard/run.py``, section ``honest``): honest zoo models — mlp (width 64 and 256),
+lenet, convnet (width 16; BatchNorm in eval and in train mode), cnn6, fcn3 on bundled digits and photos, resnet18
+(CIFAR stem) on photos — seeds 0-2, each at its seeded initialisation and after 10 SGD steps (lr 0.05) on other
+batches: 90 models, checked on client batches of 8 and 16 (resnet18: 8) drawn as a data loader draws them, no
+false alarm. Largest honest values (``benchmarks/guard/results.md``): D-SNR 4.4, transmit-SNR 0.51, ReLU sparsity
+0.55, collinearity 0.88 (3×3 kernels on one channel: 9-dimensional rows), no zeroed head row, head bias 2.7. Each
+default threshold is a round number above them with a meaning: D-SNR 10 (one sample's gradient outweighs all the
+others' together ten times); transmit-SNR 1 (SEER's code flags > 1); sparsity 0.65 (the layer is active for under
+35% of its outputs); rows parallel to 1e-3; any zeroed head row; a bias spread 20 times the input term's. No
+threshold depends on an attack's constants.
+
+**Limits.** Calibrated on models at or near initialisation: a long-trained MLP's first layer grows sparse (digits,
+400 SGD steps: 8% of its outputs active, a quarter of its active units firing for one sample) and trips
+``relu_sparsity`` — rightly in that such a layer does isolate samples, but it is no sign of a malicious server.
+D-SNR depends on the batch as well: one badly classified sample among well-classified ones raises it on an
+honest model.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -54,9 +65,6 @@ from ..models import find_head
 __all__ = ["Check", "ModelCheck", "ModelCheckThresholds", "architecture_check", "model_check"]
 
 EPS = 1e-6  # SEER's guard against a zero denominator; also what "zero" means relative to the largest row
-#: the smallest batch on which isolating units mean anything: on 4 samples an honest unit that fires for each
-#: sample with probability 1/2 already fires for exactly one of those it fires for with probability 4/15
-MIN_ISOLATION_BATCH = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,18 +73,18 @@ class ModelCheckThresholds:
 
     dsnr: float = 10.0
     transmit_snr: float = 1.0
-    isolating_units: float = 0.25
+    relu_sparsity: float = 0.65
     collinear_rows: float = 0.999
     head_rows: float = 0.0
-    head_bias: float = 100.0
+    head_bias: float = 20.0
 
     def __post_init__(self) -> None:
         problems = []
         for f in fields(self):
             v = getattr(self, f.name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v)):
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v)):
                 problems.append(f"{f.name}: expected a finite number, got {v!r}")
-            elif f.name in ("isolating_units", "collinear_rows", "head_rows") and not 0 <= v < 1:
+            elif f.name in ("relu_sparsity", "collinear_rows", "head_rows") and not 0 <= v < 1:
                 problems.append(f"{f.name} is a share or a cosine in [0, 1), got {v}")
             elif f.name in ("dsnr", "transmit_snr", "head_bias") and not v > 0:
                 problems.append(f"{f.name} must be > 0, got {v}")
@@ -120,7 +128,6 @@ class ModelCheck:
 
     checks: tuple[Check, ...]
     batch_size: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fired(self) -> tuple[Check, ...]:
@@ -131,7 +138,8 @@ class ModelCheck:
         return not self.fired
 
     def value(self, name: str) -> float | None:
-        return next(c.value for c in self.checks if c.name == name)
+        """The value of check ``name`` (``None``: not applicable or not run)."""
+        return next((c.value for c in self.checks if c.name == name), None)
 
     def summary(self) -> str:
         """One line: the checks that fired (or that all passed)."""
@@ -263,12 +271,8 @@ def _collinear(layer: nn.Module) -> float | None:
     return float(cos.max())
 
 
-def _isolating(relu_out: Tensor) -> float | None:
-    active = (relu_out.flatten(1) > 0).sum(dim=0)  # per unit: how many samples activate it
-    live = active > 0
-    if not live.any():
-        return None
-    return float((active == 1).sum() / live.sum())
+def _sparsity(relu_out: Tensor) -> float:
+    return float((relu_out <= 0).double().mean())
 
 
 def _head(head: nn.Linear, h: Tensor) -> tuple[float, float | None]:
@@ -315,12 +319,8 @@ def model_check(
         name, layer = fw.first
         checks.append(Check("transmit_snr", _transmit_snr(layer), t.transmit_snr, name))
         checks.append(Check("collinear_rows", _collinear(layer), t.collinear_rows, name))
-    if fw.relu is None:
-        checks.append(Check("isolating_units", None, t.isolating_units, "no ReLU"))
-    elif len(x) < MIN_ISOLATION_BATCH:
-        checks.append(Check("isolating_units", None, t.isolating_units, f"batch of {len(x)} < {MIN_ISOLATION_BATCH}"))
-    else:
-        checks.append(Check("isolating_units", _isolating(fw.relu), t.isolating_units, "first ReLU"))
+    sparsity = None if fw.relu is None else _sparsity(fw.relu)
+    checks.append(Check("relu_sparsity", sparsity, t.relu_sparsity, "no ReLU" if fw.relu is None else "first ReLU"))
     name, module = find_head(model, fw.logits.shape[-1], head)
     zero, bias = _head(module, fw.linear_inputs[module])
     checks.append(Check("head_rows", zero, t.head_rows, name))
