@@ -102,7 +102,8 @@ class GuardDecision:
         score = "no attack produced images" if self.score_db is None else f"max PSNR {self.score_db:.1f} dB"
         line = f"guard: {score} (threshold {self.threshold_db:g} dB) -> {self.action}"
         if self.action == "defend":
-            line += f" with {self.remedy} ({self.attempts[-1].score_db} dB after it)"
+            after = self.attempts[-1].score_db
+            line += f" with {self.remedy} ({'no images' if after is None else f'{after:.1f} dB'} after it)"
         return line
 
     def to_json(self) -> dict[str, Any]:
@@ -180,8 +181,11 @@ class LeakageGuard:
             server=server,
         )
         truth = GroundTruth(images, labels, targets, ())
-        plan = AuditPlan(label_methods=tuple(self.label_methods), attacks=tuple(self.attacks), seed=self.seed)
-        attempts = [_attempt(audit(obs, plan, truth=truth), None)]
+        # attacks that cannot run on this round are left out here, with their reasons, rather than logged by the audit
+        refused = {a.name: "; ".join(p) for a in self.attacks if (p := a.problems(obs))}
+        runnable = tuple(a for a in self.attacks if a.name not in refused)
+        plan = AuditPlan(label_methods=tuple(self.label_methods), attacks=runnable, seed=self.seed)
+        attempts = [_attempt(audit(obs, plan, truth=truth), None, refused)]
         sent: Update | None = update
         action = "send"
         if not self._safe(attempts[-1]):
@@ -194,7 +198,7 @@ class LeakageGuard:
                 else:
                     defended = remedy(update, generator=gen)
                 result = audit(obs.with_update(defended, remedy.to_json()), plan, truth=truth)
-                attempts.append(_attempt(result, remedy.to_json()))
+                attempts.append(_attempt(result, remedy.to_json(), refused))
                 if self._safe(attempts[-1]):
                     action, sent = "defend", defended
                     break
@@ -223,9 +227,9 @@ def _outputs(model: nn.Module, images: Tensor, normalization: Normalization | No
         model.train(was)
 
 
-def _attempt(result: AuditResult, remedy: dict[str, Any] | None) -> GuardAttempt:
-    scores: dict[str, float | None] = {}
-    errors: dict[str, str] = {}
+def _attempt(result: AuditResult, remedy: dict[str, Any] | None, refused: dict[str, str]) -> GuardAttempt:
+    scores: dict[str, float | None] = dict.fromkeys(refused)
+    errors = dict(refused)
     for run in result.attacks:
         scores[run.name] = None if run.scores is None else float(max(run.scores.psnr))
         if run.error is not None:
