@@ -208,6 +208,15 @@ class CaptureStore:
                 self._write_index()
         return entry
 
+    def add_error(self, server_round: int, client: str, reason: str) -> None:
+        """Record that ``client`` answered ``server_round`` with an error instead of an update (e.g. its model check
+        refused the model it received): an index entry skipped with the reason (its first 500 characters)."""
+        with self._lock:
+            if not self.has(server_round, client):
+                entry = {"round": server_round, "client": client, "skipped": f"client error: {reason[:500]}"}
+                self.entries[_key(server_round, client)] = entry
+                self._write_index()
+
     def finish_round(self, server_round: int, arrays: dict[str, Tensor] | None) -> None:
         """Record that ``server_round`` is aggregated (``arrays``: the new global state) and prune."""
         from safetensors.torch import save_file

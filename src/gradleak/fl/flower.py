@@ -7,9 +7,12 @@ message API (``flwr.serverapp.strategy.FedAvg``, ``ArrayRecord``, ``ServerApp``/
   arrays it sends (``configure_train``) and each client's returned arrays (``aggregate_train``),
   turns them into Observations (FedSGD: the gradient ``(θ₀ − θ₁)/lr``; FedAvg: the delta
   ``θ_K − θ₀``) in a :class:`~gradleak.fl.capture.CaptureStore`, and runs an audit hook on each.
+  With ``server`` (a :class:`~gradleak.servers.ServerStrategy`) it is a malicious server: it modifies the
+  global model before every round's send.
 - :func:`make_client_app` / :func:`make_server_app` — the apps of ``gradleak fl-demo``: clients train
   on their shard of a bundled dataset with gradleak's own defenses and label augmentations
-  (:mod:`gradleak.fl.task`). Built without a task they read it from Flower's ``run_config``, which
+  (:mod:`gradleak.fl.task`), optionally behind the client mods of :mod:`gradleak.fl.mods` (the task's
+  ``model_check`` and ``guard_db``). Built without a task they read it from Flower's ``run_config``, which
   is how the module-level :data:`server_app` / :data:`client_app` run in deployment mode
   (``docs/flower.md``).
 - :func:`run_simulation` — the demo's Ray simulation, returning the store.
@@ -25,13 +28,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -39,10 +43,11 @@ from ..data import Dataset, Normalization
 from ..errors import InputError
 from ..models import ModelSpec
 from ..observation import Observation
-from ..observation_schema import protocol_from_json
 from ..protocols import FedSGD, Protocol
+from ..servers import ServerStrategy
 from .capture import AuditHook, CaptureStore, LabelAttackAudit
-from .task import FlowerTask, client_batch, client_train, shard
+from .mods import RoundBatch, leakage_guard_mod, model_check_mod, round_protocol
+from .task import FlowerTask, client_batch, client_train, shard, update_between
 
 __all__ = ["CaptureStrategy", "client_app", "make_client_app", "make_server_app", "run_simulation", "server_app"]
 
@@ -66,6 +71,10 @@ class CaptureStrategy(FedAvg):
         bn_mode: the clients' BatchNorm mode (``eval``: running statistics, as every gradleak scenario).
         audit: run on each capture as the rounds go (default: label recovery only); ``None`` to skip.
         round_offset: added to Flower's round numbers (resuming a run that already did rounds).
+        server: a malicious server's strategy: every round it modifies the global model
+            (:meth:`~gradleak.servers.ServerStrategy.prepare`, seeded by the round) and sends that instead; the
+            captures hold the modified model and the strategy's record. It does not aggregate what comes back:
+            the global model stays as it was, and the next round is modified afresh. ``None``: honest.
         **fedavg: ``FedAvg``'s own arguments (``fraction_train``, ``min_train_nodes``, ...).
     """
 
@@ -80,6 +89,7 @@ class CaptureStrategy(FedAvg):
         bn_mode: str = "eval",
         audit: AuditHook | None = LABELS_ONLY,
         round_offset: int = 0,
+        server: ServerStrategy | None = None,
         **fedavg: Any,
     ):
         super().__init__(**fedavg)
@@ -90,7 +100,9 @@ class CaptureStrategy(FedAvg):
         if bn_mode not in ("train", "eval"):
             raise InputError(f"bn_mode must be 'train' or 'eval', got {bn_mode!r}")
         self.lr, self.bn_mode, self.audit, self.round_offset = lr, bn_mode, audit, round_offset
+        self.server = server
         self._sent: dict[int, dict[str, torch.Tensor]] = {}
+        self._modified: dict[int, tuple[torch.nn.Module, dict[str, Any]]] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -98,8 +110,28 @@ class CaptureStrategy(FedAvg):
         r = server_round + self.round_offset
         config["protocol"] = json.dumps(self.protocol.to_json())
         config["lr"] = self.lr
+        if self.server is not None:
+            self._modified[r] = self._modify(self.server, r, arrays.to_torch_state_dict())
+            arrays = ArrayRecord({k: v.detach().contiguous() for k, v in self._modified[r][0].state_dict().items()})
         self._sent[r] = {k: v.clone() for k, v in arrays.to_torch_state_dict().items()}
         return super().configure_train(r, arrays, config, grid)
+
+    def _modify(
+        self, server: ServerStrategy, server_round: int, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The malicious server's model for this round (from the global ``state``) and its record."""
+        model = self.model_spec.build()
+        model.load_state_dict(state)
+        shape, n = self.model_spec.input_shape, self.model_spec.num_classes
+        server.check(model, input_shape=shape, num_classes=n)
+        modified, record = server.prepare(
+            model,
+            input_shape=shape,
+            num_classes=n,
+            normalization=self.normalization,
+            generator=torch.Generator().manual_seed(server_round),
+        )
+        return modified.train(self.bn_mode == "train"), record
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -107,29 +139,36 @@ class CaptureStrategy(FedAvg):
         r = server_round + self.round_offset
         replies = list(replies)
         sent = self._sent.pop(r, None)
+        modified = self._modified.pop(r, None)
         if sent is not None:
             for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
-                if not msg.has_error():
-                    self._capture(r, sent, msg)
+                if msg.has_error():
+                    self.store.add_error(r, str(msg.metadata.src_node_id), str(msg.error.reason))
+                else:
+                    self._capture(r, sent, msg, modified)
         arrays, metrics = super().aggregate_train(r, replies)
+        if modified is not None:
+            arrays = None  # a malicious round's replies train the modified model: the global model stays
         self.store.finish_round(r, None if arrays is None else arrays.to_torch_state_dict())
         return arrays, metrics
 
     def observation(
-        self, sent: dict[str, torch.Tensor], returned: dict[str, torch.Tensor], batch_size: int | None
+        self,
+        sent: dict[str, torch.Tensor],
+        returned: dict[str, torch.Tensor],
+        batch_size: int | None,
+        modified: tuple[torch.nn.Module, dict[str, Any]] | None = None,
     ) -> Observation:
-        """The Observation of one reply: the model as sent and the update the client's arrays imply."""
-        model = self.model_spec.build()
-        model.load_state_dict(sent)
-        model.train(self.bn_mode == "train")
-        names = [k for k, p in model.named_parameters() if p.requires_grad]
-        missing = [k for k in names if k not in returned]
-        if missing:
-            raise InputError(f"the client's arrays lack {len(missing)} parameters, e.g. {missing[:3]}")
-        if isinstance(self.protocol, FedSGD):
-            update = {k: (sent[k].double() - returned[k].double()).div(self.lr).float() for k in names}
+        """The Observation of one reply: the model as sent and the update the client's arrays imply (``modified``:
+        a malicious round's model and record)."""
+        if modified is None:
+            model = self.model_spec.build()
+            model.load_state_dict(sent)
+            model.train(self.bn_mode == "train")
         else:
-            update = {k: returned[k] - sent[k] for k in names}
+            model = modified[0]
+        names = [k for k, p in model.named_parameters() if p.requires_grad]
+        update = update_between(sent, returned, names, self.protocol, self.lr)
         return Observation(
             model=model,
             update=update,
@@ -138,10 +177,17 @@ class CaptureStrategy(FedAvg):
             input_shape=self.model_spec.input_shape,
             batch_size=batch_size,
             normalization=self.normalization,
-            model_spec=self.model_spec,
+            model_spec=self.model_spec if modified is None else None,
+            server=None if modified is None else modified[1],
         )
 
-    def _capture(self, server_round: int, sent: dict[str, torch.Tensor], msg: Message) -> None:
+    def _capture(
+        self,
+        server_round: int,
+        sent: dict[str, torch.Tensor],
+        msg: Message,
+        modified: tuple[torch.nn.Module, dict[str, Any]] | None,
+    ) -> None:
         client = str(msg.metadata.src_node_id)
         content = msg.content
         metrics: dict[str, Any] = {}
@@ -150,7 +196,7 @@ class CaptureStrategy(FedAvg):
         batch = metrics.get(self.weighted_by_key)
         try:
             returned = next(iter(content.array_records.values())).to_torch_state_dict()
-            obs = self.observation(sent, returned, None if batch is None else int(batch))
+            obs = self.observation(sent, returned, None if batch is None else int(batch), modified)
         except (InputError, StopIteration, RuntimeError) as e:
             log.warning("round %d: cannot capture client %s: %s", server_round, client, e)
             return
@@ -178,8 +224,31 @@ def _partition(context: Context) -> tuple[int, int]:
         ) from None
 
 
+def _server_round(msg: Message) -> int:
+    cfg = next(iter(msg.content.config_records.values()), ConfigRecord())
+    return int(cast(int, cfg["server-round"]))
+
+
+def _model_of(t: FlowerTask) -> Callable[[Context], torch.nn.Module]:
+    """The agreed architecture, fresh, in the clients' BatchNorm mode (for the mods)."""
+    return lambda _context: t.model_spec(_data(t)).build().train(t.scenario.bn_mode == "train")
+
+
+def _batch_of(t: FlowerTask) -> Callable[[Message, Context], RoundBatch]:
+    """The batch this client trains on in the message's round (for the mods)."""
+
+    def batch(msg: Message, context: Context) -> RoundBatch:
+        data = _data(t)
+        pid, n = _partition(context)
+        b = client_batch(t, data, pid, n, _server_round(msg))
+        return RoundBatch(b.images, b.targets, data.normalization)
+
+    return batch
+
+
 def make_client_app(task: FlowerTask | None = None) -> ClientApp:
-    """The demo's ClientApp: trains on its shard with the task's defenses and augmentations.
+    """The demo's ClientApp: trains on its shard with the task's defenses and augmentations, behind the task's
+    model check and guard (:mod:`gradleak.fl.mods`) when it asks for them.
 
     Without ``task`` it reads the task from ``context.run_config`` (deployment mode).
     """
@@ -193,22 +262,26 @@ def make_client_app(task: FlowerTask | None = None) -> ClientApp:
         model.load_state_dict(next(iter(msg.content.array_records.values())).to_torch_state_dict())
         return model.train(t.scenario.bn_mode == "train")
 
-    @app.train()
+    def check_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        t = task_of(context)
+        if not t.model_check:
+            return call_next(msg, context)
+        return model_check_mod(_model_of(t), _batch_of(t))(msg, context, call_next)
+
+    def guard_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        t = task_of(context)
+        guard = t.leakage_guard()
+        if guard is None:
+            return call_next(msg, context)
+        return leakage_guard_mod(guard, _model_of(t), _batch_of(t), lr=t.lr)(msg, context, call_next)
+
+    @app.train(mods=[check_mod, guard_mod])
     def train(msg: Message, context: Context) -> Message:
         t = task_of(context)
         data = _data(t)
         pid, n = _partition(context)
-        cfg = next(iter(msg.content.config_records.values()), ConfigRecord())
-        state, metrics, _ = client_train(
-            t,
-            data,
-            global_model(t, data, msg),
-            protocol_from_json(json.loads(str(cfg["protocol"]))),
-            float(cast(float, cfg.get("lr", t.lr))),
-            pid,
-            n,
-            int(cast(int, cfg["server-round"])),
-        )
+        protocol, lr = round_protocol(msg, t.lr)
+        state, metrics, _ = client_train(t, data, global_model(t, data, msg), protocol, lr, pid, n, _server_round(msg))
         metrics["num-examples"] = int(metrics["num-examples"])
         metrics["partition-id"] = pid  # lets the demo score against this client's data; no attack reads it
         reply = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(dict(metrics))})
@@ -248,8 +321,10 @@ def make_server_app(
     audit: AuditHook | None = None,
     max_bytes: int | None = 1 << 30,
     keep_rounds: int | None = None,
+    server: ServerStrategy | None = None,
 ) -> ServerApp:
-    """The curious server: FedAvg rounds with :class:`CaptureStrategy`, resuming from ``capture_dir``.
+    """The curious server: FedAvg rounds with :class:`CaptureStrategy`, resuming from ``capture_dir``; a malicious
+    one with ``server`` (default: the task's ``scenario.server``, run_config key ``server``).
 
     Arguments left ``None`` come from ``context.run_config`` (``num-server-rounds``, ``capture-dir``,
     ``min-clients``, ``audit-*``, and the task's own keys).
@@ -283,6 +358,7 @@ def make_server_app(
             bn_mode=t.scenario.bn_mode,
             audit=audit if audit is not None else audit_from_config(rc),
             round_offset=offset,
+            server=server if server is not None else t.scenario.server,
             fraction_evaluate=0.0,
             min_train_nodes=clients,
             min_available_nodes=clients,
@@ -302,8 +378,10 @@ def run_simulation(
     max_bytes: int | None = 1 << 30,
     keep_rounds: int | None = None,
     num_cpus: int | None = None,
+    server: ServerStrategy | None = None,
 ) -> CaptureStore:
-    """Run the demo federation in Flower's Ray simulation and return the capture store."""
+    """Run the demo federation in Flower's Ray simulation and return the capture store; ``server``: a malicious
+    server's strategy (only the server app holds it; default: the task's ``scenario.server``)."""
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     cpus = num_cpus or min(num_clients, os.cpu_count() or 1)
@@ -316,6 +394,7 @@ def run_simulation(
             audit=audit if audit is not None else LabelAttackAudit(),
             max_bytes=max_bytes,
             keep_rounds=keep_rounds,
+            server=server,
         ),
         client_app=make_client_app(task),
         num_supernodes=num_clients,

@@ -25,13 +25,24 @@ from torch import Tensor, nn
 
 from ..client import client_round
 from ..data import Dataset, load_dataset
+from ..defenses import Defense, parse_defense
 from ..errors import InputError
+from ..guard import LeakageGuard
 from ..models import ModelSpec
 from ..protocols import FedSGD, Protocol
-from ..scenario import Scenario, draw_batch
+from ..scenario import Scenario, defense_spec, draw_batch
 from ..scenario_args import scenario_config, scenario_from_config
 
-__all__ = ["ClientBatch", "FlowerTask", "client_batch", "client_train", "shard"]
+__all__ = ["ClientBatch", "FlowerTask", "client_batch", "client_train", "shard", "state_after", "update_between"]
+
+
+def _flag(value: Any) -> bool:
+    """A boolean run_config value (TOML gives a bool; a string from the command line is true/false/1/0)."""
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() in ("true", "1", "false", "0"):
+        return str(value).strip().lower() in ("true", "1")
+    raise InputError(f"model-check must be true or false, got {value!r}")
 
 
 def default_flower_scenario() -> Scenario:
@@ -42,22 +53,51 @@ def default_flower_scenario() -> Scenario:
 @dataclass(frozen=True, kw_only=True)
 class FlowerTask:
     """The clients' round (a :class:`~gradleak.scenario.Scenario`: model, data, batch, protocol, defenses,
-    augmentation, BatchNorm mode, seed) and the FedSGD step ``lr`` the server asks for."""
+    augmentation, BatchNorm mode, seed), the FedSGD step ``lr`` the server asks for, and the clients' own
+    protection (:mod:`gradleak.guard`): ``model_check`` runs :func:`~gradleak.guard.model_check` on every received
+    model and refuses to train on one that fails; ``guard_db`` runs a :class:`~gradleak.guard.LeakageGuard` with
+    that threshold on every outgoing update, trying ``guard_remedies`` (defenses) before it blocks."""
 
     scenario: Scenario = field(default_factory=default_flower_scenario)
     lr: float = 0.1
+    model_check: bool = False
+    guard_db: float | None = None
+    guard_remedies: tuple[Defense, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise InputError(f"the FedSGD step lr must be > 0, got {self.lr}")
+        if self.guard_remedies and self.guard_db is None:
+            raise InputError("guard remedies need a guard: set its threshold (guard_db / run_config 'guard')")
+        self.leakage_guard()  # a bad threshold or remedy fails here, before any round
+
+    def leakage_guard(self) -> LeakageGuard | None:
+        """The clients' guard on their outgoing updates, if they run one."""
+        return None if self.guard_db is None else LeakageGuard(threshold_db=self.guard_db, remedies=self.guard_remedies)
 
     # -- config (Flower's run_config / ConfigRecord hold flat scalars, named as the CLI flags) -------
     def to_config(self) -> dict[str, Any]:
-        return {**scenario_config(self.scenario), "lr": self.lr}
+        """The flat config; ``model-check`` (bool), ``guard`` (the guard's PSNR threshold in dB, 0: no guard) and
+        ``guard-remedies`` (``;``-separated defense specs) are the clients' protection."""
+        return {
+            **scenario_config(self.scenario),
+            "lr": self.lr,
+            "model-check": self.model_check,
+            "guard": self.guard_db or 0.0,
+            "guard-remedies": ";".join(defense_spec(d) for d in self.guard_remedies),
+        }
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> FlowerTask:
-        return cls(scenario=scenario_from_config(dict(cfg)), lr=float(cfg.get("lr", 0.1)))
+        guard = float(cfg.get("guard") or 0.0)
+        remedies = tuple(parse_defense(s.strip()) for s in str(cfg.get("guard-remedies") or "").split(";") if s.strip())
+        return cls(
+            scenario=scenario_from_config(dict(cfg)),
+            lr=float(cfg.get("lr", 0.1)),
+            model_check=_flag(cfg.get("model-check", False)),
+            guard_db=guard or None,
+            guard_remedies=remedies,
+        )
 
     # -- model and data --------------------------------------------------------------------------
     def load_data(self) -> Dataset:
@@ -132,11 +172,33 @@ def client_train(
     gen = _round_generator(task, partition_id, server_round + 7_919)
     x = data.normalization.normalize(batch.images)
     update, records = client_round(model, protocol, x, batch.targets, task.scenario.defenses, generator=gen)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for k, u in update.items():
-        state[k] = state[k] - lr * u if isinstance(protocol, FedSGD) else state[k] + u
+    state = state_after(model.state_dict(), update, protocol, lr)
     metrics: dict[str, float] = {"num-examples": float(len(batch.labels))}
     eps = [r["epsilon"] for r in records if r.get("epsilon") is not None]
     if eps:
         metrics["epsilon"] = float(sum(eps))
     return state, metrics, batch
+
+
+def state_after(
+    sent: Mapping[str, Tensor], update: Mapping[str, Tensor], protocol: Protocol, lr: float
+) -> dict[str, Tensor]:
+    """The arrays a client returns for ``update``: FedSGD ``θ₀ − lr·g``, FedAvg ``θ₀ + Δ``; entries the update does
+    not hold (buffers) as sent."""
+    state = {k: v.detach().clone() for k, v in sent.items()}
+    for k, u in update.items():
+        state[k] = state[k] - lr * u if isinstance(protocol, FedSGD) else state[k] + u
+    return state
+
+
+def update_between(
+    sent: Mapping[str, Tensor], returned: Mapping[str, Tensor], names: list[str], protocol: Protocol, lr: float
+) -> dict[str, Tensor]:
+    """The update of parameters ``names`` that returned arrays imply (the inverse of :func:`state_after`): FedSGD
+    the gradient ``(θ₀ − θ₁)/lr`` (computed in float64), FedAvg the delta ``θ_K − θ₀``."""
+    missing = [k for k in names if k not in returned]
+    if missing:
+        raise InputError(f"the client's arrays lack {len(missing)} parameters, e.g. {missing[:3]}")
+    if isinstance(protocol, FedSGD):
+        return {k: (sent[k].double() - returned[k].double()).div(lr).float() for k in names}
+    return {k: returned[k] - sent[k] for k in names}
