@@ -65,7 +65,7 @@ def dummy_confidence(obs: Observation) -> float:
 def candidates(obs: Observation) -> list[tuple[str, str]]:
     """``(method, reason)`` in order of preference for this observation."""
     has_bias = obs.head_grads()[1] is not None
-    B, N = obs.batch_size, obs.num_classes
+    B = obs.batch_size
     prefs: list[tuple[str, str]] = []
     if B == 1 or B is None:
         prefs.append(("wang2024", "one sample: exact (soft) label from the rank-one head gradient"))
