@@ -28,7 +28,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rounds", type=positive_int(100_000), default=2)
     add_scenario_args(p, model="mlp", data="digits", model_kwargs={"mlp": {"width": 64}, "convnet": {"width": 64}})
     p.add_argument("--lr", type=positive_float(), default=0.1, help="FedSGD step the server asks clients to take")
-    p.add_argument("--attack", action="append", help="attack run on each capture (default inverting_gradients)")
+    p.add_argument(
+        "--attack",
+        action="append",
+        help="attack run on each capture (default inverting_gradients; with --server, that strategy's recovery)",
+    )
     p.add_argument("--no-attack", action="store_true", help="label recovery only")
     p.add_argument(
         "--iterations", type=positive_int(), help="each attack's iteration budget (default: the attack's own)"
@@ -52,7 +56,8 @@ def run(a: argparse.Namespace) -> int:
     from ..fl.task import FlowerTask
 
     task = FlowerTask(scenario=scenario_from_args(a), lr=a.lr)
-    attacks = () if a.no_attack else tuple(a.attack or ["inverting_gradients"])
+    server = task.scenario.server  # a malicious server runs the recovery its modification is made for
+    attacks = () if a.no_attack else tuple(a.attack or [server.name if server else "inverting_gradients"])
     out = Path(a.out)
     audit = LabelAttackAudit(attacks=attacks, settings={"iterations": a.iterations}, seed=a.seed)
     t0 = time.perf_counter()
