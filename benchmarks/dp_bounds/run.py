@@ -123,7 +123,8 @@ def cell(data, defense: str, sigma: float, trials: int = TRIALS) -> dict:
     out = {"defense": defense, "sigma": sigma, "trials": trials, "epsilon": guarantee.epsilon, "bound": bound}
     for who in ("rule", "prior"):
         hits = sum(r[who] for r in runs)
-        out[who] = {"success": hits / trials, "ci95": interval(hits, trials), "outcomes": [int(r[who]) for r in runs]}
+        outcomes = "".join("1" if r[who] else "0" for r in runs)  # round s's success is character s
+        out[who] = {"success": hits / trials, "ci95": interval(hits, trials), "outcomes": outcomes}
     out["attacks"] = sorted({r["attack"] for r in runs})
     out["below_bound"] = out["rule"]["success"] <= bound and out["prior"]["success"] <= bound
     out["seconds"] = time.perf_counter() - t0
