@@ -159,7 +159,7 @@ def test_every_registered_defense_runs_through_client_round(gen):
         "compress": "0.5",
     }
     for name, cls in DEFENSES.items():
-        if name == "dpsgd" and not HAS_OPACUS:
+        if name in ("dpsgd", "dpfedavg") and not HAS_OPACUS:
             continue
         d = parse_defense(f"{name}:{values.get(name, '0.5')}")
         update, rec = client_round(model, FedSGD(), x, y, [d], generator=gen)

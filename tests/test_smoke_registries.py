@@ -100,8 +100,8 @@ def test_every_label_method_runs_on_a_tiny_observation(name):
 
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_every_defense_runs_in_a_tiny_scenario(name):
-    if name == "dpsgd" and not HAS_OPACUS:
-        pytest.skip("DP-SGD needs the dp extra: pip install 'gradleak[dp]'")
+    if name in ("dpsgd", "dpfedavg") and not HAS_OPACUS:
+        pytest.skip("the DP defenses need the dp extra: pip install 'gradleak[dp]'")
     defense = parse_defense(DEFENSE_SPECS.get(name, f"{name}:0.5"))
     assert type(defense) is DEFENSES.get(name)
     sc = dataclasses.replace(SCENARIOS["fedsgd-mlp-b2"], defenses=(defense,))

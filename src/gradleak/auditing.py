@@ -25,6 +25,7 @@ from .attacks.common import batch_size_of
 from .attacks.matching import check_checkpoint_file
 from .attacks.steps import StepCallback, no_progress
 from .cost import CostEstimate, estimate
+from .defenses import dp_guarantees
 from .errors import CheckpointError, GradleakError
 from .labels import LABEL_METHODS
 from .metrics import LPIPS, label_accuracy, score_images
@@ -190,7 +191,9 @@ def audit(
 
 
 def observed_setting(obs: Observation) -> dict[str, Any]:
-    """What the server knows of the round (what the report shows as the scenario)."""
+    """What the server knows of the round (what the report shows as the scenario), with what its DP defenses
+    guarantee (ε, and the bound on any reconstruction attack at the priors of
+    :data:`~gradleak.defenses.bounds.KAPPAS`)."""
     return {
         "model": None if obs.model_spec is None else obs.model_spec.name,
         "image_shape": list(obs.input_shape),
@@ -204,6 +207,7 @@ def observed_setting(obs: Observation) -> dict[str, Any]:
         },
         "defenses": list(obs.defenses),
         "threat": threat_model(obs),
+        "privacy": [g.to_json() for g in dp_guarantees(obs.defenses)],
     }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .client import client_round
+from .client import aggregate_round, client_round
 from .data import Dataset, load_dataset
 from .defenses import Defense, LabelSmoothing, Mixup, parse_defense
 from .errors import InputError
@@ -215,7 +215,7 @@ def simulate(
         part = slice(c * sc.batch_size, (c + 1) * sc.batch_size)
         update, defense_records = client_round(model, sc.protocol, x[part], targets[part], sc.defenses, generator=gen)
         updates.append(update)
-    aggregate = updates[0] if sc.clients == 1 else {k: torch.stack([u[k] for u in updates]).mean(0) for k in updates[0]}
+    aggregate, defense_records = aggregate_round(updates, defense_records, sc.defenses, generator=gen)
     obs = Observation(
         model=model,
         update=aggregate,

@@ -4,10 +4,12 @@ For every defense setting (and an undefended baseline) the sweep measures
 
 - *leakage* — for ``clients`` simulated clients (seeds), the label accuracy of label recovery and the
   PSNR/SSIM of each attack's reconstruction of the client's batch (the model at initialisation, the
-  first FL round);
+  first FL round), and how often each attack identifies a client image among ``candidates`` equally likely
+  ones (:mod:`gradleak.metrics.candidates`) — beside the bound on *any* attack's success that a DP defense
+  gives at that prior (:mod:`gradleak.defenses.bounds`);
 - *utility* — the test accuracy of the same architecture after a short training (``train_steps``
   FL steps of one client with ``train_batch`` samples, the defense applied to every update exactly
-  as in the audit; DP-SGD also reports the ε of the whole training).
+  as in the audit; DP-SGD and DP-FedAvg also report the ε of the whole training).
 
 Cells run in parallel processes — Ray when installed (``backend="auto"``), else
 ``concurrent.futures.ProcessPoolExecutor`` — and the result is one JSON, a privacy–utility plot and an
@@ -32,7 +34,7 @@ import torch
 
 from . import __version__
 from .auditing import AuditPlan, audit_scenario, make_attacks
-from .defenses import DEFENSES, Defense, LabelSmoothing, Mixup, parse_defense
+from .defenses import DEFENSES, Defense, LabelSmoothing, Mixup, dp_guarantees, parse_defense
 from .errors import InputError
 from .protocols import FedAvg, FedSGD
 from .scenario import Scenario
@@ -100,7 +102,8 @@ class SweepPlan:
 
     ``scenario`` is the attacked client's round without defenses (client ``c`` runs it with seed
     ``scenario.seed + 1 + c``); the utility model is trained from ``scenario.seed``. ``iterations=None``
-    leaves each attack at its own default budget.
+    leaves each attack at its own default budget. ``candidates`` is K, the size of the candidate set each client
+    image is identified in (the prior κ = 1/K of the reconstruction bound).
     """
 
     scenario: Scenario = field(default_factory=default_sweep_scenario)
@@ -113,10 +116,13 @@ class SweepPlan:
     train_batch: int = 32
     train_lr: float = 0.1
     test_fraction: float = 0.25
+    candidates: int = 10
 
     def __post_init__(self) -> None:
         if self.clients < 1:
             raise InputError(f"clients must be >= 1, got {self.clients}")
+        if self.candidates < 2:
+            raise InputError(f"candidates must be >= 2 (the client's image and a decoy), got {self.candidates}")
         if self.train_steps < 0 or self.train_batch < 1 or not self.train_lr > 0:
             raise InputError("train_steps >= 0, train_batch >= 1 and train_lr > 0 are required")
         if not 0 < self.test_fraction < 1:
@@ -152,7 +158,11 @@ def _split(spec: str) -> tuple[tuple[Defense, ...], float, float | None]:
 
 
 def leakage_cell(plan: SweepPlan, setting: str, client: int) -> dict[str, Any]:
-    """Audit one simulated client under one setting; scores against its batch."""
+    """Audit one simulated client under one setting; scores against its batch, and identification of each of
+    its images among ``plan.candidates`` (decoys drawn with the client's seed) beside the DP bound at that prior."""
+    from .data import load_dataset
+    from .metrics import candidate_success, draw_decoys
+
     torch.set_num_threads(1)
     defenses, smooth, mixup = _split(setting)
     sc = replace(
@@ -164,7 +174,12 @@ def leakage_cell(plan: SweepPlan, setting: str, client: int) -> dict[str, Any]:
         attacks=make_attacks(plan.attacks, iterations=plan.iterations),
         seed=plan.scenario.seed,
     )
-    result, _ = audit_scenario(sc, audit_plan)
+    result, truth = audit_scenario(sc, audit_plan)
+    pool = load_dataset(sc.dataset, size=sc.image_size).images
+    index = draw_decoys(pool, truth.images, plan.candidates - 1, generator=torch.Generator().manual_seed(sc.seed))
+    decoys = pool[index]
+    kappa = 1 / plan.candidates
+    bounds = [g.bound(kappa) for g in dp_guarantees(result.setting["defenses"])]
     chosen = result.labels.chosen
     row: dict[str, Any] = {
         "setting": setting,
@@ -172,15 +187,19 @@ def leakage_cell(plan: SweepPlan, setting: str, client: int) -> dict[str, Any]:
         "label_accuracy": None if chosen is None else chosen.accuracy,
         "label_method": None if chosen is None else chosen.method,
         "defense_records": result.setting["defenses"],
+        "kappa": kappa,
+        "bound": min(bounds) if bounds else None,
         "attacks": {},
     }
     for run in result.attacks:
         if run.result is None or run.scores is None:
             row["attacks"][run.name] = {"error": run.error}
             continue
+        hits = candidate_success(run.result.images, truth.images, decoys)
         row["attacks"][run.name] = {
             "psnr": run.scores.mean_psnr,
             "ssim": run.scores.mean_ssim,
+            "candidate_success": sum(hits) / len(hits),
             "seconds": run.result.seconds,
             "error": None,
         }
@@ -190,9 +209,9 @@ def leakage_cell(plan: SweepPlan, setting: str, client: int) -> dict[str, Any]:
 
 def utility_cell(plan: SweepPlan, setting: str) -> dict[str, Any]:
     """Train the plan's model for ``train_steps`` defended FL steps; test accuracy on held-out data."""
-    from .client import client_round
+    from .client import aggregate_round, client_round
     from .data import load_dataset
-    from .defenses import DPSGD, dp_epsilon
+    from .defenses import DPSGD, DPFedAvg, dp_epsilon
     from .models import ModelSpec
 
     torch.set_num_threads(1)
@@ -217,7 +236,10 @@ def utility_cell(plan: SweepPlan, setting: str) -> dict[str, Any]:
             x, targets, _ = Mixup(mixup).mix(x[:b], y[:b], x[b:], y[b:], n_cls, generator=gen)
         elif smooth:
             targets = LabelSmoothing(smooth).targets(y, n_cls)
-        update, _ = client_round(model, sc.protocol, data.normalization.normalize(x), targets, defenses, generator=gen)
+        update, records = client_round(
+            model, sc.protocol, data.normalization.normalize(x), targets, defenses, generator=gen
+        )
+        update, _ = aggregate_round([update], records, defenses, generator=gen)
         step = -plan.train_lr if isinstance(sc.protocol, FedSGD) else 1.0
         with torch.no_grad():
             for k, p in model.named_parameters():
@@ -243,6 +265,13 @@ def utility_cell(plan: SweepPlan, setting: str) -> dict[str, Any]:
         out["epsilon_note"] = (
             f"RDP accountant, sampling rate {b}/{len(train)}, {steps} steps, "
             f"delta {dp[0].delta} (batches drawn without replacement, accounted as Poisson)"
+        )
+    fed = [d for d in defenses if isinstance(d, DPFedAvg)]
+    if fed:
+        eps = dp_epsilon(fed[0].noise, 1.0, plan.train_steps, fed[0].delta)
+        out["epsilon"] = eps if math.isfinite(eps) else None
+        out["epsilon_note"] = (
+            f"RDP accountant, user level: the one client in all {plan.train_steps} rounds, delta {fed[0].delta}"
         )
     return out
 
@@ -365,6 +394,8 @@ def summarize(
             "test_accuracy": util[s]["test_accuracy"],
             "epsilon": util[s].get("epsilon"),
             "label_accuracy": _mean([c["label_accuracy"] for c in mine]),
+            "kappa": 1 / plan.candidates,
+            "bound": _mean([c.get("bound") for c in mine]),
             "attacks": {},
         }
         round_eps = [r.get("epsilon") for c in mine for r in c["defense_records"] if "epsilon" in r]
@@ -375,6 +406,7 @@ def summarize(
             row["attacks"][a] = {
                 "psnr": _mean([o["psnr"] for o in ok]),
                 "ssim": _mean([o["ssim"] for o in ok]),
+                "candidate_success": _mean([o.get("candidate_success") for o in ok]),
                 "n": len(ok),
             }
         rows.append(row)
@@ -460,12 +492,15 @@ def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
 
 def markdown_table(results: dict[str, Any]) -> str:
     attacks = results["config"]["attacks"]
+    k = results["config"].get("candidates", 10)
     head = [
         "setting",
         "test acc",
         "label acc",
         *[f"{a} PSNR" for a in attacks],
         *[f"{a} SSIM" for a in attacks],
+        *[f"{a} success (1 in {k})" for a in attacks],
+        f"bound (1 in {k})",
         "ε (training)",
         "ε (one round)",
     ]
@@ -481,6 +516,8 @@ def markdown_table(results: dict[str, Any]) -> str:
             f(r["label_accuracy"], 2),
             *[f(r["attacks"][a]["psnr"], 2) for a in attacks],
             *[f(r["attacks"][a]["ssim"]) for a in attacks],
+            *[f(r["attacks"][a].get("candidate_success"), 2) for a in attacks],
+            f(r.get("bound"), 3),
             f(r.get("epsilon"), 2),
             f(r.get("epsilon_per_round"), 2),
         ]
@@ -494,6 +531,18 @@ def threat_text(sc: dict[str, Any]) -> str:
     who = "honest server" if server is None else f"malicious server `{server['name']}`"
     clients = int(sc.get("clients", 1))
     return who + (f", secure aggregation of {clients} clients' updates" if clients > 1 else ", one client's update")
+
+
+def success_text(cfg: dict[str, Any]) -> str:
+    """What the success and bound columns mean."""
+    k = cfg.get("candidates", 10)
+    return (
+        f"*Success*: the share of client images that are, among themselves and {k - 1} decoys drawn from the same "
+        "data, the candidate nearest (pixel MSE) to one of the attack's reconstructions (chance 1/"
+        f"{k}). *Bound*: for DP-SGD and DP-FedAvg settings, the most any attack can succeed at that prior against "
+        "the round (Hayes et al. NeurIPS 2023, arXiv:2302.07225), for an informed adversary who knows everything "
+        "but the protected example (DP-SGD) or client (DP-FedAvg)."
+    )
 
 
 def write_sweep(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
@@ -530,7 +579,7 @@ def write_sweep(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
         f"protocol {sc['protocol']['name']}, threat model: {threat_text(sc)}, {cfg['clients']} clients "
         "per setting, attacks "
         f"{', '.join(cfg['attacks'])} ({iters}), utility after {cfg['train_steps']} "
-        f"training steps of batch {cfg['train_batch']} (lr {cfg['train_lr']}). Ran in "
+        f"training steps of batch {cfg['train_batch']} (lr {cfg['train_lr']}). {success_text(cfg)} Ran in "
         f"{results['seconds']:.0f} s on backend `{results['backend']}`.\n\n![privacy-utility]"
         f"(privacy_utility.png)\n\n{table}\n\nTrends with strength (from no defense to the strongest "
         f"setting; tolerance 0.01 accuracy, 0.25 dB):\n\n" + "\n".join(trend_lines) + "\n"

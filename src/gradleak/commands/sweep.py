@@ -37,6 +37,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--train-steps", type=nonnegative_int(), default=300, help="training steps for the utility measurement"
     )
+    p.add_argument(
+        "--candidates",
+        type=positive_int(100_000),
+        default=10,
+        help="K: each client image is identified among itself and K-1 decoys (prior 1/K of the DP bound)",
+    )
     p.add_argument("--train-batch", type=positive_int(MAX_BATCH), default=32)
     p.add_argument("--train-lr", type=positive_float(), default=0.1)
     p.add_argument(
@@ -64,6 +70,7 @@ def run(a: argparse.Namespace) -> int:
         train_steps=a.train_steps,
         train_batch=a.train_batch,
         train_lr=a.train_lr,
+        candidates=a.candidates,
     )
 
     def progress(done: int, total: int) -> None:

@@ -4,6 +4,8 @@
 - :mod:`.transforms`: ``Update -> Update`` transforms (clip, noise, laplace, sparsify, quantize);
 - :mod:`.compression`: gradient compression (compress);
 - :mod:`.dpsgd`: DP-SGD, a training defense, and its ε accounting;
+- :mod:`.dpfedavg`: user-level DP-FedAvg (the client clips, the server adds noise to the aggregate);
+- :mod:`.bounds`: what the DP defenses guarantee: ε and the bound on any reconstruction attack's success;
 - :mod:`.soteria`: Soteria, a batch defense;
 - :mod:`.augmentation`: client-side label augmentations (label smoothing, mixup).
 
@@ -15,19 +17,23 @@ from __future__ import annotations
 
 from .augmentation import LabelSmoothing, Mixup
 from .base import DEFENSES, BatchDefense, Defense, TrainingDefense, Update, parse_defense, require_positive
+from .bounds import Guarantee, dp_guarantees, reconstruction_bound
 from .compression import Compress
+from .dpfedavg import DPFedAvg
 from .dpsgd import DPSGD, dp_epsilon
 from .soteria import Soteria, head_input_and_sensitivity
 from .transforms import Clip, GaussianNoise, LaplaceNoise, Quantize, Sparsify
 
 __all__ = [
     "DEFENSES",
+    "DPFedAvg",
     "DPSGD",
     "BatchDefense",
     "Clip",
     "Compress",
     "Defense",
     "GaussianNoise",
+    "Guarantee",
     "LabelSmoothing",
     "LaplaceNoise",
     "Mixup",
@@ -37,7 +43,9 @@ __all__ = [
     "TrainingDefense",
     "Update",
     "dp_epsilon",
+    "dp_guarantees",
     "head_input_and_sensitivity",
     "parse_defense",
+    "reconstruction_bound",
     "require_positive",
 ]

@@ -106,6 +106,7 @@ def _scenario(setting: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         ("Protocol", protocol_html),
         ("Attacker assumes", _e(_kv(setting.get("attacker_assumes") or {}, empty="none"))),
         ("Defenses", "<br>".join(_e(_fmt(d)) for d in setting.get("defenses") or ()) or "none"),
+        *([("DP guarantee", _privacy(setting["privacy"]))] if setting.get("privacy") else []),
         ("Label augmentation", _e(_kv(setting.get("augmentation") or {}, empty="none"))),
         ("Seed", _e(_fmt(setting.get("seed")))),
     ]
@@ -134,6 +135,28 @@ def _threat(threat: Mapping[str, Any]) -> str:
     else:
         text += "<br>one client's update"
     return text
+
+
+def _privacy(guarantees: Sequence[Mapping[str, Any]]) -> str:
+    """Each DP defense's ε and its bound on any reconstruction attack (Hayes et al. NeurIPS 2023)."""
+    parts = []
+    for g in guarantees:
+        eps = "unbounded" if g.get("epsilon") is None else f"{g['epsilon']:.3g}"
+        bounds = "; ".join(
+            f"of {round(1 / b['kappa'])}: at most {b['bound']:.3g} (guessing: {b['kappa']:g})"
+            for b in g.get("bounds") or ()
+        )
+        parts.append(
+            f"<strong>{_e(g.get('defense'))}</strong>: ε = {_e(eps)} at δ = {_e(_fmt(g.get('delta')))} "
+            f'<span class="muted">({_e(g.get("note"))}, noise multiplier {_e(_fmt(g.get("noise")))})</span>'
+            f"<br>chance that any attack picks the protected {_e(g.get('unit'))} out of equally likely candidates "
+            f"{_e(bounds)}"
+        )
+    note = (
+        '<br><span class="muted">Bounds for an informed adversary who knows everything but the protected '
+        "record and picks it from equally likely candidates (Hayes, Mahloujifar &amp; Balle, NeurIPS 2023).</span>"
+    )
+    return "<br>".join(parts) + note
 
 
 def _labels(labels: LabelSection, names: Sequence[str]) -> str:
