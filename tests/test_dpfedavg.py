@@ -88,3 +88,11 @@ def test_client_round_alone_only_clips_and_gives_no_guarantee(gen):
     update, records = client_round(obs.model, FedSGD(), x, truth.labels, [DPFedAvg(1.0)], generator=gen)
     assert update_norm(update) == pytest.approx(1.0, rel=1e-5) and "noise_std" not in records[0]
     assert dp_guarantees(records) == []
+
+
+def test_the_flower_demo_refuses_dpfedavg_whose_noise_it_would_not_add():
+    pytest.importorskip("opacus")
+    from gradleak.fl.task import FlowerTask
+
+    with pytest.raises(InputError, match="DifferentialPrivacyServerSideFixedClipping"):
+        FlowerTask(scenario=Scenario(defenses=(DPFedAvg(noise=1.0, clip=1.0),)))

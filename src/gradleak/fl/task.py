@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..client import client_round
 from ..data import Dataset, load_dataset
-from ..defenses import Defense, parse_defense
+from ..defenses import Defense, DPFedAvg, parse_defense
 from ..errors import InputError
 from ..guard import LeakageGuard
 from ..models import ModelSpec
@@ -67,6 +67,12 @@ class FlowerTask:
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise InputError(f"the FedSGD step lr must be > 0, got {self.lr}")
+        if any(isinstance(d, DPFedAvg) for d in self.scenario.defenses):
+            raise InputError(
+                "dpfedavg's noise is added by the server at aggregation, which the Flower demo's FedAvg does not do: "
+                "wrap the strategy in Flower's DifferentialPrivacyServerSideFixedClipping instead (the demo would "
+                "only clip and report no guarantee)"
+            )
         if self.guard_remedies and self.guard_db is None:
             raise InputError("guard remedies need a guard: set its threshold (guard_db / run_config 'guard')")
         self.leakage_guard()  # a bad threshold or remedy fails here, before any round
