@@ -249,3 +249,16 @@ def test_min_rule_counts_keeps_the_support_and_counts_the_repeats():
             true, LABEL_METHODS.get("gradinversion-min")().recover(o).labels
         )
     assert label_accuracy(true, LABEL_METHODS.get("min-rule-counts")().recover(obs).labels) == 1.0
+
+
+def test_auto_replaces_a_count_that_leaves_out_a_class_proven_present():
+    from gradleak.labels import LabelResult
+    from gradleak.labels.auto import presence_checked
+
+    obs, gt = observe(8, False, seed=0)  # labels 4, 5, 5, 6, 7, 8, 9, 9: classes 4..9 show negative entries
+    true = sorted(gt.labels.tolist())
+    kept, name, _ = presence_checked(obs, LabelResult("ilrg-lsq", true), "ilrg-lsq", "fresh model")
+    assert name == "ilrg-lsq" and kept.labels == true
+    wrong = [5, 5, 5, 6, 7, 8, 9, 9]  # class 4 left out
+    alt, name, why = presence_checked(obs, LabelResult("ilrg-lsq", wrong), "ilrg-lsq", "fresh model")
+    assert name == "min-rule-counts" and "[4]" in why and 4 in alt.labels and len(alt.labels) == 8
