@@ -50,6 +50,11 @@ class FlowerTask:
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise InputError(f"the FedSGD step lr must be > 0, got {self.lr}")
+        if self.scenario.train_steps:
+            raise InputError(
+                "the federation trains its model in its rounds: --victim-train-steps applies to audit, labels and "
+                "sweep, not to Flower"
+            )
 
     # -- config (Flower's run_config / ConfigRecord hold flat scalars, named as the CLI flags) -------
     def to_config(self) -> dict[str, Any]:
