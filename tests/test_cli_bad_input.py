@@ -224,10 +224,13 @@ SCENARIO_FLAGS = [
     "--label-smoothing",
     "--mixup",
     "--seed",
+    "--victim-train-steps",
+    "--victim-train-batch",
+    "--victim-train-lr",
 ]
 FLAGS = {
-    "audit": [*SCENARIO_FLAGS, "--iterations", "--restarts"],
-    "labels": SCENARIO_FLAGS,
+    "audit": [*SCENARIO_FLAGS, "--iterations", "--restarts", "--victim-checkpoints"],
+    "labels": [*SCENARIO_FLAGS, "--victim-checkpoints"],
     "sweep": [
         *SCENARIO_FLAGS,
         "--iterations",
