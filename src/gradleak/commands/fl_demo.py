@@ -303,7 +303,11 @@ def plot_rounds(results: dict[str, Any], path: Path) -> Path:
 
     def per_client(get: Any, mean: Any, what: str) -> list[Line]:
         lines = [
-            Line(f"client {p}", [(r["round"], get(r, p)) for r in rounds if get(r, p) is not None], emphasis=False)
+            Line(
+                "each audited client",
+                [(r["round"], get(r, p)) for r in rounds if get(r, p) is not None],
+                emphasis=False,
+            )
             for p in clients
         ]
         return [
