@@ -11,7 +11,7 @@ import gradleak as gl
 from gradleak.cli import main
 from gradleak.data import load_dataset
 from gradleak.errors import InputError
-from gradleak.over_training import checkpoints, curve, write_over_training
+from gradleak.over_training import audit_over_training, checkpoints, curve, write_over_training
 from gradleak.victim import VictimTrainer, split_held_out
 
 SC = gl.Scenario(model="mlp", model_kwargs={"width": 16}, dataset="digits", image_size=8, batch_size=4, seed=3)
@@ -76,7 +76,7 @@ def test_checkpoints_continue_one_training_and_match_the_trained_scenario(digits
 
 
 def test_audit_over_training_follows_one_batch_and_writes_the_curve(tmp_path):
-    audits = gl.audit_over_training(SC, LABELS_ONLY, (0, 30))
+    audits = audit_over_training(SC, LABELS_ONLY, (0, 30))
     assert [a.steps for a in audits] == [0, 30]
     assert torch.equal(audits[0].truth.images, audits[1].truth.images)  # the same held-out batch at each checkpoint
     rows = curve(audits)

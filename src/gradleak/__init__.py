@@ -25,7 +25,6 @@ _EXPORTS = {
     "AuditPlan": "auditing",
     "audit": "auditing",
     "audit_scenario": "auditing",
-    "audit_over_training": "over_training",
     "make_attacks": "auditing",
     "AuditResult": "results",
     "AttackRun": "results",
@@ -64,7 +63,6 @@ __all__ = [
     "__version__",
     "attacks",
     "audit",
-    "audit_over_training",
     "audit_scenario",
     "data",
     "defenses",
@@ -86,7 +84,6 @@ if TYPE_CHECKING:
     from .errors import GradleakError, InputError, UnsupportedError
     from .labels import LABEL_METHODS, recover_labels
     from .observation import Observation
-    from .over_training import audit_over_training
     from .protocols import FedAvg, FedSGD
     from .results import AttackRun, AuditResult, LabelRun, LabelSection, Verdict
     from .scenario import GroundTruth, Scenario, simulate
