@@ -47,6 +47,12 @@ CASES = [
     (["audit", *TINY, "--mixup", "nan"], "--mixup"),
     (["labels", "--data", "digits", "--batch-size", "0"], "--batch-size"),
     (["labels", "--data", "digits", "--seed", "1e3"], "--seed"),
+    (["labels", "--data", "digits", "--victim-train-steps", "-1"], "--victim-train-steps"),
+    (["labels", "--data", "digits", "--victim-train-batch", "1"], "--victim-train-batch"),
+    (["audit", *TINY, "--victim-train-lr", "0"], "--victim-train-lr"),
+    (["audit", *TINY, "--victim-checkpoints", "0,x"], "--victim-checkpoints"),
+    (["labels", "--data", "digits", "--victim-checkpoints", ","], "--victim-checkpoints"),
+    (["audit", *TINY, "--victim-train-steps", "5", "--victim-checkpoints", "0,5"], "not also as the scenario's"),
     # names, settings and resources
     (["audit", *TINY, "--model", ":"], "module:factory"),
     (["audit", *TINY, "--model", "nope"], "unknown model 'nope'"),
@@ -91,6 +97,9 @@ CASES = [
     (["fl-demo", "--rounds", "0"], "--rounds"),
     (["fl-demo", "--max-capture-mb", "0"], "--max-capture-mb"),
     (["fl-demo", "--keep-rounds", "0"], "--keep-rounds"),
+    (["fl-demo", "--audit-every", "0"], "--audit-every"),
+    (["fl-demo", "--audits-per-round", "-1"], "--audits-per-round"),
+    (["fl-demo", "--victim-train-steps", "3", "--out", "o"], "--victim-train-steps applies to audit"),
 ]
 
 
@@ -215,10 +224,13 @@ SCENARIO_FLAGS = [
     "--label-smoothing",
     "--mixup",
     "--seed",
+    "--victim-train-steps",
+    "--victim-train-batch",
+    "--victim-train-lr",
 ]
 FLAGS = {
-    "audit": [*SCENARIO_FLAGS, "--iterations", "--restarts"],
-    "labels": SCENARIO_FLAGS,
+    "audit": [*SCENARIO_FLAGS, "--iterations", "--restarts", "--victim-checkpoints"],
+    "labels": [*SCENARIO_FLAGS, "--victim-checkpoints"],
     "sweep": [
         *SCENARIO_FLAGS,
         "--iterations",

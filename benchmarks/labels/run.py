@@ -45,8 +45,8 @@ from gradleak.labels import LABEL_METHODS
 from gradleak.labels.auto import dummy_confidence
 from gradleak.metrics.labels import EXACT_TOL, label_accuracy, max_abs_error
 from gradleak.models import find_head
-from gradleak.protocols import cross_entropy
 from gradleak.scenario import Scenario, build_scenario_model, simulate
+from gradleak.victim import VictimTrainer, evaluate, split_held_out
 
 COUNT_METHODS = [
     "idlg",
@@ -108,41 +108,20 @@ def victim_data(init: str, size: int) -> dict[int, Dataset]:
     return {10: load_dataset("digits", size=size)} if init == "trained-digits" else datasets(size)
 
 
-def split(data: Dataset) -> tuple[Dataset, Dataset]:
-    """(train part, held-out part): every class's images alternate between the two (first, third, … to
-    training), so a trained victim is never attacked with an image it was trained on."""
-    train_idx, held_idx = [], []
-    for c in torch.unique(data.labels).tolist():
-        members = torch.nonzero(data.labels == c).flatten().tolist()
-        train_idx += members[0::2]
-        held_idx += members[1::2]
-    return data.subset(torch.tensor(sorted(train_idx))), data.subset(torch.tensor(sorted(held_idx)))
-
-
-def accuracy(model: nn.Module, data: Dataset) -> float:
-    with torch.no_grad():
-        return float((model(data.normalization.normalize(data.images)).argmax(1) == data.labels).double().mean())
-
-
-def train(model: nn.Module, data: Dataset, steps: int, seed: int) -> nn.Module:
-    model = copy.deepcopy(model).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    g = torch.Generator().manual_seed(seed)
-    x_all = data.normalization.normalize(data.images)
-    for _ in range(steps):
-        idx = torch.randint(len(data), (32,), generator=g)
-        opt.zero_grad()
-        loss = cross_entropy(model(x_all[idx]), data.labels[idx])
-        loss.backward()
-        opt.step()
+def train(model: nn.Module, data: Dataset, steps: int, seed: int) -> tuple[nn.Module, float | None, float]:
+    """A trained copy of ``model`` (the library's :class:`VictimTrainer`: SGD lr 0.01, momentum 0.9, batch 32), in
+    eval mode, with its last batch loss and its accuracy on ``data``."""
+    model = copy.deepcopy(model)
+    trainer = VictimTrainer(model, data, batch_size=32, lr=0.01, seed=seed)
+    trainer.advance(steps)
     model.eval()
-    return model, float(loss.detach()), accuracy(model, data)
+    return model, trainer.loss, evaluate(model, data)["accuracy"]
 
 
 def base_model(name: str, n: int, shape, init: str, data: Dataset, steps: int, cache: dict) -> nn.Module:
     """The victim: random, kaiming or trained (``trained``, ``trained-digits``) on the train part of ``data``
-    (:func:`split`); a trained victim is then attacked only with held-out images, and its accuracy on them is
-    reported."""
+    (:func:`~gradleak.victim.split_held_out`); a trained victim is then attacked only with held-out images, and its
+    accuracy on them is reported."""
     key = (name, n, init)
     if key not in cache:
         sc = Scenario(
@@ -152,7 +131,7 @@ def base_model(name: str, n: int, shape, init: str, data: Dataset, steps: int, c
         info = {}
         if init.startswith("trained"):
             t0 = time.time()
-            train_part, held = split(data)
+            train_part, held = split_held_out(data)
             m, loss, acc = train(m, train_part, steps, seed=0)
             info = {
                 "train_steps": steps,
@@ -160,7 +139,7 @@ def base_model(name: str, n: int, shape, init: str, data: Dataset, steps: int, c
                 "train_images": len(train_part),
                 "train_accuracy": acc,
                 "held_out_images": len(held),
-                "test_accuracy": accuracy(m, held),
+                "test_accuracy": evaluate(m, held)["accuracy"],
                 "seconds": time.time() - t0,
             }
             print(
@@ -176,7 +155,7 @@ def base_model(name: str, n: int, shape, init: str, data: Dataset, steps: int, c
 
 def attacked(ds: Dataset, init: str) -> Dataset:
     """The images a victim is attacked with: all for an untrained model, the held-out part for a trained one."""
-    return split(ds)[1] if init.startswith("trained") else ds
+    return split_held_out(ds)[1] if init.startswith("trained") else ds
 
 
 def run_cell(mname: str, init: str, n: int, bn: str, B: int, uniq: bool, model: nn.Module, ds: Dataset, trials: int):

@@ -231,7 +231,12 @@ def audit_scenario(
     """Simulate the scenario's client round and audit it; returns the result and the client's batch."""
     obs, truth = simulate(scenario)
     result = audit(obs, plan, truth=truth, progress=progress, on_estimate=on_estimate)
-    sc = scenario
+    return scenario_result(result, scenario, truth), truth
+
+
+def scenario_result(result: AuditResult, sc: Scenario, truth: GroundTruth) -> AuditResult:
+    """The audit of ``sc``'s simulated round with what the scenario adds to the observed setting: model and
+    dataset names, the client's batch size, augmentation and seed, and the server model's training (if any)."""
     setting = {
         **result.setting,
         "model": sc.model,
@@ -240,5 +245,6 @@ def audit_scenario(
         "protocol": sc.protocol.to_json(),
         "augmentation": {"label_smoothing": sc.label_smoothing, "mixup": sc.mixup},
         "seed": sc.seed,
+        "training": None if truth.training is None else truth.training.to_json(),
     }
-    return replace(result, setting=setting, config={**sc.to_json(), **result.config}), truth
+    return replace(result, setting=setting, config={**sc.to_json(), **result.config})

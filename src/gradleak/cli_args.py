@@ -86,6 +86,15 @@ seed = int_range(0, SEED_LIMIT - 1)
 image_size = int_range(1, MAX_IMAGE_SIZE)
 
 
+def step_counts(text: str) -> tuple[int, ...]:
+    """Comma-separated counts in [0, MAX_COUNT], e.g. ``0,100,1000`` (training checkpoints), in increasing order."""
+    parse = int_range(0, MAX_COUNT)
+    values = sorted({parse(t) for t in text.split(",") if t.strip()})
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated counts such as 0,100,1000, got {_short(text)}")
+    return tuple(values)
+
+
 def output_problem(path: Path) -> str | None:
     """Why ``path`` cannot be an output folder (exists as a file, lies under a file, cannot be written), or
     ``None`` when it exists as a writable folder or its nearest existing parent is one. Makes nothing."""

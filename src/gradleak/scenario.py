@@ -21,6 +21,7 @@ from .observation import Observation
 from .observation_schema import protocol_from_json
 from .protocols import FedSGD, Protocol
 from .servers import ServerStrategy, server_from_json
+from .victim import TrainingRecord, VictimTrainer, split_held_out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +37,10 @@ class Scenario:
     ``batch_size`` (all distinct samples), train the same model and the server sees only the mean of their
     updates; ``server`` is a malicious :class:`~gradleak.servers.ServerStrategy` that modifies the model before
     sending it (``None``: an honest server).
+
+    The model's life: ``train_steps`` > 0 trains the server's model first (seeded SGD, ``train_batch`` images a
+    step, learning rate ``train_lr``, momentum 0.9, BatchNorm in train mode; :mod:`gradleak.victim`) on the train
+    part of the dataset, and the client then draws its batch from the held-out part, never trained on.
     """
 
     model: str = "convnet"
@@ -56,6 +61,9 @@ class Scenario:
     assumed_protocol: Protocol | None = None  # what the server assumes, if not the true protocol
     clients: int = 1
     server: ServerStrategy | None = None
+    train_steps: int = 0
+    train_batch: int = 32
+    train_lr: float = 0.01
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -66,6 +74,11 @@ class Scenario:
             raise InputError(f"bn_mode must be 'train' or 'eval', got {self.bn_mode!r}")
         if self.label_smoothing and self.mixup:
             raise InputError("choose label smoothing or mixup, not both")
+        if self.train_steps < 0 or self.train_batch < 2 or not self.train_lr > 0:
+            raise InputError(
+                f"training the server's model needs train_steps >= 0, train_batch >= 2 (BatchNorm) and train_lr > 0; "
+                f"got {self.train_steps}, {self.train_batch}, {self.train_lr}"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +99,9 @@ class Scenario:
             "server_knows_batch_size": self.server_knows_batch_size,
             "clients": self.clients,
             "server": None if self.server is None else self.server.to_json(),
+            "train_steps": self.train_steps,
+            "train_batch": self.train_batch,
+            "train_lr": self.train_lr,
         }
 
     @classmethod
@@ -112,6 +128,9 @@ class Scenario:
             assumed_protocol=None if assumed is None else protocol_from_json(assumed),
             clients=int(d.get("clients", 1)),
             server=server_from_json(d.get("server")),
+            train_steps=int(d.get("train_steps", 0)),
+            train_batch=int(d.get("train_batch", 32)),
+            train_lr=float(d.get("train_lr", 0.01)),
         )
 
 
@@ -136,6 +155,7 @@ class GroundTruth:
     labels: Tensor  # int64 [B]: the dominant class of each target
     targets: Tensor  # the training targets: int64 [B] or soft float [B, N]
     classes: tuple[str, ...]
+    training: TrainingRecord | None = None  # the server's training before the round (train_steps > 0), for the report
 
 
 def build_scenario_model(sc: Scenario, num_classes: int, input_shape: tuple[int, ...]) -> tuple[nn.Module, ModelSpec]:
@@ -180,8 +200,17 @@ def simulate(
     sc: Scenario, dataset: Dataset | None = None, model: nn.Module | None = None
 ) -> tuple[Observation, GroundTruth]:
     """Run one client round (or ``sc.clients`` of them, aggregated) and return what the server sees plus the
-    ground truth (every client's samples, in client order)."""
+    ground truth (every client's samples, in client order).
+
+    Without ``model`` the server's model is built from the scenario and, with ``sc.train_steps`` > 0, trained on
+    the train part of the dataset; the client then draws from the held-out part
+    (:func:`~gradleak.victim.split_held_out`) and ``GroundTruth.training`` records the training. A given ``model``
+    is the server's model as it is, and the client draws from ``dataset`` as it is.
+    """
     data = dataset if dataset is not None else load_dataset(sc.dataset, size=sc.image_size)
+    train_part: Dataset | None = None
+    if model is None and sc.train_steps:
+        train_part, data = split_held_out(data)
     gen = torch.Generator().manual_seed(sc.seed)
     total = sc.clients * sc.batch_size
     if sc.mixup and sc.unique_labels and 2 * total > data.num_classes:
@@ -193,8 +222,13 @@ def simulate(
     )
     n_cls = data.num_classes
     spec: ModelSpec | None = None
+    training: TrainingRecord | None = None
     if model is None:
         model, spec = build_scenario_model(sc, n_cls, data.image_shape)
+        if train_part is not None:
+            trainer = VictimTrainer(model, train_part, batch_size=sc.train_batch, lr=sc.train_lr, seed=sc.seed)
+            trainer.advance(sc.train_steps)
+            training = trainer.record(data)
     server_record, head = None, sc.head
     if sc.server is not None:
         sc.server.check(model, input_shape=data.image_shape, num_classes=n_cls)
@@ -231,4 +265,4 @@ def simulate(
         client_batch_sizes=(sc.batch_size,) * sc.clients if sc.clients > 1 and sc.server_knows_batch_size else None,
         server=server_record,
     )
-    return obs, GroundTruth(images, labels, targets, data.classes)
+    return obs, GroundTruth(images, labels, targets, data.classes, training)

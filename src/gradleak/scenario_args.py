@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from .cli_args import fraction, image_size, positive_float, positive_int, seed
+from .cli_args import fraction, image_size, int_range, nonnegative_int, positive_float, positive_int, seed, step_counts
 from .errors import InputError
 from .observation_schema import MAX_BATCH, MAX_CLIENTS, MAX_LOCAL_STEPS
 from .scenario import Scenario, defense_spec
@@ -90,9 +90,34 @@ def add_scenario_args(
         help="threat model of the server: honest (default) or a malicious strategy that modifies the model it "
         "sends, e.g. imprint:bins=128 (see `gradleak list`)",
     )
+    g.add_argument(
+        "--victim-train-steps",
+        type=nonnegative_int(),
+        default=d.train_steps,
+        metavar="N",
+        help="train the server's model for N SGD steps first, on data disjoint from the client's batch (which is "
+        "then drawn from the held-out part); the report gives its held-out test accuracy (default 0: untrained)",
+    )
+    g.add_argument(
+        "--victim-train-batch", type=int_range(2, MAX_BATCH), default=d.train_batch, help="its training batch size"
+    )
+    g.add_argument("--victim-train-lr", type=positive_float(), default=d.train_lr, help="its SGD learning rate")
     g.add_argument("--seed", type=seed, default=d.seed)
     g.add_argument("--device", default="cpu", help="only 'cpu' is supported in this version")
     p.set_defaults(default_model_kwargs=model_kwargs or {}, **{k.replace("-", "_"): v for k, v in defaults.items()})
+
+
+def add_victim_checkpoints(p: argparse.ArgumentParser) -> None:
+    """``--victim-checkpoints 0,100,1000``: run the command at several checkpoints of one training of the server's
+    model (:mod:`gradleak.over_training`)."""
+    p.add_argument(
+        "--victim-checkpoints",
+        type=step_counts,
+        metavar="N,N,...",
+        help="audit at these training steps of the server's model (e.g. 0,100,1000; one training, the same "
+        "held-out client batch at each) and plot leakage against training; the training settings are "
+        "--victim-train-batch/-lr",
+    )
 
 
 def scenario_from_args(a: argparse.Namespace) -> Scenario:
@@ -134,6 +159,9 @@ def scenario_from_args(a: argparse.Namespace) -> Scenario:
         assumed_protocol=assumed,
         clients=a.secagg,
         server=parse_server(a.server),
+        train_steps=a.victim_train_steps,
+        train_batch=a.victim_train_batch,
+        train_lr=a.victim_train_lr,
     )
 
 
@@ -160,8 +188,8 @@ def scenario_from_config(config: dict[str, Any]) -> Scenario:
 
 
 def scenario_config(sc: Scenario) -> dict[str, Any]:
-    """The flat ``flag: value`` form of ``sc`` that :func:`scenario_from_config` reads back (weights, head and
-    the attacker's assumptions are not part of it)."""
+    """The flat ``flag: value`` form of ``sc`` that :func:`scenario_from_config` reads back (weights, head, the
+    attacker's assumptions and the server model's training before the round are not part of it)."""
     cfg: dict[str, Any] = {
         "model": sc.model,
         "model-kwargs": json.dumps(sc.model_kwargs),

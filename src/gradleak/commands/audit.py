@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cli_args import output_dir, positive_int
-from ..scenario_args import add_scenario_args, scenario_from_args
-from .progress import print_estimates, progress_bars
+from ..scenario_args import add_scenario_args, add_victim_checkpoints, scenario_from_args
+from .progress import print_estimates, print_training, progress_bars
+
+if TYPE_CHECKING:
+    from ..results import AuditResult
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("audit", help="simulate a client round, recover labels and images, write a report")
     add_scenario_args(p)
+    add_victim_checkpoints(p)
     p.add_argument("--attack", action="append", help="attack to run (repeatable; default inverting_gradients)")
     p.add_argument("--label-method", action="append", help="label method(s); the first that works feeds the attacks")
     p.add_argument(
@@ -53,10 +57,28 @@ def run(a: argparse.Namespace) -> int:
     )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    result, truth = audit_scenario(
-        scenario, plan, progress=progress_bars(not a.quiet), on_estimate=None if a.quiet else print_estimates
-    )
+    on_estimate = None if a.quiet else print_estimates
+    if a.victim_checkpoints:
+        from ..over_training import audit_over_training, write_over_training
+
+        audits = audit_over_training(
+            scenario, plan, a.victim_checkpoints, progress=progress_bars(not a.quiet), on_estimate=on_estimate
+        )
+        for c in audits:
+            print(f"after {c.steps} training steps:")
+            print_result(c.result)
+        print(f"report: {write_over_training(audits, out)['html']}")
+        return 0
+    result, truth = audit_scenario(scenario, plan, progress=progress_bars(not a.quiet), on_estimate=on_estimate)
     write_audit(result, out, truth_images=truth.images)
+    print_result(result)
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def print_result(result: AuditResult) -> None:
+    """The server model's training (if any), the verdict and each attack's scores."""
+    print_training(result.setting)
     print(f"verdict: {result.verdict.level} — {result.verdict.summary}")
     for run_ in result.attacks:
         if run_.error or run_.result is None or run_.scores is None:
@@ -66,5 +88,3 @@ def run(a: argparse.Namespace) -> int:
                 f"  {run_.name}: PSNR {run_.scores.mean_psnr:.2f} dB, SSIM {run_.scores.mean_ssim:.3f}, "
                 f"{run_.result.iterations} iterations in {run_.result.seconds:.0f} s"
             )
-    print(f"report: {out / 'report.html'}")
-    return 0

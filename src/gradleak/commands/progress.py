@@ -1,4 +1,5 @@
-"""Progress output of long commands: a tqdm bar per attack, the cost estimates before a run."""
+"""Progress output of long commands: a tqdm bar per attack, the cost estimates before a run, the server model's
+training."""
 
 from __future__ import annotations
 
@@ -41,3 +42,13 @@ def print_estimates(estimates: Sequence[CostEstimate]) -> None:
         print(f"estimated cost on this machine (≈ {total / 60:.1f} min in all):", file=sys.stderr)
         for e in estimates:
             print(f"  {e.describe()}", file=sys.stderr)
+
+
+def print_training(setting: dict[str, Any]) -> None:
+    """One line on the server model's training before the round, if the audit's setting records one."""
+    t = setting.get("training")
+    if t:
+        print(
+            f"server's model: {t['steps']} training steps on {t['train_images']} images, train accuracy "
+            f"{t['train_accuracy']:.2f}, held-out test accuracy {t['test_accuracy']:.2f} on {t['held_out_images']}"
+        )

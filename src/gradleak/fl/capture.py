@@ -7,6 +7,9 @@ A :class:`CaptureStore` is a folder::
     ROOT/round_0001/client_<node>.recon.safetensors   reconstructions of the audit, if any
     ROOT/latest.safetensors                   the aggregated global arrays after the last round
 
+The index also keeps the global model's evaluations by round (:meth:`CaptureStore.add_evaluation`; round 0 is the
+initial model), which the per-round leakage curve of ``gradleak fl-demo`` sets beside the audits.
+
 It is *resumable* — reopening the folder reads ``index.json``; a capture already on disk is not
 written or audited again, and :meth:`CaptureStore.resume` gives the last round and global arrays to
 restart a server from — and *bounded*: ``max_bytes`` stops new captures once the folder holds that
@@ -78,8 +81,9 @@ def _check_entry(p: Problems, e: Any, where: str) -> None:
         p.boolean(e, "deleted", where)
 
 
-def read_index(index: Path) -> tuple[dict[str, dict[str, Any]], int]:
-    """``(entries by round/client, latest round)`` of a capture index; one InputError lists every problem."""
+def read_index(index: Path) -> tuple[dict[str, dict[str, Any]], int, dict[int, dict[str, Any]]]:
+    """``(entries by round/client, latest round, evaluations by round)`` of a capture index; one InputError lists
+    every problem."""
     try:
         text = index.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -88,7 +92,7 @@ def read_index(index: Path) -> tuple[dict[str, dict[str, Any]], int]:
     if meta.get("format") != INDEX_FORMAT:
         raise InputError(f"{index} is not a gradleak capture index (format {brief(meta.get('format'))})")
     p = Problems()
-    p.only(meta, {"format", "latest_round", "captures"})
+    p.only(meta, {"format", "latest_round", "captures", "evaluations"})
     latest = p.integer(meta, "latest_round", 0, MAX_ROUND)
     captures = p.get(meta, "captures", "")
     if not isinstance(captures, list):
@@ -96,12 +100,24 @@ def read_index(index: Path) -> tuple[dict[str, dict[str, Any]], int]:
         captures = []
     for i, entry in enumerate(captures):
         _check_entry(p, entry, f"captures[{i}].")
+    evaluations = p.get(meta, "evaluations", "", optional=True) or []
+    if not isinstance(evaluations, list):
+        p.append(f"evaluations: expected a list, got {brief(evaluations)}")
+        evaluations = []
+    for i, ev in enumerate(evaluations):
+        where = f"evaluations[{i}]."
+        if not isinstance(ev, dict):
+            p.append(f"{where}expected a JSON object, got {brief(ev)}")
+            continue
+        p.only(ev, {"round", "metrics"}, where)
+        p.integer(ev, "round", 0, MAX_ROUND, where)
+        p.obj(ev, "metrics", where)
     p.raise_if_any(f"capture index {index} is invalid")
     entries = {_key(e["round"], e["client"]): e for e in captures}
     if len(entries) != len(captures):
         raise InputError(f"capture index {index} is invalid: it lists a round/client pair twice")
     assert latest is not None  # no problems: the index was read
-    return entries, latest
+    return entries, latest, {ev["round"]: ev["metrics"] for ev in evaluations}
 
 
 class CaptureStore:
@@ -125,9 +141,10 @@ class CaptureStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.entries: dict[str, dict[str, Any]] = {}
         self.latest_round = 0
+        self.evaluations: dict[int, dict[str, Any]] = {}  # the global model after round r (0: initial) → metrics
         index = self.root / "index.json"
         if index.exists():
-            self.entries, self.latest_round = read_index(index)
+            self.entries, self.latest_round, self.evaluations = read_index(index)
 
     # -- sizes -----------------------------------------------------------------------------------
     def bytes_used(self) -> int:
@@ -241,10 +258,24 @@ class CaptureStore:
                         shutil.rmtree(folder, ignore_errors=True)
             self._write_index()
 
+    def add_evaluation(self, server_round: int, metrics: dict[str, Any]) -> None:
+        """Record the evaluation of the global model after ``server_round`` (0: the initial model), which is the
+        model sent in round ``server_round + 1``; a later evaluation of the same round replaces it."""
+        with self._lock:
+            self.evaluations[server_round] = dict(metrics)
+            self._write_index()
+
     def _write_index(self) -> None:
         entries = sorted(self.entries.values(), key=lambda e: (e["round"], e["client"]))
+        evaluations = [{"round": r, "metrics": m} for r, m in sorted(self.evaluations.items())]
         write_json_atomic(
-            self.root / "index.json", {"format": INDEX_FORMAT, "latest_round": self.latest_round, "captures": entries}
+            self.root / "index.json",
+            {
+                "format": INDEX_FORMAT,
+                "latest_round": self.latest_round,
+                "captures": entries,
+                "evaluations": evaluations,
+            },
         )
 
     # -- reading ---------------------------------------------------------------------------------

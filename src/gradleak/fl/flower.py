@@ -6,9 +6,10 @@ message API (``flwr.serverapp.strategy.FedAvg``, ``ArrayRecord``, ``ServerApp``/
 - :class:`CaptureStrategy` — a ``FedAvg`` that, unchanged in what it aggregates, records the global
   arrays it sends (``configure_train``) and each client's returned arrays (``aggregate_train``),
   turns them into Observations (FedSGD: the gradient ``(θ₀ − θ₁)/lr``; FedAvg: the delta
-  ``θ_K − θ₀``) in a :class:`~gradleak.fl.capture.CaptureStore`, and runs an audit hook on each.
-  With ``server`` (a :class:`~gradleak.servers.ServerStrategy`) it is a malicious server: it modifies the
-  global model before every round's send.
+  ``θ_K − θ₀``) in a :class:`~gradleak.fl.capture.CaptureStore`, and runs an audit hook on them within a
+  budget: every ``audit_every``-th round, at most ``audits_per_round`` clients a round (the attack's own
+  budget is the hook's, e.g. its iterations). With ``server`` (a :class:`~gradleak.servers.ServerStrategy`) it
+  is a malicious server: it modifies the global model before every round's send.
 - :func:`make_client_app` / :func:`make_server_app` — the apps of ``gradleak fl-demo``: clients train
   on their shard of a bundled dataset with gradleak's own defenses and label augmentations
   (:mod:`gradleak.fl.task`), optionally behind the client mods of :mod:`gradleak.fl.mods` (the task's
@@ -45,6 +46,7 @@ from ..models import ModelSpec
 from ..observation import Observation
 from ..protocols import FedSGD, Protocol
 from ..servers import ServerStrategy
+from ..victim import evaluate as evaluate_model
 from .capture import AuditHook, CaptureStore, LabelAttackAudit
 from .mods import RoundBatch, leakage_guard_mod, model_check_mod, round_protocol
 from .task import FlowerTask, client_batch, client_train, shard, update_between
@@ -70,6 +72,9 @@ class CaptureStrategy(FedAvg):
         lr: the FedSGD step the clients take, sent in the config (the server divides by it).
         bn_mode: the clients' BatchNorm mode (``eval``: running statistics, as every gradleak scenario).
         audit: run on each capture as the rounds go (default: label recovery only); ``None`` to skip.
+        audit_every: audit rounds 1, 1 + k, 1 + 2k, ... only (every round is still captured).
+        audits_per_round: audit at most this many clients of a round (``None``: all), the first by node id, so
+            the same clients are followed from round to round.
         round_offset: added to Flower's round numbers (resuming a run that already did rounds).
         server: a malicious server's strategy: every round it modifies the global model
             (:meth:`~gradleak.servers.ServerStrategy.prepare`, seeded by the round) and sends that instead; the
@@ -88,6 +93,8 @@ class CaptureStrategy(FedAvg):
         lr: float = 0.1,
         bn_mode: str = "eval",
         audit: AuditHook | None = LABELS_ONLY,
+        audit_every: int = 1,
+        audits_per_round: int | None = None,
         round_offset: int = 0,
         server: ServerStrategy | None = None,
         **fedavg: Any,
@@ -95,6 +102,11 @@ class CaptureStrategy(FedAvg):
         super().__init__(**fedavg)
         if not lr > 0:
             raise InputError(f"the FedSGD step lr must be > 0, got {lr}")
+        if audit_every < 1 or (audits_per_round is not None and audits_per_round < 0):
+            raise InputError(
+                f"audit_every must be >= 1 and audits_per_round >= 0, got {audit_every}, {audits_per_round}"
+            )
+        self.audit_every, self.audits_per_round = audit_every, audits_per_round
         self.store, self.model_spec, self.normalization = store, model_spec, normalization
         self.protocol: Protocol = protocol if protocol is not None else FedSGD()
         if bn_mode not in ("train", "eval"):
@@ -141,16 +153,27 @@ class CaptureStrategy(FedAvg):
         sent = self._sent.pop(r, None)
         modified = self._modified.pop(r, None)
         if sent is not None:
+            audits = 0
             for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
                 if msg.has_error():
                     self.store.add_error(r, str(msg.metadata.src_node_id), str(msg.error.reason))
                 else:
-                    self._capture(r, sent, msg, modified)
+                    hook = self.audit if self.audit_due(r, audits) else None
+                    entry = self._capture(r, sent, msg, modified, hook)
+                    audits += hook is not None and entry is not None and entry.get("audit") is not None
         arrays, metrics = super().aggregate_train(r, replies)
         if modified is not None:
             arrays = None  # a malicious round's replies train the modified model: the global model stays
         self.store.finish_round(r, None if arrays is None else arrays.to_torch_state_dict())
         return arrays, metrics
+
+    def audit_due(self, server_round: int, audited: int) -> bool:
+        """Whether a capture of ``server_round`` is audited when ``audited`` of its clients already were."""
+        return (
+            self.audit is not None
+            and (server_round - 1) % self.audit_every == 0
+            and (self.audits_per_round is None or audited < self.audits_per_round)
+        )
 
     def observation(
         self,
@@ -187,7 +210,8 @@ class CaptureStrategy(FedAvg):
         sent: dict[str, torch.Tensor],
         msg: Message,
         modified: tuple[torch.nn.Module, dict[str, Any]] | None,
-    ) -> None:
+        audit: AuditHook | None,
+    ) -> dict[str, Any] | None:
         client = str(msg.metadata.src_node_id)
         content = msg.content
         metrics: dict[str, Any] = {}
@@ -199,8 +223,8 @@ class CaptureStrategy(FedAvg):
             obs = self.observation(sent, returned, None if batch is None else int(batch), modified)
         except (InputError, StopIteration, RuntimeError) as e:
             log.warning("round %d: cannot capture client %s: %s", server_round, client, e)
-            return
-        self.store.add(server_round, client, obs, metrics, self.audit)
+            return None
+        return self.store.add(server_round, client, obs, metrics, audit)
 
 
 # -- the demo's apps ------------------------------------------------------------------------------
@@ -292,20 +316,16 @@ def make_client_app(task: FlowerTask | None = None) -> ClientApp:
         t = task_of(context)
         data = _data(t)
         pid, n = _partition(context)
-        model = global_model(t, data, msg).eval()
         own = data.subset(shard(len(data), pid, n, t.scenario.seed))
-        with torch.no_grad():
-            logits = model(data.normalization.normalize(own.images))
-            loss = float(torch.nn.functional.cross_entropy(logits, own.labels))
-            acc = float((logits.argmax(1) == own.labels).float().mean())
-        metrics = MetricRecord({"num-examples": len(own), "loss": loss, "accuracy": acc})
+        metrics = MetricRecord({"num-examples": len(own), **evaluate_model(global_model(t, data, msg), own)})
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
     return app
 
 
 def audit_from_config(cfg: Any) -> LabelAttackAudit:
-    """The audit hook named by run_config keys ``audit-labels`` / ``audit-attacks`` / ``audit-iterations``."""
+    """The audit hook named by run_config keys ``audit-labels`` / ``audit-attacks`` / ``audit-iterations`` (its
+    budget per round: ``audit-every`` and ``audits-per-round``, read by :func:`make_server_app`)."""
     attacks = tuple(a.strip() for a in str(cfg.get("audit-attacks", "")).split(",") if a.strip())
     labels = tuple(a.strip() for a in str(cfg.get("audit-labels", "auto")).split(",") if a.strip())
     iters = int(cfg.get("audit-iterations", 0))
@@ -319,15 +339,19 @@ def make_server_app(
     num_rounds: int | None = None,
     min_clients: int | None = None,
     audit: AuditHook | None = None,
+    audit_every: int | None = None,
+    audits_per_round: int | None = None,
     max_bytes: int | None = 1 << 30,
     keep_rounds: int | None = None,
     server: ServerStrategy | None = None,
 ) -> ServerApp:
     """The curious server: FedAvg rounds with :class:`CaptureStrategy`, resuming from ``capture_dir``; a malicious
-    one with ``server`` (default: the task's ``scenario.server``, run_config key ``server``).
+    one with ``server`` (default: the task's ``scenario.server``, run_config key ``server``). After every round
+    (and before the first) it evaluates the global model on the task's whole dataset (Flower's server-side
+    ``evaluate_fn``) and records it in the store (:meth:`CaptureStore.add_evaluation`).
 
     Arguments left ``None`` come from ``context.run_config`` (``num-server-rounds``, ``capture-dir``,
-    ``min-clients``, ``audit-*``, and the task's own keys).
+    ``min-clients``, ``audit-*``, ``audits-per-round`` (absent: every client), and the task's own keys).
     """
     app = ServerApp()
 
@@ -338,6 +362,10 @@ def make_server_app(
         rounds = num_rounds if num_rounds is not None else int(rc.get("num-server-rounds", 2))
         folder = capture_dir if capture_dir is not None else str(rc.get("capture-dir", "out/flower-capture"))
         clients = min_clients if min_clients is not None else int(rc.get("min-clients", 2))
+        every = audit_every if audit_every is not None else int(rc.get("audit-every", 1))
+        per_round = audits_per_round
+        if per_round is None and "audits-per-round" in rc:
+            per_round = int(rc["audits-per-round"])
         store = CaptureStore(folder, max_bytes=max_bytes, keep_rounds=keep_rounds)
         data = _data(t)
         state = t.initial_model(data).state_dict()
@@ -357,13 +385,25 @@ def make_server_app(
             lr=t.lr,
             bn_mode=t.scenario.bn_mode,
             audit=audit if audit is not None else audit_from_config(rc),
+            audit_every=every,
+            audits_per_round=per_round,
             round_offset=offset,
             server=server if server is not None else t.scenario.server,
             fraction_evaluate=0.0,
             min_train_nodes=clients,
             min_available_nodes=clients,
         )
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(dict(state)), num_rounds=rounds - offset)
+        model = t.initial_model(data)
+
+        def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            metrics: dict[str, int | float] = {"num-examples": len(data), **evaluate_model(model, data)}
+            store.add_evaluation(server_round + offset, metrics)
+            return MetricRecord(dict(metrics))
+
+        strategy.start(
+            grid=grid, initial_arrays=ArrayRecord(dict(state)), num_rounds=rounds - offset, evaluate_fn=evaluate_global
+        )
 
     return app
 
@@ -375,6 +415,8 @@ def run_simulation(
     num_rounds: int = 1,
     capture_dir: str | Path,
     audit: AuditHook | None = None,
+    audit_every: int = 1,
+    audits_per_round: int | None = None,
     max_bytes: int | None = 1 << 30,
     keep_rounds: int | None = None,
     num_cpus: int | None = None,
@@ -392,6 +434,8 @@ def run_simulation(
             num_rounds=num_rounds,
             min_clients=num_clients,
             audit=audit if audit is not None else LabelAttackAudit(),
+            audit_every=audit_every,
+            audits_per_round=audits_per_round,
             max_bytes=max_bytes,
             keep_rounds=keep_rounds,
             server=server,

@@ -67,6 +67,11 @@ class FlowerTask:
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise InputError(f"the FedSGD step lr must be > 0, got {self.lr}")
+        if self.scenario.train_steps:
+            raise InputError(
+                "the federation trains its model in its rounds: --victim-train-steps applies to audit, labels and "
+                "sweep, not to Flower"
+            )
         if any(isinstance(d, DPFedAvg) for d in self.scenario.defenses):
             raise InputError(
                 "dpfedavg's noise is added by the server at aggregation, which the Flower demo's FedAvg does not do: "

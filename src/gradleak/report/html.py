@@ -100,6 +100,7 @@ def _scenario(setting: Mapping[str, Any], config: Mapping[str, Any]) -> str:
         protocol_html += f' <span class="muted">({_e(_kv(protocol))})</span>'
     rows = [
         ("Model", _e(_fmt(setting.get("model")))),
+        *([("Server's model", _training(setting["training"]))] if "training" in setting else []),
         ("Dataset", dataset),
         ("Batch size", _e(_fmt(setting.get("batch_size")))),
         ("Threat model", _threat(setting.get("threat") or {})),
@@ -115,6 +116,18 @@ def _scenario(setting: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     if config:
         full = f"<details><summary>Full configuration</summary><pre>{_e(_json(config))}</pre></details>"
     return f"<section><h2>Scenario</h2>{table}{full}</section>"
+
+
+def _training(training: Mapping[str, Any] | None) -> str:
+    """How the server's model was trained before the round (``Scenario.train_steps``), with its accuracy."""
+    if not training:
+        return "not trained before the round (its seeded initialisation, or the weights given)"
+    return _e(
+        f"trained {training['steps']} SGD steps (batch {training['batch_size']}, lr {training['lr']:g}, momentum "
+        f"{training['momentum']:g}) on {training['train_images']} images disjoint from the client's batch: train "
+        f"accuracy {training['train_accuracy']:.2f}, held-out test accuracy {training['test_accuracy']:.2f} on "
+        f"{training['held_out_images']} images (the client's batch is drawn from them)"
+    )
 
 
 def _threat(threat: Mapping[str, Any]) -> str:

@@ -23,6 +23,11 @@ _CSS = (
 )
 
 
+def _tables(md: str) -> str:
+    """Markdown pipe tables separated by blank lines, as HTML."""
+    return "".join(_table(block) for block in md.strip().split("\n\n"))
+
+
 def _table(md: str) -> str:
     """A Markdown pipe table (header, rule, rows) as HTML; backticks become <code>."""
     lines = [ln.strip() for ln in md.strip().splitlines() if ln.strip().startswith("|")]
@@ -62,7 +67,8 @@ def write_page(
     table_md: str = "",
     sections: Sequence[str] = (),
 ) -> None:
-    """Write one HTML page: title, paragraphs (plain text), images, a Markdown table, raw HTML sections."""
+    """Write one HTML page: title, paragraphs (plain text), images, Markdown tables (separated by a blank line),
+    raw HTML sections."""
     parts = [f"<h1>{escape(title)}</h1>"]
     for p in paragraphs:
         text = escape(p)
@@ -71,7 +77,7 @@ def write_page(
         parts.append(f"<p>{text}</p>")
     parts += [_img(Path(f), c) for f, c in images]
     if table_md:
-        parts.append(_table(table_md))
+        parts.append(_tables(table_md))
     parts += list(sections)
     html = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"

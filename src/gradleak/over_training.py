@@ -1,0 +1,228 @@
+"""Leakage over the server model's training: the audit at several checkpoints of one training.
+
+:func:`audit_over_training` trains the scenario's model once, incrementally (:class:`~gradleak.victim.VictimTrainer`
+on the train part of the data), and at each checkpoint — a number of training steps, e.g. 0, 100 and 1000 — audits
+the client's round on the model as it is then. Every checkpoint draws the client's batch from the held-out part
+(also at 0 steps) with the scenario's seed, so the curve follows one batch through the model's training; the
+checkpoint at N > 0 steps is the audit of ``Scenario(train_steps=N)``. :func:`write_over_training` writes one audit
+folder per checkpoint, the leakage curve (PNG), a JSON summary, a Markdown table and an HTML page.
+
+Example::
+
+    audits = audit_over_training(Scenario(batch_size=8), AuditPlan(), (0, 100, 1000))
+    write_over_training(audits, "out/over-training")
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .auditing import AuditPlan, ProgressFactory, audit, scenario_result
+from .cost import CostEstimate
+from .data import Dataset, load_dataset
+from .errors import InputError
+from .results import AuditResult
+from .scenario import GroundTruth, Scenario, build_scenario_model, simulate
+from .victim import TrainingRecord, VictimTrainer, split_held_out
+
+__all__ = ["Checkpoint", "CheckpointAudit", "audit_over_training", "checkpoints", "curve", "write_over_training"]
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The server's model after ``steps`` training steps (a copy, in the scenario's BatchNorm mode), its
+    training record, and the held-out data the client draws from."""
+
+    steps: int
+    model: nn.Module
+    training: TrainingRecord
+    held_out: Dataset
+
+
+def checkpoints(sc: Scenario, steps: Sequence[int], data: Dataset | None = None) -> Iterator[Checkpoint]:
+    """Train ``sc``'s model (its seeded initialisation, or its weights) once and yield it at each of ``steps``
+    (in increasing order; duplicates once). ``data`` defaults to the scenario's dataset."""
+    if sc.train_steps:
+        raise InputError("give the training steps as checkpoints, not also as the scenario's train_steps")
+    wanted = sorted(set(steps))
+    if not wanted or wanted[0] < 0:
+        raise InputError(f"checkpoints must be one or more training step counts >= 0, got {list(steps)}")
+    data = data if data is not None else load_dataset(sc.dataset, size=sc.image_size)
+    train, held = split_held_out(data)
+    model, _ = build_scenario_model(sc, data.num_classes, data.image_shape)
+    trainer = VictimTrainer(model, train, batch_size=sc.train_batch, lr=sc.train_lr, seed=sc.seed)
+    for n in wanted:
+        trainer.advance(n)
+        yield Checkpoint(n, copy.deepcopy(model).train(sc.bn_mode == "train"), trainer.record(held), held)
+
+
+@dataclass(frozen=True)
+class CheckpointAudit:
+    """The audit of the client's round at one checkpoint, and the client's batch."""
+
+    steps: int
+    result: AuditResult
+    truth: GroundTruth
+
+
+def audit_over_training(
+    sc: Scenario,
+    plan: AuditPlan | None,
+    steps: Sequence[int],
+    *,
+    progress: ProgressFactory | None = None,
+    on_estimate: Callable[[list[CostEstimate]], None] | None = None,
+) -> list[CheckpointAudit]:
+    """Audit ``sc``'s client round at each checkpoint of its model's training (see the module docstring);
+    ``progress`` and ``on_estimate`` as in :func:`~gradleak.auditing.audit`, at every checkpoint.
+
+    With ``plan.checkpoint_dir`` each checkpoint's attacks checkpoint to its own ``steps_<N>`` subfolder."""
+    plan = plan or AuditPlan()
+    out = []
+    for cp in checkpoints(sc, steps):
+        at = replace(sc, train_steps=cp.steps)
+        obs, truth = simulate(at, cp.held_out, cp.model)
+        truth = replace(truth, training=cp.training)
+        p = plan
+        if plan.checkpoint_dir is not None:
+            p = replace(plan, checkpoint_dir=str(Path(plan.checkpoint_dir) / f"steps_{cp.steps}"))
+        result = audit(obs, p, truth=truth, progress=progress, on_estimate=on_estimate)
+        out.append(CheckpointAudit(cp.steps, scenario_result(result, at, truth), truth))
+    return out
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def curve(audits: Sequence[CheckpointAudit]) -> list[dict[str, Any]]:
+    """One row per checkpoint: the model's train and held-out accuracy, each requested label method's accuracy
+    (``auto`` under its name, with the method it picked in ``label_picks``) and each attack's mean PSNR/SSIM."""
+    rows = []
+    for a in audits:
+        r = a.result
+        rows.append(
+            {
+                "steps": a.steps,
+                "training": r.setting.get("training"),
+                "labels": {run.requested: run.accuracy for run in r.labels.runs},
+                "label_picks": {run.requested: run.method for run in r.labels.runs if run.result is not None},
+                "attacks": {
+                    run.name: {
+                        "psnr": None if run.scores is None else _finite(run.scores.mean_psnr),
+                        "ssim": None if run.scores is None else run.scores.mean_ssim,
+                        "error": run.error,
+                    }
+                    for run in r.attacks
+                },
+            }
+        )
+    return rows
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    methods = list(rows[0]["labels"]) if rows else []
+    attacks = list(rows[0]["attacks"]) if rows else []
+    head = [
+        "steps",
+        "train acc",
+        "held-out acc",
+        *[f"labels `{m}`" for m in methods],
+        "auto picked",
+        *[f"{a} PSNR" for a in attacks],
+        *[f"{a} SSIM" for a in attacks],
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        t = r["training"] or {}
+        cells = [
+            str(r["steps"]),
+            _f(t.get("train_accuracy")),
+            _f(t.get("test_accuracy")),
+            *[_f(r["labels"][m]) for m in methods],
+            r["label_picks"].get("auto", "–"),
+            *[_f(r["attacks"][a]["psnr"]) for a in attacks],
+            *[_f(r["attacks"][a]["ssim"], 3) for a in attacks],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_over_training(audits: Sequence[CheckpointAudit], out: str | Path) -> dict[str, Path]:
+    """Write ``steps_<N>/`` (each checkpoint's audit: results.json, report.html, grids), ``over_training.json``,
+    ``leakage_over_training.png``, ``over_training.md`` and ``report.html`` into ``out``; returns their paths."""
+    from .report import write_audit, write_json_atomic
+    from .report.curves import Line, Panel, plot_curves
+    from .report.pages import write_page
+
+    if not audits:
+        raise InputError("no checkpoint was audited")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for a in audits:
+        write_audit(a.result, out / f"steps_{a.steps}", truth_images=a.truth.images)
+    rows = curve(audits)
+    config = audits[0].result.config
+    paths = {
+        "json": out / "over_training.json",
+        "plot": out / "leakage_over_training.png",
+        "md": out / "over_training.md",
+        "html": out / "report.html",
+    }
+    write_json_atomic(paths["json"], {"schema": SCHEMA, "kind": "over-training", "config": config, "checkpoints": rows})
+
+    def line(label: str, get: Any) -> Line:
+        return Line(label, [(r["steps"], get(r)) for r in rows if get(r) is not None])
+
+    panels = [
+        Panel(
+            "model accuracy",
+            [
+                line("train part", lambda r: (r["training"] or {}).get("train_accuracy")),
+                line("held-out part", lambda r: (r["training"] or {}).get("test_accuracy")),
+            ],
+            ylim=(0, 1.05),
+        ),
+        Panel("label accuracy", [line(m, lambda r, m=m: r["labels"][m]) for m in rows[0]["labels"]], ylim=(0, 1.05)),
+    ]
+    for name in rows[0]["attacks"]:
+        panels.append(Panel(f"{name} PSNR (dB)", [line(name, lambda r, n=name: r["attacks"][n]["psnr"])]))
+        panels.append(Panel(f"{name} SSIM", [line(name, lambda r, n=name: r["attacks"][n]["ssim"])]))
+    title = (
+        f"leakage over training: {config.get('model')} on {config.get('dataset')}, client batch "
+        f"{config.get('batch_size')} (held-out images), training batch {config.get('train_batch')}, "
+        f"lr {config.get('train_lr')}"
+    )
+    plot_curves(paths["plot"], panels, xlabel="training steps of the server's model", title=title, symlog=True)
+    table = markdown_table(rows)
+    intro = (
+        f"The server's model ({config.get('model')} on `{config.get('dataset')}`) trained with seeded SGD (batch "
+        f"{config.get('train_batch')}, lr {config.get('train_lr')}, momentum 0.9) on the train part of the data; at "
+        f"each checkpoint the same client batch of {config.get('batch_size')} held-out images (seed "
+        f"{config.get('seed')}) was audited. `auto picked` is the label method `auto` chose from the observation "
+        "alone. Each checkpoint's full report is in `steps_<N>/report.html`."
+    )
+    paths["md"].write_text(
+        f"# Leakage over training\n\n{intro}\n\n![leakage over training](leakage_over_training.png)\n\n{table}\n"
+    )
+    write_page(
+        paths["html"],
+        "gradleak: leakage over the model's training",
+        paragraphs=[intro],
+        images=[(paths["plot"], "leakage and model accuracy against the server model's training steps")],
+        table_md=table,
+    )
+    return paths
