@@ -35,7 +35,7 @@ def victim(mname: str, cache: dict):
     size = L.MODELS[mname][1]
     full = load_dataset("fashion-mnist", size=size).subset(torch.arange(IMAGES))
     model, info = L.base_model(mname, 10, full.image_shape, "trained", full, STEPS, cache)
-    return model, info, L.split(full)[1]
+    return model, info, L.attacked(full, "trained")
 
 
 def cell(mname: str, bn: str, b: int, cache: dict) -> dict:
