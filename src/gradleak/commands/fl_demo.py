@@ -59,15 +59,15 @@ def register(subparsers: Any) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from ..errors import InputError
+    from ..fl.task import FlowerTask
 
+    task = FlowerTask(scenario=scenario_from_args(a), lr=a.lr)  # a bad scenario is reported with or without Flower
     try:
         from ..fl import flower
     except ImportError as e:
         raise InputError(f"fl-demo needs Flower: pip install 'gradleak[flower]' ({e})") from None
     from ..fl.capture import LabelAttackAudit
-    from ..fl.task import FlowerTask
 
-    task = FlowerTask(scenario=scenario_from_args(a), lr=a.lr)
     server = task.scenario.server  # a malicious server runs the recovery its modification is made for
     attacks = () if a.no_attack else tuple(a.attack or [server.name if server else "inverting_gradients"])
     out = Path(a.out)
