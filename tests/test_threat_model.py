@@ -116,3 +116,12 @@ def test_bad_server_specs_exit_2_and_write_nothing(tmp_path, capsys, spec, messa
     args = ["audit", "--model", "mlp", "--data", "digits", "--image-size", "8", "--server", spec, "--out", str(out)]
     assert main(args + ["--quiet"]) == 2
     assert message in capsys.readouterr().err and not list(out.glob("*"))
+
+
+def test_a_strategy_is_rebuilt_from_an_observations_record():
+    from gradleak.servers import Imprint, server_from_json
+
+    obs, _ = simulate(Scenario(**TINY, server=Imprint(bins=16, measurement="avg")))
+    assert "weight" in obs.server  # the record holds what prepare did, beyond the settings
+    again = server_from_json(obs.server)
+    assert isinstance(again, Imprint) and again.to_json() == Imprint(bins=16, measurement="avg").to_json()

@@ -94,11 +94,13 @@ def parse_server(spec: str) -> ServerStrategy | None:
 
 
 def server_from_json(record: dict[str, Any] | None) -> ServerStrategy | None:
-    """The strategy a :meth:`ServerStrategy.to_json` record describes (``None``: honest)."""
+    """The strategy a :meth:`ServerStrategy.to_json` record — or an Observation's ``server`` record, which adds
+    what :meth:`ServerStrategy.prepare` did (layer names, ...) — describes (``None``: honest)."""
     if record is None:
         return None
     cls = SERVERS.get(str(record.get("name")))
-    return cls(**{k: v for k, v in record.items() if k != "name"})
+    settings = {f.name for f in fields(cls.Config)} if is_dataclass(cls.Config) else set()
+    return cls(**{k: v for k, v in record.items() if k in settings})
 
 
 def _value(name: str, key: str, value: str, type_name: str) -> Any:
