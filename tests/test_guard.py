@@ -34,7 +34,7 @@ class IsolatingTrap(ServerStrategy):
     """Test only (trap-like, PAPERS.md §8): the first Linear layer gets random rows and a bias of −2.25 standard
     deviations of a unit's input, so that each unit fires for about one sample of a batch."""
 
-    def prepare(self, model, *, input_shape, num_classes, normalization, generator):
+    def modify(self, model, *, input_shape, num_classes, normalization, generator):
         model = copy.deepcopy(model)
         name, layer = first_linear(model)
         with torch.no_grad():

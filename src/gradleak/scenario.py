@@ -231,7 +231,6 @@ def simulate(
             training = trainer.record(data)
     server_record, head = None, sc.head
     if sc.server is not None:
-        sc.server.check(model, input_shape=data.image_shape, num_classes=n_cls)
         model, server_record = sc.server.prepare(
             model,
             input_shape=data.image_shape,

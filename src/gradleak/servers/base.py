@@ -67,7 +67,23 @@ class ServerStrategy:
     ) -> tuple[nn.Module, dict[str, Any]]:
         """The model the server sends (a new module; ``model`` is not changed) and the JSON record of what was
         done (``{"name": ..., ...}``: everything the recovery needs, e.g. the inserted layer's name; a strategy
-        that moves the classification head records its module path in the sent model as ``"head"``)."""
+        that moves the classification head records its module path in the sent model as ``"head"``). Checks
+        :meth:`problems` first (one InputError), then runs the strategy's :meth:`modify`."""
+        self.check(model, input_shape=input_shape, num_classes=num_classes)
+        return self.modify(
+            model, input_shape=input_shape, num_classes=num_classes, normalization=normalization, generator=generator
+        )
+
+    def modify(
+        self,
+        model: nn.Module,
+        *,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        normalization: Normalization | None,
+        generator: torch.Generator,
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """What :meth:`prepare` returns, for a model that passed :meth:`check` (each strategy's own work)."""
         raise NotImplementedError
 
     def to_json(self) -> dict[str, Any]:

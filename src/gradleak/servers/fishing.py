@@ -96,7 +96,7 @@ class Fishing(ServerStrategy):
             problems.append(f"feature {c.feature} does not exist (the head {name} has {head.in_features} inputs)")
         return problems
 
-    def prepare(
+    def modify(
         self,
         model: nn.Module,
         *,
@@ -105,7 +105,6 @@ class Fishing(ServerStrategy):
         normalization: Normalization | None,
         generator: torch.Generator,
     ) -> tuple[nn.Module, dict[str, Any]]:
-        self.check(model, input_shape=input_shape, num_classes=num_classes)
         c = self.config
         sent = copy.deepcopy(model)
         name, head = find_head(sent, num_classes)

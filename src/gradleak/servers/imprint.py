@@ -146,7 +146,7 @@ class Imprint(ServerStrategy):
             problems.append(f"the model's head must be known to name it in the modified model: {e}")
         return problems
 
-    def prepare(
+    def modify(
         self,
         model: nn.Module,
         *,
@@ -155,7 +155,6 @@ class Imprint(ServerStrategy):
         normalization: Normalization | None,
         generator: torch.Generator,
     ) -> tuple[nn.Module, dict[str, Any]]:
-        self.check(model, input_shape=input_shape, num_classes=num_classes)
         cfg = self.config
         ref = next(p for p in model.parameters() if p.is_floating_point())
         block = ImprintBlock(input_shape, cfg.bins).to(device=ref.device, dtype=ref.dtype)

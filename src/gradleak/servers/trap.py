@@ -85,7 +85,7 @@ class TrapWeights(ServerStrategy):
     def problems(self, model: nn.Module, *, input_shape: tuple[int, ...], num_classes: int) -> list[str]:
         return input_linear(model, input_shape)[1]
 
-    def prepare(
+    def modify(
         self,
         model: nn.Module,
         *,
@@ -94,7 +94,6 @@ class TrapWeights(ServerStrategy):
         normalization: Normalization | None,
         generator: torch.Generator,
     ) -> tuple[nn.Module, dict[str, Any]]:
-        self.check(model, input_shape=input_shape, num_classes=num_classes)
         name, _ = input_linear(model, input_shape)
         sent = copy.deepcopy(model)
         layer = sent.get_submodule(str(name))
