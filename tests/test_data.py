@@ -319,3 +319,10 @@ def test_idx_errors(tmp_path):
 
 def test_errors_are_one_family():
     assert issubclass(UnsafeFileError, GradleakError) and issubclass(UnknownNameError, GradleakError)
+
+
+def test_dataset_available_says_whether_a_dataset_loads(tmp_path):
+    from gradleak.data import dataset_available
+
+    assert dataset_available("digits", size=8)
+    assert not dataset_available(str(tmp_path / "no-such-folder"))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from gradleak.cost import machine
+from gradleak.data import dataset_available
 
 HERE = Path(__file__).resolve().parent
 WIDTH = 512
@@ -48,17 +49,6 @@ PAPER = (
 
 def log(*a) -> None:
     print(*a, flush=True)
-
-
-def fashion_available() -> bool:
-    from gradleak.data import load_dataset
-    from gradleak.errors import InputError
-
-    try:
-        load_dataset("fashion-mnist", size=32)
-    except InputError:
-        return False
-    return True
 
 
 def attack_batch(obs, truth_images: torch.Tensor, seed: int) -> dict:
@@ -158,7 +148,7 @@ def cell(section: str, data: str, b: int, seeds=SEEDS) -> dict:
 def bench(section: str) -> list[dict]:
     if section == "curve":
         cells = [cell("curve", "photos", b) for b in PHOTOS_B]
-        if fashion_available():
+        if dataset_available("fashion-mnist", size=32):
             cells += [cell("curve", "fashion-mnist", b) for b in FASHION_B]
         else:
             log("curve: fashion-mnist is not installed; the B > 64 rows are skipped")

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from gradleak.cost import machine
+from gradleak.data import dataset_available
 
 HERE = Path(__file__).resolve().parent
 BREACHING_PY = Path(
@@ -63,17 +64,6 @@ PAPER = (
 
 def log(*a) -> None:
     print(*a, flush=True)
-
-
-def fashion_available() -> bool:
-    from gradleak.data import load_dataset
-    from gradleak.errors import InputError
-
-    try:
-        load_dataset("fashion-mnist", size=32)
-    except InputError:
-        return False
-    return True
 
 
 def lone_samples(obs, images: torch.Tensor) -> int:
@@ -241,7 +231,7 @@ def cell(section: str, data: str, clients: int, batch: int, bins: int, variant: 
 
 
 def bench(section: str) -> list[dict]:
-    fashion = fashion_available()
+    fashion = dataset_available("fashion-mnist", size=32)
     if not fashion:
         log(f"{section}: fashion-mnist is not installed; its rows are skipped")
     if section == "secagg":

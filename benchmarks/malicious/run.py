@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from gradleak.cost import machine
+from gradleak.data import dataset_available
 
 HERE = Path(__file__).resolve().parent
 SEEDS = (0, 1, 2)
@@ -59,17 +60,6 @@ PAPER = (
 
 def log(*a) -> None:
     print(*a, flush=True)
-
-
-def fashion_available() -> bool:
-    from gradleak.data import load_dataset
-    from gradleak.errors import InputError
-
-    try:
-        load_dataset("fashion-mnist", size=32)
-    except InputError:
-        return False
-    return True
 
 
 # -------------------------------------------------------------------------------------------------- trap
@@ -119,7 +109,7 @@ def trap_cell(data: str, b: int, scale: float, seeds=SEEDS, *, trapped: bool = T
 def bench_trap() -> list[dict]:
     cells = [trap_cell(*c) for c in TRAP_CELLS]
     cells.append(trap_cell("photos", 64, 0.95, trapped=False))
-    if fashion_available():
+    if dataset_available("fashion-mnist", size=32):
         cells += [trap_cell(*c) for c in TRAP_FASHION]
     else:
         log("trap: fashion-mnist is not installed; the B=100 rows are skipped")

@@ -22,6 +22,7 @@ __all__ = [
     "Dataset",
     "Normalization",
     "check_image_size",
+    "dataset_available",
     "dataset_names",
     "load_cifar",
     "load_dataset",
@@ -36,6 +37,15 @@ __all__ = [
 def dataset_names() -> list[str]:
     """Names of the bundled datasets."""
     return DATASETS.names()
+
+
+def dataset_available(spec: str, *, size: int | None = None) -> bool:
+    """Whether :func:`load_dataset` can load ``spec`` here (e.g. ``fashion-mnist`` needs its system package)."""
+    try:
+        load_dataset(spec, size=size)
+    except InputError:
+        return False
+    return True
 
 
 def load_dataset(spec: str, *, size: int | None = None) -> Dataset:
