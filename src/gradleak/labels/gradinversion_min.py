@@ -34,6 +34,20 @@ class GradInversionMinConfig:
     seed: int = 0
 
 
+def feature_sign_problems(obs: Observation, cfg: GradInversionMinConfig) -> list[str]:
+    """The min rule's sign argument needs non-negative head inputs: checked on ``cfg.probe_inputs`` dummy inputs
+    (0: not checked)."""
+    if not cfg.probe_inputs:
+        return []
+    low = float(probe(obs, cfg.probe_inputs, generator=torch.Generator().manual_seed(cfg.seed)).features.min())
+    if low >= 0:
+        return []
+    return [
+        f"the head's input takes negative values (min {low:.3g} on dummy inputs): the min "
+        "rule's sign argument needs non-negative features (a ReLU before the head)"
+    ]
+
+
 @label_method("gradinversion-min")
 class GradInversionMin(LabelMethod):
     """The min rule (Yin et al. 2021). ``probe_inputs``: dummy inputs used to check ``h ≥ 0`` (0: skip).
@@ -58,15 +72,7 @@ class GradInversionMin(LabelMethod):
                 f"({obs.num_classes}); a batch this large must repeat labels: use a count method "
                 "(llg-whitebox, llg-bias-corrected, llg-simple)"
             )
-        if self.config.probe_inputs:
-            p = probe(obs, self.config.probe_inputs, generator=torch.Generator().manual_seed(self.config.seed))
-            low = float(p.features.min())
-            if low < 0:
-                problems.append(
-                    f"the head's input takes negative values (min {low:.3g} on dummy inputs): the min "
-                    "rule's sign argument needs non-negative features (a ReLU before the head)"
-                )
-        return problems
+        return problems + feature_sign_problems(obs, self.config)
 
     def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         t0 = time.perf_counter()  # the check's probe counts: it is part of using the rule safely

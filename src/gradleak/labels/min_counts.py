@@ -27,9 +27,8 @@ import torch
 
 from ..observation import Observation
 from .base import LabelMethod, LabelResult, label_method, need_batch_size
-from .gradinversion_min import GradInversionMinConfig
+from .gradinversion_min import GradInversionMinConfig, feature_sign_problems
 from .llg import _scaled_grads, counts_to_labels, round_counts
-from .probe import probe
 
 
 @label_method("min-rule-counts")
@@ -55,15 +54,7 @@ class MinRuleCounts(LabelMethod):
         need_batch_size(obs, problems)
         if obs.head_grads()[1] is None:
             problems.append(f"the head {obs.head!r} has no bias: the repeats are counted from the bias gradient")
-        if self.config.probe_inputs:
-            p = probe(obs, self.config.probe_inputs, generator=torch.Generator().manual_seed(self.config.seed))
-            low = float(p.features.min())
-            if low < 0:
-                problems.append(
-                    f"the head's input takes negative values (min {low:.3g} on dummy inputs): the min rule's "
-                    "sign argument needs non-negative features (a ReLU before the head)"
-                )
-        return problems
+        return problems + feature_sign_problems(obs, self.config)
 
     def recover(self, obs: Observation, *, generator: torch.Generator | None = None) -> LabelResult:
         t0 = time.perf_counter()
