@@ -107,7 +107,7 @@ def test_adam_latent_search_has_its_own_name_and_ggl_is_gradient_free():
     assert ATTACKS.get("latent_adam") is LatentAdam
     assert ATTACKS.get("ggl") is GGL
     assert "optimizer" not in GGL.Config.__dataclass_fields__ and "lr" not in GGL.Config.__dataclass_fields__
-    assert GGL().cost_units() == (500, 50)  # official: 500 rounds of 50 candidates
+    assert GGL().cost_units() == [(500, 50)]  # official: 500 rounds of 50 candidates
 
 
 def test_latent_search_recovers_the_generating_latent(tmp_path):

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from gradleak.attacks import AttackResult
-from gradleak.cost import CostEstimate
+from gradleak.cost import CostEstimate, Phase
 from gradleak.errors import InputError
 from gradleak.labels import LabelResult
 from gradleak.metrics import ImageScores
@@ -70,7 +70,7 @@ def _result(curve_nan: bool = True) -> AuditResult:
             config={"lr": 0.1},
         ),
         scores=ImageScores(order=[1, 0], psnr=[19.5, 17.0], ssim=[0.6, 0.5]),
-        estimate=CostEstimate("inverting_gradients", steps=1000, candidates=1, seconds_per_step=0.1, peak_rss_mb=300.0),
+        estimate=CostEstimate("inverting_gradients", (Phase(1000, 1, 0.1),), peak_rss_mb=300.0),
     )
     dlg = AttackRun(
         name="dlg",

@@ -72,10 +72,13 @@ class Case:
     images: tuple[int, ...] = (0,)  # harness image index (0 astronaut, 1 chelsea, 2 coffee, ...); seed = index
     iters: int = 300
     restarts: int = 1
+    prune_at: tuple[float, ...] = ()  # gradleak's early elimination of restarts
     breaching: bool = True  # False: gradleak-only case (no breaching counterpart)
+    weights_of: str = ""  # gradleak-only case: the case whose breaching export (weights, images) it uses
     note: str = ""
 
 
+PRUNE_AT = (0.05, 0.1, 0.2)
 CASES = [
     Case("ig-convnet-b1", "ig", "ConvNet", 1, images=(0, 1, 2), iters=300),
     Case("ig-resnet18-b1", "ig", "ResNet18", 1, images=(0, 1, 2), iters=300),
@@ -114,7 +117,22 @@ CASES = [
         iters=30,
         restarts=8,
         breaching=False,
+        weights_of="ig-convnet-b1",
         note="gradleak only: restart throughput (8 restarts against ig-convnet-b1's one)",
+    ),
+    Case(
+        "ig-convnet-b1-8pruned",
+        "ig",
+        "ConvNet",
+        1,
+        images=(0, 1, 2),
+        iters=300,
+        restarts=8,
+        prune_at=PRUNE_AT,
+        breaching=False,
+        weights_of="ig-convnet-b1",
+        note="gradleak only: 8 candidates with early elimination (8 → 4 → 2 → 1 at 5%, 10%, 20% of the run) against "
+        "ig-convnet-b1's single run on the same images; no snapshots (the candidates change)",
     ),
 ]
 
@@ -259,7 +277,8 @@ def worker_gradleak(a: argparse.Namespace) -> dict:
     prep = _prepare(a)
     obs, truth = prep["obs"], prep["truth"]
     name = ATTACK[a.attack][0]
-    attack = ATTACKS.get(name)(iterations=a.iters, restarts=a.restarts, log_every=1)
+    prune = {"prune_at": tuple(float(f) for f in a.prune_at.split(","))} if a.prune_at else {}
+    attack = ATTACKS.get(name)(iterations=a.iters, restarts=a.restarts, log_every=1, **prune)
     labels = None if a.attack == "dlg" else LabelResult("given", [int(v) for v in truth.labels])
 
     # candidates every --snapshot-every iterations, through the engine's post_step hook (wraps the
@@ -268,7 +287,7 @@ def worker_gradleak(a: argparse.Namespace) -> dict:
     hook = "none"
     mod = sys.modules[type(attack).__module__]
     orig = getattr(mod, "run_matching", None)
-    if orig is not None and a.attack != "dlg":
+    if orig is not None and a.attack != "dlg" and not prune:
         import inspect
 
         if "post_step" in inspect.signature(orig).parameters:
@@ -598,6 +617,23 @@ def targets(cases: list[dict]) -> list[dict]:
             "value": None if r8 is None or r1 is None else r8 / r1,
         }
     )
+    pruned, single = get("ig-convnet-b1-8pruned", "gradleak_wall_s"), get("ig-convnet-b1", "gradleak_wall_s")
+    rows.append(
+        {
+            "target": "8 candidates with early elimination / 1 run, wall time, ConvNet B=1 (medians over images)",
+            "want": "<= 2",
+            "value": None if pruned is None or single is None else pruned / single,
+        }
+    )
+    gains = per_image_gain(cases, "ig-convnet-b1-8pruned", "ig-convnet-b1")
+    rows.append(
+        {
+            "target": "chosen candidate's PSNR - single run's PSNR, worst image, ConvNet B=1 (dB)",
+            "want": ">= 0",
+            "value": min(gains) if gains else None,
+            "per_image": gains,
+        }
+    )
     g, b = get("ig-resnet18-b32", "gradleak_peak_rss_mb"), get("ig-resnet18-b32", "breaching_peak_rss_mb")
     rows.append(
         {
@@ -607,6 +643,19 @@ def targets(cases: list[dict]) -> list[dict]:
         }
     )
     return rows
+
+
+def per_image_gain(cases: list[dict], name: str, base: str) -> list[float]:
+    """gradleak's PSNR in case ``name`` minus its PSNR in case ``base``, image by image (images both ran)."""
+    runs = {c["case"]["name"]: c["runs"] for c in cases}
+    if name not in runs or base not in runs:
+        return []
+
+    def psnr_by_image(case: str) -> dict[int, float]:
+        return {r["image_index"]: r["gradleak"]["psnr"] for r in runs[case] if "gradleak" in r}
+
+    mine, theirs = psnr_by_image(name), psnr_by_image(base)
+    return [mine[i] - theirs[i] for i in sorted(mine) if i in theirs]
 
 
 def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_breaching: bool) -> dict:
@@ -660,7 +709,7 @@ def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_brea
                 print(f"  !! breaching side failed (rc {p['rc']}); see {work / (tag + '.breaching.log')}", flush=True)
         source = case_file if b is not None else work / "absent"  # absent: gradleak's own seeded weights
         if not case.breaching:  # gradleak-only case: the weights of the matching B=1 case's export, if it ran
-            source = work / f"{case.name.replace('-8restarts', '')}.img{idx}.breaching.safetensors"
+            source = work / f"{case.weights_of}.img{idx}.breaching.safetensors"
         for side in ("gradleak", "floor"):
             if side == "floor" and case.restarts > 1:
                 continue
@@ -675,6 +724,8 @@ def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_brea
                 case.attack,
                 "--restarts",
                 str(case.restarts),
+                "--prune-at",
+                ",".join(map(str, case.prune_at)),
                 "--case-file",
                 str(source),
                 "--out-json",
@@ -936,6 +987,7 @@ def main() -> None:
         ("--seed", int, 0),
         ("--label", int, 3),
         ("--restarts", int, 1),
+        ("--prune-at", str, ""),
         ("--case-file", str, ""),
         ("--out-json", str, ""),
         ("--out-tensors", str, ""),

@@ -52,6 +52,15 @@ def nonnegative_int(max: int = MAX_COUNT) -> Callable[[str], int]:  # noqa: A002
     return int_range(0, max)
 
 
+def fraction_list(text: str) -> tuple[float, ...]:
+    """Comma-separated fractions in (0, 1), increasing: ``0.05,0.1,0.2``."""
+    parse = finite_float(0, 1, lo_open=True, hi_open=True)
+    values = tuple(parse(t) for t in text.split(","))
+    if any(a >= b for a, b in zip(values, values[1:])):
+        raise argparse.ArgumentTypeError(f"expected increasing fractions, got {_short(text)}")
+    return values
+
+
 def finite_float(
     lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False
 ) -> Callable[[str], float]:

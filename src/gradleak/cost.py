@@ -19,6 +19,7 @@ import resource
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,32 +42,56 @@ def machine() -> dict[str, object]:
 
 
 @dataclass(frozen=True)
+class Phase:
+    """Part of a run: ``steps`` matching steps on ``candidates`` candidate batches at once, timed."""
+
+    steps: int  # an upper bound where the run may stop early
+    candidates: int
+    seconds_per_step: float
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"steps": self.steps, "candidates": self.candidates, "seconds_per_step": self.seconds_per_step}
+
+
+@dataclass(frozen=True)
 class CostEstimate:
     attack: str
-    steps: int  # matching steps the run asks for (an upper bound where it may stop early)
-    candidates: int  # candidate batches per step (restarts optimised together)
-    seconds_per_step: float
+    phases: tuple[Phase, ...]  # one, or one per candidate count under early elimination
     peak_rss_mb: float  # peak resident memory of this process after the probe
 
     @property
     def seconds(self) -> float:
-        return self.steps * self.seconds_per_step
+        return sum(p.steps * p.seconds_per_step for p in self.phases)
 
-    def to_json(self) -> dict[str, float | int | str]:
+    @property
+    def steps(self) -> int:
+        return sum(p.steps for p in self.phases)
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "attack": self.attack,
             "steps": self.steps,
-            "candidates": self.candidates,
-            "seconds_per_step": self.seconds_per_step,
+            "seconds": self.seconds,
+            "phases": [p.to_json() for p in self.phases],
             "peak_rss_mb": self.peak_rss_mb,
         }
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CostEstimate:
+        """Read :meth:`to_json`'s output, or gradleak 0.1's one-phase form (steps, candidates, seconds_per_step)."""
+        raw = d.get("phases", [d])
+        phases = tuple(Phase(int(p["steps"]), int(p["candidates"]), float(p["seconds_per_step"])) for p in raw)
+        return cls(str(d["attack"]), phases, float(d["peak_rss_mb"]))
+
     def describe(self) -> str:
-        return (
-            f"{self.attack}: ≈ {_duration(self.seconds)} ({self.steps} steps × {self.seconds_per_step:.3g} s"
-            f"{f', {self.candidates} candidates a step' if self.candidates > 1 else ''}; "
-            f"peak memory so far {self.peak_rss_mb:.0f} MB)"
-        )
+        first = self.phases[0]
+        if len(self.phases) > 1:
+            counts = "→".join(str(p.candidates) for p in self.phases)
+            how = f"{self.steps} steps, {counts} candidates a step (early elimination)"
+        else:
+            how = f"{first.steps} steps × {first.seconds_per_step:.3g} s"
+            how += f", {first.candidates} candidates a step" if first.candidates > 1 else ""
+        return f"{self.attack}: ≈ {_duration(self.seconds)} ({how}; peak memory so far {self.peak_rss_mb:.0f} MB)"
 
 
 def _duration(seconds: float) -> str:
@@ -98,7 +123,6 @@ def estimate(attack: Attack, obs: Observation, batch_size: int) -> CostEstimate 
     units = attack.cost_units()
     if units is None:
         return None
-    steps, candidates = units
-    seconds = step_seconds(obs, batch_size, candidates)
+    timed = {n: step_seconds(obs, batch_size, n) for n in sorted({n for _, n in units})}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return CostEstimate(attack.name, steps, candidates, seconds, rss)
+    return CostEstimate(attack.name, tuple(Phase(steps, n, timed[n]) for steps, n in units), rss)

@@ -165,7 +165,7 @@ class AttackRun:
             )
         estimate = None
         if d.get("estimate") is not None:
-            estimate = CostEstimate(**d["estimate"])
+            estimate = CostEstimate.from_json(d["estimate"])
         return cls(
             name=d["name"],
             seed=int(d.get("seed", 0)),

@@ -15,6 +15,7 @@ from ..labels.base import LabelResult
 from ..observation import Observation
 from ..registry import Registry
 from ..settings import configure
+from .matching import MatchingConfig, candidate_phases
 from .steps import StepCallback, no_progress
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
@@ -92,11 +93,17 @@ class Attack:
     ) -> AttackResult:
         raise NotImplementedError
 
-    def cost_units(self) -> tuple[int, int] | None:
-        """(matching steps, candidate batches per step) of a run with these settings, for
+    def cost_units(self) -> list[tuple[int, int]] | None:
+        """The phases of a run with these settings, each (matching steps, candidate batches per step), for
         :mod:`gradleak.cost`; ``None`` for attacks that run no gradient matching."""
         iterations = getattr(self.config, "iterations", None)
-        return None if iterations is None else (int(iterations), int(getattr(self.config, "restarts", 1)))
+        if iterations is None:
+            return None
+        restarts = int(getattr(self.config, "restarts", 1))
+        prune_at = tuple(getattr(self.config, "prune_at", ()))
+        if not prune_at:
+            return [(int(iterations), restarts)]
+        return candidate_phases(MatchingConfig(iterations=int(iterations), restarts=restarts, prune_at=prune_at))
 
     def config_json(self) -> dict[str, Any]:
         return asdict(self.config) if is_dataclass(self.config) and not isinstance(self.config, type) else {}

@@ -44,10 +44,10 @@ class DLG(Attack):
     paper = "Zhu et al. NeurIPS 2019, arXiv:1906.08935"
     Config = DLGConfig
 
-    def cost_units(self) -> tuple[int, int]:
+    def cost_units(self) -> list[tuple[int, int]]:
         # L-BFGS: up to max_evals evaluations an iteration, restarts one after another
         c = self.config
-        return c.iterations * c.max_evals * c.restarts, 1
+        return [(c.iterations * c.max_evals * c.restarts, 1)]
 
     def run(
         self,

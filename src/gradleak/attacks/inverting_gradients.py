@@ -35,6 +35,7 @@ class InvertingGradientsConfig:
 
     iterations: int = 600
     restarts: int = 1
+    prune_at: tuple[float, ...] = ()  # early elimination of restarts (gradleak's addition; see MatchingConfig)
     lr: float = 0.1
     tv: float = 0.2
     signed: bool = True
@@ -42,6 +43,10 @@ class InvertingGradientsConfig:
     replay: str = "known-order"  # FedAvg: "known-order" (the client's mini-batch order) | "full-batch"
     log_every: int = 10
     checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.prune_at:  # bad early-elimination settings fail here, before any work
+            MatchingConfig(iterations=self.iterations, restarts=self.restarts, prune_at=tuple(self.prune_at))
 
 
 @attack("inverting_gradients")
@@ -52,7 +57,8 @@ class InvertingGradients(Attack):
     Paper: Geiping et al. NeurIPS 2020. Needs: labels (``labels=None``: ``auto``); FedSGD gradients or FedAvg
     deltas (the local steps are replayed in the client's mini-batch order, or ``replay="full-batch"`` when the
     order is unknown). Main settings (:class:`InvertingGradientsConfig`): ``iterations``
-    (600), ``restarts`` (1), ``lr`` (0.1), ``tv`` (0.2), ``checkpoint``."""
+    (600), ``restarts`` (1), ``lr`` (0.1), ``tv`` (0.2), ``checkpoint``; ``prune_at`` (not in the paper): early
+    elimination of restarts — at each of these fractions of the run the worse half, by matching distance, stops."""
 
     paper = "Geiping et al. NeurIPS 2020, arXiv:2003.14053"
     Config = InvertingGradientsConfig
@@ -71,6 +77,7 @@ class InvertingGradients(Attack):
         cfg = MatchingConfig(
             iterations=c.iterations,
             restarts=c.restarts,
+            prune_at=tuple(c.prune_at),
             distance="cosine",
             lr=c.lr,
             signed=c.signed,

@@ -12,6 +12,7 @@ Long runs report progress through a callback and can checkpoint and resume.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -55,10 +56,19 @@ class MatchingConfig:
     lbfgs_max_iter: int = 20
     log_every: int = 10
     checkpoint_every: int = 100
+    # early elimination (successive halving): at each of these fractions of the run, keep the better half of the
+    # candidates still optimised, by matching distance
+    prune_at: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.restarts < 1:
             raise InputError(f"iterations and restarts must be >= 1, got {self.iterations}, {self.restarts}")
+        if self.prune_at:
+            p = tuple(self.prune_at)
+            if not (all(0 < f < 1 for f in p) and all(a < b for a, b in zip(p, p[1:]))):
+                raise InputError(f"prune_at must be increasing fractions of the run in (0, 1), got {list(p)}")
+            if self.restarts < 2 or self.optimizer != "adam" or self.optimize_labels:
+                raise InputError("early elimination (prune_at) needs restarts >= 2, Adam and fixed labels")
         for name, allowed in (
             ("distance", ("cosine", "l2", "layer_l2")),
             ("optimizer", ("adam", "lbfgs")),
@@ -98,6 +108,19 @@ def lr_factor(cfg: MatchingConfig, it: int) -> float:
         t = max(0, it - cfg.warmup) / max(1, n - cfg.warmup)
         return warm * 0.5 * (1 + math.cos(math.pi * t))
     return warm
+
+
+def candidate_phases(cfg: MatchingConfig) -> list[tuple[int, int]]:
+    """(iterations, candidates optimised together) of each phase of a run: one phase without early elimination;
+    with ``prune_at``, the better half (rounded up) of the candidates goes on at each pruning point."""
+    phases, start, n = [], 0, cfg.restarts
+    for f in cfg.prune_at:
+        at = max(start, min(cfg.iterations, round(f * cfg.iterations)))
+        if at > start:
+            phases.append((at - start, n))
+        start, n = at, (n + 1) // 2
+    phases.append((cfg.iterations - start, n))
+    return [(steps, n) for steps, n in phases if steps > 0]
 
 
 def client_sizes(obs: Observation) -> tuple[int, ...] | None:
@@ -331,12 +354,18 @@ def run_matching(
         return _run_lbfgs(problem, X, Y, on_step, stage)
     X.requires_grad_(True)
     variables = [X] + ([Y.requires_grad_(True)] if Y is not None else [])
-    opt = torch.optim.Adam(variables, lr=cfg.lr)
+    opt: torch.optim.Optimizer = torch.optim.Adam(variables, lr=cfg.lr)
     ckpt = _Checkpoint(Path(checkpoint), cfg, problem.fingerprint()) if checkpoint else None
-    start, curve, saved_budget = ckpt.restore(variables, opt) if ckpt else (0, [], None)
-    resumed = None if saved_budget is None else {"from_iteration": start, "checkpoint_iterations": saved_budget}
+    state = ckpt.restore(variables, opt) if ckpt else _Resumed(0, [], None, list(range(cfg.restarts)), {})
+    start, curve, alive, retired = state.iteration, state.curve, state.alive, state.retired
+    X = variables[0]
+    resumed = None if state.budget is None else {"from_iteration": start, "checkpoint_iterations": state.budget}
+    prune_points = set(itertools.accumulate(steps for steps, _ in candidate_phases(cfg)[:-1]))
     step_fn = objective_fn(problem)
     for it in range(start, cfg.iterations):
+        if it in prune_points and len(alive) > 1:
+            X, opt, alive = _prune(problem, X, opt, alive, retired)
+            variables = [X]
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, it)
         grads, (loss, _) = step_fn(X.detach(), None if Y is None else Y.detach())
@@ -352,20 +381,46 @@ def run_matching(
             curve.append((it, best))
             on_step(Step(it + 1, cfg.iterations, best, stage))
         if ckpt and ((it + 1) % cfg.checkpoint_every == 0 or last):
-            ckpt.save(variables, opt, it + 1, curve)
+            ckpt.save(variables, opt, it + 1, curve, alive, retired)
     # score the final candidates by matching loss alone (never by ground truth)
     final = matching_distances(problem, X.detach(), None if Y is None else Y.detach())
-    best = int(final.nan_to_num(float("inf")).argmin())
+    best = alive[int(final.nan_to_num(float("inf")).argmin())]
+    losses = dict(zip(alive, final.tolist())) | {i: loss for i, (_, loss) in retired.items()}
+    candidates = dict(zip(alive, X.detach())) | {i: x for i, (x, _) in retired.items()}
     return MatchResult(
-        X.detach()[best].clone(),
-        None if Y is None else Y.detach()[best].clone(),
-        final.tolist(),
+        candidates[best].clone(),
+        None if Y is None else Y.detach()[alive.index(best)].clone(),
+        [losses[i] for i in range(cfg.restarts)],
         best,
         curve,
         cfg.iterations,
-        X.detach().clone(),
+        torch.stack([candidates[i] for i in range(cfg.restarts)]).clone(),
         resumed,
     )
+
+
+def _prune(
+    problem: MatchingProblem,
+    X: Tensor,
+    opt: torch.optim.Optimizer,
+    alive: list[int],
+    retired: dict[int, tuple[Tensor, float]],
+) -> tuple[Tensor, torch.optim.Optimizer, list[int]]:
+    """Early elimination: keep the better half (rounded up) of the candidates ``X`` by matching distance, with their
+    Adam state; the others go to ``retired`` (restart index → (candidate, distance))."""
+    dist = matching_distances(problem, X.detach()).nan_to_num(float("inf"))
+    keep = sorted(dist.argsort()[: (len(alive) + 1) // 2].tolist())
+    for j in set(range(len(alive))) - set(keep):
+        retired[alive[j]] = (X.detach()[j].clone(), float(dist[j]))
+    old = opt.state[X]
+    kept = X.detach()[keep].clone().requires_grad_(True)
+    new = torch.optim.Adam([kept], lr=opt.param_groups[0]["lr"])
+    new.state[kept] = {
+        "step": old["step"].clone(),
+        "exp_avg": old["exp_avg"][keep],
+        "exp_avg_sq": old["exp_avg_sq"][keep],
+    }
+    return kept, new, [alive[j] for j in keep]
 
 
 def matching_distances(problem: MatchingProblem, X: Tensor, Y: Tensor | None = None) -> Tensor:
@@ -432,9 +487,21 @@ def check_checkpoint_file(path: str | Path) -> None:
             raise CheckpointError(str(e)) from None
 
 
+@dataclass
+class _Resumed:
+    """Where a run (re)starts: iteration, loss curve so far, the checkpoint's iteration budget (``None``: no
+    checkpoint), the restarts still optimised and those eliminated (index → (candidate, matching distance))."""
+
+    iteration: int
+    curve: list[tuple[int, float]]
+    budget: int | None
+    alive: list[int]
+    retired: dict[int, tuple[Tensor, float]]
+
+
 class _Checkpoint:
-    """A resumable snapshot of a run: candidates, Adam state, iteration, curve and the run's iteration budget
-    (safetensors + JSON).
+    """A resumable snapshot of a run: candidates (those still optimised and those eliminated), Adam state,
+    iteration, curve and the run's iteration budget (safetensors + JSON).
 
     Restoring checks the whole file first: a corrupt file, one of another run (other settings, except the
     iteration budget, or another observation) or one whose tensors do not fit this run raises one
@@ -447,11 +514,17 @@ class _Checkpoint:
         self.key = json.dumps({"config": settings, "observation": fingerprint}, sort_keys=True, default=str)
 
     def save(
-        self, variables: list[Tensor], opt: torch.optim.Optimizer, iteration: int, curve: list[tuple[int, float]]
+        self,
+        variables: list[Tensor],
+        opt: torch.optim.Optimizer,
+        iteration: int,
+        curve: list[tuple[int, float]],
+        alive: list[int],
+        retired: dict[int, tuple[Tensor, float]],
     ) -> None:
         from safetensors.torch import save_file
 
-        tensors: dict[str, Tensor] = {}
+        tensors: dict[str, Tensor] = {f"retired{i}": x.contiguous() for i, (x, _) in retired.items()}
         for i, v in enumerate(variables):
             tensors[f"var{i}"] = v.detach().contiguous()
             st = opt.state.get(v, {})
@@ -464,27 +537,25 @@ class _Checkpoint:
             "iterations": self.iterations,
             "curve": [[it, b if math.isfinite(b) else None] for it, b in curve],
             "steps": [float(opt.state.get(v, {}).get("step", 0)) for v in variables],
+            "alive": alive,
+            "retired": {str(i): loss for i, (_, loss) in retired.items()},
         }
         tmp = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(tmp), metadata={"gradleak-checkpoint": json.dumps(meta)})
         tmp.replace(self.path)
 
-    def restore(
-        self, variables: list[Tensor], opt: torch.optim.Optimizer
-    ) -> tuple[int, list[tuple[int, float]], int | None]:
-        """(iteration to resume at, loss curve so far, the checkpoint's iteration budget or ``None`` when there
-        is no checkpoint yet)."""
+    def restore(self, variables: list[Tensor], opt: torch.optim.Optimizer) -> _Resumed:
+        """Where to resume; without a checkpoint yet, the start. Restored candidates replace ``variables``' data
+        (fewer rows once candidates were eliminated)."""
         if not self.path.exists():
-            return 0, [], None
+            return _Resumed(0, [], None, list(range(variables[0].shape[0])), {})
         try:
             return self._restore(variables, opt)
         except GradleakError as e:
             raise CheckpointError(str(e)) from None
 
-    def _restore(
-        self, variables: list[Tensor], opt: torch.optim.Optimizer
-    ) -> tuple[int, list[tuple[int, float]], int | None]:
+    def _restore(self, variables: list[Tensor], opt: torch.optim.Optimizer) -> _Resumed:
         f = read_safetensors(self.path, "gradleak-checkpoint", "checkpoint")
         meta = f.header
         if meta.get("config") != self.key:
@@ -512,20 +583,34 @@ class _Checkpoint:
             isinstance(steps, list) and len(steps) == len(variables) and all(is_number(x) and x >= 0 for x in steps)
         ):
             p.append(f"steps: expected {len(variables)} non-negative numbers")
-        want = {f"var{i}": tuple(v.shape) for i, v in enumerate(variables)}
+        restarts = variables[0].shape[0]
+        alive = meta.get("alive", list(range(restarts)))
+        retired = meta.get("retired", {})
+        if not (
+            isinstance(alive, list)
+            and isinstance(retired, dict)
+            and all(is_int(i) for i in alive)
+            and all(is_number(v) for v in retired.values())
+            and sorted(alive + [int(k) for k in retired if k.isdigit()]) == list(range(restarts))
+        ):
+            p.append(f"alive, retired: expected a split of the {restarts} restarts")
+            alive, retired = list(range(restarts)), {}
+        rows = (len(alive),)
+        want = {f"var{i}": rows + tuple(v.shape[1:]) for i, v in enumerate(variables)}
         want |= {
-            f"var{i}.{n}": tuple(v.shape)
+            f"var{i}.{n}": rows + tuple(v.shape[1:])
             for i, v in enumerate(variables)
             for n in ("exp_avg", "exp_avg_sq")
             if f"var{i}.exp_avg" in f.shapes
         }
+        want |= {f"retired{k}": tuple(variables[0].shape[1:]) for k in retired}
         p += shape_problems(f.shapes, want)
         p.raise_if_any(f"checkpoint {self.path} cannot resume this run")
         tensors = f.tensors()
         p += finite_problems(tensors)
         p.raise_if_any(f"checkpoint {self.path} cannot resume this run")
         for i, v in enumerate(variables):
-            v.data.copy_(tensors[f"var{i}"])
+            v.data = tensors[f"var{i}"].to(v.dtype).clone()
             if f"var{i}.exp_avg" in tensors:
                 opt.state[v] = {
                     "step": torch.tensor(float(steps[i])),
@@ -533,4 +618,10 @@ class _Checkpoint:
                     "exp_avg_sq": tensors[f"var{i}.exp_avg_sq"].clone(),
                 }
         assert iteration is not None and budget is not None  # no problems: the header was read
-        return iteration, [(it, math.inf if b is None else b) for it, b in curve], budget
+        return _Resumed(
+            iteration,
+            [(it, math.inf if b is None else b) for it, b in curve],
+            budget,
+            [int(i) for i in alive],
+            {int(k): (tensors[f"retired{k}"].clone(), float(v)) for k, v in retired.items()},
+        )

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cli_args import output_dir, positive_int
+from ..cli_args import fraction_list, output_dir, positive_int
 from ..scenario_args import add_scenario_args, add_victim_checkpoints, scenario_from_args
 from .progress import print_estimates, print_training, progress_bars
 
@@ -24,6 +24,12 @@ def register(subparsers: Any) -> None:
         "--iterations", type=positive_int(), help="each attack's iteration budget (default: the attack's own)"
     )
     p.add_argument("--restarts", type=positive_int(1000), help="each attack's restarts (default: the attack's own)")
+    p.add_argument(
+        "--prune-at",
+        type=fraction_list,
+        help="early elimination of restarts (inverting_gradients): at each fraction of the run, e.g. 0.05,0.1,0.2, "
+        "the worse half of the candidates by matching distance stops",
+    )
     p.add_argument("--prior", help="generative prior (.safetensors from `gradleak train-prior`) for ggl and gifd")
     p.add_argument("--lpips-weights", help="LPIPS weights (.safetensors); without them LPIPS is not reported")
     p.add_argument(
@@ -41,7 +47,9 @@ def run(a: argparse.Namespace) -> int:
     from ..report import write_audit
 
     scenario = scenario_from_args(a)
-    attacks = make_attacks(a.attack or ["inverting_gradients"], iterations=a.iterations, restarts=a.restarts)
+    attacks = make_attacks(
+        a.attack or ["inverting_gradients"], iterations=a.iterations, restarts=a.restarts, prune_at=a.prune_at
+    )
     if a.prior:  # a resource of the attacks that take a generative prior
         if not any(hasattr(x.config, "prior") for x in attacks):
             raise InputError("--prior applies to attacks with a generative prior (ggl, gifd); none was chosen")

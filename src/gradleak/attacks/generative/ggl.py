@@ -88,8 +88,8 @@ class GGL(Attack):
     def problems(self, obs: Observation) -> list[str]:
         return prior_problems(self.config.prior)
 
-    def cost_units(self) -> tuple[int, int]:
-        return self.config.iterations, self.config.population
+    def cost_units(self) -> list[tuple[int, int]]:
+        return [(self.config.iterations, self.config.population)]
 
     def run(
         self,
