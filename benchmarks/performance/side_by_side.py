@@ -822,7 +822,7 @@ def markdown(results: dict) -> str:
         f"{results['settings']['snapshot_every']} iterations). 'others' CPU' = the largest share of the "
         "machine other processes took during any of the case's processes.",
     ]
-    lines += ["", "## Issue 9's targets", "", "| target | want | measured |", "|---|---|---|"]
+    lines += ["", "## Targets (issues 9 and 19)", "", "| target | want | measured |", "|---|---|---|"]
     for t in results.get("targets", []):
         extra = f" (reached on {t['reached']} images)" if t.get("reached") else ""
         lines.append(f"| {t['target']} | {t['want']} | {fmt(t['value'], 2)}{extra} |")
