@@ -56,6 +56,7 @@ CASES = [
     (["audit", *TINY, "--victim-checkpoints", "0,x"], "--victim-checkpoints"),
     (["labels", "--data", "digits", "--victim-checkpoints", ","], "--victim-checkpoints"),
     (["audit", *TINY, "--victim-train-steps", "5", "--victim-checkpoints", "0,5"], "not also as the scenario's"),
+    (["labels", "--data", "digits", "--victim-checkpoints", "10,0"], "increasing order, each once"),
     # names, settings and resources
     (["audit", *TINY, "--model", ":"], "module:factory"),
     (["audit", *TINY, "--model", "nope"], "unknown model 'nope'"),
@@ -89,6 +90,10 @@ CASES = [
     (["sweep", "--train-steps", "-1"], "--train-steps"),
     (["sweep", "--workers", "0"], "--workers"),
     (["sweep", "--train-lr", "nan"], "--train-lr"),
+    (["sweep", "--victim-checkpoints", "-1"], "--victim-checkpoints"),
+    (["sweep", "--victim-checkpoints", "100,10"], "increasing order, each once"),
+    (["sweep", "--victim-checkpoints", "0,10,10"], "increasing order, each once"),
+    (["sweep", "--victim-train-steps", "5", "--victim-checkpoints", "0,5"], "not also as the scenario's"),
     # train-prior
     (["train-prior", "--lr", "nan"], "--lr"),
     (["train-prior", "--sample-every", "0"], "--sample-every"),
@@ -242,6 +247,7 @@ FLAGS = {
         "--train-batch",
         "--train-lr",
         "--workers",
+        "--victim-checkpoints",
     ],
 }
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -261,6 +267,7 @@ def parse_and_validate(argv: list[str]) -> None:
             train_steps=a.train_steps,
             train_batch=a.train_batch,
             train_lr=a.train_lr,
+            victim_checkpoints=a.victim_checkpoints or (),
         )
 
 

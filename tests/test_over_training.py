@@ -57,7 +57,7 @@ def test_trained_scenario_draws_held_out_images_and_records_accuracy(digits):
 
 
 def test_checkpoints_continue_one_training_and_match_the_trained_scenario(digits):
-    cps = list(checkpoints(SC, (20, 0, 20, 50)))
+    cps = list(checkpoints(SC, (0, 20, 50)))
     assert [c.steps for c in cps] == [0, 20, 50]
     assert [c.training.steps for c in cps] == [0, 20, 50]
     direct, truth = gl.simulate(replace(SC, train_steps=50))
@@ -69,6 +69,9 @@ def test_checkpoints_continue_one_training_and_match_the_trained_scenario(digits
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])  # copies, not the same trained model
     with pytest.raises(InputError, match="not also as the scenario's train_steps"):
         list(checkpoints(replace(SC, train_steps=5), (0, 5)))
+    for bad in ((20, 0), (0, 20, 20), (-1, 5), ()):
+        with pytest.raises(InputError, match="increasing order, each once"):
+            list(checkpoints(SC, bad))
     trainer = VictimTrainer(cps[0].model, cps[0].held_out, batch_size=4)
     trainer.advance(2)
     with pytest.raises(InputError, match="already trained for 2 steps"):
@@ -99,7 +102,7 @@ def test_labels_command_trains_the_victim_and_runs_checkpoints(tmp_path, capsys)
     assert res["scenario"]["training"]["steps"] == 20 and res["scenario"]["training"]["batch_size"] == 8
     assert "held-out test accuracy" in capsys.readouterr().out
     curve_out = tmp_path / "curve"
-    assert main(["labels", *SMALL, "--batch-size", "4", "--victim-checkpoints", "10,0", "--out", str(curve_out)]) == 0
+    assert main(["labels", *SMALL, "--batch-size", "4", "--victim-checkpoints", "0,10", "--out", str(curve_out)]) == 0
     saved = json.loads((curve_out / "over_training.json").read_text())
     assert [r["steps"] for r in saved["checkpoints"]] == [0, 10]
     assert (curve_out / "leakage_over_training.png").exists() and (curve_out / "steps_10" / "results.json").exists()

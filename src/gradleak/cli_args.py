@@ -96,12 +96,15 @@ image_size = int_range(1, MAX_IMAGE_SIZE)
 
 
 def step_counts(text: str) -> tuple[int, ...]:
-    """Comma-separated counts in [0, MAX_COUNT], e.g. ``0,100,1000`` (training checkpoints), in increasing order."""
+    """Comma-separated counts in [0, MAX_COUNT] in increasing order, each once, e.g. ``0,100,1000`` (training
+    checkpoints)."""
     parse = int_range(0, MAX_COUNT)
-    values = sorted({parse(t) for t in text.split(",") if t.strip()})
+    values = tuple(parse(t) for t in text.split(",") if t.strip())
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated counts such as 0,100,1000, got {_short(text)}")
-    return tuple(values)
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise argparse.ArgumentTypeError(f"expected counts in increasing order, each once, got {_short(text)}")
+    return values
 
 
 def output_problem(path: Path) -> str | None:

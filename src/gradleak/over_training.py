@@ -7,6 +7,10 @@ the client's round on the model as it is then. Every checkpoint draws the client
 checkpoint at N > 0 steps is the audit of ``Scenario(train_steps=N)``. :func:`write_over_training` writes one audit
 folder per checkpoint, the leakage curve (PNG), a JSON summary, a Markdown table and an HTML page.
 
+For work in other processes (``gradleak sweep``), :func:`save_checkpoints` trains once and writes each checkpoint's
+weights, and :func:`load_checkpoint` rebuilds the checkpoint from them; :func:`audit_checkpoint` audits the client's
+round at one checkpoint either way.
+
 Example::
 
     audits = audit_over_training(Scenario(batch_size=8), AuditPlan(), (0, 100, 1000))
@@ -28,11 +32,24 @@ from .auditing import AuditPlan, ProgressFactory, audit, scenario_result
 from .cost import CostEstimate
 from .data import Dataset, load_dataset
 from .errors import InputError
+from .models import save_weights
 from .results import AuditResult
 from .scenario import GroundTruth, Scenario, build_scenario_model, simulate
 from .victim import TrainingRecord, VictimTrainer, split_held_out
 
-__all__ = ["Checkpoint", "CheckpointAudit", "audit_over_training", "checkpoints", "curve", "write_over_training"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointAudit",
+    "SavedCheckpoint",
+    "audit_checkpoint",
+    "audit_over_training",
+    "check_checkpoints",
+    "checkpoints",
+    "curve",
+    "load_checkpoint",
+    "save_checkpoints",
+    "write_over_training",
+]
 
 SCHEMA = 1
 
@@ -48,21 +65,57 @@ class Checkpoint:
     held_out: Dataset
 
 
-def checkpoints(sc: Scenario, steps: Sequence[int], data: Dataset | None = None) -> Iterator[Checkpoint]:
-    """Train ``sc``'s model (its seeded initialisation, or its weights) once and yield it at each of ``steps``
-    (in increasing order; duplicates once). ``data`` defaults to the scenario's dataset."""
+def check_checkpoints(sc: Scenario, steps: Sequence[int]) -> None:
+    """Raise :class:`InputError` unless ``steps`` are one or more training step counts >= 0 in increasing order,
+    each once, and ``sc`` leaves its model's training to them (no ``train_steps`` of its own)."""
     if sc.train_steps:
         raise InputError("give the training steps as checkpoints, not also as the scenario's train_steps")
-    wanted = sorted(set(steps))
-    if not wanted or wanted[0] < 0:
-        raise InputError(f"checkpoints must be one or more training step counts >= 0, got {list(steps)}")
+    if not steps or steps[0] < 0 or any(b <= a for a, b in zip(steps, steps[1:])):
+        raise InputError(
+            f"checkpoints must be one or more training step counts >= 0 in increasing order, each once; got "
+            f"{list(steps)}"
+        )
+
+
+def checkpoints(sc: Scenario, steps: Sequence[int], data: Dataset | None = None) -> Iterator[Checkpoint]:
+    """Train ``sc``'s model (its seeded initialisation, or its weights) once and yield it at each of ``steps``
+    (see :func:`check_checkpoints`). ``data`` defaults to the scenario's dataset."""
+    check_checkpoints(sc, steps)
     data = data if data is not None else load_dataset(sc.dataset, size=sc.image_size)
     train, held = split_held_out(data)
     model, _ = build_scenario_model(sc, data.num_classes, data.image_shape)
     trainer = VictimTrainer(model, train, batch_size=sc.train_batch, lr=sc.train_lr, seed=sc.seed)
-    for n in wanted:
+    for n in steps:
         trainer.advance(n)
         yield Checkpoint(n, copy.deepcopy(model).train(sc.bn_mode == "train"), trainer.record(held), held)
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """A checkpoint's weights in a file (``steps_<N>.safetensors``) and its training record."""
+
+    steps: int
+    weights: str
+    training: TrainingRecord
+
+
+def save_checkpoints(sc: Scenario, steps: Sequence[int], folder: str | Path) -> list[SavedCheckpoint]:
+    """Train ``sc``'s model once (:func:`checkpoints`) and write its weights at each of ``steps`` into ``folder``."""
+    out = []
+    for cp in checkpoints(sc, steps):
+        path = Path(folder) / f"steps_{cp.steps}.safetensors"
+        save_weights(cp.model, path)
+        out.append(SavedCheckpoint(cp.steps, str(path), cp.training))
+    return out
+
+
+def load_checkpoint(sc: Scenario, saved: SavedCheckpoint, data: Dataset | None = None) -> Checkpoint:
+    """The checkpoint ``saved`` of ``sc``'s model: the model with its weights (in ``sc``'s BatchNorm mode) and the
+    held-out part of ``data`` (default: the scenario's dataset)."""
+    data = data if data is not None else load_dataset(sc.dataset, size=sc.image_size)
+    _, held = split_held_out(data)
+    model, _ = build_scenario_model(replace(sc, weights=saved.weights), data.num_classes, data.image_shape)
+    return Checkpoint(saved.steps, model, saved.training, held)
 
 
 @dataclass(frozen=True)
@@ -89,15 +142,28 @@ def audit_over_training(
     plan = plan or AuditPlan()
     out = []
     for cp in checkpoints(sc, steps):
-        at = replace(sc, train_steps=cp.steps)
-        obs, truth = simulate(at, cp.held_out, cp.model)
-        truth = replace(truth, training=cp.training)
         p = plan
         if plan.checkpoint_dir is not None:
             p = replace(plan, checkpoint_dir=str(Path(plan.checkpoint_dir) / f"steps_{cp.steps}"))
-        result = audit(obs, p, truth=truth, progress=progress, on_estimate=on_estimate)
-        out.append(CheckpointAudit(cp.steps, scenario_result(result, at, truth), truth))
+        out.append(audit_checkpoint(sc, p, cp, progress=progress, on_estimate=on_estimate))
     return out
+
+
+def audit_checkpoint(
+    sc: Scenario,
+    plan: AuditPlan,
+    cp: Checkpoint,
+    *,
+    progress: ProgressFactory | None = None,
+    on_estimate: Callable[[list[CostEstimate]], None] | None = None,
+) -> CheckpointAudit:
+    """Audit ``sc``'s client round on the checkpoint's model, the client's batch drawn from its held-out data;
+    the result records the scenario as ``Scenario(train_steps=cp.steps)`` with the checkpoint's training."""
+    at = replace(sc, train_steps=cp.steps)
+    obs, truth = simulate(at, cp.held_out, cp.model)
+    truth = replace(truth, training=cp.training)
+    result = audit(obs, plan, truth=truth, progress=progress, on_estimate=on_estimate)
+    return CheckpointAudit(cp.steps, scenario_result(result, at, truth), truth)
 
 
 def _finite(x: float | None) -> float | None:

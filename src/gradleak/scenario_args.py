@@ -114,7 +114,7 @@ def add_victim_checkpoints(p: argparse.ArgumentParser) -> None:
         "--victim-checkpoints",
         type=step_counts,
         metavar="N,N,...",
-        help="audit at these training steps of the server's model (e.g. 0,100,1000; one training, the same "
+        help="audit at these training steps of the server's model (increasing, e.g. 0,100,1000; one training, the same "
         "held-out client batch at each) and plot leakage against training; the training settings are "
         "--victim-train-batch/-lr",
     )

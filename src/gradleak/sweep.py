@@ -11,6 +11,12 @@ For every defense setting (and an undefended baseline) the sweep measures
   FL steps of one client with ``train_batch`` samples, the defense applied to every update exactly
   as in the audit; DP-SGD and DP-FedAvg also report the ε of the whole training).
 
+With ``victim_checkpoints`` (e.g. ``(0, 100, 1000)``) the training of the server's model is one more axis of the
+grid: the model is trained once (:func:`gradleak.over_training.save_checkpoints`, on the train part of the data) and
+its weights saved at each checkpoint; every leakage cell loads one checkpoint's weights (it trains nothing) and its
+client draws from the held-out part. Utility is measured as without checkpoints. The results then name each
+cell's checkpoint, and :func:`write_sweep` adds a plot of leakage against training steps per setting and attack.
+
 Cells run in parallel processes — Ray when installed (``backend="auto"``), else
 ``concurrent.futures.ProcessPoolExecutor`` — and the result is one JSON, a privacy–utility plot and an
 HTML page. Grid specs take ``|``-separated alternatives: ``dpsgd:noise=0.5|1|2,clip=1`` is three
@@ -23,6 +29,7 @@ import itertools
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -36,6 +43,7 @@ from . import __version__
 from .auditing import AuditPlan, audit_scenario, make_attacks
 from .defenses import DEFENSES, Defense, LabelSmoothing, Mixup, dp_guarantees, parse_defense
 from .errors import InputError
+from .over_training import SavedCheckpoint, audit_checkpoint, check_checkpoints, load_checkpoint, save_checkpoints
 from .protocols import FedAvg, FedSGD
 from .scenario import Scenario
 
@@ -103,7 +111,9 @@ class SweepPlan:
     ``scenario`` is the attacked client's round without defenses (client ``c`` runs it with seed
     ``scenario.seed + 1 + c``); the utility model is trained from ``scenario.seed``. ``iterations=None``
     leaves each attack at its own default budget. ``candidates`` is K, the size of the candidate set each client
-    image is identified in (the prior κ = 1/K of the reconstruction bound).
+    image is identified in (the prior κ = 1/K of the reconstruction bound). ``victim_checkpoints``: the training
+    steps of the server's model at which leakage is measured (see the module docstring; empty: its initialisation,
+    or ``scenario.train_steps`` trained in every cell).
     """
 
     scenario: Scenario = field(default_factory=default_sweep_scenario)
@@ -117,6 +127,7 @@ class SweepPlan:
     train_lr: float = 0.1
     test_fraction: float = 0.25
     candidates: int = 10
+    victim_checkpoints: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.clients < 1:
@@ -132,6 +143,8 @@ class SweepPlan:
         for s in self.settings:
             check_setting(s)
         make_attacks(self.attacks, iterations=self.iterations)  # unknown names or settings fail now
+        if self.victim_checkpoints:
+            check_checkpoints(self.scenario, self.victim_checkpoints)
 
     def all_settings(self) -> list[str]:
         return [NONE] + [s for s in self.settings if s != NONE]
@@ -157,9 +170,12 @@ def _split(spec: str) -> tuple[tuple[Defense, ...], float, float | None]:
 # -- the two kinds of cell (module-level functions: they run in worker processes) -----------------
 
 
-def leakage_cell(plan: SweepPlan, setting: str, client: int) -> dict[str, Any]:
-    """Audit one simulated client under one setting; scores against its batch, and identification of each of
-    its images among ``plan.candidates`` (decoys drawn with the client's seed) beside the DP bound at that prior."""
+def leakage_cell(
+    plan: SweepPlan, setting: str, client: int, checkpoint: SavedCheckpoint | None = None
+) -> dict[str, Any]:
+    """Audit one simulated client under one setting (on the server's model at ``checkpoint``, if given); scores
+    against its batch, and identification of each of its images among ``plan.candidates`` (decoys drawn with the
+    client's seed) beside the DP bound at that prior."""
     from .data import load_dataset
     from .metrics import candidate_success, draw_decoys
 
@@ -174,8 +190,13 @@ def leakage_cell(plan: SweepPlan, setting: str, client: int) -> dict[str, Any]:
         attacks=make_attacks(plan.attacks, iterations=plan.iterations),
         seed=plan.scenario.seed,
     )
-    result, truth = audit_scenario(sc, audit_plan)
-    pool = load_dataset(sc.dataset, size=sc.image_size).images
+    data = load_dataset(sc.dataset, size=sc.image_size)
+    if checkpoint is None:
+        result, truth = audit_scenario(sc, audit_plan)
+    else:
+        done = audit_checkpoint(sc, audit_plan, load_checkpoint(sc, checkpoint, data))
+        result, truth = done.result, done.truth
+    pool = data.images
     index = draw_decoys(pool, truth.images, plan.candidates - 1, generator=torch.Generator().manual_seed(sc.seed))
     decoys = pool[index]
     kappa = 1 / plan.candidates
@@ -184,6 +205,7 @@ def leakage_cell(plan: SweepPlan, setting: str, client: int) -> dict[str, Any]:
     row: dict[str, Any] = {
         "setting": setting,
         "client": client,
+        "checkpoint": None if checkpoint is None else checkpoint.steps,
         "label_accuracy": None if chosen is None else chosen.accuracy,
         "label_method": None if chosen is None else chosen.method,
         "defense_records": result.setting["defenses"],
@@ -350,13 +372,19 @@ def run_sweep(
     workers: int | None = None,
     on_done: Callable[[int, int], None] = lambda done, total: None,
 ) -> dict[str, Any]:
-    """Run every cell and summarise; returns the results dict (written by :func:`write_sweep`)."""
+    """Train the server's model to its checkpoints (if any), run every cell and summarise; returns the results dict
+    (written by :func:`write_sweep`)."""
     t0 = time.perf_counter()
     settings = plan.all_settings()
-    jobs: list[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]] = []
-    jobs += [(utility_cell, (plan, s)) for s in settings]  # longest first
-    jobs += [(leakage_cell, (plan, s, c)) for s in settings for c in range(plan.clients)]
-    results = run_jobs(jobs, backend=backend, workers=workers, on_done=on_done)
+    with tempfile.TemporaryDirectory() as folder:
+        saved: list[SavedCheckpoint] = []
+        if plan.victim_checkpoints:
+            saved = save_checkpoints(plan.scenario, plan.victim_checkpoints, folder)
+        jobs: list[tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]] = []
+        jobs += [(utility_cell, (plan, s)) for s in settings]  # longest first
+        points: list[SavedCheckpoint | None] = [*saved] or [None]
+        jobs += [(leakage_cell, (plan, s, c, cp)) for cp in points for s in settings for c in range(plan.clients)]
+        results = run_jobs(jobs, backend=backend, workers=workers, on_done=on_done)
     utility = results[: len(settings)]
     cells = results[len(settings) :]
     return {
@@ -367,6 +395,7 @@ def run_sweep(
         "backend": resolve_backend(backend),
         "workers": workers,
         "seconds": time.perf_counter() - t0,
+        "checkpoints": [{"steps": cp.steps, "training": cp.training.to_json()} for cp in saved],
         "summary": summarize(plan, settings, cells, utility),
         "utility": utility,
         "cells": cells,
@@ -381,35 +410,49 @@ def _mean(xs: Sequence[float | None]) -> float | None:
 def summarize(
     plan: SweepPlan, settings: Sequence[str], cells: Sequence[dict[str, Any]], utility: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Per setting: mean leakage and utility; per family: whether the trends are monotone."""
+    """Per checkpoint (if any) and setting: mean leakage and utility; per checkpoint and family: whether the trends
+    are monotone (keyed by the family, or ``"<family> at <N> steps"`` with checkpoints)."""
     util = {u["setting"]: u for u in utility}
     rows = []
-    for s in settings:
-        mine = [c for c in cells if c["setting"] == s]
-        fam, st = strength(s)
-        row = {
-            "setting": s,
-            "family": fam,
-            "strength": st,
-            "test_accuracy": util[s]["test_accuracy"],
-            "epsilon": util[s].get("epsilon"),
-            "label_accuracy": _mean([c["label_accuracy"] for c in mine]),
-            "kappa": 1 / plan.candidates,
-            "bound": _mean([c.get("bound") for c in mine]),
-            "attacks": {},
-        }
-        round_eps = [r.get("epsilon") for c in mine for r in c["defense_records"] if "epsilon" in r]
-        if round_eps:
-            row["epsilon_per_round"] = _mean(round_eps)
-        for a in plan.attacks:
-            ok = [c["attacks"][a] for c in mine if c["attacks"].get(a, {}).get("error") is None]
-            row["attacks"][a] = {
-                "psnr": _mean([o["psnr"] for o in ok]),
-                "ssim": _mean([o["ssim"] for o in ok]),
-                "candidate_success": _mean([o.get("candidate_success") for o in ok]),
-                "n": len(ok),
+    trends = {}
+    for cp in plan.victim_checkpoints or (None,):
+        chunk = []
+        for s in settings:
+            mine = [c for c in cells if c["setting"] == s and c["checkpoint"] == cp]
+            fam, st = strength(s)
+            row = {
+                "setting": s,
+                "checkpoint": cp,
+                "family": fam,
+                "strength": st,
+                "test_accuracy": util[s]["test_accuracy"],
+                "epsilon": util[s].get("epsilon"),
+                "label_accuracy": _mean([c["label_accuracy"] for c in mine]),
+                "kappa": 1 / plan.candidates,
+                "bound": _mean([c.get("bound") for c in mine]),
+                "attacks": {},
             }
-        rows.append(row)
+            round_eps = [r.get("epsilon") for c in mine for r in c["defense_records"] if "epsilon" in r]
+            if round_eps:
+                row["epsilon_per_round"] = _mean(round_eps)
+            for a in plan.attacks:
+                ok = [c["attacks"][a] for c in mine if c["attacks"].get(a, {}).get("error") is None]
+                row["attacks"][a] = {
+                    "psnr": _mean([o["psnr"] for o in ok]),
+                    "ssim": _mean([o["ssim"] for o in ok]),
+                    "candidate_success": _mean([o.get("candidate_success") for o in ok]),
+                    "n": len(ok),
+                }
+            chunk.append(row)
+        rows += chunk
+        for fam, t in family_trends(plan, chunk).items():
+            trends[fam if cp is None else f"{fam} at {cp} steps"] = t
+    return {"settings": rows, "trends": trends}
+
+
+def family_trends(plan: SweepPlan, rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per family of ``rows`` (one checkpoint's): whether accuracy and leakage fall from no defense to its
+    strongest setting."""
     trends = {}
     for fam in sorted({r["family"] for r in rows} - {NONE}):
         chain = sorted([r for r in rows if r["family"] == fam], key=lambda r: r["strength"])
@@ -428,58 +471,44 @@ def summarize(
                 for a in plan.attacks
             },
         }
-    return {"settings": rows, "trends": trends}
+    return trends
 
 
 # -- output ----------------------------------------------------------------------------------------
 
 
 def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
-    """Privacy–utility plot: attack PSNR and label accuracy against the defended model's test accuracy."""
+    """Privacy–utility plot: attack PSNR and label accuracy against the defended model's test accuracy (one row of
+    panels per checkpoint of the server's model, if any)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["summary"]["settings"]
+    everything = results["summary"]["settings"]
     attacks = results["config"]["attacks"]
-    base = next(r for r in rows if r["family"] == NONE)
-    fams = sorted({r["family"] for r in rows} - {NONE})
+    fams = sorted({r["family"] for r in everything} - {NONE})
+    steps = [r["checkpoint"] for r in everything if r["family"] == NONE]
 
     def psnr(a: str) -> Callable[[dict[str, Any]], Any]:
         return lambda r: r["attacks"][a]["psnr"]
 
     panels = [(f"{a} PSNR (dB)", psnr(a)) for a in attacks]
     panels.append(("label accuracy", lambda r: r["label_accuracy"]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    fig, axes = plt.subplots(len(steps), len(panels), figsize=(5.2 * len(panels), 4.2 * len(steps)), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (title, get) in zip(axes[0], panels):
-        for i, fam in enumerate(fams):
-            chain = [base] + sorted([r for r in rows if r["family"] == fam], key=lambda r: r["strength"])
-            pts = [(r["test_accuracy"], get(r), r["setting"]) for r in chain if get(r) is not None]
-            if not pts:
-                continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colors[i % len(colors)], label=fam)
-            for x, y, s in pts[1:]:
-                ax.annotate(
-                    s.partition(":")[2].split(",")[0],
-                    (x, y),
-                    textcoords="offset points",
-                    xytext=(4, 3),
-                    fontsize=7,
-                    color=colors[i % len(colors)],
-                )
-        if get(base) is not None:
-            ax.plot([base["test_accuracy"]], [get(base)], "k*", markersize=12, label="no defense")
-        ax.set_xlabel("defended model test accuracy")
-        ax.set_ylabel(title)
-        ax.grid(alpha=0.3)
+    for axes_row, cp in zip(axes, steps):
+        rows = [r for r in everything if r["checkpoint"] == cp]
+        for ax, (title, get) in zip(axes_row, panels):
+            plot_panel(ax, rows, fams, title, get, colors)
+            if cp is not None:
+                ax.set_title(f"server model after {cp} training steps", fontsize=9)
     axes[0][0].legend(fontsize=8)
     cfg = results["config"]
     sc = cfg["scenario"]
     fig.suptitle(
         f"privacy–utility: {sc['model']} on {sc['dataset']}, batch {sc['batch_size']}, "
-        f"{cfg['clients']} clients, {cfg['train_steps']} training steps",
+        f"{cfg['clients']} clients, utility after {cfg['train_steps']} training steps",
         fontsize=10,
     )
     fig.tight_layout()
@@ -490,10 +519,45 @@ def plot_sweep(results: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def plot_panel(
+    ax: Any,
+    rows: Sequence[dict[str, Any]],
+    fams: Sequence[str],
+    title: str,
+    get: Callable[[dict[str, Any]], Any],
+    colors: Sequence[str],
+) -> None:
+    """One measure of one checkpoint's ``rows`` against test accuracy: each family's chain from no defense."""
+    base = next(r for r in rows if r["family"] == NONE)
+    for i, fam in enumerate(fams):
+        chain = [base] + sorted([r for r in rows if r["family"] == fam], key=lambda r: r["strength"])
+        pts = [(r["test_accuracy"], get(r), r["setting"]) for r in chain if get(r) is not None]
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colors[i % len(colors)], label=fam)
+        for x, y, s in pts[1:]:
+            ax.annotate(
+                s.partition(":")[2].split(",")[0],
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, 3),
+                fontsize=7,
+                color=colors[i % len(colors)],
+            )
+    if get(base) is not None:
+        ax.plot([base["test_accuracy"]], [get(base)], "k*", markersize=12, label="no defense")
+    ax.set_xlabel("defended model test accuracy")
+    ax.set_ylabel(title)
+    ax.grid(alpha=0.3)
+
+
 def markdown_table(results: dict[str, Any]) -> str:
+    """One row per setting (and checkpoint of the server's model, in a first ``steps`` column, if any)."""
     attacks = results["config"]["attacks"]
     k = results["config"].get("candidates", 10)
+    by_steps = bool(results["checkpoints"])
     head = [
+        *(["steps"] if by_steps else []),
         "setting",
         "test acc",
         "label acc",
@@ -511,6 +575,7 @@ def markdown_table(results: dict[str, Any]) -> str:
 
     for r in results["summary"]["settings"]:
         cells = [
+            *([str(r["checkpoint"])] if by_steps else []),
             f"`{r['setting']}`",
             f(r["test_accuracy"]),
             f(r["label_accuracy"], 2),
@@ -545,8 +610,58 @@ def success_text(cfg: dict[str, Any]) -> str:
     )
 
 
+def checkpoints_table(results: dict[str, Any]) -> str:
+    """The server's model at each checkpoint: its accuracy on the train and held-out parts, and training time."""
+    lines = ["| steps | train acc | held-out acc | training seconds (cumulative) |", "|---|---|---|---|"]
+    for c in results["checkpoints"]:
+        t = c["training"]
+        lines.append(f"| {c['steps']} | {t['train_accuracy']:.3f} | {t['test_accuracy']:.3f} | {t['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_over_training(results: dict[str, Any], path: str | Path) -> Path:
+    """Leakage against the server model's training steps: its accuracy, then label accuracy and each attack's PSNR
+    and SSIM, one line per setting."""
+    from .report.curves import Line, Panel, plot_curves
+
+    rows = results["summary"]["settings"]
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    cps = results["checkpoints"]
+
+    def lines(get: Callable[[dict[str, Any]], Any]) -> list[Line]:
+        return [
+            Line(s, [(r["checkpoint"], get(r)) for r in rows if r["setting"] == s and get(r) is not None])
+            for s in settings
+        ]
+
+    def measure(attack: str, key: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda r: r["attacks"][attack][key]
+
+    panels = [
+        Panel(
+            "server model accuracy",
+            [
+                Line("train part", [(c["steps"], c["training"]["train_accuracy"]) for c in cps]),
+                Line("held-out part", [(c["steps"], c["training"]["test_accuracy"]) for c in cps]),
+            ],
+            ylim=(0, 1.05),
+        ),
+        Panel("label accuracy", lines(lambda r: r["label_accuracy"]), ylim=(0, 1.05)),
+    ]
+    for a in results["config"]["attacks"]:
+        panels.append(Panel(f"{a} PSNR (dB)", lines(measure(a, "psnr"))))
+        panels.append(Panel(f"{a} SSIM", lines(measure(a, "ssim"))))
+    sc = results["config"]["scenario"]
+    title = (
+        f"leakage over training: {sc['model']} on {sc['dataset']}, client batch {sc['batch_size']} (held-out "
+        f"images), {results['config']['clients']} clients per setting"
+    )
+    return plot_curves(path, panels, xlabel="training steps of the server's model", title=title, symlog=True)
+
+
 def write_sweep(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
-    """Write ``sweep.json``, ``privacy_utility.png``, ``sweep.md`` and ``report.html`` into ``out``."""
+    """Write ``sweep.json``, ``privacy_utility.png``, ``sweep.md`` and ``report.html`` into ``out`` (with
+    checkpoints also ``leakage_over_training.png``)."""
     from .report import write_json_atomic
     from .report.pages import write_page
 
@@ -574,13 +689,34 @@ def write_sweep(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
     cfg = results["config"]
     sc = cfg["scenario"]
     iters = "each attack's default budget" if cfg["iterations"] is None else f"{cfg['iterations']} iterations"
-    md = (
-        f"# Privacy–utility sweep\n\n{sc['model']} on `{sc['dataset']}`, client batch {sc['batch_size']}, "
+    intro = (
+        f"{sc['model']} on `{sc['dataset']}`, client batch {sc['batch_size']}, "
         f"protocol {sc['protocol']['name']}, threat model: {threat_text(sc)}, {cfg['clients']} clients "
         "per setting, attacks "
         f"{', '.join(cfg['attacks'])} ({iters}), utility after {cfg['train_steps']} "
         f"training steps of batch {cfg['train_batch']} (lr {cfg['train_lr']}). {success_text(cfg)} Ran in "
-        f"{results['seconds']:.0f} s on backend `{results['backend']}`.\n\n![privacy-utility]"
+        f"{results['seconds']:.0f} s on backend `{results['backend']}`."
+    )
+    paragraphs = [intro]
+    tables = [table]
+    images = [(paths["plot"], "attack leakage vs the defended model's test accuracy")]
+    over_training = ""
+    if results["checkpoints"]:
+        paths["curve"] = plot_over_training(results, out / "leakage_over_training.png")
+        t = results["checkpoints"][0]["training"]
+        paragraphs.append(
+            "Leakage is measured on the server's model at "
+            + ", ".join(str(c["steps"]) for c in results["checkpoints"])
+            + f" training steps: one training (seeded SGD, batch {t['batch_size']}, lr {t['lr']}, momentum "
+            f"{t['momentum']}, on the train part of `{sc['dataset']}`, {t['train_images']} images) with its weights "
+            f"saved at each checkpoint; every client draws its batch from the held-out part ({t['held_out_images']} "
+            "images, never trained on). The test accuracy of a setting (its utility) is the same at every checkpoint."
+        )
+        tables.insert(0, checkpoints_table(results))
+        images.insert(0, (paths["curve"], "leakage against the server model's training steps, per setting"))
+        over_training = f"{paragraphs[1]}\n\n{tables[0]}\n\n![leakage over training](leakage_over_training.png)\n\n"
+    md = (
+        f"# Privacy–utility sweep\n\n{intro}\n\n{over_training}![privacy-utility]"
         f"(privacy_utility.png)\n\n{table}\n\nTrends with strength (from no defense to the strongest "
         f"setting; tolerance 0.01 accuracy, 0.25 dB):\n\n" + "\n".join(trend_lines) + "\n"
     )
@@ -588,8 +724,8 @@ def write_sweep(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
     write_page(
         paths["html"],
         "gradleak privacy–utility sweep",
-        paragraphs=[md.split("\n\n")[1], *trend_lines],
-        images=[(out / "privacy_utility.png", "attack leakage vs the defended model's test accuracy")],
-        table_md=table,
+        paragraphs=[*paragraphs, *trend_lines],
+        images=images,
+        table_md="\n\n".join(tables),
     )
     return paths

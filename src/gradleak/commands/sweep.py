@@ -9,7 +9,7 @@ from typing import Any
 
 from ..cli_args import nonnegative_int, output_dir, positive_float, positive_int
 from ..observation_schema import MAX_BATCH
-from ..scenario_args import add_scenario_args, scenario_from_args
+from ..scenario_args import add_scenario_args, add_victim_checkpoints, scenario_from_args
 
 
 def register(subparsers: Any) -> None:
@@ -29,6 +29,7 @@ def register(subparsers: Any) -> None:
         "'noise:0.01|0.1', 'smooth:0.1|0.3', 'mixup:1' (repeatable; default: " + " ".join(DEFAULT_GRID) + ")",
     )
     add_scenario_args(p, model="mlp", data="digits", model_kwargs={"mlp": {"width": 64}, "convnet": {"width": 64}})
+    add_victim_checkpoints(p)
     p.add_argument("--clients", type=positive_int(10_000), default=4, help="simulated clients (seeds) per setting")
     p.add_argument("--attack", action="append", help="attack(s) (default inverting_gradients)")
     p.add_argument(
@@ -71,6 +72,7 @@ def run(a: argparse.Namespace) -> int:
         train_batch=a.train_batch,
         train_lr=a.train_lr,
         candidates=a.candidates,
+        victim_checkpoints=a.victim_checkpoints or (),
     )
 
     def progress(done: int, total: int) -> None:
