@@ -93,7 +93,7 @@ CASES = [
     (["sweep", "--victim-checkpoints", "-1"], "--victim-checkpoints"),
     (["sweep", "--victim-checkpoints", "100,10"], "increasing order, each once"),
     (["sweep", "--victim-checkpoints", "0,10,10"], "increasing order, each once"),
-    (["sweep", "--victim-train-steps", "5", "--victim-checkpoints", "0,5"], "not also as the scenario's"),
+    (["sweep", "--grid", "noise:0.01", "--victim-train-steps", "5", "--victim-checkpoints", "0,5"], "not also as the"),
     # train-prior
     (["train-prior", "--lr", "nan"], "--lr"),
     (["train-prior", "--sample-every", "0"], "--sample-every"),

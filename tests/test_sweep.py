@@ -163,6 +163,6 @@ def test_sweep_over_checkpoints_names_each_checkpoint(tmp_path):
 
 def test_bad_checkpoints_are_refused_by_the_plan():
     with pytest.raises(InputError, match="increasing order, each once"):
-        SweepPlan(victim_checkpoints=(30, 0))
+        SweepPlan(settings=("noise:0.01",), victim_checkpoints=(30, 0))
     with pytest.raises(InputError, match="not also as the scenario's train_steps"):
-        SweepPlan(scenario=replace(SMALL, train_steps=5), victim_checkpoints=(0, 5))
+        SweepPlan(settings=("noise:0.01",), scenario=replace(SMALL, train_steps=5), victim_checkpoints=(0, 5))

@@ -3,6 +3,7 @@ returning an :class:`AttackResult`. Attacks never print, write files or see the 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, ClassVar, TypeVar
@@ -106,4 +107,6 @@ class Attack:
         return candidate_phases(MatchingConfig(iterations=int(iterations), restarts=restarts, prune_at=prune_at))
 
     def config_json(self) -> dict[str, Any]:
-        return asdict(self.config) if is_dataclass(self.config) and not isinstance(self.config, type) else {}
+        if not is_dataclass(self.config) or isinstance(self.config, type):
+            return {}
+        return json.loads(json.dumps(asdict(self.config), default=str))  # JSON types: tuples become lists
