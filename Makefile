@@ -36,7 +36,7 @@ lint: $(STAMP)
 # every benchmark's --check: reruns a small seeded subset and compares with the committed numbers
 # (about 6 minutes on an idle 2-core machine; each prints its tolerance and exits 1 on a mismatch)
 CHECKS := labels labels_vs_official analytic spear cocktail imprint malicious guard dp_bounds sweep generative gradinversion fedavg_order core leakage_over_training
-reproduce: $(STAMP)
+reproduce: $(STAMP)  # the dp_bounds check needs Opacus: make reproduce EXTRAS=test,flower,dp
 	set -e; for b in $(CHECKS); do OMP_WAIT_POLICY=PASSIVE $(BIN)/python benchmarks/$$b/run.py --check; done
 
 # the short subset CI runs (about 20 s; the generative check needs the Debian package dataset-fashion-mnist)
