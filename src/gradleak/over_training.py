@@ -33,6 +33,7 @@ from .cost import CostEstimate
 from .data import Dataset, load_dataset
 from .errors import InputError
 from .models import save_weights
+from .report.curves import Line, Panel, plot_curves
 from .results import AuditResult
 from .scenario import GroundTruth, Scenario, build_scenario_model, simulate
 from .victim import TrainingRecord, VictimTrainer, split_held_out
@@ -227,11 +228,24 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def accuracy_panel(points: Sequence[tuple[int, dict[str, Any] | None]]) -> Panel:
+    """The server model's accuracy on the train and held-out parts against its training steps, from (steps, training
+    record as JSON) pairs; checkpoints without a record are left out."""
+    trained = [(n, t) for n, t in points if t is not None]
+    return Panel(
+        "server model accuracy",
+        [
+            Line("train part", [(n, t["train_accuracy"]) for n, t in trained]),
+            Line("held-out part", [(n, t["test_accuracy"]) for n, t in trained]),
+        ],
+        ylim=(0, 1.05),
+    )
+
+
 def write_over_training(audits: Sequence[CheckpointAudit], out: str | Path) -> dict[str, Path]:
     """Write ``steps_<N>/`` (each checkpoint's audit: results.json, report.html, grids), ``over_training.json``,
     ``leakage_over_training.png``, ``over_training.md`` and ``report.html`` into ``out``; returns their paths."""
     from .report import write_audit, write_json_atomic
-    from .report.curves import Line, Panel, plot_curves
     from .report.pages import write_page
 
     if not audits:
@@ -254,14 +268,7 @@ def write_over_training(audits: Sequence[CheckpointAudit], out: str | Path) -> d
         return Line(label, [(r["steps"], get(r)) for r in rows if get(r) is not None])
 
     panels = [
-        Panel(
-            "model accuracy",
-            [
-                line("train part", lambda r: (r["training"] or {}).get("train_accuracy")),
-                line("held-out part", lambda r: (r["training"] or {}).get("test_accuracy")),
-            ],
-            ylim=(0, 1.05),
-        ),
+        accuracy_panel([(r["steps"], r["training"]) for r in rows]),
         Panel("label accuracy", [line(m, lambda r, m=m: r["labels"][m]) for m in rows[0]["labels"]], ylim=(0, 1.05)),
     ]
     for name in rows[0]["attacks"]:

@@ -43,7 +43,14 @@ from . import __version__
 from .auditing import AuditPlan, audit_scenario, make_attacks
 from .defenses import DEFENSES, Defense, LabelSmoothing, Mixup, dp_guarantees, parse_defense
 from .errors import InputError
-from .over_training import SavedCheckpoint, audit_checkpoint, check_checkpoints, load_checkpoint, save_checkpoints
+from .over_training import (
+    SavedCheckpoint,
+    accuracy_panel,
+    audit_checkpoint,
+    check_checkpoints,
+    load_checkpoint,
+    save_checkpoints,
+)
 from .protocols import FedAvg, FedSGD
 from .scenario import Scenario
 
@@ -555,7 +562,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     """One row per setting (and checkpoint of the server's model, in a first ``steps`` column, if any)."""
     attacks = results["config"]["attacks"]
     k = results["config"].get("candidates", 10)
-    by_steps = bool(results["checkpoints"])
+    by_steps = bool(results.get("checkpoints"))  # sweeps written before checkpoints have none
     head = [
         *(["steps"] if by_steps else []),
         "setting",
@@ -638,14 +645,7 @@ def plot_over_training(results: dict[str, Any], path: str | Path) -> Path:
         return lambda r: r["attacks"][attack][key]
 
     panels = [
-        Panel(
-            "server model accuracy",
-            [
-                Line("train part", [(c["steps"], c["training"]["train_accuracy"]) for c in cps]),
-                Line("held-out part", [(c["steps"], c["training"]["test_accuracy"]) for c in cps]),
-            ],
-            ylim=(0, 1.05),
-        ),
+        accuracy_panel([(c["steps"], c["training"]) for c in cps]),
         Panel("label accuracy", lines(lambda r: r["label_accuracy"]), ylim=(0, 1.05)),
     ]
     for a in results["config"]["attacks"]:
@@ -701,7 +701,7 @@ def write_sweep(results: dict[str, Any], out: str | Path) -> dict[str, Path]:
     tables = [table]
     images = [(paths["plot"], "attack leakage vs the defended model's test accuracy")]
     over_training = ""
-    if results["checkpoints"]:
+    if results.get("checkpoints"):
         paths["curve"] = plot_over_training(results, out / "leakage_over_training.png")
         t = results["checkpoints"][0]["training"]
         paragraphs.append(
