@@ -113,3 +113,20 @@ def test_flower_refuses_a_pretrained_victim():
 
     with pytest.raises(InputError, match="--victim-train-steps applies to audit"):
         FlowerTask(scenario=replace(SC, train_steps=3))
+
+
+def test_victim_training_gives_one_model_whatever_the_thread_count():
+    """The training runs on one thread (float sums follow the thread count), and the caller's count is restored."""
+    sc = gl.Scenario(model="convnet", model_kwargs={"width": 16}, dataset="photos", image_size=32, train_batch=8)
+    threads = torch.get_num_threads()
+    weights = []
+    try:
+        for n in (2, 1):
+            torch.set_num_threads(n)
+            cp = list(checkpoints(sc, (30,)))[0]
+            assert torch.get_num_threads() == n
+            weights.append(cp.model.state_dict())
+    finally:
+        torch.set_num_threads(threads)
+    for k, v in weights[0].items():
+        assert torch.equal(weights[1][k], v), k
