@@ -135,6 +135,26 @@ def scale_by_prior(sources: np.ndarray, obs: Observation) -> tuple[np.ndarray, l
     return x * np.asarray(signs, dtype=x.dtype)[:, None], signs
 
 
+def separate(obs: Observation, k: int, cfg: CocktailConfig, seed: int) -> tuple[np.ndarray, dict]:
+    """``k`` inputs ``[k, d]`` (the model's normalised input space, flattened) separated from the first layer's
+    weight update, scaled by the bias gradient (or the prior without a bias), and the evidence."""
+    name, _, _ = first_linear(obs)
+    g = obs.update[f"{name}.weight"].detach().cpu().double().numpy()
+    gb = obs.update.get(f"{name}.bias")
+    unmixing, diag = unmix(g, tuple(obs.input_shape), k, cfg, seed)
+    sources = unmixing @ g  # unmixing applied to the uncentred rows keeps each input's mean
+    mixing = np.linalg.pinv(unmixing)
+    assumptions: dict = {"layer": name, "components": k, "domain": cfg.domain, **diag}
+    if gb is not None:
+        x = scale_by_bias(sources, mixing, gb.detach().cpu().double().numpy())
+        assumptions["scale"] = "bias gradient (exact for a perfect separation)"
+    else:
+        x, signs = scale_by_prior(sources, obs)
+        assumptions |= {"scale": "RMS 1 in normalised space; sign by the [0, 1] range", "signs": signs}
+    assumptions["mixing_condition"] = float(np.linalg.cond(mixing))
+    return x, assumptions
+
+
 @attack("cocktail")
 class CocktailParty(Attack):
     """Blind source separation (ICA) of the first fully connected layer's gradient into the batch's inputs.
@@ -175,28 +195,15 @@ class CocktailParty(Attack):
     ) -> AttackResult:
         t0 = time.perf_counter()
         self.check(obs)
-        name, _, _ = first_linear(obs)
         k = self.config.components or obs.known_batch_size()
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        g = obs.update[f"{name}.weight"].detach().cpu().double().numpy()
-        gb = obs.update.get(f"{name}.bias")
-        unmixing, diag = unmix(g, tuple(obs.input_shape), k, self.config, seed)
-        sources = unmixing @ g  # unmixing applied to the uncentred rows keeps each input's mean
-        mixing = np.linalg.pinv(unmixing)
-        assumptions: dict = {"layer": name, "components": k, "domain": self.config.domain, **diag}
-        if gb is not None:
-            x = scale_by_bias(sources, mixing, gb.detach().cpu().double().numpy())
-            assumptions["scale"] = "bias gradient (exact for a perfect separation)"
-        else:
-            x, signs = scale_by_prior(sources, obs)
-            assumptions |= {"scale": "RMS 1 in normalised space; sign by the [0, 1] range", "signs": signs}
-        assumptions["mixing_condition"] = float(np.linalg.cond(mixing))
-        on_step(Step(diag["iterations"], self.config.iterations, 0.0, "ica"))
+        x, assumptions = separate(obs, k, self.config, seed)
+        on_step(Step(assumptions["iterations"], self.config.iterations, 0.0, "ica"))
         images = denormalize(obs, torch.from_numpy(x).to(obs.dtype).view(k, *obs.input_shape))
         return AttackResult(
             name=self.name,
             images=images,
-            iterations=diag["iterations"],
+            iterations=assumptions["iterations"],
             seconds=time.perf_counter() - t0,
             final_loss=0.0,
             labels=None if labels is None else list(labels.labels),

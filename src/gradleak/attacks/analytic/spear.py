@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -99,6 +100,61 @@ class Selection:
     mismatch: Tensor  # [B] fraction of units disagreeing with the ReLU pattern
     zero_fraction: Tensor  # [B]
     bias_residual: float
+
+
+@dataclass
+class Factored:
+    """The first layer's update ``g ≈ L R`` (rank B) with what SPEAR's steps read: the layer's parameters, the
+    bias update, the units some sample activates (``live``) and their unit-normalised rows ``lh`` of ``L``."""
+
+    g: Tensor
+    gb: Tensor
+    w: Tensor
+    bias: Tensor
+    l: Tensor
+    r: Tensor
+    live: Tensor
+    lh: Tensor
+    two_sided: bool  # FedSGD: the zeros of ∂L/∂Z are exactly the inactive units; a FedAvg delta: a subset
+
+    def zeros(self, dirs: Tensor, zero_tol: float) -> Tensor:
+        """``[m, K]``: where ``L dirs`` vanishes (units without gradient count as zero)."""
+        zeros = torch.ones(len(self.live), dirs.shape[1], dtype=torch.bool)
+        zeros[self.live] = (self.lh @ dirs).abs() <= zero_tol
+        return zeros
+
+    def select(self, dirs: Tensor, zero_tol: float) -> Selection | None:
+        """SPEAR's greedy selection of B of the candidate columns ``dirs``."""
+        return select(dirs, self.zeros(dirs, zero_tol), self.l, self.r, self.gb, self.w, self.bias, self.two_sided)
+
+    def evidence(self, sel: Selection, cfg: SPEARConfig) -> dict[str, Any]:
+        """Per-sample exactness and the residuals of a selection (the module docstring's evidence)."""
+        dz = (self.l @ sel.q) * (sel.x @ self.w.T + self.bias > 0).T  # ∂L/∂Z, ReLU pattern of the recovered inputs
+        exact = [bool(v <= cfg.max_mismatch) for v in sel.mismatch]
+        return {
+            "exact": exact,
+            "exact_count": sum(exact),
+            "pattern_mismatch": sel.mismatch.tolist(),
+            "zero_fraction": sel.zero_fraction.tolist(),
+            "gradient_residual": float((dz @ sel.x - self.g).norm() / self.g.norm()) if self.two_sided else None,
+            "bias_residual": sel.bias_residual,
+            "rank_residual": float((self.g - self.l @ self.r).norm() / self.g.norm()),
+            "mismatch_check": "two-sided (FedSGD)" if self.two_sided else "zero where active only (FedAvg delta)",
+        }
+
+
+def factorise(obs: Observation, b: int, attack_name: str) -> tuple[str, Factored]:
+    """The first layer's name and its factored update (the attack's ``check`` has passed)."""
+    name, module, _ = layer_of(obs)
+    assert name is not None and module is not None and module.bias is not None  # check() passed
+    g, gb = obs.update[f"{name}.weight"].to(DT).cpu(), obs.update[f"{name}.bias"].to(DT).cpu()
+    l, r = factor(g, b)
+    live = g.abs().amax(1) > 0  # units some sample activates
+    if int(live.sum()) <= b:
+        raise UnsupportedError(attack_name, [f"only {int(live.sum())} units carry gradient; need over B={b}"])
+    lh = l[live] / l[live].norm(dim=1, keepdim=True)
+    w, bias = module.weight.detach().to(DT).cpu(), module.bias.detach().to(DT).cpu()
+    return name, Factored(g, gb, w, bias, l, r, live, lh, two_sided=obs.kind == "gradient")
 
 
 def layer_of(obs: Observation) -> tuple[str | None, nn.Linear | None, list[str]]:
@@ -325,27 +381,14 @@ class SPEAR(Attack):
         t0 = time.perf_counter()
         self.check(obs)
         cfg = self.config
-        name, module, _ = layer_of(obs)
-        assert name is not None and module is not None and module.bias is not None  # check() passed
         b = obs.known_batch_size()
-        g, gb = obs.update[f"{name}.weight"].to(DT).cpu(), obs.update[f"{name}.bias"].to(DT).cpu()
-        w, bias = module.weight.detach().to(DT).cpu(), module.bias.detach().to(DT).cpu()
-        l, r = factor(g, b)
-        rank_residual = float((g - l @ r).norm() / g.norm())
-        live = g.abs().amax(1) > 0  # units some sample activates
-        lh = l[live] / l[live].norm(dim=1, keepdim=True)
-        if int(live.sum()) <= b:
-            raise UnsupportedError(self.name, [f"only {int(live.sum())} units carry gradient; SPEAR needs over B={b}"])
-        sampler = Sampler(lh, cfg, generator)
+        name, f = factorise(obs, b, self.name)
+        sampler = Sampler(f.lh, cfg, generator)
         if b == 1:
             sampler.pool[b""] = torch.ones(1, dtype=DT)
-        two_sided = obs.kind == "gradient"
 
         def choose() -> Selection | None:
-            pool = torch.stack(list(sampler.pool.values()), dim=1)
-            zeros = torch.ones(len(live), pool.shape[1], dtype=torch.bool)  # units without gradient: zero
-            zeros[live] = (lh @ pool).abs() <= cfg.zero_tol
-            return select(pool, zeros, l, r, gb, w, bias, two_sided)
+            return f.select(torch.stack(list(sampler.pool.values()), dim=1), cfg.zero_tol)
 
         sel = choose() if b == 1 else None
         grown = 0  # draws when the pool last grew
@@ -367,9 +410,6 @@ class SPEAR(Attack):
                 ],
             )
         x = sel.x.to(obs.dtype)
-        dz = (l @ sel.q) * (sel.x @ w.T + bias > 0).T  # ∂L/∂Z with the ReLU pattern of the recovered inputs
-        gradient_residual = float((dz @ sel.x - g).norm() / g.norm()) if two_sided else None
-        exact = [bool(v <= cfg.max_mismatch) for v in sel.mismatch]
         images = denormalize(obs, x.to(obs.device).view(b, *obs.input_shape))
         return AttackResult(
             name=self.name,
@@ -382,16 +422,9 @@ class SPEAR(Attack):
                 "layer": name,
                 "batch_size": b,
                 "protocol": obs.protocol.name,
-                "exact": exact,
-                "exact_count": sum(exact),
-                "pattern_mismatch": sel.mismatch.tolist(),
-                "zero_fraction": sel.zero_fraction.tolist(),
-                "gradient_residual": gradient_residual,
-                "bias_residual": sel.bias_residual,
-                "rank_residual": rank_residual,
+                **f.evidence(sel, cfg),
                 "candidates": len(sampler.pool),
                 "samples_drawn": sampler.drawn,
-                "mismatch_check": "two-sided (FedSGD)" if two_sided else "zero where active only (FedAvg delta)",
             },
             config=self.config_json(),
         )
