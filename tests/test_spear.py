@@ -159,7 +159,7 @@ def test_analyze_batch_limits_agree_with_the_attacks_refusals():
         for b in (4, 64, 65):  # inside and beyond the mlp's limits (spear: B < 64 units; cocktail: B ≤ 64)
             sc = Scenario(model=model, model_kwargs=kw, dataset="digits", image_size=16, batch_size=b, seed=b)
             obs, _ = simulate(sc)
-            for name in ("spear", "cocktail"):
+            for name in ("spear", "cocktail-spear", "cocktail"):
                 claim = claims[name]
                 admitted = not ATTACKS.get(name)().problems(obs)
                 assert admitted == (claim.applies and b <= claim.max_batch), (model, b, claim)
@@ -169,11 +169,12 @@ def test_analyze_batch_limits_agree_with_the_attacks_refusals():
 def test_the_audit_runs_the_batch_attacks_and_reports_their_refusals():
     from gradleak.auditing import AuditPlan, audit_scenario, make_attacks
 
-    plan = AuditPlan(attacks=make_attacks(["spear", "cocktail"]))
+    plan = AuditPlan(attacks=make_attacks(["spear", "cocktail-spear", "cocktail"]))
     mlp = Scenario(model="mlp", model_kwargs={"width": 256}, dataset="photos", batch_size=4, seed=3)
     result, _ = audit_scenario(mlp, plan)
     runs = {r.name: r for r in result.attacks}
     assert runs["spear"].error is None and runs["spear"].mean_psnr >= 60
+    assert runs["cocktail-spear"].error is None and runs["cocktail-spear"].mean_psnr >= 60
     assert runs["cocktail"].error is None and runs["cocktail"].mean_psnr > 20
     conv = Scenario(model="convnet", model_kwargs={"width": 8}, dataset="digits", image_size=16, batch_size=4, seed=3)
     refused, _ = audit_scenario(conv, plan)

@@ -2,7 +2,9 @@
 
 MLP (flatten → Linear(d, 512) → ReLU → Linear(512, 512) → ReLU → head) at its seeded initialisation, 32×32 inputs,
 the attack with its defaults (FastICA, ``exp`` contrast on image differences, 200 iterations, scale and sign
-from the bias gradient). Every cell is the mean over 3 seeded batches; images in a batch are distinct.
+from the bias gradient). Every cell is the mean over 3 seeded batches; images in a batch are distinct. On every
+observation gradleak's ``cocktail-spear`` (ICA-seeded SPEAR, not either paper's method) runs as well, with its
+defaults; its columns sit beside the paper's attack, never merged into them.
 
 Sections (each writes into results.json; results.md summarises):
   curve    mean PSNR vs batch size: bundled photos (80 images) for B = 16–64, Fashion-MNIST (10000 images,
@@ -39,6 +41,7 @@ FASHION_B = (128, 256)
 CLIENTS = 4
 CHECK_CELLS = (("curve", "photos", 16), ("fedavg", "photos", 16))  # < 1 min together
 CHECK_TOL_DB = 0.5
+VARIANT = "cocktail-spear"  # gradleak's ICA-seeded SPEAR, run on every observation beside the paper's attack
 PAPER = (
     "The paper reports LPIPS and feature-level similarity, not PSNR: on its FC-2 network with Tiny-ImageNet at "
     "B=32 the full objective reaches LPIPS 0.081 (appendix ablation), and it reports recoveries up to B=1024 "
@@ -51,8 +54,24 @@ def log(*a) -> None:
     print(*a, flush=True)
 
 
+def variant_batch(obs, truth_images: torch.Tensor, seed: int) -> dict:
+    """One run of ``cocktail-spear`` (gradleak's ICA-seeded SPEAR) on the same observation."""
+    from gradleak.attacks import ATTACKS
+    from gradleak.metrics import score_images
+
+    res = ATTACKS.get(VARIANT)().run(obs, generator=torch.Generator().manual_seed(seed))
+    psnr = np.asarray(score_images(res.images, truth_images).psnr)
+    return {
+        "mean_psnr": float(np.mean(psnr)),
+        "frac_over_60db": float(np.mean(psnr >= 60)),
+        "flagged_exact": int(res.assumptions["exact_count"]),
+        "directions_per_pass": res.assumptions["directions_per_pass"],
+        "seconds": res.seconds,
+    }
+
+
 def attack_batch(obs, truth_images: torch.Tensor, seed: int) -> dict:
-    """One run of the attack on one observation, scored against the true images."""
+    """One run of the attack on one observation, scored against the true images, and the variant's run."""
     from gradleak.attacks import ATTACKS
     from gradleak.metrics import score_images
 
@@ -60,6 +79,7 @@ def attack_batch(obs, truth_images: torch.Tensor, seed: int) -> dict:
     s = score_images(res.images, truth_images)
     kurt = res.assumptions["kurtosis"]
     return {
+        VARIANT: variant_batch(obs, truth_images, seed),
         "seed": seed,
         "mean_psnr": float(np.mean(s.psnr)),
         "median_psnr": float(np.median(s.psnr)),
@@ -142,6 +162,14 @@ def cell(section: str, data: str, b: int, seeds=SEEDS) -> dict:
         "min_batch_psnr": float(min(r["mean_psnr"] for r in runs)),
         "frac_over_20db": float(np.mean([r["frac_over_20db"] for r in runs])),
         "seconds": float(sum(r["seconds"] for r in runs)),
+        VARIANT: {
+            "mean_psnr": float(np.mean([r[VARIANT]["mean_psnr"] for r in runs])),
+            "min_batch_psnr": float(min(r[VARIANT]["mean_psnr"] for r in runs)),
+            "frac_over_60db": float(np.mean([r[VARIANT]["frac_over_60db"] for r in runs])),
+            "flagged_exact": int(sum(r[VARIANT]["flagged_exact"] for r in runs)),
+            "seconds": float(sum(r[VARIANT]["seconds"] for r in runs)),
+            "max_seconds": float(max(r[VARIANT]["seconds"] for r in runs)),
+        },
     }
 
 
@@ -164,9 +192,10 @@ def check(path: Path) -> int:
     bad = 0
     for key in CHECK_CELLS:
         new, old = cell(*key), committed[key]
-        if abs(new["mean_psnr"] - old["mean_psnr"]) > CHECK_TOL_DB:
-            bad += 1
-            log(f"MISMATCH {key}: {new['mean_psnr']:.3f} dB vs committed {old['mean_psnr']:.3f} (tol. {CHECK_TOL_DB})")
+        for what, n, o in (("cocktail", new, old), (VARIANT, new[VARIANT], old[VARIANT])):
+            if abs(n["mean_psnr"] - o["mean_psnr"]) > CHECK_TOL_DB:
+                bad += 1
+                log(f"MISMATCH {key} {what}: {n['mean_psnr']:.3f} dB vs committed {o['mean_psnr']:.3f}")
     log(f"cocktail check: {len(CHECK_CELLS)} cells, {bad} mismatches (tolerance {CHECK_TOL_DB} dB on the mean PSNR)")
     return 1 if bad else 0
 
@@ -184,15 +213,19 @@ def markdown(results: dict) -> str:
         "(FastICA `exp` on image differences, 200 iterations, scale and sign from the bias gradient). PSNR is "
         "after pairing reconstructions with the true images (`score_images`); each cell is 3 seeded batches.",
         "",
-        "| section | data | B | mean PSNR (dB) | worst batch (dB) | share of images > 20 dB | ICA converged | s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| section | data | B | mean PSNR (dB) | worst batch (dB) | share of images > 20 dB | ICA converged | s "
+        f"| {VARIANT} mean PSNR (dB) | worst batch (dB) | share ≥ 60 dB | flagged exact | s (slowest batch) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cells in results["sections"].items():
         for c in cells:
             conv = sum(r["converged"] for r in c["runs"])
+            v = c[VARIANT]
             out.append(
                 f"| {name} | {c['data']} | {c['B']} | {c['mean_psnr']:.2f} | {c['min_batch_psnr']:.2f} | "
-                f"{c['frac_over_20db']:.2f} | {conv}/{len(c['runs'])} | {c['seconds']:.0f} |"
+                f"{c['frac_over_20db']:.2f} | {conv}/{len(c['runs'])} | {c['seconds']:.0f} | {v['mean_psnr']:.2f} | "
+                f"{v['min_batch_psnr']:.2f} | {v['frac_over_60db']:.2f} | "
+                f"{v['flagged_exact']}/{c['B'] * len(c['runs'])} | {v['seconds']:.0f} ({v['max_seconds']:.0f}) |"
             )
     out += [
         "",
@@ -201,11 +234,18 @@ def markdown(results: dict) -> str:
         "curve uses Fashion-MNIST (the bundled photos have 80 images; digits at 32 px have rank ≤ 64, faces "
         "200 images).",
         "",
-        "The issue's target (mean PSNR ≥ 25 dB at B=64) is not met: the photos are 8 crops of each of 10 "
-        "pictures, so a batch of 64 holds several crops of every picture, which are not independent sources; "
-        "Fashion-MNIST images of one kind (dark background, similar outlines) separate worse still at B ≥ 128. "
-        "Aggregating 4 clients costs nothing beyond the larger B (secagg ≈ curve at B=64), and FedAvg's "
-        "delta is a mixture of the same inputs (fedavg ≈ curve at B=16).",
+        "The issue's target (mean PSNR ≥ 25 dB at B=64 on photos) is not met by the paper's attack: the photos are 8 "
+        "crops of each of 10 pictures, so a batch of 64 holds several crops of every picture, which are not "
+        "independent sources; Fashion-MNIST images of one kind (dark background, similar outlines) separate worse "
+        "still at B ≥ 128. Aggregating 4 clients costs nothing beyond the larger B (secagg ≈ curve at B=64), and "
+        "FedAvg's delta is a mixture of the same inputs (fedavg ≈ curve at B=16).",
+        "",
+        f"`{VARIANT}` (gradleak's ICA-seeded SPEAR: the ICA estimates propose each sample's ReLU zeros, SPEAR's "
+        "null-space step makes them exact; not either paper's method) meets it on every photo batch: each image of "
+        "each batch at ≥ 60 dB (PSNR 100 dB is the cap for identical images), flagged exact by SPEAR's ReLU-pattern "
+        "evidence without the ground truth, under secure aggregation and for FedAvg deltas too. On Fashion-MNIST at "
+        "B = 128 and 256 the ICA estimates are too far from the inputs for a single direction; it then stops after a "
+        "second ICA and returns the ICA estimates, flagged not exact (its PSNR equals the paper's attack's).",
         "",
         f"Paper: {PAPER}",
         "",

@@ -14,6 +14,7 @@ from .steps import Step
 import_submodules(sys.modules[__name__])
 
 from .analytic.cocktail import CocktailParty  # noqa: E402  (the registrations above import every attack module once)
+from .analytic.cocktail_spear import CocktailSPEAR  # noqa: E402
 from .analytic.fc import FCExact  # noqa: E402
 from .analytic.imprint import ImprintRecovery  # noqa: E402
 from .analytic.layerwise import RGAP  # noqa: E402
@@ -31,6 +32,7 @@ from .inverting_gradients import InvertingGradients  # noqa: E402
 __all__ = [
     "ATTACKS",
     "CocktailParty",
+    "CocktailSPEAR",
     "DLG",
     "GGL",
     "GIFD",

@@ -97,7 +97,7 @@ def format_table(data: dict) -> str:
         "",
         "Worst case for a batch (exact / ICA batch attacks on the first layer):",
         *(
-            f"  {b['attack']:<12} "
+            f"  {b['attack']:<14} "
             + (f"applies to {b['layer']} up to B = {b['max_batch']}: " if b["applies"] else "does not apply: ")
             + f"{b['reason']}. Measured: {b['measured']}"
             for b in data.get("batch_recovery", [])

@@ -12,6 +12,9 @@
   (Boenisch et al., EuroS&P 2023; the server is :mod:`gradleak.servers.trap`).
 - :mod:`.cocktail` — the Cocktail Party Attack (Kariyappa et al., ICML 2023): ICA separates a batch (or an
   aggregate of several clients) from the mixture that a fully connected first layer's gradient is.
+- :mod:`.cocktail_spear` — ``cocktail-spear``, gradleak's own combination of the two above: ICA estimates propose
+  each sample's ReLU zeros, which SPEAR turns into an exact direction, so batches far beyond SPEAR's random
+  sampling are recovered exactly.
 
 - :mod:`.trace` — tracing a model into a chain of layers; :mod:`.linalg` — the linear algebra of one
   layer (operators, ranks, solving for its input), shared with the per-layer rank analysis these
