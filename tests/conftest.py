@@ -11,3 +11,30 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def interrupted_run(tmp_path):
+    """``run(problem) -> (uninterrupted, resumed)``: a matching problem run through, then run again with a checkpoint,
+    stopped at iteration 25 and resumed from that checkpoint (batch 1, generator seed 1 each time)."""
+    from gradleak.attacks.matching import run_matching
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_25(step):
+        if step.iteration >= 25:
+            raise Stop
+
+    def run(make_problem):
+        def go(**kw):
+            return run_matching(make_problem(), batch_size=1, generator=torch.Generator().manual_seed(1), **kw)
+
+        full = go()
+        ck = tmp_path / "run.ckpt"
+        with pytest.raises(Stop):
+            go(checkpoint=ck, on_step=stop_at_25)
+        assert ck.exists()
+        return full, go(checkpoint=ck)
+
+    return run

@@ -87,32 +87,11 @@ def test_batched_restarts_equal_separate_runs(digit_case):
         torch.testing.assert_close(one.x, both.all_x[r], rtol=1e-4, atol=1e-5)
 
 
-def test_checkpoint_resume_matches_uninterrupted_run(digit_case, tmp_path):
+def test_checkpoint_resume_matches_uninterrupted_run(digit_case, interrupted_run):
     obs, _ = digit_case
     labels = torch.tensor(recover_labels(obs).labels)
     cfg = MatchingConfig(iterations=40, checkpoint_every=10, tv=0.01)
-    full = run_matching(MatchingProblem(obs, labels, cfg), batch_size=1, generator=torch.Generator().manual_seed(1))
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_25(step):
-        if step.iteration >= 25:
-            raise Stop
-
-    ck = tmp_path / "run.ckpt"
-    with pytest.raises(Stop):
-        run_matching(
-            MatchingProblem(obs, labels, cfg),
-            batch_size=1,
-            generator=torch.Generator().manual_seed(1),
-            checkpoint=ck,
-            on_step=stop_at_25,
-        )
-    assert ck.exists()
-    resumed = run_matching(
-        MatchingProblem(obs, labels, cfg), batch_size=1, generator=torch.Generator().manual_seed(1), checkpoint=ck
-    )
+    full, resumed = interrupted_run(lambda: MatchingProblem(obs, labels, cfg))
     torch.testing.assert_close(resumed.x, full.x, rtol=1e-5, atol=1e-6)
 
 

@@ -70,30 +70,10 @@ def test_the_worse_half_by_matching_distance_is_eliminated(digit_case):
     assert len(pruned.restart_losses) == 4 and pruned.all_x.shape[0] == 4
 
 
-def test_pruned_run_resumes_from_its_checkpoint(digit_case, tmp_path):
+def test_pruned_run_resumes_from_its_checkpoint(digit_case, interrupted_run):
     obs, labels = digit_case
     cfg = MatchingConfig(iterations=30, restarts=4, tv=0.01, prune_at=(0.2, 0.5), checkpoint_every=10)
-    full = run_matching(MatchingProblem(obs, labels, cfg), batch_size=1, generator=torch.Generator().manual_seed(1))
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_25(step):
-        if step.iteration >= 25:
-            raise Stop
-
-    ck = tmp_path / "run.ckpt"
-    with pytest.raises(Stop):
-        run_matching(
-            MatchingProblem(obs, labels, cfg),
-            batch_size=1,
-            generator=torch.Generator().manual_seed(1),
-            checkpoint=ck,
-            on_step=stop_at_25,
-        )
-    resumed = run_matching(
-        MatchingProblem(obs, labels, cfg), batch_size=1, generator=torch.Generator().manual_seed(1), checkpoint=ck
-    )
+    full, resumed = interrupted_run(lambda: MatchingProblem(obs, labels, cfg))
     assert resumed.resumed == {"from_iteration": 20, "checkpoint_iterations": 30}
     assert resumed.best_restart == full.best_restart
     torch.testing.assert_close(resumed.x, full.x, rtol=1e-5, atol=1e-6)

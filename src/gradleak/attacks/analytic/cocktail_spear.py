@@ -216,6 +216,7 @@ class CocktailSPEAR(Attack):
         for x in x0:
             dirs.seed(x)
         per_pass = [len(dirs.found)]
+        stalled = 0  # passes on the remainder in a row that found nothing
         on_step(Step(0, cfg.max_passes, float(b - len(dirs.found)), "directions"))
         for p in range(1, cfg.max_passes + 1):
             left = b - len(dirs.found)
@@ -225,7 +226,6 @@ class CocktailSPEAR(Attack):
             if left == 1:
                 sources = y
             else:
-                stalled = len(per_pass) - 1 - max((i for i, n in enumerate(per_pass) if n), default=0)
                 fun, domain = VARIANTS[stalled % len(VARIANTS)] if stalled else (cfg.fun, "gradient")
                 contrast = replace(cfg.ica, fun=fun, domain=domain)
                 unmixing, _ = unmix(y.numpy(), tuple(obs.input_shape), left, contrast, seed_of())
@@ -237,7 +237,8 @@ class CocktailSPEAR(Attack):
                 found = sum(dirs.seed_source(x, cfg.scales, 1) for x in mix @ y)
             per_pass.append(found)
             on_step(Step(p, cfg.max_passes, float(b - len(dirs.found)), "directions"))
-            if len(per_pass) > cfg.patience and not any(per_pass[-cfg.patience :]) or not dirs.found:
+            stalled = 0 if found else stalled + 1
+            if stalled >= cfg.patience or not dirs.found:
                 break
         sel = f.select(dirs.pool, cfg.zero_tol) if len(dirs.found) >= b else None
         assumptions = {
