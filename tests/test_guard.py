@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from gradleak.attacks import ImprintRecovery
 from gradleak.data import load_dataset
 from gradleak.defenses import DPSGD, GaussianNoise
 from gradleak.errors import InputError
@@ -17,7 +18,7 @@ from gradleak.guard.model_check import per_sample_loss
 from gradleak.models import build_model
 from gradleak.protocols import FedAvg, FedSGD, client_update, cross_entropy
 from gradleak.scenario import Scenario
-from gradleak.servers import ServerStrategy, parse_server, server
+from gradleak.servers import Imprint, ServerStrategy, parse_server, server
 
 needs_flwr = pytest.mark.skipif(
     importlib.util.find_spec("flwr") is None, reason="Flower is not installed: pip install 'gradleak[flower]'"
@@ -361,3 +362,30 @@ def test_model_check_fires_only_under_the_malicious_server(simulations):
     assert malicious_store.captured() == []
     refusals = [e["skipped"] for e in malicious_store.entries.values()]
     assert len(refusals) == 2 and all("client error" in r and "relu_sparsity FIRED" in r for r in refusals)
+
+
+def test_guard_finds_an_imprint_block_without_the_servers_record():
+    model = honest("mlp", 0, False, width=64)
+    sent, _ = Imprint(bins=64).prepare(
+        model,
+        input_shape=DIGITS.image_shape,
+        num_classes=DIGITS.num_classes,
+        normalization=DIGITS.normalization,
+        generator=torch.Generator().manual_seed(0),
+    )
+    images, y, x = batch(16, seed=3)
+    update = client_update(sent, FedSGD(), x, y)
+    guard = LeakageGuard(attacks=(ImprintRecovery(),))
+    decision = guard.inspect(  # the client does not pass the server's record: it has none
+        sent, update, protocol=FedSGD(), images=images, targets=y, normalization=DIGITS.normalization
+    )
+    assert decision.attempts[0].attacks["imprint"] > 60 and decision.action == "block"  # exact, block found
+    honest_round = guard.inspect(
+        model,
+        client_update(model, FedSGD(), x, y),
+        protocol=FedSGD(),
+        images=images,
+        targets=y,
+        normalization=DIGITS.normalization,
+    )
+    assert honest_round.action == "send" and "not parallel" in honest_round.attempts[0].errors["imprint"]

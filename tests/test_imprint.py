@@ -100,10 +100,22 @@ def test_secure_aggregation_of_four_clients_through_simulate():
     assert res.assumptions["clients"] == 4
 
 
+def test_without_the_record_the_block_is_found_in_the_model():
+    obs, images = float64_observation(batch=16, bins=64)
+    with_record = ImprintRecovery().run(obs, generator=gen())
+    blind = ImprintRecovery().run(Observation(**{**obs.__dict__, "server": None}), generator=gen())
+    assert blind.assumptions["block_from"] == "the model" and with_record.assumptions["block_from"] != "the model"
+    assert blind.assumptions["layer"] == with_record.assumptions["layer"] == "imprint.bins"
+    assert torch.equal(blind.images, with_record.images)
+    assert int(exact_matches(blind.images, images, atol=1e-10).sum()) > 0
+
+
 def test_honest_or_foreign_server_is_refused():
     obs, _ = simulate(Scenario(model="mlp", dataset="digits", image_size=8, batch_size=2, seed=0))
-    with pytest.raises(UnsupportedError, match="the server was honest"):
+    with pytest.raises(UnsupportedError, match="rows of body.1 are not parallel"):
         ImprintRecovery().check(obs)
+    conv, _ = simulate(Scenario(model="lenet", dataset="digits", image_size=8, batch_size=2, seed=0))
+    assert any("not a fully connected" in p for p in ImprintRecovery().problems(conv))
     foreign = Observation(**{**obs.__dict__, "server": {"name": "trap-weights"}})
     assert ImprintRecovery().problems(foreign) == ["the server's record is of 'trap-weights', not of an imprint block"]
 

@@ -424,7 +424,7 @@ def markdown(results: dict) -> str:
         "",
         f"Total wall time {results['seconds']:.0f} s; {e['threads']} torch threads on {e['cpus']} CPUs, "
         f"OMP_WAIT_POLICY={e['omp_wait_policy']}, torch {e['torch']}, load average (1 min) "
-        f"{e['load_average_start'][0]:.2f} → {e['load_average_end'][0]:.2f} (other jobs shared the machine).",
+        f"{e['load_average_start'][0]:.2f} → {e['load_average_end'][0]:.2f}.",
         "",
     ]
     if results.get("note"):
@@ -462,7 +462,8 @@ def markdown(results: dict) -> str:
                 "server's record. The guard (default: block at 25 dB) and the noise guard (remedies σ = "
                 + ", ".join(map(str, NOISE))
                 + ", then block) score the update with their own fast attacks from the client's view, which has no "
-                "server record; after them the server attacks what was sent (a blocked update leaves it the "
+                "server record (the imprint recovery finds the block in the received model; the trap recovery needs "
+                "the record and refuses); after them the server attacks what was sent (a blocked update leaves it the "
                 "constant-image level). Protection: a model that fails the check is not trained on, otherwise the "
                 "guard decides. The last three columns: the worst excess over the constant-image level (dB).",
                 "",
@@ -484,12 +485,11 @@ def markdown(results: dict) -> str:
                 )
             by = m["by_server"]
             missed = [n for n, v in by.items() if v["flagged_without_reference"] < v["rounds"]]
-            leaky = [
-                n
-                for n, v in by.items()
-                if v["protection_over_constant_db"] is not None
-                and v["protection_over_constant_db"] > CONSTANT_MARGIN_DB
-            ]
+
+            def above(key: str) -> list[str]:
+                return [n for n, v in by.items() if v[key] is not None and v[key] > CONSTANT_MARGIN_DB]
+
+            leaky, guard_leaky = above("protection_over_constant_db"), above("guard_over_constant_db")
             out += [
                 "",
                 "Targets: every strategy flagged in every round without the agreed architecture — "
@@ -497,10 +497,10 @@ def markdown(results: dict) -> str:
                 + f"; after the client's protection the server is left within {CONSTANT_MARGIN_DB:g} dB of the "
                 "constant-image level — "
                 + ("met" if not leaky else f"not met for {', '.join(leaky)}")
-                + ". The guard alone sees only what its fast attacks see from the client's side: it sends rounds "
-                "where analytic_fc stays below its threshold although the strategy's own recovery (with the "
-                "record) inverts them, and a noise remedy chosen against those attacks can leave the server's "
-                "recovery above the constant-image level; blocking (the default) does not.",
+                + "; the guard alone (blocking) leaves the server at that level too — "
+                + ("met" if not guard_leaky else f"not met for {', '.join(guard_leaky)}")
+                + ". The guard sees only what its fast attacks see from the client's side, so a noise remedy chosen "
+                "against those attacks can leave the server's own recovery above the constant-image level.",
             ]
             refused = sorted({(r["server"], r["model"], r["data"]) for r in s["malicious"]["rows"] if "refused" in r})
             if refused:
@@ -513,33 +513,38 @@ def markdown(results: dict) -> str:
             "",
             f"Client batch of {OVERHEAD_B}; the client's round is its local training: FedSGD one gradient (K = 1) or "
             "FedAvg K full-batch local steps; the guard's cost is the model check on the received model plus the "
-            f"leakage guard on the update (label recovery and analytic_fc); median of {REPEATS} runs. Budget: "
-            f"{100 * BUDGET:.0f}% of the round.",
+            f"leakage guard on the update (label recovery and the fast attacks); median of {REPEATS} runs. Budget: "
+            f"{100 * BUDGET:.0f}% of the round. Overhead: (model check + guard) ÷ round; guard alone: guard ÷ round.",
             "",
-            "| model | data | K | round (s) | model check (s) | guard (s) | guard's action | overhead |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | data | K | round (s) | model check (s) | guard (s) | guard's action | overhead | guard alone |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             out.append(
                 f"| {r['model']} {r['kwargs'] or ''} | {r['data']} | {r['local_steps']} | {r['train_seconds']:.3f} | "
                 f"{r['model_check_seconds']:.3f} | {r['guard_seconds']:.3f} | {r['guard_action']} | "
-                f"{100 * r['overhead']:.0f}% |"
+                f"{100 * r['overhead']:.0f}% | {100 * r['guard_seconds'] / r['train_seconds']:.0f}% |"
             )
-        within = []
-        for name, kw, data_name in OVERHEAD:
-            ks = [r["local_steps"] for r in rows if (r["model"], r["kwargs"], r["data"]) == (name, kw, data_name)]
-            ok = [
-                r["local_steps"]
-                for r in rows
-                if (r["model"], r["kwargs"], r["data"]) == (name, kw, data_name) and r["overhead"] <= BUDGET
-            ]
-            within.append(f"{name} on {data_name}: " + (f"K ≥ {min(ok)}" if ok else f"none of K = {ks}"))
+
+        def within(cost) -> str:
+            parts = []
+            for name, kw, data_name in OVERHEAD:
+                mine = [r for r in rows if (r["model"], r["kwargs"], r["data"]) == (name, kw, data_name)]
+                ok = [r["local_steps"] for r in mine if cost(r) <= BUDGET * r["train_seconds"]]
+                ks = [r["local_steps"] for r in mine]
+                parts.append(f"{name} on {data_name}: " + (f"K ≥ {min(ok)}" if ok else f"none of K = {ks}"))
+            return "; ".join(parts)
+
         out += [
             "",
-            f"Within the {100 * BUDGET:.0f}% budget: " + "; ".join(within) + ". A FedSGD round (K = 1) is a single "
-            "gradient, cheaper than the model check's per-example gradients alone: there the protection costs "
-            "several rounds. For FedAvg deltas no fast attack applies (analytic_fc needs a gradient), so the guard "
-            "only recovers labels and costs milliseconds; the model check's cost does not depend on K.",
+            f"Within the {100 * BUDGET:.0f}% budget, model check + guard: "
+            + within(lambda r: r["model_check_seconds"] + r["guard_seconds"])
+            + "; the guard alone: "
+            + within(lambda r: r["guard_seconds"])
+            + ". A FedSGD round (K = 1) is a single gradient: the model check's per-example gradients alone cost "
+            "more, and the guard's label recovery runs forward passes of its own. For FedAvg deltas no fast image "
+            "attack applies (analytic_fc needs a gradient), so the guard only recovers labels; neither its cost nor "
+            "the model check's grows with K.",
             "",
         ]
     out += [

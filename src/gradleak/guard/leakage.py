@@ -11,8 +11,9 @@ order (defenses from :mod:`gradleak.defenses`, each applied to the update as tra
 whose update scores below the threshold; if none does, or there are none, it blocks the update.
 
 The score is only as good as the attacks that produce it: an attack the guard does not run (a long optimisation
-attack such as fishing's, a recovery that needs the server's record of a modification the client cannot see) can
-still recover what the guard called safe. Run :func:`~gradleak.guard.model_check` on the received model as well.
+attack such as fishing's, a recovery that needs the server's record of a modification the client cannot see, as the
+trap recovery does) can still recover what the guard called safe. Run :func:`~gradleak.guard.model_check` on the
+received model as well.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ __all__ = ["FAST_ATTACKS", "GuardAttempt", "GuardDecision", "LeakageGuard", "fas
 
 #: attacks the guard runs when registered, in order: analytic (no optimisation), milliseconds to seconds each;
 #: each refuses (``problems``) where it does not apply. ``imprint`` and ``trap`` are the malicious servers'
-#: recoveries: they read the server's record of its modification, so they run only when the client has one.
+#: recoveries: ``imprint`` finds an imprint block in the received model itself, ``trap`` reads the server's record of
+#: its modification and so runs only when the client has one.
 FAST_ATTACKS = ("analytic_fc", "imprint", "trap")
 #: the default threshold on the highest PSNR of a reconstructed image (dB): above gradleak's "recognisable" 20 dB
 #: (:data:`gradleak.results.HIGH_PSNR`) and below what exact analytic recovery reaches (> 40 dB)

@@ -23,6 +23,12 @@ Which bins hold exactly one sample cannot be known for sure. What is observable:
 - with ``m`` bins hit by ``n`` samples, at least ``2m − n`` bins hold exactly one sample (all of them when
   ``m = n``).
 
+Where the block is: the server's record names it. Without a record (a client checking its own update, e.g.
+:class:`gradleak.guard.LeakageGuard`, knows the model it received but not the server's intent) the block is found in
+the model: its first layer, when that is an ``nn.Linear`` with bias whose rows all point the same way (one
+measurement with staggered thresholds, parallel to ``PARALLEL_RTOL``); any other model is refused. Honest layers are
+never that close to parallel (the model check's ``collinear_rows``: at most 0.88 over 90 honest models).
+
 Output (when the batch size ``n`` is known, as breaching's ``breach_padding``): consistent candidates first, then
 the others, each group by decreasing ``|Δb|``; cut to ``n`` if there are more (only rounding noise or a defense
 makes that happen), padded to ``n`` with zero inputs (the dataset's mean image) if fewer. Breaching instead keeps
@@ -50,6 +56,10 @@ from ...observation import Observation
 from ..base import Attack, AttackResult, attack
 from ..common import denormalize
 from ..steps import StepCallback, no_progress
+from .fc import first_linear
+
+#: rows count as one measurement when every row's cosine with the first row is above ``1 − PARALLEL_RTOL``
+PARALLEL_RTOL = 1e-6
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +85,29 @@ def bin_differences(gw: Tensor, gb: Tensor) -> tuple[Tensor, Tensor]:
     dw[:-1] -= gw[1:]
     db[:-1] -= gb[1:]
     return dw, db
+
+
+def block_of(obs: Observation) -> tuple[tuple[str, str] | None, list[str]]:
+    """The imprint block's (weight, bias) parameter names, from the server's record or, without one, found in the
+    model (see the module docstring); ``None`` and the reasons when there is none."""
+    record = obs.server
+    if record is not None:
+        if record.get("name") != "imprint":
+            return None, [f"the server's record is of {record.get('name')!r}, not of an imprint block"]
+        return (str(record["weight"]), str(record["bias"])), []
+    name, _, problems = first_linear(obs)
+    what = "no server record, and the model's first layer is not an imprint block"
+    if name is None or problems:
+        return None, [f"{what}: " + "; ".join(problems)]
+    w = dict(obs.model.named_parameters())[f"{name}.weight"].detach().double()
+    norms = w.norm(dim=1)
+    if len(w) < 2 or bool((norms == 0).any()):
+        return None, [f"{what}: {name} needs at least 2 non-zero rows"]
+    u = w / norms[:, None]
+    spread = float((1 - u @ u[0]).max())
+    if spread > PARALLEL_RTOL:
+        return None, [f"{what}: the rows of {name} are not parallel (1 - cos up to {spread:.2g}; one measurement: 0)"]
+    return (f"{name}.weight", f"{name}.bias"), []
 
 
 def in_bin(z: Tensor, bins: Tensor, width: Tensor, tol: float) -> Tensor:
@@ -106,21 +139,19 @@ def in_range(obs: Observation, x: Tensor, tol: float) -> Tensor:
 class ImprintRecovery(Attack):
     """Read the samples alone in their bin off an imprint block's gradient (Fowl et al. ICLR 2022).
 
-    Needs: the observation's server record of the ``imprint`` strategy (``--server imprint``) and the block's
-    gradient (FedSGD; any number of securely aggregated clients). Settings: :class:`ImprintRecoveryConfig`; the
+    Needs: an imprint block — named by the observation's server record of the ``imprint`` strategy (``--server
+    imprint``), or found as the model's first layer without a record — and its gradient (FedSGD; any number of
+    securely aggregated clients). Settings: :class:`ImprintRecoveryConfig`; the
     rule for which candidates are returned is in the module docstring."""
 
     paper = "Fowl, Geiping, Czaja, Goldblum & Goldstein, ICLR 2022 (arXiv:2110.13057), Robbing the Fed"
     Config = ImprintRecoveryConfig
 
     def problems(self, obs: Observation) -> list[str]:
-        record = obs.server
-        if record is None:
-            return ["the server was honest: this recovery reads the imprint block a server inserts (--server imprint)"]
-        if record.get("name") != "imprint":
-            return [f"the server's record is of {record.get('name')!r}, not of an imprint block"]
-        problems: list[str] = []
-        missing = [record[k] for k in ("weight", "bias") if record.get(k) not in obs.update]
+        names, problems = block_of(obs)
+        if names is None:
+            return problems
+        missing = [k for k in names if k not in obs.update]
         if missing:
             problems.append(f"the update has no gradient of the imprint block's {', '.join(map(str, missing))}")
         if obs.kind != "gradient":
@@ -139,18 +170,21 @@ class ImprintRecovery(Attack):
     ) -> AttackResult:
         t0 = time.perf_counter()
         self.check(obs)
-        cfg, record = self.config, obs.server or {}
+        cfg = self.config
+        names, _ = block_of(obs)
+        assert names is not None  # self.check passed
         params = dict(obs.model.named_parameters())
-        weight, bias = params[record["weight"]].detach().double(), params[record["bias"]].detach().double()
-        order = bias.argsort(descending=True)  # ascending thresholds c_i = −b_i / gain
-        gw = obs.update[record["weight"]].detach().double()[order]
-        gb = obs.update[record["bias"]].detach().double()[order]
-        weight, bias = weight[order], bias[order]
+        weight, bias = (params[k].detach().double() for k in names)
+        gain = weight.norm(dim=1)  # unit i: ReLU(gain_i · (h(x) − c_i)), c_i = −b_i / gain_i
+        order = (bias / gain).argsort(descending=True)  # ascending thresholds
+        gw = obs.update[names[0]].detach().double()[order]
+        gb = obs.update[names[1]].detach().double()[order]
+        weight, bias = weight[order] / gain[order, None], bias[order] / gain[order]  # z_i = h(x) − c_i
         dw, db = bin_differences(gw, gb)
         hit = db.abs() > cfg.hit_rtol * gb.abs().max()
         bins = torch.nonzero(hit).flatten()
         x = dw[bins] / db[bins, None]
-        width = torch.cat([bias[:-1] - bias[1:], (bias[-2:-1] - bias[-1:])])  # gain·(c_{i+1} − c_i); top: the last
+        width = torch.cat([bias[:-1] - bias[1:], (bias[-2:-1] - bias[-1:])])  # c_{i+1} − c_i; top: the last one
         consistent = in_bin(x @ weight.T + bias, bins, width, cfg.tol) & in_range(obs, x, cfg.tol)
         rank = sorted(range(len(bins)), key=lambda j: (not bool(consistent[j]), -float(db[bins[j]].abs())))
         n = obs.batch_size
@@ -162,7 +196,8 @@ class ImprintRecovery(Attack):
         m = len(bins)
         images = denormalize(obs, out.to(obs.dtype).view(len(out), *obs.input_shape))
         assumptions: dict[str, Any] = {
-            "layer": record["weight"].rsplit(".", 1)[0],
+            "layer": names[0].rsplit(".", 1)[0],
+            "block_from": "the server's record" if obs.server is not None else "the model",
             "bins": len(bias),
             "bins_hit": m,
             "consistent": int(consistent.sum()),
