@@ -94,6 +94,16 @@ def test_settings_that_do_not_apply_are_errors_naming_method_and_setting():
     with pytest.raises(gl.InputError, match="label method 'idlg' has no setting 'probe_inputs'"):
         gl.labels.IDLG(probe_inputs=3)
     assert gl.make_attacks(["inverting_gradients"], iterations=None)[0].config.iterations == 600  # None: default
+    fishing = gl.make_attacks(["fishing:tv=0, iterations=50"], iterations=10)[0].config  # the spec's own wins
+    assert (fishing.tv, fishing.iterations) == (0.0, 50)
+    for spec, why in [
+        ("fishing:tv", "expected KEY=VALUE"),
+        ("fishing:steps=3", "expected KEY=VALUE"),
+        ("fishing:iterations=1.5", "is not of type int"),
+        ("inverting_gradients:prune_at=0.1", "cannot be given in a spec"),
+    ]:
+        with pytest.raises(gl.InputError, match=why):
+            gl.make_attacks([spec])
     assert gl.labels.LLGWhitebox(probe_inputs=8).config.probe_inputs == 8
 
 

@@ -82,6 +82,15 @@ def test_pairing_recovers_shuffle():
         pair_images(orig[:2], orig)
 
 
+def test_part_of_a_batch_is_scored_against_its_own_originals():
+    orig = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    scores = score_images(torch.stack([orig[3], orig[1] + 0.05]), orig)  # an attack that recovers two of five
+    assert scores.originals == [3, 1] and scores.order == [0, 1]
+    shifted = float(psnr((orig[1:2] + 0.05).clamp(0, 1), orig[1:2]))
+    assert scores.psnr[0] == PSNR_CAP and scores.psnr[1] == pytest.approx(shifted) and shifted < 40
+    assert ImageScores(**{k: v for k, v in scores.to_json().items() if not k.startswith("mean")}) == scores
+
+
 def test_score_images_and_json():
     orig = _real(grey=False).float()
     recon = torch.cat([orig.flip(0), torch.rand(1, 3, 48, 48)])

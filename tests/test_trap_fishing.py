@@ -3,13 +3,16 @@ layer and their exact recovery; class and feature fishing in the head and the on
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from gradleak.attacks import FishingRecovery, TrapRecovery
 from gradleak.attacks.fishing import fished_gradient
+from gradleak.cli import main
 from gradleak.data import load_dataset
-from gradleak.errors import InputError, UnsupportedError
+from gradleak.errors import GradleakError, InputError, UnsupportedError
 from gradleak.observation import Observation
 from gradleak.protocols import FedSGD, client_update
 from gradleak.scenario import Scenario, build_scenario_model, simulate
@@ -159,6 +162,33 @@ def test_feature_fishing_search_isolates_one_sample_under_secure_aggregation():
     i = int(inside[0])  # whatever its class, the difference is its gradient as if of the target class
     x = diff.normalization.normalize(truth.images[i : i + 1])
     assert cosine(single, client_update(single_model, FedSGD(), x, torch.tensor([0]))) > 0.9999
+
+
+def test_a_fishing_server_with_search_rounds_isolates_one_sample_as_it_observes():
+    base = dict(
+        model="mlp", model_kwargs={"width": 64}, dataset="digits", image_size=8, batch_size=8, clients=3, seed=2
+    )
+    obs, truth = simulate(Scenario(**base, server=Fishing(target=0, search_rounds=40, feature_weight=1e4)))
+    assert fished_count(obs) == pytest.approx(1.0, abs=0.01)
+    record = obs.server
+    assert 2 < record["rounds"] <= 40 and record["search_rounds"] == 40 and record["feature"] >= 0
+    res = FishingRecovery(tv=0.0).run(obs, generator=gen())
+    assert (res.images - truth.images).flatten(1).abs().amax(1).min() < 1e-3  # one of the 24 images, exactly
+    with pytest.raises(GradleakError, match="in 3 rounds"):
+        simulate(Scenario(**base, server=Fishing(target=0, search_rounds=4, feature_weight=1e4)))
+    with pytest.raises(InputError, match="search_rounds"):
+        Fishing(search_rounds=1)
+
+
+def test_cli_audit_searches_over_rounds_and_scores_the_fished_sample(tmp_path):
+    out = tmp_path / "out"
+    args = ["audit", "--model", "mlp", "--model-kwargs", '{"width": 64}', "--data", "digits", "--image-size", "8"]
+    args += ["--batch-size", "8", "--secagg", "3", "--seed", "2", "--attack", "fishing:tv=0", "--out", str(out)]
+    server = "fishing:target=0,search_rounds=40,feature_weight=10000"
+    assert main(args + ["--server", server, "--quiet"]) == 0
+    run = json.loads((out / "results.json").read_text())["attacks"][0]
+    assert len(run["originals"]) == 1 and run["psnr"][0] > 60 and run["config"]["tv"] == 0.0
+    assert (out / "fishing.png").exists()
 
 
 def test_fishing_recovery_reconstructs_the_fished_sample():

@@ -32,7 +32,7 @@ from .metrics import LPIPS, label_accuracy, score_images
 from .observation import Observation
 from .results import AttackRun, AuditResult, LabelRun, LabelSection, verdict
 from .scenario import GroundTruth, Scenario, simulate
-from .settings import setting_names
+from .settings import parse_settings, setting_names
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,18 @@ class AuditPlan:
 
 
 def make_attacks(names: Sequence[str], **settings: Any) -> tuple[Attack, ...]:
-    """The attacks ``names``, each with ``settings`` (``None`` values are left at the attack's default).
+    """The attacks ``names``, each with ``settings`` (``None`` values are left at the attack's default). A name may
+    carry settings of its own attack, ``NAME:KEY=VALUE,...`` (e.g. ``fishing:tv=0``), which win over ``settings``.
 
     A setting that an attack does not have is an error naming the attack and the setting.
     """
     given = {k: v for k, v in settings.items() if v is not None}
-    return tuple(ATTACKS.get(name)(**given) for name in names)
+    attacks = []
+    for spec in names:
+        name, _, rest = spec.strip().partition(":")
+        cls = ATTACKS.get(name)
+        attacks.append(cls(**{**given, **parse_settings(f"attack {name!r}", rest, cls.Config)}))
+    return tuple(attacks)
 
 
 def run_labels(obs: Observation, methods: Sequence[str], truth: GroundTruth | None = None) -> LabelSection:

@@ -161,7 +161,11 @@ class AttackRun:
             result = AttackResult(name=d["name"], images=torch.empty(0), **kw)
         if d.get("psnr") is not None:
             scores = ImageScores(
-                order=list(d["order"]), psnr=list(d["psnr"]), ssim=list(d["ssim"]), lpips=d.get("lpips")
+                order=list(d["order"]),
+                psnr=list(d["psnr"]),
+                ssim=list(d["ssim"]),
+                lpips=d.get("lpips"),
+                originals=None if d.get("originals") is None else list(d["originals"]),
             )
         estimate = None
         if d.get("estimate") is not None:

@@ -229,39 +229,45 @@ def simulate(
             trainer = VictimTrainer(model, train_part, batch_size=sc.train_batch, lr=sc.train_lr, seed=sc.seed)
             trainer.advance(sc.train_steps)
             training = trainer.record(data)
-    server_record, head = None, sc.head
-    if sc.server is not None:
-        model, server_record = sc.server.prepare(
-            model,
-            input_shape=data.image_shape,
-            num_classes=n_cls,
-            normalization=data.normalization,
-            generator=torch.Generator().manual_seed(sc.seed + 1),
-        )
-        spec = None  # no longer the zoo architecture: files record its hash
-        head = server_record.get("head", sc.head)
-    model.train(sc.bn_mode == "train")
     x = data.normalization.normalize(images)
-    updates: list[dict[str, Tensor]] = []
-    defense_records: tuple[dict[str, Any], ...] = ()
-    for c in range(sc.clients):
-        part = slice(c * sc.batch_size, (c + 1) * sc.batch_size)
-        update, defense_records = client_round(model, sc.protocol, x[part], targets[part], sc.defenses, generator=gen)
-        updates.append(update)
-    aggregate, defense_records = aggregate_round(updates, defense_records, sc.defenses, generator=gen)
-    obs = Observation(
-        model=model,
-        update=aggregate,
-        protocol=sc.assumed_protocol or sc.protocol,
-        num_classes=n_cls,
-        input_shape=data.image_shape,
-        batch_size=total if sc.server_knows_batch_size else None,
-        normalization=data.normalization,
-        defenses=tuple(defense_records),
-        head=head,
-        model_spec=spec,
-        clients=sc.clients,
-        client_batch_sizes=(sc.batch_size,) * sc.clients if sc.clients > 1 and sc.server_knows_batch_size else None,
-        server=server_record,
-    )
+
+    def one_round(strategy: ServerStrategy | None) -> Observation:
+        sent, server_record, head, sent_spec = model, None, sc.head, spec
+        if strategy is not None:
+            sent, server_record = strategy.prepare(
+                model,
+                input_shape=data.image_shape,
+                num_classes=n_cls,
+                normalization=data.normalization,
+                generator=torch.Generator().manual_seed(sc.seed + 1),
+            )
+            sent_spec = None  # no longer the zoo architecture: files record its hash
+            head = server_record.get("head", sc.head)
+        sent.train(sc.bn_mode == "train")
+        updates: list[dict[str, Tensor]] = []
+        defense_records: tuple[dict[str, Any], ...] = ()
+        for c in range(sc.clients):
+            part = slice(c * sc.batch_size, (c + 1) * sc.batch_size)
+            update, defense_records = client_round(
+                sent, sc.protocol, x[part], targets[part], sc.defenses, generator=gen
+            )
+            updates.append(update)
+        aggregate, defense_records = aggregate_round(updates, defense_records, sc.defenses, generator=gen)
+        return Observation(
+            model=sent,
+            update=aggregate,
+            protocol=sc.assumed_protocol or sc.protocol,
+            num_classes=n_cls,
+            input_shape=data.image_shape,
+            batch_size=total if sc.server_knows_batch_size else None,
+            normalization=data.normalization,
+            defenses=tuple(defense_records),
+            head=head,
+            model_spec=sent_spec,
+            clients=sc.clients,
+            client_batch_sizes=(sc.batch_size,) * sc.clients if sc.clients > 1 and sc.server_knows_batch_size else None,
+            server=server_record,
+        )
+
+    obs = one_round(None) if sc.server is None else sc.server.observe(one_round)
     return obs, GroundTruth(images, labels, targets, data.classes, training)

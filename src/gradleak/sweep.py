@@ -220,12 +220,12 @@ def leakage_cell(
         "bound": min(bounds) if bounds else None,
         "attacks": {},
     }
-    for run in result.attacks:
+    for spec, run in zip(plan.attacks, result.attacks):  # keyed as the plan names them (a name or NAME:KEY=VALUE)
         if run.result is None or run.scores is None:
-            row["attacks"][run.name] = {"error": run.error}
+            row["attacks"][spec] = {"error": run.error}
             continue
         hits = candidate_success(run.result.images, truth.images, decoys)
-        row["attacks"][run.name] = {
+        row["attacks"][spec] = {
             "psnr": run.scores.mean_psnr,
             "ssim": run.scores.mean_ssim,
             "candidate_success": sum(hits) / len(hits),

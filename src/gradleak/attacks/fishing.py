@@ -96,7 +96,8 @@ class FishingRecovery(Attack):
             if abs(count - 1) > self.config.count_tol:
                 problems.append(
                     f"the update carries {count:.2f} fished samples, not one: "
-                    "fish another class or cut the feature elsewhere"
+                    "fish another class, cut the feature elsewhere, or let the server search over rounds "
+                    "(--server fishing:search_rounds=40,feature_weight=10000)"
                 )
         return problems
 

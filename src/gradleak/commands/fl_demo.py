@@ -158,7 +158,8 @@ def score_captures(task: Any, store: Any, num_clients: int, out: Path) -> dict[s
                 continue
             s = score_images(recon[run.name], batch.images)
             grid = f"round{e['round']}_client{pid}_{run.name}.png"
-            save_grid(out / grid, batch.images, [recon[run.name][s.order]])
+            originals = batch.images if s.originals is None else batch.images[s.originals]
+            save_grid(out / grid, originals, [recon[run.name][s.order]])
             row["attacks"][run.name] = {**s.to_json(), "grid": grid, "seconds": run.result.seconds}
         rows.append(row)
     evaluations = {str(r): m for r, m in sorted(store.evaluations.items())}

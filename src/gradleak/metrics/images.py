@@ -109,14 +109,34 @@ def pair_images(recon: Tensor, orig: Tensor) -> list[int]:
         )
     if len(recon) < len(orig):
         raise InputError(f"cannot pair {len(recon)} reconstructions with {len(orig)} originals: need at least as many")
-    r = recon.detach().to(torch.float64).flatten(1)
-    o = orig.detach().to(r.device, torch.float64).flatten(1)
-    cost = torch.cdist(o, r).pow(2) / r.shape[1]  # [n_orig, n_recon] MSE
-    rows, cols = linear_sum_assignment(cost.cpu().numpy())
+    rows, cols = linear_sum_assignment(_mse(recon, orig))
     order = [0] * len(orig)
     for i, j in zip(rows.tolist(), cols.tolist()):
         order[i] = j
     return order
+
+
+def pair_originals(recon: Tensor, orig: Tensor) -> list[int]:
+    """For fewer reconstructions than originals (an attack that recovers part of the batch, e.g. fishing's one
+    sample): the distinct original paired with each reconstruction, ``orig[originals[j]]`` with ``recon[j]``, by
+    the same least total MSE."""
+    if recon.dim() != 4 or orig.dim() != 4 or recon.shape[1:] != orig.shape[1:] or len(recon) > len(orig):
+        raise InputError(
+            f"pairing part of a batch needs at most as many reconstructions as originals, of one image shape [B, C, H, "
+            f"W], got {tuple(recon.shape)} and {tuple(orig.shape)}"
+        )
+    rows, cols = linear_sum_assignment(_mse(recon, orig))
+    originals = [0] * len(recon)
+    for i, j in zip(rows.tolist(), cols.tolist()):
+        originals[j] = i
+    return originals
+
+
+def _mse(recon: Tensor, orig: Tensor) -> np.ndarray:
+    """[n_orig, n_recon] mean squared errors."""
+    r = recon.detach().to(torch.float64).flatten(1)
+    o = orig.detach().to(r.device, torch.float64).flatten(1)
+    return (torch.cdist(o, r).pow(2) / r.shape[1]).cpu().numpy()
 
 
 # ------------------------------------------------------------------------------------------- scores
@@ -126,12 +146,15 @@ def _mean(values: Sequence[float] | None) -> float | None:
 
 @dataclass
 class ImageScores:
-    """Per-original scores of the reconstruction paired with it (``order`` from :func:`pair_images`)."""
+    """Scores of each pair: original ``i`` (``originals[k]``, or ``k`` when ``originals`` is ``None``) with
+    reconstruction ``order[k]``. Every original is scored (:func:`pair_images`) unless the attack returned fewer
+    images than the batch; then each reconstruction is scored against its own original (:func:`pair_originals`)."""
 
     order: list[int]
     psnr: list[float]
     ssim: list[float]
     lpips: list[float] | None = None
+    originals: list[int] | None = None
 
     @property
     def mean_psnr(self) -> float:
@@ -154,22 +177,28 @@ class ImageScores:
             "mean_psnr": self.mean_psnr,
             "mean_ssim": self.mean_ssim,
             "mean_lpips": self.mean_lpips,
+            "originals": None if self.originals is None else list(self.originals),
         }
 
 
 def score_images(recon: Tensor, orig: Tensor, *, lpips: LPIPS | None = None) -> ImageScores:
-    """Pair ``recon`` with ``orig`` and score each pair; ``recon`` is clamped to [0, 1] first, as shown."""
+    """Pair ``recon`` with ``orig`` and score each pair (:class:`ImageScores`); ``recon`` is clamped to [0, 1]
+    first, as shown."""
     if not torch.isfinite(recon).all():
         raise InputError("reconstructions contain NaN or inf values; they cannot be scored")
-    order = pair_images(recon, orig)
+    originals = pair_originals(recon, orig) if len(recon) < len(orig) else None
+    order = list(range(len(recon))) if originals is not None else pair_images(recon, orig)
     with torch.no_grad():
         matched = recon.detach()[order].clamp(0.0, 1.0)
         target = orig.detach().to(matched.device)
+        if originals is not None:
+            target = target[originals]
         return ImageScores(
             order=order,
             psnr=psnr(matched, target).tolist(),
             ssim=ssim(matched, target).tolist(),
             lpips=None if lpips is None else lpips(matched, target).tolist(),
+            originals=originals,
         )
 
 

@@ -32,11 +32,14 @@ def write_audit(result: AuditResult, out: str | os.PathLike[str], *, truth_image
             continue
         images = run.result.images
         order = None if run.scores is None else run.scores.order
-        grids[run.name] = _grid(out / f"{run.name}.png", truth_images, images, order)
+        truth = truth_images  # the originals the reconstructions are paired with (part of the batch, or all)
+        if truth is not None and run.scores is not None and run.scores.originals is not None:
+            truth = truth[run.scores.originals]
+        grids[run.name] = _grid(out / f"{run.name}.png", truth, images, order)
         stages[run.name] = {
             stage: _grid(
                 out / f"{run.name}_{stage.replace(' ', '_')}.png",
-                truth_images,
+                truth,
                 imgs,
                 order if len(imgs) == len(images) else None,
             )

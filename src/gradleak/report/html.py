@@ -288,7 +288,7 @@ def _attack(i: int, run: AttackRun, images: AuditImages) -> str:
                 "</figcaption></figure>"
             )
     if run.scores is not None:
-        parts.append(_per_image(run.scores.psnr, run.scores.ssim, run.scores.lpips))
+        parts.append(_per_image(run.scores.psnr, run.scores.ssim, run.scores.lpips, run.scores.originals))
     if result is not None and result.config:
         parts.append(f"<details><summary>Attack configuration</summary><pre>{_e(_json(result.config))}</pre></details>")
     parts.append("</article>")
@@ -302,12 +302,16 @@ def _oracle_tag(oracle: dict[str, str]) -> str:
     return f' <span class="tag oracle" title="{_e(", ".join(oracle))}">oracle input</span>'
 
 
-def _per_image(psnr: Sequence[float], ssim: Sequence[float], lpips: Sequence[float] | None) -> str:
+def _per_image(
+    psnr: Sequence[float], ssim: Sequence[float], lpips: Sequence[float] | None, originals: Sequence[int] | None
+) -> str:
+    """Per-image scores; the Image column is the original's index in the batch."""
     head = '<th class="num">Image</th><th class="num">PSNR</th><th class="num">SSIM</th>' + (
         '<th class="num">LPIPS</th>' if lpips is not None else ""
     )
     rows = "".join(
-        f'<tr><td class="num">{i}</td><td class="num">{_psnr(p)}</td><td class="num">{_dec(s)}</td>'
+        f'<tr><td class="num">{i if originals is None else originals[i]}</td><td class="num">{_psnr(p)}</td>'
+        f'<td class="num">{_dec(s)}</td>'
         + (f'<td class="num">{_dec(lpips[i])}</td>' if lpips is not None else "")
         + "</tr>"
         for i, (p, s) in enumerate(zip(psnr, ssim))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, fields, is_dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -19,7 +19,10 @@ from torch import nn
 from ..errors import InputError
 from ..normalization import Normalization
 from ..registry import Registry
-from ..settings import NoSettings, configure
+from ..settings import NoSettings, configure, parse_settings
+
+if TYPE_CHECKING:
+    from ..observation import Observation
 
 SERVERS: Registry[type[ServerStrategy]] = Registry("server strategy")
 HONEST = "honest"
@@ -86,6 +89,12 @@ class ServerStrategy:
         """What :meth:`prepare` returns, for a model that passed :meth:`check` (each strategy's own work)."""
         raise NotImplementedError
 
+    def observe(self, query: Callable[[ServerStrategy], Observation]) -> Observation:
+        """What the server ends up with: ``query(strategy)`` is one round — the model ``strategy`` makes, sent to
+        the same clients (their data fixed), and the aggregate of their updates. One round by default; a strategy
+        that searches over rounds (fishing's cut search) queries several times."""
+        return query(self)
+
     def to_json(self) -> dict[str, Any]:
         cfg = asdict(self.config) if is_dataclass(self.config) and not isinstance(self.config, type) else {}
         return {"name": self.name, **cfg}
@@ -99,14 +108,7 @@ def parse_server(spec: str) -> ServerStrategy | None:
             raise InputError("the honest server takes no parameters")
         return None
     cls = SERVERS.get(name)
-    types = {f.name: f.type for f in fields(cls.Config)} if is_dataclass(cls.Config) else {}
-    kwargs: dict[str, Any] = {}
-    for part in filter(None, rest.split(",")):
-        key, eq, value = part.partition("=")
-        if not eq or key not in types:
-            raise InputError(f"server strategy {name!r}: expected KEY=VALUE with KEY in {sorted(types)}, got {part!r}")
-        kwargs[key] = _value(name, key, value, str(types[key]))
-    return cls(**kwargs)
+    return cls(**parse_settings(f"server strategy {name!r}", rest, cls.Config))
 
 
 def server_from_json(record: dict[str, Any] | None) -> ServerStrategy | None:
@@ -117,18 +119,3 @@ def server_from_json(record: dict[str, Any] | None) -> ServerStrategy | None:
     cls = SERVERS.get(str(record.get("name")))
     settings = {f.name for f in fields(cls.Config)} if is_dataclass(cls.Config) else set()
     return cls(**{k: v for k, v in record.items() if k in settings})
-
-
-def _value(name: str, key: str, value: str, type_name: str) -> Any:
-    try:
-        if type_name.startswith("int"):
-            return int(value)
-        if type_name.startswith("float"):
-            return float(value)
-        if type_name.startswith("bool"):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1")
-    except ValueError:
-        raise InputError(f"server strategy {name!r}: {key}={value!r} is not of type {type_name}") from None
-    return value
