@@ -13,7 +13,8 @@ from gradleak.labels import LABEL_METHODS
 from gradleak.observation import Observation
 from gradleak.protocols import FedAvg, FedSGD, client_update
 from gradleak.scenario import Scenario, simulate
-from gradleak.servers import parse_server
+from gradleak.servers import Imprint, parse_server
+from gradleak.servers.fishing import Fishing
 
 TINY = dict(model="mlp", dataset="digits", image_size=8, batch_size=3, seed=5)
 
@@ -41,6 +42,19 @@ def test_threat_fields_survive_a_file(tmp_path):
     obs = Observation(**{**obs.__dict__, "server": {"name": "example", "bins": 4}})
     back = Observation.load(obs.save(tmp_path / "o.safetensors"), model=obs.model)
     assert (back.clients, back.client_batch_sizes, back.server) == (2, (3, 3), {"name": "example", "bins": 4})
+
+
+def test_a_weights_only_server_keeps_the_zoo_model_in_files(tmp_path):
+    obs, _ = simulate(Scenario(**TINY, server=Fishing(target=1)))
+    assert obs.model_spec is not None and obs.model_spec.name == "mlp"
+    back = Observation.load(obs.save(tmp_path / "fishing.safetensors"))  # no model needed: the zoo one
+    assert back.server == obs.server and torch.equal(back.update["head.bias"], obs.update["head.bias"])
+    imprinted, _ = simulate(Scenario(**TINY, server=Imprint(bins=4)))
+    assert imprinted.model_spec is None
+    with pytest.raises(InputError, match="a model the server changed \\('imprint' adds layers"):
+        Observation.load(imprinted.save(tmp_path / "imprint.safetensors"))
+    again = Observation.load(tmp_path / "imprint.safetensors", model=imprinted.model)
+    assert again.server == imprinted.server
 
 
 def test_client_batch_sizes_must_fit_the_aggregate():

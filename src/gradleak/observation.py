@@ -48,7 +48,9 @@ class Observation:
             model them).
         head: module path of the classification head (``nn.Linear``); found by name if not given.
         model_spec: how to rebuild a zoo architecture (files record it, so :meth:`load` needs no model);
-            without one, or for a user's ``module:factory``, files record the architecture's hash.
+            without one, or for a user's ``module:factory``, files record the architecture's hash. A malicious
+            server that changes only weights (trap, fishing) keeps the zoo model's spec; one that adds layers
+            (imprint) leaves none.
         clients: how many clients' updates the server sees aggregated (secure aggregation: the mean of their
             updates, each client with its own batch); ``batch_size`` is then the total over all clients.
         client_batch_sizes: the per-client batch sizes the server assumes (summing to ``batch_size``), if known.
@@ -279,8 +281,11 @@ def _resolve_model(
             raise InputError(f"model factory {factory!r} returned {type(model).__name__}, not an nn.Module")
     if model is None:
         if h.spec is None:
+            what = "a user model (not in the zoo)"
+            if h.server is not None:
+                what = f"a model the server changed ({str(h.server.get('name'))[:40]!r} adds layers to it)"
             raise InputError(
-                f"observation {path} was saved from a user model (not in the zoo), and a file never names "
+                f"observation {path} was saved from {what}, and a file never names "
                 "code: pass the model, e.g. Observation.load(path, model_factory='module:factory') or "
                 "model=<nn.Module> (CLI: --model module:factory)"
             )

@@ -241,7 +241,8 @@ def simulate(
                 normalization=data.normalization,
                 generator=torch.Generator().manual_seed(sc.seed + 1),
             )
-            sent_spec = None  # no longer the zoo architecture: files record its hash
+            if not strategy.keeps_architecture:
+                sent_spec = None  # no longer the zoo architecture: files record its hash
             head = server_record.get("head", sc.head)
         sent.train(sc.bn_mode == "train")
         updates: list[dict[str, Tensor]] = []

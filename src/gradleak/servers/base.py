@@ -46,6 +46,9 @@ class ServerStrategy:
     name: ClassVar[str]
     paper: ClassVar[str] = ""
     Config: ClassVar[type] = NoSettings
+    #: the sent model has the architecture it was given (only weights change): an observation of it still names
+    #: the zoo model, and its file loads without the caller's model
+    keeps_architecture: ClassVar[bool] = True
 
     def __init__(self, config: Any = None, **overrides: Any):
         self.config = configure(self.Config, config, overrides, f"server strategy {self.name!r}")

@@ -131,6 +131,7 @@ class Imprint(ServerStrategy):
 
     paper = "Fowl, Geiping, Czaja, Goldblum & Goldstein, ICLR 2022 (arXiv:2110.13057), Robbing the Fed"
     Config = ImprintConfig
+    keeps_architecture = False
 
     def problems(self, model: nn.Module, *, input_shape: tuple[int, ...], num_classes: int) -> list[str]:
         problems: list[str] = []
