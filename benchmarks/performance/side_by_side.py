@@ -73,12 +73,15 @@ class Case:
     iters: int = 300
     restarts: int = 1
     prune_at: tuple[float, ...] = ()  # gradleak's early elimination of restarts
+    lr: float | None = None  # gradleak's Adam step size (None: the attack's default, 0.1 for Inverting Gradients)
     breaching: bool = True  # False: gradleak-only case (no breaching counterpart)
     weights_of: str = ""  # gradleak-only case: the case whose breaching export (weights, images) it uses
+    versus: bool = False  # gradleak-only case: compared with weights_of's breaching run (same weights and images)
     note: str = ""
 
 
 PRUNE_AT = (0.05, 0.1, 0.2)
+STEP = 0.3  # the larger Adam step of the -lr cases (chosen on the default audit's bundled photos, not these images)
 CASES = [
     Case("ig-convnet-b1", "ig", "ConvNet", 1, images=(0, 1, 2), iters=300),
     Case("ig-resnet18-b1", "ig", "ResNet18", 1, images=(0, 1, 2), iters=300),
@@ -133,6 +136,23 @@ CASES = [
         weights_of="ig-convnet-b1",
         note="gradleak only: 8 candidates with early elimination (8 → 4 → 2 → 1 at 5%, 10%, 20% of the run) against "
         "ig-convnet-b1's single run on the same images; no snapshots (the candidates change)",
+    ),
+    *(
+        Case(
+            f"{base}-lr{STEP}",
+            "ig",
+            model,
+            1,
+            images=(0, 1, 2),
+            iters=300,
+            lr=STEP,
+            breaching=False,
+            weights_of=base,
+            versus=True,
+            note=f"gradleak only: Inverting Gradients at Adam step {STEP} instead of the paper's 0.1 (issue 19: step "
+            f"sizes), on {base}'s weights and images; compared with breaching's run of {base} in the same run",
+        )
+        for base, model in (("ig-convnet-b1", "ConvNet"), ("ig-resnet18-b1", "ResNet18"))
     ),
 ]
 
@@ -278,7 +298,8 @@ def worker_gradleak(a: argparse.Namespace) -> dict:
     obs, truth = prep["obs"], prep["truth"]
     name = ATTACK[a.attack][0]
     prune = {"prune_at": tuple(float(f) for f in a.prune_at.split(","))} if a.prune_at else {}
-    attack = ATTACKS.get(name)(iterations=a.iters, restarts=a.restarts, log_every=1, **prune)
+    step = {"lr": a.lr} if a.lr else {}
+    attack = ATTACKS.get(name)(iterations=a.iters, restarts=a.restarts, log_every=1, **prune, **step)
     labels = None if a.attack == "dlg" else LabelResult("given", [int(v) for v in truth.labels])
 
     # candidates every --snapshot-every iterations, through the engine's post_step hook (wraps the
@@ -455,8 +476,11 @@ def value_at(curve: list[float], times: list[float], t: float, final: float, wal
     return before[-1] if before else None
 
 
-def score_run(case: Case, work: Path, tag: str, b: dict | None, g: dict | None, fl: dict | None, warmup: int) -> dict:
-    """Everything derived for one image: scoring both sides with gradleak's metrics, offline."""
+def score_run(
+    case: Case, work: Path, tag: str, b: dict | None, g: dict | None, fl: dict | None, warmup: int, b_tag: str = ""
+) -> dict:
+    """Everything derived for one image: scoring both sides with gradleak's metrics, offline (``b_tag``: the tag of
+    the breaching run, when it is another case's)."""
     from safetensors.torch import load_file
 
     from benchmarks.performance.weights_map import ExportedCase
@@ -488,7 +512,7 @@ def score_run(case: Case, work: Path, tag: str, b: dict | None, g: dict | None, 
             "labels": g["labels"],
         }
     if b is not None:
-        ex = ExportedCase.read(work / f"{tag}.breaching.safetensors")
+        ex = ExportedCase.read(work / f"{b_tag or tag}.breaching.safetensors")
         norm = Normalization(tuple(ex.meta["mean"]), tuple(ex.meta["std"]))
         truth_b = ex.images01
         fin_b = score_images(norm.denormalize(ex.final).clamp(0, 1), truth_b)
@@ -577,6 +601,10 @@ def summarise(case: Case, runs: list[dict]) -> dict:
         if "breaching_final_psnr" in r.get("derived", {})
     ]
     out["reached_breaching_psnr"] = f"{sum(reached)}/{len(reached)}" if reached else None
+    ratios = [r["derived"].get("time_to_psnr_vs_breaching_wall") for r in runs if "derived" in r]
+    out["time_to_psnr_vs_breaching_wall_worst"] = (
+        max(ratios) if reached and all(reached) and ratios and None not in ratios else None
+    )
     out["images"] = len(runs)
     return out
 
@@ -606,6 +634,23 @@ def targets(cases: list[dict]) -> list[dict]:
             {
                 "target": f"gradleak PSNR at breaching's wall - breaching's final PSNR, {name} (dB)",
                 "want": ">= 0",
+                "value": None if g is None or b is None else g - b,
+            }
+        )
+    for name in ("ig-convnet-b1", f"ig-convnet-b1-lr{STEP}", "ig-resnet18-b1", f"ig-resnet18-b1-lr{STEP}"):
+        rows.append(
+            {
+                "target": f"time to breaching's PSNR / breaching's wall, {name}, every image (worst; issue 19)",
+                "want": "<= 0.20",
+                "value": get(name, "time_to_psnr_vs_breaching_wall_worst"),
+                "reached": get(name, "reached_breaching_psnr"),
+            }
+        )
+        g, b = get(name, "gradleak_psnr_at_breaching_wall"), get(name, "breaching_psnr")
+        rows.append(
+            {
+                "target": f"median PSNR at breaching's wall - breaching's median PSNR, {name} (dB; issue 19)",
+                "want": ">= 3",
                 "value": None if g is None or b is None else g - b,
             }
         )
@@ -711,7 +756,7 @@ def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_brea
         if not case.breaching:  # gradleak-only case: the weights of the matching B=1 case's export, if it ran
             source = work / f"{case.weights_of}.img{idx}.breaching.safetensors"
         for side in ("gradleak", "floor"):
-            if side == "floor" and case.restarts > 1:
+            if side == "floor" and (case.restarts > 1 or case.versus):
                 continue
             out_json = work / f"{tag}.{side}.json"
             cmd = [
@@ -726,6 +771,8 @@ def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_brea
                 str(case.restarts),
                 "--prune-at",
                 ",".join(map(str, case.prune_at)),
+                "--lr",
+                str(case.lr or 0.0),
                 "--case-file",
                 str(source),
                 "--out-json",
@@ -750,7 +797,11 @@ def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_brea
                 g = rec
             else:
                 fl = rec
-        row = score_run(case, work, tag, b, g, fl, a.warmup)
+        b_tag = ""
+        if case.versus and (work / f"{case.weights_of}.img{idx}.breaching.json").exists():
+            b_tag = f"{case.weights_of}.img{idx}"
+            b = json.loads((work / f"{b_tag}.breaching.json").read_text())
+        row = score_run(case, work, tag, b, g, fl, a.warmup, b_tag)
         row["image_index"] = idx
         record["runs"].append(row)
         gr, br, d = row.get("gradleak", {}), row.get("breaching", {}), row["derived"]
@@ -988,6 +1039,7 @@ def main() -> None:
         ("--label", int, 3),
         ("--restarts", int, 1),
         ("--prune-at", str, ""),
+        ("--lr", float, 0.0),
         ("--case-file", str, ""),
         ("--out-json", str, ""),
         ("--out-tensors", str, ""),
