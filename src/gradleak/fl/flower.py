@@ -200,9 +200,7 @@ class CaptureStrategy(FedAvg):
             input_shape=self.model_spec.input_shape,
             batch_size=batch_size,
             normalization=self.normalization,
-            model_spec=self.model_spec
-            if modified is None or getattr(self.server, "keeps_architecture", False)
-            else None,
+            model_spec=self.model_spec if self.server is None or self.server.keeps_architecture else None,
             server=None if modified is None else modified[1],
         )
 
