@@ -20,7 +20,8 @@ from gradleak.attacks.analytic.tensor import (
     score_query,
     single_query,
 )
-from gradleak.attacks.analytic.trace import trace_chain
+from gradleak.attacks.analytic.fc import first_linear_layer
+from gradleak.attacks.analytic.trace import symbolic_trace, trace_chain
 from gradleak.errors import UnsupportedError
 from gradleak.metrics import psnr, score_images
 from gradleak.scenario import Scenario, simulate
@@ -90,6 +91,14 @@ def test_trace_chain_finds_residuals():
 
 
 # -- tensor decomposition ----------------------------------------------------------------------------
+def test_a_traced_graph_is_kept_only_while_the_modules_stay_the_same():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert symbolic_trace(model) is symbolic_trace(model)  # traced once for the attacks that inspect one model
+    assert first_linear_layer(model)[0] == "1"
+    model[1] = nn.Conv2d(1, 3, 2)  # a replaced module is a new structure: traced again
+    assert first_linear_layer(model)[2] == ["the first layer is Conv2d (1), not a fully connected nn.Linear"]
+
+
 def test_tensor_recovers_small_batch():
     obs, truth = single_query(d=10, batch_size=3, width=20000, seed=0)
     rec = reconstruct(obs, TensorConfig(refine_steps=30))

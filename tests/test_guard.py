@@ -219,6 +219,7 @@ def test_guard_sends_an_update_whose_recovery_stays_low():
         normalization=DIGITS.normalization,
     )
     assert fedavg.action == "send" and fedavg.score_db is None and "analytic_fc" in fedavg.attempts[0].errors
+    assert fedavg.attempts[0].label_accuracy is None  # no attack to feed: the labels were not recovered
 
 
 @pytest.mark.parametrize("bad", [0.0, -3.0, 101.0, math.inf, math.nan, True])

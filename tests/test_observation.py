@@ -51,6 +51,17 @@ def test_wrong_shape_nan_and_missing_are_all_reported(obs):
     assert k0 in msg and "NaN" in msg and "lacks" in msg
 
 
+def test_a_finite_update_whose_sum_overflows_is_accepted_and_inf_is_not(obs):
+    upd = dict(obs.update)
+    k = next(iter(upd))
+    upd[k] = torch.full_like(upd[k], 3e38)  # every entry finite, their float32 sum is inf
+    assert torch.equal(obs.with_update(upd).update[k], upd[k])
+    upd[k] = upd[k].clone()
+    upd[k].view(-1)[-1] = float("-inf")
+    with pytest.raises(InputError, match="NaN or inf"):
+        obs.with_update(upd)
+
+
 def test_pickle_and_foreign_files_are_refused(obs, tmp_path):
     p = tmp_path / "obs.pt"
     p.write_bytes(pickle.dumps({"a": 1}))

@@ -92,7 +92,7 @@ class Observation:
             u = self.update[k]
             if tuple(u.shape) != tuple(params[k].shape):
                 problems.append(f"{k}: update shape {tuple(u.shape)} != parameter shape {tuple(params[k].shape)}")
-            elif not torch.isfinite(u).all():
+            elif not u.sum().isfinite() and not torch.isfinite(u).all():  # a finite sum: all finite (fast path)
                 problems.append(f"{k}: the update contains NaN or inf")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")

@@ -5,6 +5,8 @@ batch the client trained on, and send, defend or block.
 the protocol, the batch size — never the server's record of a modification, which the client does not know) and
 runs :func:`gradleak.audit` on it with the client's batch as ground truth: label recovery (``auto``) and the fast
 attacks (:func:`fast_attacks`: ``analytic_fc`` and the malicious servers' recovery attacks that are registered).
+Attacks that do not apply to the round (a convolution first, a FedAvg delta for ``analytic_fc``) are left out with
+their reasons; when none applies nothing is run, not even label recovery, which only feeds the attacks.
 The score is the highest PSNR of any reconstructed image (each reconstruction paired with its best-matching
 image, :func:`gradleak.metrics.score_images`). At or above ``threshold_db`` the guard tries its ``remedies`` in
 order (defenses from :mod:`gradleak.defenses`, each applied to the update as trained) and sends the first one
@@ -31,6 +33,7 @@ from ..auditing import AuditPlan, audit
 from ..defenses import BatchDefense, Defense, TrainingDefense, Update
 from ..errors import InputError
 from ..metrics import PSNR_CAP, psnr
+from ..models import find_head
 from ..normalization import Normalization
 from ..observation import Observation
 from ..protocols import Protocol
@@ -175,7 +178,7 @@ class LeakageGuard:
             model=model,
             update=update,
             protocol=protocol,
-            num_classes=logits_dim or _outputs(model, images, normalization),
+            num_classes=logits_dim or _outputs(model, images, normalization, head),
             input_shape=tuple(images.shape[1:]),
             batch_size=len(images),
             normalization=normalization,
@@ -186,6 +189,10 @@ class LeakageGuard:
         # attacks that cannot run on this round are left out here, with their reasons, rather than logged by the audit
         refused = {a.name: "; ".join(p) for a in self.attacks if (p := a.problems(obs))}
         runnable = tuple(a for a in self.attacks if a.name not in refused)
+        if not runnable:  # nothing to score: no attack applies to this round (label recovery would only feed them)
+            return self._decision(
+                "send", (GuardAttempt(None, None, dict.fromkeys(refused), refused, None),), update, images, t0
+            )
         plan = AuditPlan(label_methods=tuple(self.label_methods), attacks=runnable, seed=self.seed)
         attempts = [_attempt(audit(obs, plan, truth=truth), None, refused)]
         sent: Update | None = update
@@ -204,10 +211,15 @@ class LeakageGuard:
                 if self._safe(attempts[-1]):
                     action, sent = "defend", defended
                     break
+        return self._decision(action, tuple(attempts), sent, images, t0)
+
+    def _decision(
+        self, action: str, attempts: tuple[GuardAttempt, ...], sent: Update | None, images: Tensor, t0: float
+    ) -> GuardDecision:
         return GuardDecision(
             action=action,
             threshold_db=float(self.threshold_db),
-            attempts=tuple(attempts),
+            attempts=attempts,
             update=sent,
             constant_db=constant_image_psnr(images),
             seconds=time.perf_counter() - t0,
@@ -217,8 +229,11 @@ class LeakageGuard:
         return attempt.score_db is None or attempt.score_db < self.threshold_db
 
 
-def _outputs(model: nn.Module, images: Tensor, normalization: Normalization | None) -> int:
-    """The number of classes: the model's output width on one input, run in eval mode (no state changes)."""
+def _outputs(model: nn.Module, images: Tensor, normalization: Normalization | None, head: str | None) -> int:
+    """The number of classes: the outputs of the head the model names (``head`` or its ``head_name``), else the
+    model's output width on one input, run in eval mode (no state changes)."""
+    if head is not None or getattr(model, "head_name", None):
+        return find_head(model, None, head)[1].out_features
     was = model.training
     model.eval()
     try:

@@ -5,6 +5,7 @@ derivative), a reshape, a ReLU, a pooling, a train-mode BatchNorm or something e
 from __future__ import annotations
 
 import operator
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,15 +171,29 @@ def classify_node(gm: fx.GraphModule, node: fx.Node) -> Op:
     return Op(name, "other", f"{node.op} {getattr(node.target, '__name__', node.target)}")
 
 
+#: the last trace of each model, with the module structure it was traced from (see :func:`symbolic_trace`)
+_TRACES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], fx.GraphModule]] = weakref.WeakKeyDictionary()
+
+
 def symbolic_trace(model: nn.Module) -> fx.GraphModule:
-    """``torch.fx.symbolic_trace`` with untraceable models reported as :class:`InputError`."""
+    """``torch.fx.symbolic_trace`` with untraceable models reported as :class:`InputError`.
+
+    The graph is kept for the model while its modules (names, types and objects) stay the same, so the several
+    analytic attacks that inspect one model trace it once; the graph shares the model's modules, so weights loaded
+    into them later are the graph's weights too. Treat the graph as read-only."""
+    structure = tuple((name, type(m), id(m)) for name, m in model.named_modules())
+    kept = _TRACES.get(model)
+    if kept is not None and kept[0] == structure:
+        return kept[1]
     try:
-        return fx.symbolic_trace(model)
+        gm = fx.symbolic_trace(model)
     except Exception as e:  # fx raises many types for untraceable code; report it as a user error
         raise InputError(
             f"cannot trace the model with torch.fx ({type(e).__name__}: {e}); the analytic "
             "methods need a model without data-dependent control flow"
         ) from None
+    _TRACES[model] = (structure, gm)
+    return gm
 
 
 class Recorder(fx.Interpreter):
