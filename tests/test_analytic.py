@@ -11,6 +11,7 @@ from torch import nn
 
 from gradleak.analyze import analyze_model, copa_index
 from gradleak.attacks import ATTACKS
+from gradleak.attacks.analytic.fc import first_linear_layer
 from gradleak.attacks.analytic.tensor import (
     QueryTruth,
     TensorConfig,
@@ -20,7 +21,6 @@ from gradleak.attacks.analytic.tensor import (
     score_query,
     single_query,
 )
-from gradleak.attacks.analytic.fc import first_linear_layer
 from gradleak.attacks.analytic.trace import symbolic_trace, trace_chain
 from gradleak.errors import UnsupportedError
 from gradleak.metrics import psnr, score_images
