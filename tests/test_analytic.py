@@ -95,6 +95,8 @@ def test_a_traced_graph_is_kept_only_while_the_modules_stay_the_same():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     assert symbolic_trace(model) is symbolic_trace(model)  # traced once for the attacks that inspect one model
     assert first_linear_layer(model)[0] == "1"
+    graph = symbolic_trace(model)
+    assert symbolic_trace(model.eval()) is not graph  # a forward may branch on the mode: traced again
     model[1] = nn.Conv2d(1, 3, 2)  # a replaced module is a new structure: traced again
     assert first_linear_layer(model)[2] == ["the first layer is Conv2d (1), not a fully connected nn.Linear"]
 

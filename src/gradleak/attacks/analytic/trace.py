@@ -178,10 +178,11 @@ _TRACES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], fx.GraphMod
 def symbolic_trace(model: nn.Module) -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` with untraceable models reported as :class:`InputError`.
 
-    The graph is kept for the model while its modules (names, types and objects) stay the same, so the several
-    analytic attacks that inspect one model trace it once; the graph shares the model's modules, so weights loaded
-    into them later are the graph's weights too. Treat the graph as read-only."""
-    structure = tuple((name, type(m), id(m)) for name, m in model.named_modules())
+    The graph is kept for the model while its modules (names, types, objects and train/eval modes, which a forward
+    may branch on) stay the same, so the several analytic attacks that inspect one model trace it once; the graph
+    shares the model's modules, so weights loaded into them later are the graph's weights too. Treat the graph as
+    read-only."""
+    structure = tuple((name, type(m), id(m), m.training) for name, m in model.named_modules())
     kept = _TRACES.get(model)
     if kept is not None and kept[0] == structure:
         return kept[1]
