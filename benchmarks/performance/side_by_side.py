@@ -82,6 +82,20 @@ class Case:
 
 PRUNE_AT = (0.05, 0.1, 0.2)
 STEP = 0.3  # the larger Adam step of the -lr cases (chosen on the default audit's bundled photos, not these images)
+PRUNED = Case(
+    "ig-convnet-b1-8pruned",
+    "ig",
+    "ConvNet",
+    1,
+    images=(0, 1, 2),
+    iters=300,
+    restarts=8,
+    prune_at=PRUNE_AT,
+    breaching=False,
+    weights_of="ig-convnet-b1",
+    note="gradleak only: 8 candidates with early elimination (8 → 4 → 2 → 1 at 5%, 10%, 20% of the run) against "
+    "ig-convnet-b1's single run on the same images; no snapshots (the candidates change)",
+)
 CASES = [
     Case("ig-convnet-b1", "ig", "ConvNet", 1, images=(0, 1, 2), iters=300),
     Case("ig-resnet18-b1", "ig", "ResNet18", 1, images=(0, 1, 2), iters=300),
@@ -123,20 +137,7 @@ CASES = [
         weights_of="ig-convnet-b1",
         note="gradleak only: restart throughput (8 restarts against ig-convnet-b1's one)",
     ),
-    Case(
-        "ig-convnet-b1-8pruned",
-        "ig",
-        "ConvNet",
-        1,
-        images=(0, 1, 2),
-        iters=300,
-        restarts=8,
-        prune_at=PRUNE_AT,
-        breaching=False,
-        weights_of="ig-convnet-b1",
-        note="gradleak only: 8 candidates with early elimination (8 → 4 → 2 → 1 at 5%, 10%, 20% of the run) against "
-        "ig-convnet-b1's single run on the same images; no snapshots (the candidates change)",
-    ),
+    PRUNED,
     *(
         Case(
             f"{base}-lr{STEP}",
@@ -159,19 +160,11 @@ CASES = [
             ("ig-resnet18-b8", "ResNet18", 8, (0,), 100),
         )
     ),
-    Case(
-        f"ig-convnet-b1-8pruned-lr{STEP}",
-        "ig",
-        "ConvNet",
-        1,
-        images=(0, 1, 2),
-        iters=300,
-        restarts=8,
-        prune_at=PRUNE_AT,
+    replace(
+        PRUNED,
+        name=f"{PRUNED.name}-lr{STEP}",
         lr=STEP,
-        breaching=False,
-        weights_of="ig-convnet-b1",
-        note=f"gradleak only: ig-convnet-b1-8pruned at Adam step {STEP}, against ig-convnet-b1-lr{STEP}'s single run",
+        note=f"gradleak only: {PRUNED.name} at Adam step {STEP}, against ig-convnet-b1-lr{STEP}'s single run",
     ),
 ]
 
