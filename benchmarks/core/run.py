@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -68,12 +69,15 @@ def speed(model: str, batch: int, iters: int = 30, warmup: int = 5) -> dict:
     }
 
 
-def quality(seeds: list[int], **settings: float | int) -> list[dict]:
+def quality(seeds: list[int], model: str | None = None, **settings: float | int) -> list[dict]:
     """The default audit's attack on the default scenario per seed; ``settings`` override the attack's defaults
-    (e.g. ``lr=0.3``: issue 19's step-size measurement, written to its own results file)."""
+    (e.g. ``lr=0.3``: issue 19's step-size measurement, written to its own results file), ``model`` the scenario's
+    model (issue 19: step sizes per model family)."""
     rows = []
     for seed in seeds:
         sc = Scenario(seed=seed, unique_labels=True)  # the default audit's scenario; 0.1 drew distinct labels
+        if model is not None:
+            sc = replace(sc, model=model)
         obs, truth = simulate(sc)
         t0 = time.perf_counter()
         res = ATTACKS.get("inverting_gradients")(**settings).run(obs, generator=torch.Generator().manual_seed(seed))
@@ -118,6 +122,7 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="rerun the seed-0 quality row; exit 1 if off results.json")
     ap.add_argument("--lr", type=float, help="quality: the attack's Adam step instead of its default (use with --out)")
     ap.add_argument("--iterations", type=int, help="quality: the attack's iterations instead of its default")
+    ap.add_argument("--model", help="quality: the scenario's model instead of the default audit's (use with --out)")
     a = ap.parse_args()
     out = Path(a.out)
     if a.check:
@@ -129,8 +134,9 @@ def main() -> int:
     if a.part in ("quality", "all"):
         results["machine_quality"] = machine()
         settings = {k: v for k, v in (("lr", a.lr), ("iterations", a.iterations)) if v is not None}
-        rows = quality([int(s) for s in a.seeds.split(",")], **settings)
+        rows = quality([int(s) for s in a.seeds.split(",")], a.model, **settings)
         results["quality"] = {
+            "model": a.model or Scenario().model,
             "attack_settings": settings,
             "rows": rows,
             "mean_psnr": statistics.mean(r["psnr"] for r in rows),
@@ -151,8 +157,9 @@ def main() -> int:
     if "quality" in results:
         q = results["quality"]
         md += [
-            f"Quality — machine: {results['machine_quality']} (quality does not depend on load); Inverting "
-            f"Gradients with its defaults{''.join(f', {k} {v}' for k, v in q.get('attack_settings', {}).items())}",
+            f"Quality — machine: {results['machine_quality']} (quality does not depend on load); model "
+            f"{q.get('model', Scenario().model)}; Inverting Gradients with its defaults"
+            f"{''.join(f', {k} {v}' for k, v in q.get('attack_settings', {}).items())}",
             "",
             "| seed | class | iterations | seconds | PSNR dB | SSIM | grey PSNR dB |",
             "|---|---|---|---|---|---|---|",
