@@ -83,6 +83,7 @@ class Case:
 PRUNE_AT = (0.05, 0.1, 0.2)
 STEP = 0.3  # the larger Adam step of the -lr cases (chosen on the default audit's bundled photos, not these images)
 LARGE_STEP = 1.0  # the best step on the bundled photos for ResNet-18 and ConvNet (benchmarks/core), not these images
+STEPS = (STEP, LARGE_STEP)
 PRUNED = Case(
     "ig-convnet-b1-8pruned",
     "ig",
@@ -97,10 +98,15 @@ PRUNED = Case(
     note="gradleak only: 8 candidates with early elimination (8 → 4 → 2 → 1 at 5%, 10%, 20% of the run) against "
     "ig-convnet-b1's single run on the same images; no snapshots (the candidates change)",
 )
-CASES = [
+#: issue 19's cases, each also run at every step of STEPS (gradleak only, against its breaching run)
+BASES = (
     Case("ig-convnet-b1", "ig", "ConvNet", 1, images=(0, 1, 2), iters=300),
     Case("ig-resnet18-b1", "ig", "ResNet18", 1, images=(0, 1, 2), iters=300),
     Case("ig-convnet-b4", "ig", "ConvNet", 4, iters=300),
+    Case("ig-resnet18-b8", "ig", "ResNet18", 8, iters=100),
+)
+CASES = [
+    *BASES[:3],
     Case(
         "dlg-convnet-b1",
         "dlg",
@@ -109,7 +115,7 @@ CASES = [
         iters=12,
         note="L-BFGS, up to 20 evaluations per iteration; labels optimised jointly on both sides",
     ),
-    Case("ig-resnet18-b8", "ig", "ResNet18", 8, iters=100),
+    BASES[3],
     Case(
         "ig-convnet-b1-64px",
         "ig",
@@ -140,30 +146,19 @@ CASES = [
     ),
     PRUNED,
     *(
-        Case(
-            f"{base}-lr{step}",
-            "ig",
-            model,
-            batch,
-            images=images,
-            iters=iters,
+        replace(
+            base,
+            name=f"{base.name}-lr{step}",
             lr=step,
             breaching=False,
-            weights_of=base,
+            weights_of=base.name,
             versus=True,
             note=f"gradleak only: Inverting Gradients at Adam step {step} instead of the paper's 0.1 (issue 19: step "
-            f"sizes), on {base}'s weights and images; compared with breaching's run of {base} in the same run",
+            f"sizes), on {base.name}'s weights and images; compared with breaching's run of {base.name} in the same "
+            "run",
         )
-        for base, model, batch, images, iters, step in (
-            ("ig-convnet-b1", "ConvNet", 1, (0, 1, 2), 300, STEP),
-            ("ig-resnet18-b1", "ResNet18", 1, (0, 1, 2), 300, STEP),
-            ("ig-convnet-b4", "ConvNet", 4, (0,), 300, STEP),
-            ("ig-resnet18-b8", "ResNet18", 8, (0,), 100, STEP),
-            ("ig-resnet18-b1", "ResNet18", 1, (0, 1, 2), 300, LARGE_STEP),
-            ("ig-resnet18-b8", "ResNet18", 8, (0,), 100, LARGE_STEP),
-            ("ig-convnet-b1", "ConvNet", 1, (0, 1, 2), 300, LARGE_STEP),
-            ("ig-convnet-b4", "ConvNet", 4, (0,), 300, LARGE_STEP),
-        )
+        for step in STEPS
+        for base in BASES
     ),
     replace(
         PRUNED,
@@ -626,6 +621,11 @@ def summarise(case: Case, runs: list[dict]) -> dict:
     return out
 
 
+def with_steps(*names: str) -> list[str]:
+    """Each case name followed by its cases at the larger steps (STEPS)."""
+    return [n for name in names for n in (name, *(f"{name}-lr{step}" for step in STEPS))]
+
+
 def targets(cases: list[dict]) -> list[dict]:
     """Issue 9's targets, read off the case summaries (null where a case did not run)."""
     by = {c["case"]["name"]: c["summary"] for c in cases}
@@ -660,14 +660,7 @@ def targets(cases: list[dict]) -> list[dict]:
             ">= 0",
             "gradleak PSNR at breaching's wall - breaching's final PSNR, {name} (dB)",
         )
-    for name in (
-        "ig-convnet-b1",
-        f"ig-convnet-b1-lr{STEP}",
-        f"ig-convnet-b1-lr{LARGE_STEP}",
-        "ig-resnet18-b1",
-        f"ig-resnet18-b1-lr{STEP}",
-        f"ig-resnet18-b1-lr{LARGE_STEP}",
-    ):
+    for name in with_steps("ig-convnet-b1", "ig-resnet18-b1"):
         reach_rows(  # issue 19: every image, and 3 dB
             name,
             "time_to_psnr_vs_breaching_wall_worst",
@@ -676,14 +669,7 @@ def targets(cases: list[dict]) -> list[dict]:
             ">= 3",
             "median PSNR at breaching's wall - breaching's median PSNR, {name} (dB; issue 19)",
         )
-    for name in (
-        "ig-convnet-b4",
-        f"ig-convnet-b4-lr{STEP}",
-        f"ig-convnet-b4-lr{LARGE_STEP}",
-        "ig-resnet18-b8",
-        f"ig-resnet18-b8-lr{STEP}",
-        f"ig-resnet18-b8-lr{LARGE_STEP}",
-    ):
+    for name in with_steps("ig-convnet-b4", "ig-resnet18-b8"):
         reach_rows(  # issue 19's batch cases: a third of the time, and 1 dB
             name,
             "time_to_psnr_vs_breaching_wall_worst",
