@@ -57,6 +57,34 @@ def test_fc_refuses_without_relu_for_batches():
         ATTACKS.get("analytic_fc")().check(obs)
 
 
+def test_a_fedavg_delta_is_refused_before_the_model_is_looked_at():
+    """Refusing a parameter delta costs no trace: a model fx cannot trace gets the delta's reason alone."""
+    from dataclasses import replace
+
+    from gradleak.protocols import FedAvg
+
+    class Branching(nn.Module):  # a forward that branches on the data: symbolic tracing fails on it
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.flatten(1)) if x.sum() > 0 else self.fc(-x.flatten(1))
+
+    obs, _ = simulate(Scenario(model="mlp", model_kwargs={"width": 8}, dataset="digits", seed=0))
+    model = Branching()
+    delta = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
+    fedavg = replace(obs, model=model, update=delta, protocol=FedAvg(local_steps=2, local_lr=0.1), head="fc")
+    assert ATTACKS.get("analytic_fc")().problems(fedavg) == [
+        "needs one gradient (FedSGD); this update is a fedavg parameter delta"
+    ]
+    assert ATTACKS.get("imprint")().problems(fedavg) == [
+        "needs one gradient (FedSGD): local steps of fedavg move the block's thresholds"
+    ]
+    gradient = replace(fedavg, protocol=obs.protocol)  # the same model under FedSGD is traced, and refused for it
+    assert "trace" in " ".join(ATTACKS.get("analytic_fc")().problems(gradient))
+
+
 # -- layer-wise ----------------------------------------------------------------------------------------
 def test_rgap_tiny_conv_net_exact():
     obs, truth = simulate(Scenario(model="cnn6", dataset="photos", image_size=8, seed=0))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -97,16 +98,18 @@ def recover_batch(gw: Tensor, gb: Tensor, cfg: FCExactConfig, batch_size: int) -
     cand = gw[rows] / gb[rows, None]
     norms = cand.norm(dim=1).clamp_min(1e-12)
     dist = torch.cdist(cand, cand) / torch.minimum(norms[:, None], norms[None, :])
-    free = torch.ones(len(rows), dtype=torch.bool)
+    # greedy grouping, strongest row first; in numpy, since a torch call per row costs more than the arithmetic
+    near, d = (dist < cfg.agree_tol).numpy(), dist.numpy()
+    free = np.ones(len(rows), dtype=bool)
     groups: list[list[int]] = []
     spread: list[float] = []
     for i in range(len(rows)):
         if not free[i]:
             continue
-        members = torch.nonzero((dist[i] < cfg.agree_tol) & free).flatten().tolist()
+        members = np.flatnonzero(near[i] & free)
         free[members] = False
-        groups.append(members)
-        spread.append(float(dist[i, members].max()))
+        groups.append(members.tolist())
+        spread.append(float(d[i, members].max()))
     # more agreeing rows first; among equals the tighter group (exact rows agree to rounding error)
     ranked = sorted(range(len(groups)), key=lambda k: (-len(groups[k]), spread[k]))
     exact = [groups[k] for k in ranked if len(groups[k]) >= cfg.min_rows][:batch_size]
@@ -138,11 +141,9 @@ class FCExact(Attack):
     Config = FCExactConfig
 
     def problems(self, obs: Observation) -> list[str]:
-        problems: list[str] = []
-        if obs.kind != "gradient":
-            problems.append(f"needs one gradient (FedSGD); this update is a {obs.protocol.name} parameter delta")
-        name, after, p = first_linear(obs)
-        problems += p
+        if obs.kind != "gradient":  # decides alone, before the model is traced
+            return [f"needs one gradient (FedSGD); this update is a {obs.protocol.name} parameter delta"]
+        name, after, problems = first_linear(obs)
         if obs.batch_size is None:
             problems.append("the batch size is unknown to the server")
         elif obs.batch_size > 1 and name is not None and after != "relu":

@@ -148,16 +148,14 @@ class ImprintRecovery(Attack):
     Config = ImprintRecoveryConfig
 
     def problems(self, obs: Observation) -> list[str]:
+        if obs.kind != "gradient":  # decides alone, before the model is searched for a block
+            return [f"needs one gradient (FedSGD): local steps of {obs.protocol.name} move the block's thresholds"]
         names, problems = block_of(obs)
         if names is None:
             return problems
         missing = [k for k in names if k not in obs.update]
         if missing:
             problems.append(f"the update has no gradient of the imprint block's {', '.join(map(str, missing))}")
-        if obs.kind != "gradient":
-            problems.append(
-                f"needs one gradient (FedSGD): local steps of {obs.protocol.name} move the block's thresholds"
-            )
         return problems
 
     def run(
