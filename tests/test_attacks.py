@@ -37,6 +37,27 @@ def test_inverting_gradients_beats_grey_baseline(digit_case):
     assert res.loss_curve[-1][1] < res.loss_curve[0][1]
 
 
+def test_on_a_signed_step_tv_at_0_2_overrides_the_matching_term_wherever_its_gradient_reaches():
+    """Why Inverting Gradients without TV ends higher on one image (issue 19): on the default scenario (untrained
+    ConvNet, one 32×32 photo) the matching term's gradient per pixel is far below 0.2 × TV's, so a signed step
+    follows TV wherever TV's gradient is non-zero, also where the matching term points the other way."""
+    from gradleak.attacks.matching import total_variation
+
+    obs, truth = simulate(Scenario(seed=0, unique_labels=True))
+    problem = MatchingProblem(obs, truth.labels, MatchingConfig(iterations=1))
+    x = torch.randn((1, *obs.input_shape), generator=torch.Generator().manual_seed(0)).requires_grad_()
+    (g_match,) = torch.autograd.grad(problem.objective(x, autograd=True)[0], x)
+    (g_tv,) = torch.autograd.grad(total_variation(x), x)
+    reached = g_tv != 0
+    assert 0.5 < float(reached.float().mean()) < 1  # TV's gradient cancels on some pixels only
+    assert float((g_match.abs() / (0.2 * g_tv.abs()))[reached].max()) < 0.5
+    step = torch.sign(g_match + 0.2 * g_tv)
+    assert bool((step == torch.sign(g_tv))[reached].all())
+    against = (torch.sign(g_match) != torch.sign(g_tv)) & reached
+    assert float(against.float().sum() / reached.float().sum()) > 0.1  # there the update's information is lost
+    assert bool((step[~reached] == torch.sign(g_match)[~reached]).all())  # it steers only where TV cancels
+
+
 def test_dlg_recovers_image_and_label(digit_case):
     obs, truth = digit_case
     res = ATTACKS.get("dlg")(iterations=30).run(obs, generator=torch.Generator().manual_seed(0))

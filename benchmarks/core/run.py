@@ -71,8 +71,8 @@ def speed(model: str, batch: int, iters: int = 30, warmup: int = 5) -> dict:
 
 def quality(seeds: list[int], model: str | None = None, **settings: float | int) -> list[dict]:
     """The default audit's attack on the default scenario per seed; ``settings`` override the attack's defaults
-    (e.g. ``lr=0.3``: issue 19's step-size measurement, written to its own results file), ``model`` the scenario's
-    model (issue 19: step sizes per model family)."""
+    (e.g. ``lr=0.3`` or ``tv=0``: issue 19's measurements, each written to its own results file), ``model`` the
+    scenario's model (issue 19: step sizes per model family)."""
     rows = []
     for seed in seeds:
         sc = Scenario(seed=seed, unique_labels=True)  # the default audit's scenario; 0.1 drew distinct labels
@@ -122,6 +122,7 @@ def main() -> int:
     ap.add_argument("--check", action="store_true", help="rerun the seed-0 quality row; exit 1 if off results.json")
     ap.add_argument("--lr", type=float, help="quality: the attack's Adam step instead of its default (use with --out)")
     ap.add_argument("--iterations", type=int, help="quality: the attack's iterations instead of its default")
+    ap.add_argument("--tv", type=float, help="quality: the attack's total-variation weight instead of its default")
     ap.add_argument("--model", help="quality: the scenario's model instead of the default audit's (use with --out)")
     a = ap.parse_args()
     out = Path(a.out)
@@ -133,7 +134,7 @@ def main() -> int:
         results["speed"] = [speed(m, b) for m in ("convnet", "resnet18") for b in (1, 8)]
     if a.part in ("quality", "all"):
         results["machine_quality"] = machine()
-        settings = {k: v for k, v in (("lr", a.lr), ("iterations", a.iterations)) if v is not None}
+        settings = {k: v for k, v in (("lr", a.lr), ("iterations", a.iterations), ("tv", a.tv)) if v is not None}
         rows = quality([int(s) for s in a.seeds.split(",")], a.model, **settings)
         results["quality"] = {
             "model": a.model or Scenario().model,

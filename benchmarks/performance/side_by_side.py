@@ -74,6 +74,7 @@ class Case:
     restarts: int = 1
     prune_at: tuple[float, ...] = ()  # gradleak's early elimination of restarts
     lr: float | None = None  # gradleak's Adam step size (None: the attack's default, 0.1 for Inverting Gradients)
+    tv: float | None = None  # gradleak's total-variation weight (None: the attack's default, 0.2)
     breaching: bool = True  # False: gradleak-only case (no breaching counterpart)
     weights_of: str = ""  # gradleak-only case: the case whose breaching export (weights, images) it uses
     versus: bool = False  # gradleak-only case: compared with weights_of's breaching run (same weights and images)
@@ -84,6 +85,9 @@ PRUNE_AT = (0.05, 0.1, 0.2)
 STEP = 0.3  # the larger Adam step of the -lr cases (chosen on the default audit's bundled photos, not these images)
 LARGE_STEP = 1.0  # the best step on the bundled photos for ResNet-18 and ConvNet (benchmarks/core), not these images
 STEPS = (STEP, LARGE_STEP)
+#: issue 19's settings of the base cases (gradleak only): (name suffix, Adam step, TV weight or None for the default):
+#: the steps, and the step and TV weight best on the default audit's bundled photos (benchmarks/core), not these images
+VARIANTS = (*((f"lr{step}", step, None) for step in STEPS), (f"lr{LARGE_STEP}-tv0", LARGE_STEP, 0.0))
 PRUNED = Case(
     "ig-convnet-b1-8pruned",
     "ig",
@@ -98,7 +102,7 @@ PRUNED = Case(
     note="gradleak only: 8 candidates with early elimination (8 → 4 → 2 → 1 at 5%, 10%, 20% of the run) against "
     "ig-convnet-b1's single run on the same images; no snapshots (the candidates change)",
 )
-#: issue 19's cases, each also run at every step of STEPS (gradleak only, against its breaching run)
+#: issue 19's cases, each also run at every setting of VARIANTS (gradleak only, against its breaching run)
 BASES = (
     Case("ig-convnet-b1", "ig", "ConvNet", 1, images=(0, 1, 2), iters=300),
     Case("ig-resnet18-b1", "ig", "ResNet18", 1, images=(0, 1, 2), iters=300),
@@ -148,16 +152,17 @@ CASES = [
     *(
         replace(
             base,
-            name=f"{base.name}-lr{step}",
+            name=f"{base.name}-{suffix}",
             lr=step,
+            tv=tv,
             breaching=False,
             weights_of=base.name,
             versus=True,
-            note=f"gradleak only: Inverting Gradients at Adam step {step} instead of the paper's 0.1 (issue 19: step "
-            f"sizes), on {base.name}'s weights and images; compared with breaching's run of {base.name} in the same "
-            "run",
+            note=f"gradleak only: Inverting Gradients at Adam step {step} instead of the paper's 0.1"
+            f"{'' if tv is None else f' and TV weight {tv:g} instead of 0.2'} (issue 19), on {base.name}'s weights "
+            f"and images; compared with breaching's run of {base.name} in the same run",
         )
-        for step in STEPS
+        for suffix, step, tv in VARIANTS
         for base in BASES
     ),
     replace(
@@ -165,6 +170,14 @@ CASES = [
         name=f"{PRUNED.name}-lr{STEP}",
         lr=STEP,
         note=f"gradleak only: {PRUNED.name} at Adam step {STEP}, against ig-convnet-b1-lr{STEP}'s single run",
+    ),
+    replace(
+        PRUNED,
+        name=f"{PRUNED.name}-lr{LARGE_STEP}-tv0",
+        lr=LARGE_STEP,
+        tv=0.0,
+        note=f"gradleak only: {PRUNED.name} at Adam step {LARGE_STEP} without TV, against "
+        f"ig-convnet-b1-lr{LARGE_STEP}-tv0's single run",
     ),
 ]
 
@@ -311,6 +324,7 @@ def worker_gradleak(a: argparse.Namespace) -> dict:
     name = ATTACK[a.attack][0]
     prune = {"prune_at": tuple(float(f) for f in a.prune_at.split(","))} if a.prune_at else {}
     step = {"lr": a.lr} if a.lr else {}
+    step |= {"tv": float(a.tv)} if a.tv else {}
     attack = ATTACKS.get(name)(iterations=a.iters, restarts=a.restarts, log_every=1, **prune, **step)
     labels = None if a.attack == "dlg" else LabelResult("given", [int(v) for v in truth.labels])
 
@@ -621,9 +635,9 @@ def summarise(case: Case, runs: list[dict]) -> dict:
     return out
 
 
-def with_steps(*names: str) -> list[str]:
-    """Each case name followed by its cases at the larger steps (STEPS)."""
-    return [n for name in names for n in (name, *(f"{name}-lr{step}" for step in STEPS))]
+def with_variants(*names: str) -> list[str]:
+    """Each case name followed by its cases at the settings of VARIANTS."""
+    return [n for name in names for n in (name, *(f"{name}-{suffix}" for suffix, _, _ in VARIANTS))]
 
 
 def targets(cases: list[dict]) -> list[dict]:
@@ -660,7 +674,7 @@ def targets(cases: list[dict]) -> list[dict]:
             ">= 0",
             "gradleak PSNR at breaching's wall - breaching's final PSNR, {name} (dB)",
         )
-    for name in with_steps("ig-convnet-b1", "ig-resnet18-b1"):
+    for name in with_variants("ig-convnet-b1", "ig-resnet18-b1"):
         reach_rows(  # issue 19: every image, and 3 dB
             name,
             "time_to_psnr_vs_breaching_wall_worst",
@@ -669,7 +683,7 @@ def targets(cases: list[dict]) -> list[dict]:
             ">= 3",
             "median PSNR at breaching's wall - breaching's median PSNR, {name} (dB; issue 19)",
         )
-    for name in with_steps("ig-convnet-b4", "ig-resnet18-b8"):
+    for name in with_variants("ig-convnet-b4", "ig-resnet18-b8"):
         reach_rows(  # issue 19's batch cases: a third of the time, and 1 dB
             name,
             "time_to_psnr_vs_breaching_wall_worst",
@@ -689,6 +703,11 @@ def targets(cases: list[dict]) -> list[dict]:
     for pruned_case, single_case, how in (
         ("ig-convnet-b1-8pruned", "ig-convnet-b1", ""),
         (f"ig-convnet-b1-8pruned-lr{STEP}", f"ig-convnet-b1-lr{STEP}", f", Adam step {STEP}"),
+        (
+            f"ig-convnet-b1-8pruned-lr{LARGE_STEP}-tv0",
+            f"ig-convnet-b1-lr{LARGE_STEP}-tv0",
+            f", Adam step {LARGE_STEP}, no TV",
+        ),
     ):
         pruned, single = get(pruned_case, "gradleak_wall_s"), get(single_case, "gradleak_wall_s")
         rows.append(
@@ -801,6 +820,8 @@ def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_brea
                 ",".join(map(str, case.prune_at)),
                 "--lr",
                 str(case.lr or 0.0),
+                "--tv",
+                "" if case.tv is None else str(case.tv),
                 "--case-file",
                 str(source),
                 "--out-json",
@@ -1068,6 +1089,7 @@ def main() -> None:
         ("--restarts", int, 1),
         ("--prune-at", str, ""),
         ("--lr", float, 0.0),
+        ("--tv", str, ""),  # "": the attack's default
         ("--case-file", str, ""),
         ("--out-json", str, ""),
         ("--out-tensors", str, ""),
