@@ -1,4 +1,4 @@
-"""Helpers shared by the optimisation attacks: label targets and turning a match into a result."""
+"""Helpers shared by the attacks: label targets, turning a match into a result, the refusal of a parameter delta."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ def label_targets(obs: Observation, labels: LabelResult | None, attack: str) -> 
     if obs.batch_size is not None and len(labels.labels) != obs.batch_size:
         raise UnsupportedError(attack, [f"{len(labels.labels)} labels given for a batch of {obs.batch_size}"])
     return torch.tensor(labels.labels, dtype=torch.long), labels
+
+
+def gradient_problems(obs: Observation) -> list[str]:
+    """Why an attack that inverts one gradient refuses the observation: a FedAvg parameter delta (empty: a gradient)."""
+    if obs.kind == "gradient":
+        return []
+    return [f"needs one gradient (FedSGD); this update is a {obs.protocol.name} parameter delta"]
 
 
 def batch_size_of(obs: Observation, labels: LabelResult | None, attack: str) -> int:

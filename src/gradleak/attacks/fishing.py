@@ -29,6 +29,7 @@ from ..observation import Observation
 from ..protocols import FedSGD
 from ..servers.fishing import fished_count
 from .base import Attack, AttackResult, attack
+from .common import gradient_problems
 from .inverting_gradients import InvertingGradients
 from .steps import StepCallback, no_progress
 
@@ -84,9 +85,7 @@ class FishingRecovery(Attack):
         record = obs.server or {}
         if record.get("name") != "fishing":
             return ["needs the update of a model with a fished head: the record of a fishing server (--server fishing)"]
-        problems = []
-        if obs.kind != "gradient":
-            problems.append(f"needs one gradient (FedSGD); this update is a {obs.protocol.name} parameter delta")
+        problems = gradient_problems(obs)
         if obs.batch_size is None:
             problems.append("the batch size is unknown to the server")
         elif obs.client_batch_sizes is not None and len(set(obs.client_batch_sizes)) > 1:

@@ -31,7 +31,7 @@ from ...errors import InputError
 from ...labels import LabelResult
 from ...observation import Observation
 from ..base import Attack, AttackResult, attack
-from ..common import denormalize
+from ..common import denormalize, gradient_problems
 from ..steps import StepCallback, no_progress
 from .trace import classify_node, symbolic_trace
 
@@ -99,7 +99,8 @@ def recover_batch(gw: Tensor, gb: Tensor, cfg: FCExactConfig, batch_size: int) -
     norms = cand.norm(dim=1).clamp_min(1e-12)
     dist = torch.cdist(cand, cand) / torch.minimum(norms[:, None], norms[None, :])
     # greedy grouping, strongest row first; in numpy, since a torch call per row costs more than the arithmetic
-    near, d = (dist < cfg.agree_tol).numpy(), dist.numpy()
+    d = dist.numpy()
+    near = d < cfg.agree_tol
     free = np.ones(len(rows), dtype=bool)
     groups: list[list[int]] = []
     spread: list[float] = []
@@ -141,8 +142,8 @@ class FCExact(Attack):
     Config = FCExactConfig
 
     def problems(self, obs: Observation) -> list[str]:
-        if obs.kind != "gradient":  # decides alone, before the model is traced
-            return [f"needs one gradient (FedSGD); this update is a {obs.protocol.name} parameter delta"]
+        if delta := gradient_problems(obs):  # decides alone, before the model is traced
+            return delta
         name, after, problems = first_linear(obs)
         if obs.batch_size is None:
             problems.append("the batch size is unknown to the server")

@@ -60,7 +60,7 @@ from ...labels import LabelResult
 from ...observation import Observation
 from ...protocols import FedSGD, client_update, cross_entropy
 from ..base import Attack, AttackResult, attack
-from ..common import denormalize
+from ..common import denormalize, gradient_problems
 from ..steps import StepCallback, no_progress
 from .trace import classify_node, symbolic_trace
 
@@ -257,9 +257,7 @@ def _order(sig, requested: int) -> int:
 
 
 def tensor_problems(obs: Observation, cfg: TensorConfig) -> list[str]:
-    problems: list[str] = []
-    if obs.kind != "gradient":
-        problems.append(f"needs one gradient (FedSGD); this update is a {obs.protocol.name} parameter delta")
+    problems = gradient_problems(obs)
     hidden, _, sig, head, p = _two_layer(obs)
     problems += p
     if hidden is None or head is None or sig is None:

@@ -34,7 +34,7 @@ import torch
 from ...labels import LabelResult
 from ...observation import Observation
 from ..base import Attack, AttackResult, attack
-from ..common import denormalize
+from ..common import denormalize, gradient_problems
 from ..steps import StepCallback, no_progress
 from .fc import FCExactConfig, recover_batch
 
@@ -72,8 +72,7 @@ class TrapRecovery(Attack):
             problems.append("needs an update of a model with trap weights: the record of a trap server (--server trap)")
         elif f"{layer}.bias" not in obs.update or f"{layer}.weight" not in obs.update:
             problems.append(f"the trapped layer {layer!r} is not in the update")
-        if obs.kind != "gradient":
-            problems.append(f"needs one gradient (FedSGD); this update is a {obs.protocol.name} parameter delta")
+        problems += gradient_problems(obs)
         if obs.batch_size is None:
             problems.append("the batch size is unknown to the server")
         return problems
