@@ -88,6 +88,8 @@ STEPS = (STEP, LARGE_STEP)
 #: issue 19's settings of the base cases (gradleak only): (name suffix, Adam step, TV weight or None for the default):
 #: the steps, and the step and TV weight best on the default audit's bundled photos (benchmarks/core), not these images
 VARIANTS = (*((f"lr{step}", step, None) for step in STEPS), (f"lr{LARGE_STEP}-tv0", LARGE_STEP, 0.0))
+#: the settings of VARIANTS at which PRUNED runs too, each against the single run at that setting
+PRUNED_VARIANTS = (VARIANTS[0], VARIANTS[2])
 PRUNED = Case(
     "ig-convnet-b1-8pruned",
     "ig",
@@ -165,19 +167,16 @@ CASES = [
         for suffix, step, tv in VARIANTS
         for base in BASES
     ),
-    replace(
-        PRUNED,
-        name=f"{PRUNED.name}-lr{STEP}",
-        lr=STEP,
-        note=f"gradleak only: {PRUNED.name} at Adam step {STEP}, against ig-convnet-b1-lr{STEP}'s single run",
-    ),
-    replace(
-        PRUNED,
-        name=f"{PRUNED.name}-lr{LARGE_STEP}-tv0",
-        lr=LARGE_STEP,
-        tv=0.0,
-        note=f"gradleak only: {PRUNED.name} at Adam step {LARGE_STEP} without TV, against "
-        f"ig-convnet-b1-lr{LARGE_STEP}-tv0's single run",
+    *(
+        replace(
+            PRUNED,
+            name=f"{PRUNED.name}-{suffix}",
+            lr=step,
+            tv=tv,
+            note=f"gradleak only: {PRUNED.name} at Adam step {step}{'' if tv is None else ' without TV'}, against "
+            f"ig-convnet-b1-{suffix}'s single run",
+        )
+        for suffix, step, tv in PRUNED_VARIANTS
     ),
 ]
 
@@ -323,9 +322,9 @@ def worker_gradleak(a: argparse.Namespace) -> dict:
     obs, truth = prep["obs"], prep["truth"]
     name = ATTACK[a.attack][0]
     prune = {"prune_at": tuple(float(f) for f in a.prune_at.split(","))} if a.prune_at else {}
-    step = {"lr": a.lr} if a.lr else {}
-    step |= {"tv": float(a.tv)} if a.tv else {}
-    attack = ATTACKS.get(name)(iterations=a.iters, restarts=a.restarts, log_every=1, **prune, **step)
+    settings = {"lr": a.lr} if a.lr else {}
+    settings |= {"tv": float(a.tv)} if a.tv else {}
+    attack = ATTACKS.get(name)(iterations=a.iters, restarts=a.restarts, log_every=1, **prune, **settings)
     labels = None if a.attack == "dlg" else LabelResult("given", [int(v) for v in truth.labels])
 
     # candidates every --snapshot-every iterations, through the engine's post_step hook (wraps the
@@ -702,11 +701,13 @@ def targets(cases: list[dict]) -> list[dict]:
     )
     for pruned_case, single_case, how in (
         ("ig-convnet-b1-8pruned", "ig-convnet-b1", ""),
-        (f"ig-convnet-b1-8pruned-lr{STEP}", f"ig-convnet-b1-lr{STEP}", f", Adam step {STEP}"),
-        (
-            f"ig-convnet-b1-8pruned-lr{LARGE_STEP}-tv0",
-            f"ig-convnet-b1-lr{LARGE_STEP}-tv0",
-            f", Adam step {LARGE_STEP}, no TV",
+        *(
+            (
+                f"ig-convnet-b1-8pruned-{suffix}",
+                f"ig-convnet-b1-{suffix}",
+                f", Adam step {step}{'' if tv is None else ', no TV'}",
+            )
+            for suffix, step, tv in PRUNED_VARIANTS
         ),
     ):
         pruned, single = get(pruned_case, "gradleak_wall_s"), get(single_case, "gradleak_wall_s")
