@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.matching import MatchingConfig, MatchingProblem, lr_factor, objective_fn, run_matching
+from gradleak.errors import InputError
 from gradleak.labels import recover_labels
 from gradleak.metrics import psnr, score_images
 from gradleak.protocols import FedAvg
@@ -37,6 +39,20 @@ def test_inverting_gradients_beats_grey_baseline(digit_case):
     assert res.loss_curve[-1][1] < res.loss_curve[0][1]
 
 
+def test_ig_relative_tv_is_inverting_gradients_with_a_relative_tv_weight_and_step_1(digit_case):
+    obs, truth = digit_case
+    res = ATTACKS.get("ig_relative_tv")(iterations=300).run(obs, generator=torch.Generator().manual_seed(0))
+    assert {k: res.config[k] for k in ("lr", "tv", "tv_scale", "signed", "schedule")} == {
+        "lr": 1.0,
+        "tv": 0.3,
+        "tv_scale": "relative",
+        "signed": True,
+        "schedule": "step",
+    }
+    assert score_images(res.images, truth.images).mean_psnr > grey_psnr(truth) + 15
+    assert res.labels == truth.labels.tolist()
+
+
 def test_on_a_signed_step_tv_at_0_2_overrides_the_matching_term_wherever_its_gradient_reaches():
     """Why Inverting Gradients without TV ends higher on one image (issue 19): on the default scenario (untrained
     ConvNet, one 32×32 photo) the matching term's gradient per pixel is far below 0.2 × TV's, so a signed step
@@ -56,6 +72,36 @@ def test_on_a_signed_step_tv_at_0_2_overrides_the_matching_term_wherever_its_gra
     against = (torch.sign(g_match) != torch.sign(g_tv)) & reached
     assert float(against.float().sum() / reached.float().sum()) > 0.1  # there the update's information is lost
     assert bool((step[~reached] == torch.sign(g_match)[~reached]).all())  # it steers only where TV cancels
+
+
+def test_a_relative_tv_weight_adds_tv_at_a_share_of_each_candidates_matching_gradient():
+    """ig_relative_tv (issue 19): TV's gradient joins the step at ``tv`` times the norm of the matching gradient, per
+    candidate, whatever that norm is; so on the scenario above the signed step follows the matching term on most
+    pixels and TV on some, instead of TV wherever its gradient reaches."""
+    from gradleak.attacks.matching import add_relative_tv, total_variation
+
+    obs, truth = simulate(Scenario(seed=0, unique_labels=True))
+    problem = MatchingProblem(obs, truth.labels, MatchingConfig(iterations=1, tv=0.3, tv_scale="relative"))
+    X = torch.randn((2, 1, *obs.input_shape), generator=torch.Generator().manual_seed(0))
+    matching = [torch.autograd.grad(problem.objective(x.requires_grad_(), autograd=True)[0], x)[0] for x in X.clone()]
+    g_match = torch.stack([matching[0], 1e3 * matching[1]])  # two scales of the matching gradient
+    g, loss = add_relative_tv(X, g_match, torch.zeros(2), 0.3)
+    added = (g - g_match).flatten(1)
+    ratio = added.norm(dim=1) / g_match.flatten(1).norm(dim=1)
+    assert torch.allclose(ratio, torch.tensor([0.3, 0.3]), rtol=1e-4)
+    for r in range(2):
+        x = X[r].clone().requires_grad_()
+        (g_tv,) = torch.autograd.grad(total_variation(x), x)
+        assert float(F.cosine_similarity(added[r], g_tv.flatten(), dim=0)) > 0.9999
+        assert float(loss[r]) == pytest.approx(float(added[r].norm() / g_tv.norm() * total_variation(X[r])), rel=1e-4)
+    follows = float((torch.sign(g[0]) == torch.sign(g_match[0])).float().mean())
+    assert 0.6 < follows < 1  # the matching term steers most pixels, TV some
+    (stepped,), _ = objective_fn(problem)(X[:1], None)  # the engine's step adds exactly this term
+    assert torch.allclose(stepped, add_relative_tv(X[:1], g_match[:1], torch.zeros(1), 0.3)[0], atol=1e-12)
+    with pytest.raises(InputError, match="needs Adam"):
+        MatchingConfig(tv=0.3, tv_scale="relative", optimizer="lbfgs")
+    with pytest.raises(InputError, match="tv_scale"):
+        MatchingConfig(tv_scale="log")
 
 
 def test_dlg_recovers_image_and_label(digit_case):

@@ -31,6 +31,7 @@ from ..schema import Problems, finite_problems, is_int, is_number, read_safetens
 from .steps import Step, StepCallback, no_progress
 
 ExtraTerm = Callable[[Tensor], Tensor]
+TV_SCALES = ("absolute", "relative")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +49,9 @@ class MatchingConfig:
     schedule: str = "step"  # "step": ×0.1 at 3/8, 5/8, 7/8 | "cosine" | "constant"
     warmup: int = 0
     tv: float = 0.0
+    # "absolute": the loss adds ``tv · TV(x)`` | "relative" (gradleak's addition, issue 19): each step adds TV's
+    # gradient scaled to ``tv`` times the norm of the rest of the loss's gradient, per candidate (Adam only)
+    tv_scale: str = "absolute"
     l2: float = 0.0
     bn: float = 0.0
     box: bool = True  # keep candidates inside the normalised image range
@@ -73,10 +77,15 @@ class MatchingConfig:
             ("distance", ("cosine", "l2", "layer_l2")),
             ("optimizer", ("adam", "lbfgs")),
             ("schedule", ("step", "cosine", "constant")),
+            ("tv_scale", TV_SCALES),
             ("replay", REPLAYS),
         ):
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.tv_scale == "relative" and self.optimizer != "adam":
+            raise InputError(
+                "a relative TV weight (tv_scale='relative') needs Adam: L-BFGS's line search needs one loss"
+            )
 
 
 @dataclass
@@ -272,7 +281,7 @@ class MatchingProblem:
             update = self.update_fn(self.params, x, self.labels_from(label_logits))
         match = self.distance(self.transform(update) if self.transform else update)
         loss = match
-        if self.cfg.tv:
+        if self.cfg.tv and self.cfg.tv_scale == "absolute":
             loss = loss + self.cfg.tv * total_variation(x)
         if self.cfg.l2:
             loss = loss + self.cfg.l2 * torch.linalg.vector_norm(x)
@@ -310,11 +319,33 @@ def objective_fn(problem: MatchingProblem) -> Callable:
             with torch.enable_grad():
                 loss, match = problem.objective(*inputs, autograd=True)
                 g = torch.autograd.grad(loss, inputs)
-            return tuple(t.unsqueeze(0) for t in g), (loss.detach().unsqueeze(0), match.unsqueeze(0))
-        g, aux = batched(*((X, Y) if joint else (X,)))
-        return (g if joint else (g,)), aux
+            grads, aux = tuple(t.unsqueeze(0) for t in g), (loss.detach().unsqueeze(0), match.unsqueeze(0))
+        else:
+            g, aux = batched(*((X, Y) if joint else (X,)))
+            grads = g if joint else (g,)
+        if problem.cfg.tv and problem.cfg.tv_scale == "relative":
+            gx, loss = add_relative_tv(X, grads[0], aux[0], problem.cfg.tv)
+            grads, aux = (gx, *grads[1:]), (loss, aux[1])
+        return grads, aux
 
     return step
+
+
+def add_relative_tv(X: Tensor, grad: Tensor, loss: Tensor, weight: float) -> tuple[Tensor, Tensor]:
+    """``grad`` [R, B, C, H, W] plus, per candidate r, TV's gradient scaled to ``weight · ‖grad_r‖``; ``loss`` [R]
+    plus TV at that scale. The weight stays a share of the step however small the matching gradient is; a fixed
+    weight overrides it where the matching gradient is small (issue 19: about 1e-6 per pixel against TV's 7e-4 on
+    the untrained ConvNet)."""
+    with torch.enable_grad():
+        x = X.detach().requires_grad_()
+        tv = torch.stack([total_variation(c) for c in x])
+        (g_tv,) = torch.autograd.grad(tv.sum(), x)
+    dims = tuple(range(1, X.ndim))
+    scale = (
+        weight * torch.linalg.vector_norm(grad, dim=dims) / torch.linalg.vector_norm(g_tv, dim=dims).clamp_min(1e-30)
+    )
+    shape = (-1,) + (1,) * (X.ndim - 1)
+    return grad + scale.view(shape) * g_tv, loss + scale * tv.detach()
 
 
 def run_matching(
