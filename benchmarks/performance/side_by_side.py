@@ -48,6 +48,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -75,6 +76,7 @@ class Case:
     prune_at: tuple[float, ...] = ()  # gradleak's early elimination of restarts
     lr: float | None = None  # gradleak's Adam step size (None: the attack's default, 0.1 for Inverting Gradients)
     tv: float | None = None  # gradleak's total-variation weight (None: the attack's default, 0.2)
+    gradleak_attack: str = ""  # gradleak's attack by registry name ("": the paper's, ATTACK[attack][0])
     breaching: bool = True  # False: gradleak-only case (no breaching counterpart)
     weights_of: str = ""  # gradleak-only case: the case whose breaching export (weights, images) it uses
     versus: bool = False  # gradleak-only case: compared with weights_of's breaching run (same weights and images)
@@ -85,11 +87,32 @@ PRUNE_AT = (0.05, 0.1, 0.2)
 STEP = 0.3  # the larger Adam step of the -lr cases (chosen on the default audit's bundled photos, not these images)
 LARGE_STEP = 1.0  # the best step on the bundled photos for ResNet-18 and ConvNet (benchmarks/core), not these images
 STEPS = (STEP, LARGE_STEP)
-#: issue 19's settings of the base cases (gradleak only): (name suffix, Adam step, TV weight or None for the default):
-#: the steps, and the step and TV weight best on the default audit's bundled photos (benchmarks/core), not these images
-VARIANTS = (*((f"lr{step}", step, None) for step in STEPS), (f"lr{LARGE_STEP}-tv0", LARGE_STEP, 0.0))
+
+
+class Variant(NamedTuple):
+    """Issue 19's settings of the base cases (gradleak only): Adam step and TV weight (None: the attack's
+    default) of ``attack`` ("": Inverting Gradients)."""
+
+    suffix: str
+    lr: float | None
+    tv: float | None
+    attack: str = ""
+
+    def describe(self) -> str:
+        if self.attack:
+            return f"{self.attack} (its defaults)"
+        return f"Adam step {self.lr}" + ("" if self.tv is None else f", TV weight {self.tv:g}")
+
+
+#: the steps; the step and TV weight best on the default audit's bundled photos (benchmarks/core), not these images;
+#: the default audit's attack (relative TV weight)
+VARIANTS = (
+    *(Variant(f"lr{step}", step, None) for step in STEPS),
+    Variant(f"lr{LARGE_STEP}-tv0", LARGE_STEP, 0.0),
+    Variant("rtv", None, None, "ig_relative_tv"),
+)
 #: the settings of VARIANTS at which PRUNED runs too, each against the single run at that setting
-PRUNED_VARIANTS = (VARIANTS[0], VARIANTS[2])
+PRUNED_VARIANTS = (VARIANTS[0], VARIANTS[2], VARIANTS[3])
 PRUNED = Case(
     "ig-convnet-b1-8pruned",
     "ig",
@@ -154,29 +177,29 @@ CASES = [
     *(
         replace(
             base,
-            name=f"{base.name}-{suffix}",
-            lr=step,
-            tv=tv,
+            name=f"{base.name}-{v.suffix}",
+            lr=v.lr,
+            tv=v.tv,
+            gradleak_attack=v.attack,
             breaching=False,
             weights_of=base.name,
             versus=True,
-            note=f"gradleak only: Inverting Gradients at Adam step {step} instead of the paper's 0.1"
-            f"{'' if tv is None else f' and TV weight {tv:g} instead of 0.2'} (issue 19), on {base.name}'s weights "
-            f"and images; compared with breaching's run of {base.name} in the same run",
+            note=f"gradleak only: {v.describe()} instead of Inverting Gradients' step 0.1 and TV weight 0.2 "
+            f"(issue 19), on {base.name}'s weights and images; compared with breaching's run of {base.name}",
         )
-        for suffix, step, tv in VARIANTS
+        for v in VARIANTS
         for base in BASES
     ),
     *(
         replace(
             PRUNED,
-            name=f"{PRUNED.name}-{suffix}",
-            lr=step,
-            tv=tv,
-            note=f"gradleak only: {PRUNED.name} at Adam step {step}{'' if tv is None else ' without TV'}, against "
-            f"ig-convnet-b1-{suffix}'s single run",
+            name=f"{PRUNED.name}-{v.suffix}",
+            lr=v.lr,
+            tv=v.tv,
+            gradleak_attack=v.attack,
+            note=f"gradleak only: {PRUNED.name} at {v.describe()}, against ig-convnet-b1-{v.suffix}'s single run",
         )
-        for suffix, step, tv in PRUNED_VARIANTS
+        for v in PRUNED_VARIANTS
     ),
 ]
 
@@ -320,7 +343,7 @@ def worker_gradleak(a: argparse.Namespace) -> dict:
     rss_imports = peak_rss_mb()
     prep = _prepare(a)
     obs, truth = prep["obs"], prep["truth"]
-    name = ATTACK[a.attack][0]
+    name = a.gradleak_attack or ATTACK[a.attack][0]
     prune = {"prune_at": tuple(float(f) for f in a.prune_at.split(","))} if a.prune_at else {}
     settings = {"lr": a.lr} if a.lr else {}
     settings |= {"tv": float(a.tv)} if a.tv else {}
@@ -636,7 +659,7 @@ def summarise(case: Case, runs: list[dict]) -> dict:
 
 def with_variants(*names: str) -> list[str]:
     """Each case name followed by its cases at the settings of VARIANTS."""
-    return [n for name in names for n in (name, *(f"{name}-{suffix}" for suffix, _, _ in VARIANTS))]
+    return [n for name in names for n in (name, *(f"{name}-{v.suffix}" for v in VARIANTS))]
 
 
 def targets(cases: list[dict]) -> list[dict]:
@@ -702,12 +725,8 @@ def targets(cases: list[dict]) -> list[dict]:
     for pruned_case, single_case, how in (
         ("ig-convnet-b1-8pruned", "ig-convnet-b1", ""),
         *(
-            (
-                f"ig-convnet-b1-8pruned-{suffix}",
-                f"ig-convnet-b1-{suffix}",
-                f", Adam step {step}{'' if tv is None else ', no TV'}",
-            )
-            for suffix, step, tv in PRUNED_VARIANTS
+            (f"ig-convnet-b1-8pruned-{v.suffix}", f"ig-convnet-b1-{v.suffix}", f", {v.describe()}")
+            for v in PRUNED_VARIANTS
         ),
     ):
         pruned, single = get(pruned_case, "gradleak_wall_s"), get(single_case, "gradleak_wall_s")
@@ -823,6 +842,8 @@ def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_brea
                 str(case.lr or 0.0),
                 "--tv",
                 "" if case.tv is None else str(case.tv),
+                "--gradleak-attack",
+                case.gradleak_attack,
                 "--case-file",
                 str(source),
                 "--out-json",
@@ -1091,6 +1112,7 @@ def main() -> None:
         ("--prune-at", str, ""),
         ("--lr", float, 0.0),
         ("--tv", str, ""),  # "": the attack's default
+        ("--gradleak-attack", str, ""),  # "": ATTACK[--attack][0]
         ("--case-file", str, ""),
         ("--out-json", str, ""),
         ("--out-tensors", str, ""),
