@@ -24,6 +24,8 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from gradleak.auditing import DEFAULT_ATTACK
+
 HERE = Path(__file__).resolve().parent
 ERROR_LINE = re.compile(r"^gradleak(?: [\w-]+)?: error: ", re.MULTILINE)
 
@@ -83,7 +85,7 @@ MAKERS: dict[str, Callable[[Path], None]] = {
     "nan_weights": lambda tmp: mlp_weights(tmp, "nan.safetensors", float("nan")),
     "corrupt_checkpoint": lambda tmp: [
         (tmp / "ck").mkdir(),
-        (tmp / "ck" / "inverting_gradients.checkpoint.safetensors").write_bytes(b"garbage"),
+        (tmp / "ck" / f"{DEFAULT_ATTACK}.checkpoint.safetensors").write_bytes(b"garbage"),  # the audit's attack
     ],
     "checkpoint_of_seed_1": lambda tmp: cli(
         tmp,

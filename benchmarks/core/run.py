@@ -2,12 +2,13 @@
 
 1. Speed: Inverting-Gradients iterations per second for ConvNet (width 64) and ResNet-18 (CIFAR
    stem) at 32×32, batch 1 and 8, after a short warm-up; records threads, OpenMP wait policy and load.
-2. Quality: the default audit's attack (Inverting Gradients, its default budget) on the default
-   scenario (ConvNet, bundled photos, 32×32, batch 1) over several seeds (different images), PSNR/SSIM
+2. Quality: the default audit's attack (``ig_relative_tv``, its default budget; ``--attack`` another) on the
+   default scenario (ConvNet, bundled photos, 32×32, batch 1) over several seeds (different images), PSNR/SSIM
    against the original and against a constant-grey guess.
 
     python benchmarks/core/run.py                 # both parts; writes results.json and results.md here
     python benchmarks/core/run.py --part speed    # one part
+    python benchmarks/core/run.py --part quality --attack inverting_gradients --out FILE   # the paper's attack
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.matching import MatchingConfig, MatchingProblem, run_matching
+from gradleak.auditing import DEFAULT_ATTACK
 from gradleak.labels import recover_labels
 from gradleak.metrics import psnr, score_images
 from gradleak.scenario import Scenario, simulate
@@ -69,8 +71,10 @@ def speed(model: str, batch: int, iters: int = 30, warmup: int = 5) -> dict:
     }
 
 
-def quality(seeds: list[int], model: str | None = None, **settings: float | int) -> list[dict]:
-    """The default audit's attack on the default scenario per seed; ``settings`` override the attack's defaults
+def quality(
+    seeds: list[int], model: str | None = None, attack: str = DEFAULT_ATTACK, **settings: float | int
+) -> list[dict]:
+    """``attack`` (the default audit's) on the default scenario per seed; ``settings`` override the attack's defaults
     (e.g. ``lr=0.3`` or ``tv=0``: issue 19's measurements, each written to its own results file), ``model`` the
     scenario's model (issue 19: step sizes per model family)."""
     rows = []
@@ -80,7 +84,7 @@ def quality(seeds: list[int], model: str | None = None, **settings: float | int)
             sc = replace(sc, model=model)
         obs, truth = simulate(sc)
         t0 = time.perf_counter()
-        res = ATTACKS.get("inverting_gradients")(**settings).run(obs, generator=torch.Generator().manual_seed(seed))
+        res = ATTACKS.get(attack)(**settings).run(obs, generator=torch.Generator().manual_seed(seed))
         s = score_images(res.images, truth.images)
         grey = torch.full_like(truth.images, float(truth.images.mean()))
         rows.append(
@@ -102,10 +106,12 @@ CHECK_PSNR_TOL = 0.1  # dB; the run is seeded, so the same code gives the same n
 
 
 def check(path: Path) -> int:
-    """``--check``: rerun the quality row of seed 0 (the default audit's first draw, 600 iterations) and compare
-    its PSNR with the committed one."""
-    want = next(r for r in json.loads(path.read_text())["quality"]["rows"] if r["seed"] == 0)
-    got = quality([0])[0]
+    """``--check``: rerun the quality row of seed 0 (the default audit's first draw) with the file's attack and
+    settings, and compare its PSNR with the committed one."""
+    q = json.loads(path.read_text())["quality"]
+    want = next(r for r in q["rows"] if r["seed"] == 0)
+    model = q.get("model") if q.get("model") != Scenario().model else None
+    got = quality([0], model, q.get("attack", "inverting_gradients"), **q.get("attack_settings", {}))[0]
     ok = abs(got["psnr"] - want["psnr"]) <= CHECK_PSNR_TOL
     print(
         f"check core quality seed 0: PSNR {got['psnr']:.3f} vs committed {want['psnr']:.3f} "
@@ -120,6 +126,7 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--out", default=str(HERE / "results.json"))
     ap.add_argument("--check", action="store_true", help="rerun the seed-0 quality row; exit 1 if off results.json")
+    ap.add_argument("--attack", default=DEFAULT_ATTACK, help="quality: the attack (default: the default audit's)")
     ap.add_argument("--lr", type=float, help="quality: the attack's Adam step instead of its default (use with --out)")
     ap.add_argument("--iterations", type=int, help="quality: the attack's iterations instead of its default")
     ap.add_argument("--tv", type=float, help="quality: the attack's total-variation weight instead of its default")
@@ -135,9 +142,10 @@ def main() -> int:
     if a.part in ("quality", "all"):
         results["machine_quality"] = machine()
         settings = {k: v for k, v in (("lr", a.lr), ("iterations", a.iterations), ("tv", a.tv)) if v is not None}
-        rows = quality([int(s) for s in a.seeds.split(",")], a.model, **settings)
+        rows = quality([int(s) for s in a.seeds.split(",")], a.model, a.attack, **settings)
         results["quality"] = {
             "model": a.model or Scenario().model,
+            "attack": a.attack,
             "attack_settings": settings,
             "rows": rows,
             "mean_psnr": statistics.mean(r["psnr"] for r in rows),
@@ -159,7 +167,7 @@ def main() -> int:
         q = results["quality"]
         md += [
             f"Quality — machine: {results['machine_quality']} (quality does not depend on load); model "
-            f"{q.get('model', Scenario().model)}; Inverting Gradients with its defaults"
+            f"{q.get('model', Scenario().model)}; {q.get('attack', 'inverting_gradients')} with its defaults"
             f"{''.join(f', {k} {v}' for k, v in q.get('attack_settings', {}).items())}",
             "",
             "| seed | class | iterations | seconds | PSNR dB | SSIM | grey PSNR dB |",

@@ -20,7 +20,16 @@ from gradleak.scenario import Scenario
 from gradleak.sweep import SweepPlan, leakage_cell, utility_cell
 
 HERE = Path(__file__).resolve().parent
-COMMAND = ["--clients", "6", "--iterations", "400", "--train-steps", "300"]  # the committed run (CLI flags)
+COMMAND = [
+    "--clients",
+    "6",
+    "--iterations",
+    "400",
+    "--train-steps",
+    "300",
+    "--attack",
+    "inverting_gradients",
+]  # the committed run
 CHECK_CELLS = [("none", 0), ("noise:0.1", 0)]
 TOL = {"psnr": 0.01, "ssim": 1e-3, "label_accuracy": 1e-9, "test_accuracy": 1e-9}
 

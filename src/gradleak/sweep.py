@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .auditing import AuditPlan, audit_scenario, make_attacks
+from .auditing import DEFAULT_ATTACK, AuditPlan, audit_scenario, make_attacks
 from .defenses import DEFENSES, Defense, LabelSmoothing, Mixup, dp_guarantees, parse_defense
 from .errors import InputError
 from .over_training import (
@@ -126,7 +126,7 @@ class SweepPlan:
     scenario: Scenario = field(default_factory=default_sweep_scenario)
     settings: tuple[str, ...] = tuple(s for g in DEFAULT_GRID for s in expand_grid(g))
     clients: int = 4
-    attacks: tuple[str, ...] = ("inverting_gradients",)
+    attacks: tuple[str, ...] = (DEFAULT_ATTACK,)
     iterations: int | None = None
     label_methods: tuple[str, ...] = ("auto",)
     train_steps: int = 300

@@ -18,7 +18,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("audit", help="simulate a client round, recover labels and images, write a report")
     add_scenario_args(p)
     add_victim_checkpoints(p)
-    p.add_argument("--attack", action="append", help="attack to run (repeatable; default inverting_gradients)")
+    p.add_argument("--attack", action="append", help="attack to run (repeatable; default ig_relative_tv)")
     p.add_argument("--label-method", action="append", help="label method(s); the first that works feeds the attacks")
     p.add_argument(
         "--iterations", type=positive_int(), help="each attack's iteration budget (default: the attack's own)"
@@ -41,14 +41,14 @@ def register(subparsers: Any) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from ..auditing import AuditPlan, audit_scenario, make_attacks
+    from ..auditing import DEFAULT_ATTACK, AuditPlan, audit_scenario, make_attacks
     from ..errors import InputError
     from ..prior import load_prior
     from ..report import write_audit
 
     scenario = scenario_from_args(a)
     attacks = make_attacks(
-        a.attack or ["inverting_gradients"], iterations=a.iterations, restarts=a.restarts, prune_at=a.prune_at
+        a.attack or [DEFAULT_ATTACK], iterations=a.iterations, restarts=a.restarts, prune_at=a.prune_at
     )
     if a.prior:  # a resource of the attacks that take a generative prior
         if not any(hasattr(x.config, "prior") for x in attacks):

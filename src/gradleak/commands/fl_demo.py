@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--attack",
         action="append",
-        help="attack run on each capture (default inverting_gradients; with --server, that strategy's recovery)",
+        help="attack run on each capture (default ig_relative_tv; with --server, that strategy's recovery)",
     )
     p.add_argument("--no-attack", action="store_true", help="label recovery only")
     p.add_argument(
@@ -66,10 +66,11 @@ def run(a: argparse.Namespace) -> int:
         from ..fl import flower
     except ImportError as e:
         raise InputError(f"fl-demo needs Flower: pip install 'gradleak[flower]' ({e})") from None
+    from ..auditing import DEFAULT_ATTACK
     from ..fl.capture import LabelAttackAudit
 
     server = task.scenario.server  # a malicious server runs the recovery its modification is made for
-    attacks = () if a.no_attack else tuple(a.attack or [server.name if server else "inverting_gradients"])
+    attacks = () if a.no_attack else tuple(a.attack or [server.name if server else DEFAULT_ATTACK])
     out = Path(a.out)
     audit = LabelAttackAudit(attacks=attacks, settings={"iterations": a.iterations}, seed=a.seed)
     t0 = time.perf_counter()

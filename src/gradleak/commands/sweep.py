@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
     add_scenario_args(p, model="mlp", data="digits", model_kwargs={"mlp": {"width": 64}, "convnet": {"width": 64}})
     add_victim_checkpoints(p)
     p.add_argument("--clients", type=positive_int(10_000), default=4, help="simulated clients (seeds) per setting")
-    p.add_argument("--attack", action="append", help="attack(s) (default inverting_gradients)")
+    p.add_argument("--attack", action="append", help="attack(s) (default ig_relative_tv)")
     p.add_argument(
         "--iterations", type=positive_int(), help="each attack's iteration budget (default: the attack's own)"
     )
@@ -59,6 +59,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
+    from ..auditing import DEFAULT_ATTACK
     from ..sweep import DEFAULT_GRID, SweepPlan, expand_grid, run_sweep, write_sweep
 
     settings = tuple(s for g in (a.grid or DEFAULT_GRID) for s in expand_grid(g))
@@ -66,7 +67,7 @@ def run(a: argparse.Namespace) -> int:
         scenario=scenario_from_args(a),
         settings=settings,
         clients=a.clients,
-        attacks=tuple(a.attack or ["inverting_gradients"]),
+        attacks=tuple(a.attack or [DEFAULT_ATTACK]),
         iterations=a.iterations,
         train_steps=a.train_steps,
         train_batch=a.train_batch,
