@@ -72,7 +72,7 @@ def speed(model: str, batch: int, iters: int = 30, warmup: int = 5) -> dict:
 
 
 def quality(
-    seeds: list[int], model: str | None = None, attack: str = DEFAULT_ATTACK, **settings: float | int
+    seeds: list[int], model: str | None = None, attack: str = DEFAULT_ATTACK, batch: int = 1, **settings: float | int
 ) -> list[dict]:
     """``attack`` (the default audit's) on the default scenario per seed; ``settings`` override the attack's defaults
     (e.g. ``lr=0.3`` or ``tv=0``: issue 19's measurements, each written to its own results file), ``model`` the
@@ -82,6 +82,7 @@ def quality(
         sc = Scenario(seed=seed, unique_labels=True)  # the default audit's scenario; 0.1 drew distinct labels
         if model is not None:
             sc = replace(sc, model=model)
+        sc = replace(sc, batch_size=batch)
         obs, truth = simulate(sc)
         t0 = time.perf_counter()
         res = ATTACKS.get(attack)(**settings).run(obs, generator=torch.Generator().manual_seed(seed))
@@ -90,7 +91,7 @@ def quality(
         rows.append(
             {
                 "seed": seed,
-                "class": truth.classes[int(truth.labels[0])],
+                "class": ", ".join(truth.classes[int(label)] for label in truth.labels),
                 "iterations": res.iterations,
                 "seconds": time.perf_counter() - t0,
                 "psnr": s.mean_psnr,
@@ -111,7 +112,9 @@ def check(path: Path) -> int:
     q = json.loads(path.read_text())["quality"]
     want = next(r for r in q["rows"] if r["seed"] == 0)
     model = q.get("model") if q.get("model") != Scenario().model else None
-    got = quality([0], model, q.get("attack", "inverting_gradients"), **q.get("attack_settings", {}))[0]
+    got = quality(
+        [0], model, q.get("attack", "inverting_gradients"), q.get("batch", 1), **q.get("attack_settings", {})
+    )[0]
     ok = abs(got["psnr"] - want["psnr"]) <= CHECK_PSNR_TOL
     print(
         f"check core quality seed 0: PSNR {got['psnr']:.3f} vs committed {want['psnr']:.3f} "
@@ -131,6 +134,7 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, help="quality: the attack's iterations instead of its default")
     ap.add_argument("--tv", type=float, help="quality: the attack's total-variation weight instead of its default")
     ap.add_argument("--model", help="quality: the scenario's model instead of the default audit's (use with --out)")
+    ap.add_argument("--batch", type=int, default=1, help="quality: the client's batch size (use with --out)")
     a = ap.parse_args()
     out = Path(a.out)
     if a.check:
@@ -142,9 +146,10 @@ def main() -> int:
     if a.part in ("quality", "all"):
         results["machine_quality"] = machine()
         settings = {k: v for k, v in (("lr", a.lr), ("iterations", a.iterations), ("tv", a.tv)) if v is not None}
-        rows = quality([int(s) for s in a.seeds.split(",")], a.model, a.attack, **settings)
+        rows = quality([int(s) for s in a.seeds.split(",")], a.model, a.attack, a.batch, **settings)
         results["quality"] = {
             "model": a.model or Scenario().model,
+            "batch": a.batch,
             "attack": a.attack,
             "attack_settings": settings,
             "rows": rows,
@@ -167,7 +172,8 @@ def main() -> int:
         q = results["quality"]
         md += [
             f"Quality — machine: {results['machine_quality']} (quality does not depend on load); model "
-            f"{q.get('model', Scenario().model)}; {q.get('attack', 'inverting_gradients')} with its defaults"
+            f"{q.get('model', Scenario().model)}, batch {q.get('batch', 1)}; {q.get('attack', 'inverting_gradients')} "
+            "with its defaults"
             f"{''.join(f', {k} {v}' for k, v in q.get('attack_settings', {}).items())}",
             "",
             "| seed | class | iterations | seconds | PSNR dB | SSIM | grey PSNR dB |",
