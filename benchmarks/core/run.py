@@ -9,6 +9,7 @@
     python benchmarks/core/run.py                 # both parts; writes results.json and results.md here
     python benchmarks/core/run.py --part speed    # one part
     python benchmarks/core/run.py --part quality --attack inverting_gradients --out FILE   # the paper's attack
+    python benchmarks/core/run.py --part quality --model resnet18 --batch 8 --iterations 100 --out FILE
 """
 
 from __future__ import annotations

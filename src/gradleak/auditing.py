@@ -41,7 +41,7 @@ ProgressFactory = Callable[[str, int], StepCallback]
 
 
 #: the attack an audit, a sweep and fl-demo run when none is named (issue 19: above the paper's Inverting Gradients
-#: on single images and ConvNet B=4, below it on ResNet-18 B=8 at 100 iterations; benchmarks/core, /performance)
+#: on single images and batches, but below it on breaching's ResNet-18 B=8 batch; benchmarks/core, /performance)
 DEFAULT_ATTACK = "ig_relative_tv"
 
 
