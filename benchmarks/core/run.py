@@ -112,9 +112,8 @@ def check(path: Path) -> int:
     settings, and compare its PSNR with the committed one."""
     q = json.loads(path.read_text())["quality"]
     want = next(r for r in q["rows"] if r["seed"] == 0)
-    model = q.get("model") if q.get("model") != Scenario().model else None
     got = quality(
-        [0], model, q.get("attack", "inverting_gradients"), q.get("batch", 1), **q.get("attack_settings", {})
+        [0], q.get("model"), q.get("attack", "inverting_gradients"), q.get("batch", 1), **q.get("attack_settings", {})
     )[0]
     ok = abs(got["psnr"] - want["psnr"]) <= CHECK_PSNR_TOL
     print(

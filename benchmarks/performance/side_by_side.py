@@ -48,7 +48,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -102,6 +102,18 @@ class Variant(NamedTuple):
         if self.attack:
             return f"{self.attack} (its defaults)"
         return f"Adam step {self.lr}" + ("" if self.tv is None else f", TV weight {self.tv:g}")
+
+    def of(self, case: Case, note: str, **fields: Any) -> Case:
+        """``case`` at these settings, named ``<case>-<suffix>``."""
+        return replace(
+            case,
+            name=f"{case.name}-{self.suffix}",
+            lr=self.lr,
+            tv=self.tv,
+            gradleak_attack=self.attack,
+            note=note,
+            **fields,
+        )
 
 
 #: the steps; the step and TV weight best on the default audit's bundled photos (benchmarks/core), not these images;
@@ -175,12 +187,8 @@ CASES = [
     ),
     PRUNED,
     *(
-        replace(
+        v.of(
             base,
-            name=f"{base.name}-{v.suffix}",
-            lr=v.lr,
-            tv=v.tv,
-            gradleak_attack=v.attack,
             breaching=False,
             weights_of=base.name,
             versus=True,
@@ -191,12 +199,8 @@ CASES = [
         for base in BASES
     ),
     *(
-        replace(
+        v.of(
             PRUNED,
-            name=f"{PRUNED.name}-{v.suffix}",
-            lr=v.lr,
-            tv=v.tv,
-            gradleak_attack=v.attack,
             note=f"gradleak only: {PRUNED.name} at {v.describe()}, against ig-convnet-b1-{v.suffix}'s single run",
         )
         for v in PRUNED_VARIANTS
