@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gradleak.attacks import ATTACKS
-from gradleak.attacks.matching import MatchingConfig, MatchingProblem, lr_factor, objective_fn, run_matching
+from gradleak.attacks.matching import MatchingConfig, MatchingProblem, Plateau, lr_factor, objective_fn, run_matching
 from gradleak.errors import InputError
 from gradleak.labels import recover_labels
 from gradleak.metrics import psnr, score_images
@@ -51,6 +51,18 @@ def test_ig_relative_tv_is_inverting_gradients_with_a_relative_tv_weight_and_ste
     }
     assert score_images(res.images, truth.images).mean_psnr > grey_psnr(truth) + 15
     assert res.labels == truth.labels.tolist()
+
+
+def test_ig_relative_tv_plateau_is_ig_relative_tv_with_the_plateau_schedule(digit_case):
+    obs, truth = digit_case
+    res = ATTACKS.get("ig_relative_tv_plateau")(iterations=300).run(obs, generator=torch.Generator().manual_seed(0))
+    assert {k: res.config[k] for k in ("lr", "tv", "tv_scale", "schedule")} == {
+        "lr": 1.0,
+        "tv": 0.3,
+        "tv_scale": "relative",
+        "schedule": "plateau",
+    }
+    assert score_images(res.images, truth.images).mean_psnr > grey_psnr(truth) + 15
 
 
 def test_on_a_signed_step_tv_at_0_2_overrides_the_matching_term_wherever_its_gradient_reaches():
@@ -168,6 +180,83 @@ def test_schedules():
     assert lr_factor(cfg, 79) == pytest.approx(1e-3)
     cos = MatchingConfig(iterations=100, schedule="cosine", warmup=10)
     assert lr_factor(cos, 0) == pytest.approx(0.1) and lr_factor(cos, 99) < 0.01
+
+
+def test_the_plateau_schedule_is_the_step_schedule_moved_to_where_the_loss_went_flat():
+    step, plateau = MatchingConfig(iterations=80, schedule="step"), MatchingConfig(iterations=80, schedule="plateau")
+    # not flat (yet): the step schedule (×0.1 at 30, 50, 70)
+    assert [lr_factor(plateau, it) for it in range(80)] == [lr_factor(step, it) for it in range(80)]
+    # flat from iteration 10: ×0.1 there, then at 2/5 and 4/5 of the 70 iterations that follow (38, 66)
+    got = [lr_factor(plateau, it, 10) for it in (9, 10, 37, 38, 65, 66, 79)]
+    assert got == pytest.approx([1, 0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3])
+    # flat only after 3/8 of the run: the step schedule's first decay comes first
+    assert lr_factor(plateau, 29, 45) == 1 and lr_factor(plateau, 30, 45) == pytest.approx(0.1)
+
+
+def test_plateau_decays_after_patience_iterations_without_a_fall_of_rel():
+    flat = Plateau(patience=20, rel=0.01)
+    for it in range(80):
+        flat.update(it, 0.98 ** min(it, 29))  # falls 2% an iteration up to iteration 29, then stays
+    assert flat.first_decay == 50  # iterations 30..49 are the 20 without a 1% fall; decay from 50 on
+    slow = Plateau(patience=20, rel=0.01)
+    for it in range(200):
+        slow.update(it, 0.995**it)  # 1% every 2 iterations: never flat
+    assert slow.first_decay is None
+    noisy = Plateau(patience=20, rel=0.01)
+    for it in range(60):
+        noisy.update(it, 1.0 + 0.009 * (it % 2))  # jitters below 1% around its lowest value
+    assert noisy.first_decay == 21  # iteration 0 sets the lowest value; 1..20 do not fall by 1%
+
+
+def test_the_engine_decays_its_step_where_plateau_finds_the_logged_loss_flat(digit_case):
+    obs, _ = digit_case
+    labels = torch.tensor(recover_labels(obs).labels)
+    cfg = MatchingConfig(iterations=200, lr=1.0, schedule="plateau", log_every=1)
+    problem = MatchingProblem(obs, labels, cfg)
+    before, after, losses = [], [], []  # each step's candidate before it (in the box) and after it (not yet clamped)
+
+    def record(it, X):
+        after.append(X.clone())
+        before.append(X.clone())
+        problem.clamp_(before[-1])
+
+    run_matching(
+        problem,
+        batch_size=1,
+        generator=torch.Generator().manual_seed(0),
+        on_step=lambda s: losses.append(s.loss),
+        post_step=record,
+    )
+    expect = Plateau()
+    for it, loss in enumerate(losses):
+        expect.update(it, loss)
+    d = expect.first_decay
+    assert d is not None and d < 3 * 200 // 8  # this run went flat before the step schedule's first decay
+    # a signed Adam step moves each pixel by at most lr × the schedule's factor, and the largest moves reach it
+    moves = [float((b - a).abs().max()) for a, b in zip(before, after[1:])]  # moves[i]: the step of iteration i + 1
+    assert all(m <= lr_factor(cfg, it + 1, d) * (1 + 1e-5) for it, m in enumerate(moves))
+    assert moves[d - 2] > 0.2 and moves[d - 1] <= 0.1 * (1 + 1e-5)  # step 1.0 up to d, 0.1 from d on
+
+
+def test_a_plateau_run_resumes_from_its_checkpoint_as_if_uninterrupted(digit_case, interrupted_run):
+    obs, _ = digit_case
+    labels = torch.tensor(recover_labels(obs).labels)
+    cfg = MatchingConfig(iterations=240, checkpoint_every=10, lr=1.0, schedule="plateau", log_every=1)
+    losses = []
+    run_matching(
+        MatchingProblem(obs, labels, cfg),
+        batch_size=1,
+        generator=torch.Generator().manual_seed(1),
+        on_step=lambda s: losses.append(s.loss),
+    )
+    flat = Plateau()
+    for it, loss in enumerate(losses):
+        flat.update(it, loss)
+    # this run's loss last fell by 1% before its checkpoint at 60 and went flat after it, before 3/8 of the run (90):
+    # a resumed run that forgot how long the loss has been flat would decay later
+    assert flat.first_decay is not None and 60 < flat.first_decay < 60 + flat.patience
+    full, resumed = interrupted_run(lambda: MatchingProblem(obs, labels, cfg), stop_at=65)
+    torch.testing.assert_close(resumed.x, full.x, rtol=1e-5, atol=1e-6)
 
 
 def test_bn_term_pulls_statistics_toward_running_stats():

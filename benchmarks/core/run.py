@@ -2,7 +2,7 @@
 
 1. Speed: Inverting-Gradients iterations per second for ConvNet (width 64) and ResNet-18 (CIFAR
    stem) at 32×32, batch 1 and 8, after a short warm-up; records threads, OpenMP wait policy and load.
-2. Quality: the default audit's attack (``ig_relative_tv``, its default budget; ``--attack`` another) on the
+2. Quality: the default audit's attack (``ig_relative_tv_plateau``, its default budget; ``--attack`` another) on the
    default scenario (ConvNet, bundled photos, 32×32, batch 1) over several seeds (different images), PSNR/SSIM
    against the original and against a constant-grey guess.
 

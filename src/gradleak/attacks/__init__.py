@@ -27,7 +27,7 @@ from .generative.ggl import GGL  # noqa: E402
 from .generative.gifd import GIFD  # noqa: E402
 from .generative.latent_adam import LatentAdam  # noqa: E402
 from .gradinversion import GradInversion  # noqa: E402
-from .inverting_gradients import InvertingGradients, InvertingGradientsRelativeTV  # noqa: E402
+from .inverting_gradients import InvertingGradients, InvertingGradientsRelativeTV, InvertingGradientsRelativeTVPlateau  # noqa: E402
 
 __all__ = [
     "ATTACKS",
@@ -46,6 +46,7 @@ __all__ = [
     "ImprintRecovery",
     "InvertingGradients",
     "InvertingGradientsRelativeTV",
+    "InvertingGradientsRelativeTVPlateau",
     "LatentAdam",
     "Step",
     "TensorAttack",

@@ -5,7 +5,8 @@ It replays the client (:mod:`gradleak.protocols`) on a candidate batch as a pure
 function, compares the candidate update with the observed one (L2 or cosine over all layers, with
 optional per-layer weights), adds image priors (TV, L2, BatchNorm statistics) and optimises the
 candidate with Adam (optionally on signed gradients, step/cosine schedules, warm-up) or L-BFGS,
-inside the image box. Restarts run *batched*: the candidates of all restarts go through one
+inside the image box. The "plateau" schedule (gradleak's addition) moves the step schedule's first decay to
+where the best candidate's loss stops falling. Restarts run *batched*: the candidates of all restarts go through one
 ``vmap``-ed call, and the best restart is chosen by its gradient-matching loss, never by ground truth.
 Long runs report progress through a callback and can checkpoint and resume.
 """
@@ -32,6 +33,7 @@ from .steps import Step, StepCallback, no_progress
 
 ExtraTerm = Callable[[Tensor], Tensor]
 TV_SCALES = ("absolute", "relative")
+SCHEDULES = ("step", "cosine", "constant", "plateau")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,7 +48,9 @@ class MatchingConfig:
     optimizer: str = "adam"  # "adam" | "lbfgs"
     lr: float = 0.1
     signed: bool = True  # Adam on the sign of the gradient (Geiping et al. 2020)
-    schedule: str = "step"  # "step": ×0.1 at 3/8, 5/8, 7/8 | "cosine" | "constant"
+    # "step": ×0.1 at 3/8, 5/8, 7/8 | "cosine" | "constant" | "plateau" (gradleak's addition, issue 19; see Plateau):
+    # the first ×0.1 once the loss has stopped falling, at the latest at 3/8, the others at 2/5 and 4/5 of the rest
+    schedule: str = "step"
     warmup: int = 0
     tv: float = 0.0
     # "absolute": the loss adds ``tv · TV(x)`` | "relative" (gradleak's addition, issue 19): each step adds TV's
@@ -76,7 +80,7 @@ class MatchingConfig:
         for name, allowed in (
             ("distance", ("cosine", "l2", "layer_l2")),
             ("optimizer", ("adam", "lbfgs")),
-            ("schedule", ("step", "cosine", "constant")),
+            ("schedule", SCHEDULES),
             ("tv_scale", TV_SCALES),
             ("replay", REPLAYS),
         ):
@@ -107,16 +111,46 @@ def total_variation(x: Tensor) -> Tensor:
     return (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
 
 
-def lr_factor(cfg: MatchingConfig, it: int) -> float:
-    """The learning-rate multiplier at iteration ``it``."""
+def lr_factor(cfg: MatchingConfig, it: int, first_decay: int | None = None) -> float:
+    """The learning-rate multiplier at iteration ``it``; ``first_decay``: where the "plateau" schedule found the
+    loss flat (:class:`Plateau`; ``None``: not yet, and then "plateau" is the step schedule)."""
     n = cfg.iterations
     warm = min(1.0, (it + 1) / cfg.warmup) if cfg.warmup else 1.0
-    if cfg.schedule == "step":
-        return warm * 0.1 ** sum(it >= m for m in (3 * n // 8, 5 * n // 8, 7 * n // 8))
+    if cfg.schedule in ("step", "plateau"):
+        d = 3 * n // 8 if first_decay is None else min(first_decay, 3 * n // 8)
+        # the step schedule's later decays (5/8 and 7/8) are at 2/5 and 4/5 of what follows its first (3/8)
+        return warm * 0.1 ** sum(it >= m for m in (d, d + 2 * (n - d) // 5, d + 4 * (n - d) // 5))
     if cfg.schedule == "cosine":
         t = max(0, it - cfg.warmup) / max(1, n - cfg.warmup)
         return warm * 0.5 * (1 + math.cos(math.pi * t))
     return warm
+
+
+@dataclass
+class Plateau:
+    """Where the "plateau" schedule decays first (gradleak's addition, issue 19): after ``patience`` iterations in
+    which the best candidate's loss has not fallen by ``rel`` of its lowest value so far.
+
+    Why: at Adam step 1.0 (``ig_relative_tv``) the loss stops falling after a few dozen iterations, whatever the
+    budget, and the step schedule would hold that step until 3/8 of the run. Measured in benchmarks/core and
+    benchmarks/performance."""
+
+    patience: int = 20
+    rel: float = 0.01
+    best: float = math.inf
+    since: int = 0
+    first_decay: int | None = None
+
+    def update(self, it: int, loss: float) -> None:
+        """Record iteration ``it``'s loss (before its step); once flat, decay from iteration ``it + 1`` on."""
+        if self.first_decay is not None:
+            return
+        if math.isinf(self.best) or loss < self.best - self.rel * abs(self.best):
+            self.best, self.since = loss, 0
+            return
+        self.since += 1
+        if self.since >= self.patience:
+            self.first_decay = it + 1
 
 
 def candidate_phases(cfg: MatchingConfig) -> list[tuple[int, int]]:
@@ -387,8 +421,8 @@ def run_matching(
     variables = [X] + ([Y.requires_grad_(True)] if Y is not None else [])
     opt: torch.optim.Optimizer = torch.optim.Adam(variables, lr=cfg.lr)
     ckpt = _Checkpoint(Path(checkpoint), cfg, problem.fingerprint()) if checkpoint else None
-    state = ckpt.restore(variables, opt) if ckpt else _Resumed(0, [], None, list(range(cfg.restarts)), {})
-    start, curve, alive, retired = state.iteration, state.curve, state.alive, state.retired
+    state = ckpt.restore(variables, opt) if ckpt else _Resumed(0, [], None, list(range(cfg.restarts)), {}, Plateau())
+    start, curve, alive, retired, plateau = state.iteration, state.curve, state.alive, state.retired, state.plateau
     X = variables[0]
     resumed = None if state.budget is None else {"from_iteration": start, "checkpoint_iterations": state.budget}
     prune_points = set(itertools.accumulate(steps for steps, _ in candidate_phases(cfg)[:-1]))
@@ -398,8 +432,10 @@ def run_matching(
             X, opt, alive = _prune(problem, X, opt, alive, retired)
             variables = [X]
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg, it)
+            group["lr"] = cfg.lr * lr_factor(cfg, it, plateau.first_decay)
         grads, (loss, _) = step_fn(X.detach(), None if Y is None else Y.detach())
+        if cfg.schedule == "plateau" and plateau.first_decay is None:
+            plateau.update(it, float(loss.nan_to_num(float("inf")).min()))
         for v, g in zip(variables, grads):
             v.grad = g.sign() if cfg.signed else g
         opt.step()
@@ -412,7 +448,7 @@ def run_matching(
             curve.append((it, best))
             on_step(Step(it + 1, cfg.iterations, best, stage))
         if ckpt and ((it + 1) % cfg.checkpoint_every == 0 or last):
-            ckpt.save(variables, opt, it + 1, curve, alive, retired)
+            ckpt.save(variables, opt, it + 1, curve, alive, retired, plateau)
     # score the final candidates by matching loss alone (never by ground truth)
     final = matching_distances(problem, X.detach(), None if Y is None else Y.detach())
     best = alive[int(final.nan_to_num(float("inf")).argmin())]
@@ -521,13 +557,15 @@ def check_checkpoint_file(path: str | Path) -> None:
 @dataclass
 class _Resumed:
     """Where a run (re)starts: iteration, loss curve so far, the checkpoint's iteration budget (``None``: no
-    checkpoint), the restarts still optimised and those eliminated (index → (candidate, matching distance))."""
+    checkpoint), the restarts still optimised and those eliminated (index → (candidate, matching distance)), and
+    the "plateau" schedule's state."""
 
     iteration: int
     curve: list[tuple[int, float]]
     budget: int | None
     alive: list[int]
     retired: dict[int, tuple[Tensor, float]]
+    plateau: Plateau
 
 
 class _Checkpoint:
@@ -552,6 +590,7 @@ class _Checkpoint:
         curve: list[tuple[int, float]],
         alive: list[int],
         retired: dict[int, tuple[Tensor, float]],
+        plateau: Plateau,
     ) -> None:
         from safetensors.torch import save_file
 
@@ -570,6 +609,7 @@ class _Checkpoint:
             "steps": [float(opt.state.get(v, {}).get("step", 0)) for v in variables],
             "alive": alive,
             "retired": {str(i): loss for i, (_, loss) in retired.items()},
+            "plateau": [plateau.best if math.isfinite(plateau.best) else None, plateau.since, plateau.first_decay],
         }
         tmp = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -580,7 +620,7 @@ class _Checkpoint:
         """Where to resume; without a checkpoint yet, the start. Restored candidates replace ``variables``' data
         (fewer rows once candidates were eliminated)."""
         if not self.path.exists():
-            return _Resumed(0, [], None, list(range(variables[0].shape[0])), {})
+            return _Resumed(0, [], None, list(range(variables[0].shape[0])), {}, Plateau())
         try:
             return self._restore(variables, opt)
         except GradleakError as e:
@@ -626,6 +666,17 @@ class _Checkpoint:
         ):
             p.append(f"alive, retired: expected a split of the {restarts} restarts")
             alive, retired = list(range(restarts)), {}
+        plateau = meta.get("plateau", [None, 0, None])
+        if not (
+            isinstance(plateau, list)
+            and len(plateau) == 3
+            and (plateau[0] is None or is_number(plateau[0]))
+            and is_int(plateau[1])
+            and plateau[1] >= 0
+            and (plateau[2] is None or (is_int(plateau[2]) and plateau[2] >= 0))
+        ):
+            p.append("plateau: expected [lowest loss or null, iterations since, first decay or null]")
+            plateau = [None, 0, None]
         rows = (len(alive),)
         want = {f"var{i}": rows + tuple(v.shape[1:]) for i, v in enumerate(variables)}
         want |= {
@@ -655,4 +706,7 @@ class _Checkpoint:
             budget,
             [int(i) for i in alive],
             {int(k): (tensors[f"retired{k}"].clone(), float(v)) for k, v in retired.items()},
+            Plateau(
+                best=math.inf if plateau[0] is None else float(plateau[0]), since=plateau[1], first_decay=plateau[2]
+            ),
         )
