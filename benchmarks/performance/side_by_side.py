@@ -117,14 +117,15 @@ class Variant(NamedTuple):
 
 
 #: the steps; the step and TV weight best on the default audit's bundled photos (benchmarks/core), not these images;
-#: the default audit's attack (relative TV weight)
+#: the relative TV weight; the relative TV weight with the plateau schedule (the default audit's attack)
 VARIANTS = (
     *(Variant(f"lr{step}", step, None) for step in STEPS),
     Variant(f"lr{LARGE_STEP}-tv0", LARGE_STEP, 0.0),
     Variant("rtv", None, None, "ig_relative_tv"),
+    Variant("rtvp", None, None, "ig_relative_tv_plateau"),
 )
 #: the settings of VARIANTS at which PRUNED runs too, each against the single run at that setting
-PRUNED_VARIANTS = (VARIANTS[0], VARIANTS[2], VARIANTS[3])
+PRUNED_VARIANTS = (VARIANTS[0], VARIANTS[2], VARIANTS[3], VARIANTS[4])
 PRUNED = Case(
     "ig-convnet-b1-8pruned",
     "ig",
