@@ -183,9 +183,15 @@ def test_schedules():
 
 
 def test_the_plateau_schedule_is_the_step_schedule_moved_to_where_the_loss_went_flat():
-    step, plateau = MatchingConfig(iterations=80, schedule="step"), MatchingConfig(iterations=80, schedule="plateau")
-    # not flat (yet): the step schedule (×0.1 at 30, 50, 70)
-    assert [lr_factor(plateau, it) for it in range(80)] == [lr_factor(step, it) for it in range(80)]
+    # not flat (yet), or flat only after 3/8: the step schedule (×0.1 at 3/8, 5/8, 7/8 of the run), also at budgets
+    # where 2/5 and 4/5 of the rest round differently from 5/8 and 7/8 (10: 5 against 6)
+    for n in (10, 80, 123):
+        step, plateau = MatchingConfig(iterations=n, schedule="step"), MatchingConfig(iterations=n, schedule="plateau")
+        paper = [0.1 ** sum(it >= k * n // 8 for k in (3, 5, 7)) for it in range(n)]
+        assert [lr_factor(step, it) for it in range(n)] == paper
+        assert [lr_factor(plateau, it) for it in range(n)] == paper
+        assert [lr_factor(plateau, it, 3 * n // 8) for it in range(n)] == paper
+    plateau = MatchingConfig(iterations=80, schedule="plateau")
     # flat from iteration 10: ×0.1 there, then at 2/5 and 4/5 of the 70 iterations that follow (38, 66)
     got = [lr_factor(plateau, it, 10) for it in (9, 10, 37, 38, 65, 66, 79)]
     assert got == pytest.approx([1, 0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3])

@@ -117,9 +117,12 @@ def lr_factor(cfg: MatchingConfig, it: int, first_decay: int | None = None) -> f
     n = cfg.iterations
     warm = min(1.0, (it + 1) / cfg.warmup) if cfg.warmup else 1.0
     if cfg.schedule in ("step", "plateau"):
-        d = 3 * n // 8 if first_decay is None else min(first_decay, 3 * n // 8)
-        # the step schedule's later decays (5/8 and 7/8) are at 2/5 and 4/5 of what follows its first (3/8)
-        return warm * 0.1 ** sum(it >= m for m in (d, d + 2 * (n - d) // 5, d + 4 * (n - d) // 5))
+        d = first_decay
+        if cfg.schedule == "step" or d is None or d >= 3 * n // 8:
+            milestones = (3 * n // 8, 5 * n // 8, 7 * n // 8)
+        else:  # where the step schedule's later decays (5/8, 7/8) are in what follows its first (3/8): 2/5 and 4/5
+            milestones = (d, d + 2 * (n - d) // 5, d + 4 * (n - d) // 5)
+        return warm * 0.1 ** sum(it >= m for m in milestones)
     if cfg.schedule == "cosine":
         t = max(0, it - cfg.warmup) / max(1, n - cfg.warmup)
         return warm * 0.5 * (1 + math.cos(math.pi * t))
