@@ -214,6 +214,14 @@ def test_plateau_decays_after_patience_iterations_without_a_fall_of_rel():
     assert noisy.first_decay == 21  # iteration 0 sets the lowest value; 1..20 do not fall by 1%
 
 
+def plateau_of(losses):
+    """The plateau schedule's state after a run's logged losses, one an iteration."""
+    plateau = Plateau()
+    for it, loss in enumerate(losses):
+        plateau.update(it, loss)
+    return plateau
+
+
 def test_the_engine_decays_its_step_where_plateau_finds_the_logged_loss_flat(digit_case):
     obs, _ = digit_case
     labels = torch.tensor(recover_labels(obs).labels)
@@ -233,10 +241,7 @@ def test_the_engine_decays_its_step_where_plateau_finds_the_logged_loss_flat(dig
         on_step=lambda s: losses.append(s.loss),
         post_step=record,
     )
-    expect = Plateau()
-    for it, loss in enumerate(losses):
-        expect.update(it, loss)
-    d = expect.first_decay
+    d = plateau_of(losses).first_decay
     assert d is not None and d < 3 * 200 // 8  # this run went flat before the step schedule's first decay
     # a signed Adam step moves each pixel by at most lr × the schedule's factor, and the largest moves reach it
     moves = [float((b - a).abs().max()) for a, b in zip(before, after[1:])]  # moves[i]: the step of iteration i + 1
@@ -255,9 +260,7 @@ def test_a_plateau_run_resumes_from_its_checkpoint_as_if_uninterrupted(digit_cas
         generator=torch.Generator().manual_seed(1),
         on_step=lambda s: losses.append(s.loss),
     )
-    flat = Plateau()
-    for it, loss in enumerate(losses):
-        flat.update(it, loss)
+    flat = plateau_of(losses)
     # this run's loss last fell by 1% before its checkpoint at 60 and went flat after it, before 3/8 of the run (90):
     # a resumed run that forgot how long the loss has been flat would decay later
     assert flat.first_decay is not None and 60 < flat.first_decay < 60 + flat.patience

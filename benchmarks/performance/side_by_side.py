@@ -125,7 +125,7 @@ VARIANTS = (
     Variant("rtvp", None, None, "ig_relative_tv_plateau"),
 )
 #: the settings of VARIANTS at which PRUNED runs too, each against the single run at that setting
-PRUNED_VARIANTS = (VARIANTS[0], VARIANTS[2], VARIANTS[3], VARIANTS[4])
+PRUNED_VARIANTS = (VARIANTS[0], *VARIANTS[2:])  # all but step 1.0 with the paper's TV
 PRUNED = Case(
     "ig-convnet-b1-8pruned",
     "ig",

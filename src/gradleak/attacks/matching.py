@@ -424,7 +424,7 @@ def run_matching(
     variables = [X] + ([Y.requires_grad_(True)] if Y is not None else [])
     opt: torch.optim.Optimizer = torch.optim.Adam(variables, lr=cfg.lr)
     ckpt = _Checkpoint(Path(checkpoint), cfg, problem.fingerprint()) if checkpoint else None
-    state = ckpt.restore(variables, opt) if ckpt else _Resumed(0, [], None, list(range(cfg.restarts)), {}, Plateau())
+    state = ckpt.restore(variables, opt) if ckpt else _Resumed.start(cfg.restarts)
     start, curve, alive, retired, plateau = state.iteration, state.curve, state.alive, state.retired, state.plateau
     X = variables[0]
     resumed = None if state.budget is None else {"from_iteration": start, "checkpoint_iterations": state.budget}
@@ -437,17 +437,19 @@ def run_matching(
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, it, plateau.first_decay)
         grads, (loss, _) = step_fn(X.detach(), None if Y is None else Y.detach())
-        if cfg.schedule == "plateau" and plateau.first_decay is None:
-            plateau.update(it, float(loss.nan_to_num(float("inf")).min()))
+        last = it + 1 == cfg.iterations
+        logged = it % cfg.log_every == 0 or last
+        watching = cfg.schedule == "plateau" and plateau.first_decay is None
+        best = float(loss.nan_to_num(float("inf")).min()) if logged or watching else math.inf
+        if watching:
+            plateau.update(it, best)
         for v, g in zip(variables, grads):
             v.grad = g.sign() if cfg.signed else g
         opt.step()
         if post_step is not None:
             post_step(it, X.data)
         problem.clamp_(X)
-        last = it + 1 == cfg.iterations
-        if it % cfg.log_every == 0 or last:
-            best = float(loss.nan_to_num(float("inf")).min())
+        if logged:
             curve.append((it, best))
             on_step(Step(it + 1, cfg.iterations, best, stage))
         if ckpt and ((it + 1) % cfg.checkpoint_every == 0 or last):
@@ -570,6 +572,11 @@ class _Resumed:
     retired: dict[int, tuple[Tensor, float]]
     plateau: Plateau
 
+    @classmethod
+    def start(cls, restarts: int) -> _Resumed:
+        """A run from its first iteration: every restart optimised, the schedule not yet decayed."""
+        return cls(0, [], None, list(range(restarts)), {}, Plateau())
+
 
 class _Checkpoint:
     """A resumable snapshot of a run: candidates (those still optimised and those eliminated), Adam state,
@@ -623,7 +630,7 @@ class _Checkpoint:
         """Where to resume; without a checkpoint yet, the start. Restored candidates replace ``variables``' data
         (fewer rows once candidates were eliminated)."""
         if not self.path.exists():
-            return _Resumed(0, [], None, list(range(variables[0].shape[0])), {}, Plateau())
+            return _Resumed.start(variables[0].shape[0])
         try:
             return self._restore(variables, opt)
         except GradleakError as e:
