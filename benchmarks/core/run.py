@@ -123,41 +123,8 @@ def check(path: Path) -> int:
     return 0 if ok else 1
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=("speed", "quality", "all"), default="all")
-    ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--out", default=str(HERE / "results.json"))
-    ap.add_argument("--check", action="store_true", help="rerun the seed-0 quality row; exit 1 if off results.json")
-    ap.add_argument("--attack", default=DEFAULT_ATTACK, help="quality: the attack (default: the default audit's)")
-    ap.add_argument("--lr", type=float, help="quality: the attack's Adam step instead of its default (use with --out)")
-    ap.add_argument("--iterations", type=int, help="quality: the attack's iterations instead of its default")
-    ap.add_argument("--tv", type=float, help="quality: the attack's total-variation weight instead of its default")
-    ap.add_argument("--model", help="quality: the scenario's model instead of the default audit's (use with --out)")
-    ap.add_argument("--batch", type=int, default=1, help="quality: the client's batch size (use with --out)")
-    a = ap.parse_args()
-    out = Path(a.out)
-    if a.check:
-        return check(out)
-    results = json.loads(out.read_text()) if out.exists() else {}
-    if a.part in ("speed", "all"):
-        results["machine_speed"] = machine()
-        results["speed"] = [speed(m, b) for m in ("convnet", "resnet18") for b in (1, 8)]
-    if a.part in ("quality", "all"):
-        results["machine_quality"] = machine()
-        settings = {k: v for k, v in (("lr", a.lr), ("iterations", a.iterations), ("tv", a.tv)) if v is not None}
-        rows = quality([int(s) for s in a.seeds.split(",")], a.model, a.attack, a.batch, **settings)
-        results["quality"] = {
-            "model": a.model or Scenario().model,
-            "batch": a.batch,
-            "attack": a.attack,
-            "attack_settings": settings,
-            "rows": rows,
-            "mean_psnr": statistics.mean(r["psnr"] for r in rows),
-            "mean_ssim": statistics.mean(r["ssim"] for r in rows),
-            "min_psnr": min(r["psnr"] for r in rows),
-        }
-    out.write_text(json.dumps(results, indent=2))
+def render(results: dict) -> str:
+    """The results file's Markdown (``results.md`` beside ``results.json``)."""
     md = ["# Core benchmark", ""]
     if "speed" in results:
         md += [
@@ -185,7 +152,49 @@ def main() -> int:
             for r in q["rows"]
         ]
         md += ["", f"Mean PSNR {q['mean_psnr']:.2f} dB (min {q['min_psnr']:.2f}), mean SSIM {q['mean_ssim']:.3f}."]
-    (out.with_suffix(".md")).write_text("\n".join(md) + "\n")
+    return "\n".join(md) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=("speed", "quality", "all"), default="all")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--out", default=str(HERE / "results.json"))
+    ap.add_argument("--check", action="store_true", help="rerun the seed-0 quality row; exit 1 if off results.json")
+    ap.add_argument("--attack", default=DEFAULT_ATTACK, help="quality: the attack (default: the default audit's)")
+    ap.add_argument("--lr", type=float, help="quality: the attack's Adam step instead of its default (use with --out)")
+    ap.add_argument("--iterations", type=int, help="quality: the attack's iterations instead of its default")
+    ap.add_argument("--tv", type=float, help="quality: the attack's total-variation weight instead of its default")
+    ap.add_argument("--model", help="quality: the scenario's model instead of the default audit's (use with --out)")
+    ap.add_argument("--batch", type=int, default=1, help="quality: the client's batch size (use with --out)")
+    ap.add_argument("--render", action="store_true", help="rewrite the --out file's Markdown from it (no run)")
+    a = ap.parse_args()
+    out = Path(a.out)
+    if a.check:
+        return check(out)
+    if a.render:
+        out.with_suffix(".md").write_text(render(json.loads(out.read_text())))
+        return 0
+    results = json.loads(out.read_text()) if out.exists() else {}
+    if a.part in ("speed", "all"):
+        results["machine_speed"] = machine()
+        results["speed"] = [speed(m, b) for m in ("convnet", "resnet18") for b in (1, 8)]
+    if a.part in ("quality", "all"):
+        results["machine_quality"] = machine()
+        settings = {k: v for k, v in (("lr", a.lr), ("iterations", a.iterations), ("tv", a.tv)) if v is not None}
+        rows = quality([int(s) for s in a.seeds.split(",")], a.model, a.attack, a.batch, **settings)
+        results["quality"] = {
+            "model": a.model or Scenario().model,
+            "batch": a.batch,
+            "attack": a.attack,
+            "attack_settings": settings,
+            "rows": rows,
+            "mean_psnr": statistics.mean(r["psnr"] for r in rows),
+            "mean_ssim": statistics.mean(r["ssim"] for r in rows),
+            "min_psnr": min(r["psnr"] for r in rows),
+        }
+    out.write_text(json.dumps(results, indent=2))
+    out.with_suffix(".md").write_text(render(json.loads(out.read_text())))  # as --render writes it
     return 0
 
 
