@@ -406,6 +406,14 @@ def bench_ranking(quick: bool, previous: dict | None = None) -> dict:
 
 
 CHECK_MODEL, CHECK_PSNR_TOL = "lenet", 0.5  # --check: the ranking row rerun; COPA exact, PSNR within 0.5 dB
+#: or both at least this: a near-exact recovery, whose residual is the floating-point error of an ill-conditioned
+#: solve and differs between CPUs (R-GAP on LeNet: 49.98 dB committed, 53.03 dB on another 2-core build machine)
+CHECK_EXACT_PSNR = 40.0
+
+
+def psnr_agrees(new: float, old: float) -> bool:
+    """The check's PSNR test: within CHECK_PSNR_TOL, or both near-exact (≥ CHECK_EXACT_PSNR)."""
+    return abs(new - old) <= CHECK_PSNR_TOL or min(new, old) >= CHECK_EXACT_PSNR
 
 
 def check(path: Path) -> int:
@@ -416,14 +424,12 @@ def check(path: Path) -> int:
     new = ranking_row(CHECK_MODEL, rk["ig_iterations"], {})
     bad = [] if new["copa_index"] == old["copa_index"] else [f"COPA {new['copa_index']} vs {old['copa_index']}"]
     for a in RANKED:
-        if ("psnr" in new[a]) != ("psnr" in old[a]) or abs(
-            new[a].get("psnr", 0) - old[a].get("psnr", 0)
-        ) > CHECK_PSNR_TOL:
+        if ("psnr" in new[a]) != ("psnr" in old[a]) or not psnr_agrees(new[a].get("psnr", 0), old[a].get("psnr", 0)):
             bad.append(f"{a} PSNR {new[a].get('psnr')} vs {old[a].get('psnr')}")
     print(
         f"check ranking {CHECK_MODEL}:",
         "OK" if not bad else "MISMATCH: " + "; ".join(bad),
-        f"(COPA exact, PSNR within {CHECK_PSNR_TOL} dB)",
+        f"(COPA exact, PSNR within {CHECK_PSNR_TOL} dB or both >= {CHECK_EXACT_PSNR:g} dB)",
     )
     return 1 if bad else 0
 
