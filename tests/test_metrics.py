@@ -186,3 +186,18 @@ def test_lpips_refuses_bad_files(tmp_path):
         LPIPS.from_file(garbage)
     with pytest.raises(InputError, match="does not exist"):
         LPIPS.from_file(tmp_path / "missing.safetensors")
+
+
+def test_grey_baseline_is_what_a_constant_image_at_the_batch_mean_scores():
+    gen = torch.Generator().manual_seed(0)
+    flat = 0.5 + 0.02 * torch.rand(2, 3, 16, 16, generator=gen)  # low contrast: a grey frame scores high
+    busy = torch.rand(2, 3, 16, 16, generator=gen)
+    for orig in (flat, busy):
+        scores = score_images(torch.rand(2, 3, 16, 16, generator=gen), orig)
+        want = psnr(torch.full_like(orig, float(orig.mean())), orig)
+        assert scores.grey_psnr == pytest.approx(want.tolist())
+    assert score_images(busy, flat).mean_grey_psnr > 30 > score_images(flat, busy).mean_grey_psnr
+    part = score_images(busy[1:], busy)  # fewer reconstructions: the originals they are scored on, the batch's mean
+    assert part.originals == [1] and part.grey_psnr == pytest.approx(
+        [float(psnr(torch.full_like(busy[1:], float(busy.mean())), busy[1:]))]
+    )

@@ -326,3 +326,15 @@ def test_results_of_another_schema_are_refused():
     data = json.loads(SCHEMA1_FILE.read_text())
     with pytest.raises(InputError, match="schema 2"):
         AuditResult.from_json({**data, "schema": 2})
+
+
+def test_a_reconstruction_no_better_than_a_grey_image_is_not_a_leak():
+    def run(grey: float) -> AttackRun:
+        return AttackRun(name="ig", seed=0, scores=ImageScores([0, 1], [16.0, 17.0], [0.3, 0.4], grey_psnr=[grey] * 2))
+
+    flat = verdict(LabelSection(), (run(16.8),))  # 16.5 dB clears the 15 dB line but a grey frame scores 16.8
+    assert flat.level == "low" and "16.5 dB PSNR (a grey image scores 16.8 dB)" in flat.summary
+    busy = verdict(LabelSection(), (run(11.0),))
+    assert busy.level == "medium" and "partly recoverable" in busy.summary
+    restored = AttackRun.from_json(run(16.8).to_json())
+    assert restored.scores is not None and restored.scores.grey_psnr == [16.8, 16.8]

@@ -166,6 +166,7 @@ class AttackRun:
                 ssim=list(d["ssim"]),
                 lpips=d.get("lpips"),
                 originals=None if d.get("originals") is None else list(d["originals"]),
+                grey_psnr=None if d.get("grey_psnr") is None else list(d["grey_psnr"]),
             )
         estimate = None
         if d.get("estimate") is not None:
@@ -194,16 +195,24 @@ class Verdict:
 
 def verdict(labels: LabelSection, attacks: tuple[AttackRun, ...]) -> Verdict:
     """From the best attack's PSNR (the audit's worst case) and the accuracy of the labels the attacks used
-    (the label method an attacker would pick without ground truth)."""
-    psnrs = [a.mean_psnr for a in attacks if a.mean_psnr is not None]
-    best_psnr = max(psnrs) if psnrs else None
+    (the label method an attacker would pick without ground truth). A reconstruction that scores no higher than a
+    constant grey image at the batch's mean (``ImageScores.grey_psnr``) recovered nothing, whatever its PSNR."""
+    scored = [a.scores for a in attacks if a.scores is not None]
+    best = max(scored, key=lambda sc: sc.mean_psnr, default=None)
+    best_psnr = None if best is None else best.mean_psnr
+    grey = None if best is None else best.mean_grey_psnr
     chosen = labels.chosen
     acc = None if chosen is None else chosen.accuracy
     parts = []
     if acc is not None:
         parts.append(f"labels recovered with accuracy {acc:.0%} ({chosen.method if chosen else ''})")
     if best_psnr is not None:
-        parts.append(f"best image reconstruction {best_psnr:.1f} dB PSNR")
+        parts.append(
+            f"best image reconstruction {best_psnr:.1f} dB PSNR"
+            + ("" if grey is None else f" (a grey image scores {grey:.1f} dB)")
+        )
+    if best_psnr is not None and grey is not None and best_psnr <= grey:
+        best_psnr = None  # no better than reconstructing nothing
     if best_psnr is not None and best_psnr >= HIGH_PSNR:
         level, what = "high", "The client's images are recognisable from its update"
     elif best_psnr is not None and best_psnr >= MEDIUM_PSNR:

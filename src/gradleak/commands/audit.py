@@ -92,7 +92,10 @@ def print_result(result: AuditResult) -> None:
         if run_.error or run_.result is None or run_.scores is None:
             print(f"  {run_.name}: failed — {run_.error}")
         else:
+            g = run_.scores.mean_grey_psnr
+            grey = "–" if g is None else f"{g:.2f} dB"
             print(
-                f"  {run_.name}: PSNR {run_.scores.mean_psnr:.2f} dB, SSIM {run_.scores.mean_ssim:.3f}, "
+                f"  {run_.name}: PSNR {run_.scores.mean_psnr:.2f} dB (a grey image: {grey}), "
+                f"SSIM {run_.scores.mean_ssim:.3f}, "
                 f"{run_.result.iterations} iterations in {run_.result.seconds:.0f} s"
             )

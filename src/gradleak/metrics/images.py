@@ -148,13 +148,16 @@ def _mean(values: Sequence[float] | None) -> float | None:
 class ImageScores:
     """Scores of each pair: original ``i`` (``originals[k]``, or ``k`` when ``originals`` is ``None``) with
     reconstruction ``order[k]``. Every original is scored (:func:`pair_images`) unless the attack returned fewer
-    images than the batch; then each reconstruction is scored against its own original (:func:`pair_originals`)."""
+    images than the batch; then each reconstruction is scored against its own original (:func:`pair_originals`).
+    ``grey_psnr[k]``: what a constant image at the batch's mean pixel scores against the same original, the PSNR of
+    reconstructing nothing (low-contrast images score 15 dB and more that way)."""
 
     order: list[int]
     psnr: list[float]
     ssim: list[float]
     lpips: list[float] | None = None
     originals: list[int] | None = None
+    grey_psnr: list[float] | None = None
 
     @property
     def mean_psnr(self) -> float:
@@ -168,6 +171,10 @@ class ImageScores:
     def mean_lpips(self) -> float | None:
         return _mean(self.lpips)
 
+    @property
+    def mean_grey_psnr(self) -> float | None:
+        return _mean(self.grey_psnr)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "order": list(self.order),
@@ -178,12 +185,14 @@ class ImageScores:
             "mean_ssim": self.mean_ssim,
             "mean_lpips": self.mean_lpips,
             "originals": None if self.originals is None else list(self.originals),
+            "grey_psnr": None if self.grey_psnr is None else list(self.grey_psnr),
+            "mean_grey_psnr": self.mean_grey_psnr,
         }
 
 
 def score_images(recon: Tensor, orig: Tensor, *, lpips: LPIPS | None = None) -> ImageScores:
-    """Pair ``recon`` with ``orig`` and score each pair (:class:`ImageScores`); ``recon`` is clamped to [0, 1]
-    first, as shown."""
+    """Pair ``recon`` with ``orig`` and score each pair (:class:`ImageScores`, with the grey baseline); ``recon`` is
+    clamped to [0, 1] first, as shown."""
     if not torch.isfinite(recon).all():
         raise InputError("reconstructions contain NaN or inf values; they cannot be scored")
     originals = pair_originals(recon, orig) if len(recon) < len(orig) else None
@@ -199,6 +208,7 @@ def score_images(recon: Tensor, orig: Tensor, *, lpips: LPIPS | None = None) -> 
             ssim=ssim(matched, target).tolist(),
             lpips=None if lpips is None else lpips(matched, target).tolist(),
             originals=originals,
+            grey_psnr=psnr(torch.full_like(target, float(orig.mean())), target).tolist(),
         )
 
 

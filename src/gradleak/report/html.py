@@ -235,6 +235,7 @@ def _numbers(run: AttackRun) -> list[tuple[str, str]]:
     lpips = _NA if scores is None else _e(LPIPS_UNAVAILABLE) if scores.lpips is None else _dec(scores.mean_lpips)
     return [
         ("Mean PSNR", _psnr(run.mean_psnr)),
+        ("Grey image PSNR", _psnr(None if scores is None else scores.mean_grey_psnr)),
         ("Mean SSIM", _dec(None if scores is None else scores.mean_ssim)),
         ("Mean LPIPS", lpips),
         ("Iterations", _fmt(None if result is None else result.iterations, _NA)),
