@@ -531,6 +531,27 @@ def value_at(curve: list[float], times: list[float], t: float, final: float, wal
     return before[-1] if before else None
 
 
+def grey_psnr(truth) -> float:
+    """Mean PSNR of a constant image at the batch's mean pixel against ``truth``: what reconstructing nothing scores
+    (an oracle baseline: the mean is the client's)."""
+    from gradleak.metrics import score_images
+
+    return score_images(truth.new_full(truth.shape, float(truth.mean())), truth).mean_psnr
+
+
+def add_grey(results: dict) -> None:
+    """Fill ``grey_psnr`` into a results file written before it was recorded: the case's images are drawn again as
+    every run draws them (``own_images``, seed = image index: the harness's pixels too)."""
+    for c in results["cases"]:
+        case = c["case"]
+        for r in c["runs"]:
+            d = r.setdefault("derived", {})
+            if "grey_psnr" not in d:
+                idx = r["image_index"]
+                d["grey_psnr"] = grey_psnr(own_images(case["batch"], case["size"], idx, idx))
+        c["summary"]["grey_psnr"] = statistics.median(r["derived"]["grey_psnr"] for r in c["runs"])
+
+
 def score_run(
     case: Case, work: Path, tag: str, b: dict | None, g: dict | None, fl: dict | None, warmup: int, b_tag: str = ""
 ) -> dict:
@@ -543,6 +564,7 @@ def score_run(
     from gradleak.normalization import Normalization
 
     row: dict = {}
+    truth = None  # the client's images, from either side (the same pixels)
     if g is not None:
         gt = load_file(str(work / f"{tag}.gradleak.safetensors"))
         truth = gt["truth"]
@@ -570,6 +592,7 @@ def score_run(
         ex = ExportedCase.read(work / f"{b_tag or tag}.breaching.safetensors")
         norm = Normalization(tuple(ex.meta["mean"]), tuple(ex.meta["std"]))
         truth_b = ex.images01
+        truth = truth_b if truth is None else truth
         fin_b = score_images(norm.denormalize(ex.final).clamp(0, 1), truth_b)
         b_curve = psnr_curve(norm.denormalize(ex.snapshots).clamp(0, 1), truth_b) if ex.snapshots is not None else []
         s_it = statistics.median(b["gaps"][min(warmup, len(b["gaps"]) // 3) :]) if b["gaps"] else None
@@ -599,7 +622,7 @@ def score_run(
             "peak_rss_mb": fl["peak_rss_mb"],
         }
     gr, br = row.get("gradleak"), row.get("breaching")
-    d: dict = {}
+    d: dict = {} if truth is None else {"grey_psnr": grey_psnr(truth)}
     if gr and fl and gr["s_per_it_median"] and case.attack == "ig":
         d["overhead_ratio"] = gr["s_per_it_median"] / (fl["s_median"] * case.restarts)
     if gr and br:
@@ -648,6 +671,7 @@ def summarise(case: Case, runs: list[dict]) -> dict:
             "time_to_psnr_vs_breaching_wall": ("derived", "time_to_psnr_vs_breaching_wall"),
             "gradleak_time_to_breaching_psnr_s": ("derived", "gradleak_time_to_breaching_psnr_s"),
             "gradleak_psnr_at_breaching_wall": ("derived", "gradleak_psnr_at_breaching_wall"),
+            "grey_psnr": ("derived", "grey_psnr"),
         }.items()
     }
     reached = [
@@ -670,7 +694,8 @@ def with_variants(*names: str) -> list[str]:
 
 
 def targets(cases: list[dict]) -> list[dict]:
-    """Issue 9's targets, read off the case summaries (null where a case did not run)."""
+    """Issues 9 and 19's targets, read off the case summaries: rows for the cases that ran (null where a value could
+    not be measured, e.g. a PSNR never reached)."""
     by = {c["case"]["name"]: c["summary"] for c in cases}
 
     def get(name: str, key: str):
@@ -678,10 +703,14 @@ def targets(cases: list[dict]) -> list[dict]:
 
     rows = []
     for name in ("ig-convnet-b1", "ig-resnet18-b1", "ig-resnet18-b8"):
+        if name not in by:
+            continue
         rows.append({"target": f"overhead vs floor, {name}", "want": "<= 1.15", "value": get(name, "overhead_ratio")})
 
     def reach_rows(name: str, time_key: str, how: str, want_time: str, want_db: str, gain: str) -> None:
         """Time to breaching's PSNR over breaching's wall; gradleak's PSNR at breaching's wall minus breaching's."""
+        if name not in by:
+            return
         rows.append(
             {
                 "target": f"time to breaching's PSNR / breaching's wall, {name}{how}",
@@ -721,14 +750,15 @@ def targets(cases: list[dict]) -> list[dict]:
             ">= 1",
             "PSNR at breaching's wall - breaching's PSNR, {name} (dB; issue 19)",
         )
-    r8, r1 = get("ig-convnet-b1-8restarts", "gradleak_s_per_it"), get("ig-convnet-b1", "gradleak_s_per_it")
-    rows.append(
-        {
-            "target": "8 restarts / 1 restart, s/iteration, ConvNet B=1",
-            "want": "<= 3",
-            "value": None if r8 is None or r1 is None else r8 / r1,
-        }
-    )
+    if "ig-convnet-b1-8restarts" in by:
+        r8, r1 = get("ig-convnet-b1-8restarts", "gradleak_s_per_it"), get("ig-convnet-b1", "gradleak_s_per_it")
+        rows.append(
+            {
+                "target": "8 restarts / 1 restart, s/iteration, ConvNet B=1",
+                "want": "<= 3",
+                "value": None if r8 is None or r1 is None else r8 / r1,
+            }
+        )
     for pruned_case, single_case, how in (
         ("ig-convnet-b1-8pruned", "ig-convnet-b1", ""),
         *(
@@ -736,6 +766,8 @@ def targets(cases: list[dict]) -> list[dict]:
             for v in PRUNED_VARIANTS
         ),
     ):
+        if pruned_case not in by:
+            continue
         pruned, single = get(pruned_case, "gradleak_wall_s"), get(single_case, "gradleak_wall_s")
         rows.append(
             {
@@ -753,14 +785,15 @@ def targets(cases: list[dict]) -> list[dict]:
                 "per_image": gains,
             }
         )
-    g, b = get("ig-resnet18-b32", "gradleak_peak_rss_mb"), get("ig-resnet18-b32", "breaching_peak_rss_mb")
-    rows.append(
-        {
-            "target": "peak RSS gradleak / breaching, ResNet-18 B=32",
-            "want": "<= 1",
-            "value": None if g is None or b is None else g / b,
-        }
-    )
+    if "ig-resnet18-b32" in by:
+        g, b = get("ig-resnet18-b32", "gradleak_peak_rss_mb"), get("ig-resnet18-b32", "breaching_peak_rss_mb")
+        rows.append(
+            {
+                "target": "peak RSS gradleak / breaching, ResNet-18 B=32",
+                "want": "<= 1",
+                "value": None if g is None or b is None else g / b,
+            }
+        )
     return rows
 
 
@@ -920,9 +953,9 @@ def markdown(results: dict) -> str:
         ),
         "",
         "| case | images | iters | s/it breaching | s/it gradleak | floor s | overhead | PSNR breaching | "
-        "PSNR gradleak | SSIM b / g | wall b / g s | time to b's PSNR (÷ b wall) | g PSNR at b wall | "
+        "PSNR gradleak | PSNR grey | SSIM b / g | wall b / g s | time to b's PSNR (÷ b wall) | g PSNR at b wall | "
         "peak RSS b / g MB | others' CPU |",
-        "|" + "---|" * 15,
+        "|" + "---|" * 16,
     ]
     for c in results["cases"]:
         s, case = c["summary"], c["case"]
@@ -937,7 +970,7 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {case['name']} | {s['images']} | {case['iters']} | {fmt(s['breaching_s_per_it'], 3)} | "
             f"{fmt(s['gradleak_s_per_it'], 3)} | {fmt(s['floor_s'], 3)} | {fmt(s['overhead_ratio'], 2)} | "
-            f"{fmt(s['breaching_psnr'])} | {fmt(s['gradleak_psnr'])} | "
+            f"{fmt(s['breaching_psnr'])} | {fmt(s['gradleak_psnr'])} | {fmt(s.get('grey_psnr'))} | "
             f"{fmt(s['breaching_ssim'], 3)} / {fmt(s['gradleak_ssim'], 3)} | "
             f"{fmt(s['breaching_wall_s'], 1)} / {fmt(s['gradleak_wall_s'], 1)} | {reach} | "
             f"{fmt(s['gradleak_psnr_at_breaching_wall'])} | "
@@ -948,8 +981,9 @@ def markdown(results: dict) -> str:
         "overhead = gradleak s/iteration ÷ (floor × restarts); floor = bare PyTorch matching step "
         "(forward, grad with create_graph, cosine, backward to the input). 'time to b's PSNR' = gradleak's "
         "wall time until its PSNR first reaches breaching's final PSNR (snapshots every "
-        f"{results['settings']['snapshot_every']} iterations). 'others' CPU' = the largest share of the "
-        "machine other processes took during any of the case's processes.",
+        f"{results['settings']['snapshot_every']} iterations). 'PSNR grey' = a constant image at the batch's mean "
+        "pixel, what reconstructing nothing scores (an oracle baseline: the mean is the client's). 'others' CPU' = "
+        "the largest share of the machine other processes took during any of the case's processes.",
     ]
     lines += ["", "## Targets (issues 9 and 19)", "", "| target | want | measured |", "|---|---|---|"]
     for t in results.get("targets", []):
@@ -1028,6 +1062,7 @@ def orchestrate(a: argparse.Namespace) -> None:
         "machine": {
             "cpus": os.cpu_count(),
             "cpu_model": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "kernel": platform.release(),
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -1128,6 +1163,7 @@ def main() -> None:
     a = p.parse_args()
     if a.render:
         res = json.loads(Path(a.render).read_text())
+        add_grey(res)
         res["targets"] = targets(res["cases"])
         Path(a.render).write_text(json.dumps(res, indent=1, default=str))
         Path(a.render).with_suffix(".md").write_text(markdown(res))
