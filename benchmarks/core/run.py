@@ -41,6 +41,7 @@ def machine() -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "load_before": os.getloadavg(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
@@ -110,7 +111,9 @@ CHECK_PSNR_TOL = 0.1  # dB; the run is seeded, so the same code gives the same n
 def check(path: Path) -> int:
     """``--check``: rerun the quality row of seed 0 (the default audit's first draw) with the file's attack and
     settings, and compare its PSNR with the committed one."""
-    q = json.loads(path.read_text())["quality"]
+    results = json.loads(path.read_text())
+    q = results["quality"]
+    committed_on = results.get("machine_quality", {}).get("cpu_capability", "an unrecorded CPU capability")
     want = next(r for r in q["rows"] if r["seed"] == 0)
     got = quality(
         [0], q.get("model"), q.get("attack", "inverting_gradients"), q.get("batch", 1), **q.get("attack_settings", {})
@@ -118,7 +121,8 @@ def check(path: Path) -> int:
     ok = abs(got["psnr"] - want["psnr"]) <= CHECK_PSNR_TOL
     print(
         f"check core quality seed 0: PSNR {got['psnr']:.3f} vs committed {want['psnr']:.3f} "
-        f"(tolerance {CHECK_PSNR_TOL} dB) {'OK' if ok else 'MISMATCH'}"
+        f"(tolerance {CHECK_PSNR_TOL} dB; committed on {committed_on}, rerun on "
+        f"{torch.backends.cpu.get_cpu_capability()}) {'OK' if ok else 'MISMATCH'}"
     )
     return 0 if ok else 1
 

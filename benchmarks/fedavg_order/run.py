@@ -127,7 +127,9 @@ def check(path: Path) -> int:
     print(
         "check:",
         "OK" if not bad else "MISMATCH\n  " + "\n  ".join(bad),
-        f"(seed {seed}; tolerance PSNR {PSNR_TOL} dB, SSIM {SSIM_TOL}, labels exact)",
+        f"(seed {seed}; tolerance PSNR {PSNR_TOL} dB, SSIM {SSIM_TOL}, labels exact; committed on "
+        f"{committed['machine'].get('cpu_capability', 'an unrecorded CPU capability')}, rerun on "
+        f"{torch.backends.cpu.get_cpu_capability()})",
     )
     return 1 if bad else 0
 
@@ -154,6 +156,7 @@ def main() -> int:
             "torch": torch.__version__,
             "platform": platform.platform(),
             "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "load_average_at_end": os.getloadavg(),
         },
         "runs": runs,

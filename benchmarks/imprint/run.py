@@ -23,7 +23,8 @@ Sections (each writes into results.json; results.md summarises); every cell is 3
   sweep    4 clients × B for B = 8, 16, 32, 64 at K = 256, beside the expectation for equal-mass bins n(1 − 1/K)^(n−1)
 
 Run: python benchmarks/imprint/run.py [--only SECTION ...] [--check]
-(--check reruns CHECK_CELLS and compares every count with results.json; exit 1 on a mismatch)
+(--check reruns CHECK_CELLS and compares every seed's counts with results.json: gradleak's exactly, breaching's within
+BREACHING_TOL; exit 1 on a mismatch)
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ SECAGG_BINS = (64, 256, 1024)
 SWEEP_B = (8, 16, 32, 64)
 SWEEP_BINS = 256
 MODEL = {"model": "mlp", "model_kwargs": {"depth": 0}}
+# breaching's count may move by one image on another CPU: its reconstructions sit near the 40 dB line (one of 256
+# crossed it on the build machine of 2026-12-07), while gradleak's counts reproduce exactly there
+BREACHING_TOL = 1
 CHECK_CELLS = (("secagg", "fashion-mnist", CLIENTS, 64, 256, "gradleak"), ("fedsgd", "photos", 1, 64, 256, "gradleak"))
 PAPER = (
     "The paper's teaser (its repository): ImageNet, B = 64, 128 bins, ResNet-18, mean PSNR 70.94 dB. For iid samples "
@@ -256,11 +260,16 @@ def check(path: Path) -> int:
             if old is None:
                 log(f"{key[:5]} {variant}: no committed row to compare with")
                 continue
-            for k in ("recovered", "recovered_paired"):
-                if row[k] != old[k]:
-                    bad += 1
-                    log(f"MISMATCH {key[:5]} {variant} {k}: {row[k]} vs committed {old[k]}")
-    log(f"imprint check: {len(CHECK_CELLS)} cells, {bad} mismatches (counts must equal the committed ones)")
+            tol = BREACHING_TOL if variant == "breaching" else 0
+            for run, old_run in zip(row["runs"], old["runs"], strict=True):
+                for k in ("recovered", "recovered_paired"):
+                    if abs(run[k] - old_run[k]) > tol:
+                        bad += 1
+                        log(f"MISMATCH {key[:5]} {variant} seed={run['seed']} {k}: {run[k]} vs committed {old_run[k]}")
+    log(
+        f"imprint check: {len(CHECK_CELLS)} cells, {bad} mismatches (per seed, gradleak's counts must equal the "
+        f"committed ones, breaching's be within {BREACHING_TOL} image)"
+    )
     return 1 if bad else 0
 
 
@@ -317,7 +326,9 @@ def markdown(results: dict) -> str:
         "",
         "`python benchmarks/imprint/run.py --check` reruns "
         + ", ".join(f"{s} {d} {c}×{b} K={k}" for s, d, c, b, k, _ in CHECK_CELLS)
-        + " (3 seeds each, both tools where breaching's venv exists) and fails if a count differs from results.json.",
+        + " (3 seeds each, both tools where breaching's venv exists) and fails if a seed's count differs from "
+        "results.json: gradleak's must be equal, breaching's within one image (on another CPU one of its "
+        "reconstructions crossed the 40 dB line).",
         "",
     ]
     return "\n".join(out)

@@ -361,8 +361,9 @@ def check(path: Path) -> int:
     section = json.loads(path.read_text())["curves"][CHECK["model"]]
     committed = section["checkpoints"]
     log(
-        f"rerunning at {torch.get_num_threads()} torch thread(s); the committed {CHECK['model']} curve ran at "
-        f"{section['environment']['threads']}"
+        f"rerunning at {torch.get_num_threads()} torch thread(s) on {torch.backends.cpu.get_cpu_capability()}; the "
+        f"committed {CHECK['model']} curve ran at {section['environment']['threads']} on "
+        f"{section['environment'].get('cpu_capability', 'an unrecorded CPU capability')}"
     )
     fresh = curves(CHECK["model"], CHECK["checkpoints"], (CHECK["labels_B"],), (CHECK["ig_B"],))["checkpoints"]
     bad = []

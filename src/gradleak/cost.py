@@ -29,12 +29,15 @@ from .observation import Observation
 
 
 def machine() -> dict[str, object]:
-    """What a timing depends on: torch version and threads, CPUs, the OpenMP wait policy, Python, and the load
-    average when it was taken (benchmarks record it beside their seconds)."""
+    """What a timing depends on: torch version and threads, CPUs and the vector instructions torch's kernels use
+    (``cpu_capability``, e.g. AVX2 or AVX512: their floating-point sums differ, so seeded optimisations can end
+    apart on another CPU), the OpenMP wait policy, Python, and the load average when it was taken (benchmarks
+    record it beside their seconds)."""
     return {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "python": platform.python_version(),
         "load_average_start": os.getloadavg(),

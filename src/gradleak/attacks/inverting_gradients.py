@@ -160,7 +160,8 @@ class InvertingGradientsRelativeTVPlateau(InvertingGradientsRelativeTV):
     paper's schedule keeps the step until 3/8 of the run; the decay is where the reconstruction sharpens.
     Measured in ``benchmarks/core`` and ``benchmarks/performance``. ``lr=0.3`` reaches a given PSNR sooner (beside
     breaching: ≤ 0.14 of its wall time on every ConvNet B=1 image) but ends lower at the default audit's 600
-    iterations (mean 25.13 against 26.55 dB), so it is not the default."""
+    iterations (mean 25.13 against 25.39 dB, worst photo 17.68 against 19.39, on one machine), so it is not the
+    default."""
 
     paper = (
         "variant of Geiping et al. NeurIPS 2020, arXiv:2003.14053 (relative TV weight and plateau schedule: gradleak, "
