@@ -750,15 +750,13 @@ def targets(cases: list[dict]) -> list[dict]:
             ">= 1",
             "PSNR at breaching's wall - breaching's PSNR, {name} (dB; issue 19)",
         )
+
+    def ratio_row(target: str, want: str, num: float | None, den: float | None) -> None:
+        rows.append({"target": target, "want": want, "value": None if num is None or den is None else num / den})
+
     if "ig-convnet-b1-8restarts" in by:
         r8, r1 = get("ig-convnet-b1-8restarts", "gradleak_s_per_it"), get("ig-convnet-b1", "gradleak_s_per_it")
-        rows.append(
-            {
-                "target": "8 restarts / 1 restart, s/iteration, ConvNet B=1",
-                "want": "<= 3",
-                "value": None if r8 is None or r1 is None else r8 / r1,
-            }
-        )
+        ratio_row("8 restarts / 1 restart, s/iteration, ConvNet B=1", "<= 3", r8, r1)
     for pruned_case, single_case, how in (
         ("ig-convnet-b1-8pruned", "ig-convnet-b1", ""),
         *(
@@ -769,12 +767,11 @@ def targets(cases: list[dict]) -> list[dict]:
         if pruned_case not in by:
             continue
         pruned, single = get(pruned_case, "gradleak_wall_s"), get(single_case, "gradleak_wall_s")
-        rows.append(
-            {
-                "target": f"8 candidates with early elimination / 1 run, wall time, ConvNet B=1{how} (medians)",
-                "want": "<= 2",
-                "value": None if pruned is None or single is None else pruned / single,
-            }
+        ratio_row(
+            f"8 candidates with early elimination / 1 run, wall time, ConvNet B=1{how} (medians)",
+            "<= 2",
+            pruned,
+            single,
         )
         gains = per_image_gain(cases, pruned_case, single_case)
         rows.append(
@@ -787,13 +784,7 @@ def targets(cases: list[dict]) -> list[dict]:
         )
     if "ig-resnet18-b32" in by:
         g, b = get("ig-resnet18-b32", "gradleak_peak_rss_mb"), get("ig-resnet18-b32", "breaching_peak_rss_mb")
-        rows.append(
-            {
-                "target": "peak RSS gradleak / breaching, ResNet-18 B=32",
-                "want": "<= 1",
-                "value": None if g is None or b is None else g / b,
-            }
-        )
+        ratio_row("peak RSS gradleak / breaching, ResNet-18 B=32", "<= 1", g, b)
     return rows
 
 
