@@ -100,7 +100,9 @@ class Variant(NamedTuple):
 
     def describe(self) -> str:
         if self.attack:
-            return f"{self.attack} " + ("(its defaults)" if self.lr is None else f"at Adam step {self.lr}")
+            settings = [] if self.lr is None else [f"Adam step {self.lr}"]
+            settings += [] if self.tv is None else [f"TV share {self.tv:g}"]
+            return f"{self.attack} " + (f"at {', '.join(settings)}" if settings else "(its defaults)")
         return f"Adam step {self.lr}" + ("" if self.tv is None else f", TV weight {self.tv:g}")
 
     def of(self, case: Case, note: str, **fields: Any) -> Case:
@@ -118,13 +120,15 @@ class Variant(NamedTuple):
 
 #: the steps; the step and TV weight best on the default audit's bundled photos (benchmarks/core), not these images;
 #: the relative TV weight; the relative TV weight with the plateau schedule (the default audit's attack), also at the
-#: smaller step
+#: smaller step and at a larger TV share (chosen on the bundled photos with He-normal ResNet-18 weights, not these
+#: images)
 VARIANTS = (
     *(Variant(f"lr{step}", step, None) for step in STEPS),
     Variant(f"lr{LARGE_STEP}-tv0", LARGE_STEP, 0.0),
     Variant("rtv", None, None, "ig_relative_tv"),
     Variant("rtvp", None, None, "ig_relative_tv_plateau"),
     Variant(f"rtvp-lr{STEP}", STEP, None, "ig_relative_tv_plateau"),
+    Variant("rtvp-tv1", None, 1.0, "ig_relative_tv_plateau"),
 )
 #: the settings of VARIANTS at which PRUNED runs too, each against the single run at that setting
 PRUNED_VARIANTS = (VARIANTS[0], *VARIANTS[2:])  # all but step 1.0 with the paper's TV
