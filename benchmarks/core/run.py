@@ -29,7 +29,7 @@ from gradleak.attacks import ATTACKS
 from gradleak.attacks.matching import MatchingConfig, MatchingProblem, run_matching
 from gradleak.auditing import DEFAULT_ATTACK
 from gradleak.labels import recover_labels
-from gradleak.metrics import psnr, score_images
+from gradleak.metrics import grey_psnr, score_images
 from gradleak.scenario import Scenario, simulate
 
 HERE = Path(__file__).parent
@@ -89,7 +89,6 @@ def quality(
         t0 = time.perf_counter()
         res = ATTACKS.get(attack)(**settings).run(obs, generator=torch.Generator().manual_seed(seed))
         s = score_images(res.images, truth.images)
-        grey = torch.full_like(truth.images, float(truth.images.mean()))
         rows.append(
             {
                 "seed": seed,
@@ -98,7 +97,7 @@ def quality(
                 "seconds": time.perf_counter() - t0,
                 "psnr": s.mean_psnr,
                 "ssim": s.mean_ssim,
-                "grey_psnr": float(psnr(grey, truth.images).mean()),
+                "grey_psnr": float(grey_psnr(truth.images).mean()),
                 "final_loss": res.final_loss,
             }
         )

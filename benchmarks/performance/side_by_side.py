@@ -538,9 +538,9 @@ def value_at(curve: list[float], times: list[float], t: float, final: float, wal
 def grey_psnr(truth) -> float:
     """Mean PSNR of a constant image at the batch's mean pixel against ``truth``: what reconstructing nothing scores
     (an oracle baseline: the mean is the client's)."""
-    from gradleak.metrics import score_images
+    from gradleak import metrics
 
-    return score_images(truth.new_full(truth.shape, float(truth.mean())), truth).mean_psnr
+    return float(metrics.grey_psnr(truth).mean())
 
 
 def add_grey(results: dict) -> None:

@@ -11,7 +11,7 @@ The image scores and :func:`label_accuracy` are re-exported here.
 from __future__ import annotations
 
 from .candidates import candidate_success, draw_decoys
-from .images import LPIPS, PSNR_CAP, ImageScores, mse, pair_images, psnr, score_images, ssim
+from .images import LPIPS, PSNR_CAP, ImageScores, grey_psnr, mse, pair_images, psnr, score_images, ssim
 from .labels import label_accuracy
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "LPIPS",
     "candidate_success",
     "draw_decoys",
+    "grey_psnr",
     "label_accuracy",
     "mse",
     "pair_images",

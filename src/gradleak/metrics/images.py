@@ -190,6 +190,12 @@ class ImageScores:
         }
 
 
+def grey_psnr(images: Tensor, level: float | None = None) -> Tensor:
+    """Per image, the PSNR of a constant image at ``level`` (default: the batch's mean pixel) against it: what
+    reconstructing nothing scores."""
+    return psnr(torch.full_like(images, float(images.mean()) if level is None else level), images)
+
+
 def score_images(recon: Tensor, orig: Tensor, *, lpips: LPIPS | None = None) -> ImageScores:
     """Pair ``recon`` with ``orig`` and score each pair (:class:`ImageScores`, with the grey baseline); ``recon`` is
     clamped to [0, 1] first, as shown."""
@@ -208,7 +214,7 @@ def score_images(recon: Tensor, orig: Tensor, *, lpips: LPIPS | None = None) -> 
             ssim=ssim(matched, target).tolist(),
             lpips=None if lpips is None else lpips(matched, target).tolist(),
             originals=originals,
-            grey_psnr=psnr(torch.full_like(target, float(orig.mean())), target).tolist(),
+            grey_psnr=grey_psnr(target, float(orig.mean())).tolist(),
         )
 
 
