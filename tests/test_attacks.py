@@ -65,6 +65,22 @@ def test_ig_relative_tv_plateau_is_ig_relative_tv_with_the_plateau_schedule(digi
     assert score_images(res.images, truth.images).mean_psnr > grey_psnr(truth) + 15
 
 
+def test_ig_batch_tv_takes_tv_share_0_3_for_one_image_and_1_for_a_batch(digit_case):
+    def images(name, obs, **settings):
+        attack = ATTACKS.get(name)(iterations=40, **settings)
+        return attack.run(obs, generator=torch.Generator().manual_seed(0)).images
+
+    one, _ = digit_case
+    assert torch.equal(images("ig_batch_tv", one), images("ig_relative_tv_plateau", one))
+    batch, _ = simulate(
+        Scenario(model="mlp", model_kwargs={"width": 64, "depth": 1}, dataset="digits", image_size=8, batch_size=3)
+    )
+    got = images("ig_batch_tv", batch)
+    assert torch.equal(got, images("ig_relative_tv_plateau", batch, tv=1.0))
+    assert not torch.equal(got, images("ig_relative_tv_plateau", batch))
+    assert torch.equal(images("ig_batch_tv", batch, batch_tv=0.3), images("ig_relative_tv_plateau", batch))
+
+
 def test_on_a_signed_step_tv_at_0_2_overrides_the_matching_term_wherever_its_gradient_reaches():
     """Why Inverting Gradients without TV ends higher on one image (issue 19): on the default scenario (untrained
     ConvNet, one 32×32 photo) the matching term's gradient per pixel is far below 0.2 × TV's, so a signed step

@@ -24,7 +24,7 @@ def test_cli_and_api_share_one_scenario_default():
 
 def test_api_and_cli_give_the_same_psnr(tmp_path):
     scenario = gl.Scenario(**TINY, seed=3)
-    plan = gl.AuditPlan(attacks=(gl.attacks.InvertingGradientsRelativeTVPlateau(iterations=25),), seed=scenario.seed)
+    plan = gl.AuditPlan(attacks=(gl.attacks.InvertingGradientsBatchTV(iterations=25),), seed=scenario.seed)
     result, truth = gl.audit_scenario(scenario, plan)
     assert (
         main(
@@ -48,8 +48,8 @@ def test_api_and_cli_give_the_same_psnr(tmp_path):
         == 0
     )
     written = json.loads((tmp_path / "results.json").read_text())
-    assert written["attacks"][0]["mean_psnr"] == result.attack("ig_relative_tv_plateau").mean_psnr
-    assert written["attacks"][0]["name"] == "ig_relative_tv_plateau"  # the default attack
+    assert written["attacks"][0]["mean_psnr"] == result.attack("ig_batch_tv").mean_psnr
+    assert written["attacks"][0]["name"] == "ig_batch_tv"  # the default attack
     assert written["labels"]["true"] == truth.labels.tolist()
 
 

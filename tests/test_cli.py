@@ -117,13 +117,13 @@ def test_fedavg_audit_reports_what_the_attacker_assumed(tmp_path):
 def test_checkpoint_dir_resumes_a_finished_run(tmp_path):
     ck, out = tmp_path / "ck", tmp_path / "o"
     assert main(["audit", *TINY, "--checkpoint-dir", str(ck), "--out", str(out)]) == 0
-    saved = (ck / "ig_relative_tv_plateau.checkpoint.safetensors").stat()
+    saved = (ck / "ig_batch_tv.checkpoint.safetensors").stat()
     first = json.loads((out / "results.json").read_text())["attacks"][0]
     assert main(["audit", *TINY, "--checkpoint-dir", str(ck), "--out", str(out)]) == 0
     again = json.loads((out / "results.json").read_text())["attacks"][0]
     assert again["psnr"] == first["psnr"]
     # a finished run resumes at its last iteration: no step runs, so the checkpoint is never rewritten
-    resumed = (ck / "ig_relative_tv_plateau.checkpoint.safetensors").stat()
+    resumed = (ck / "ig_batch_tv.checkpoint.safetensors").stat()
     assert (resumed.st_ino, resumed.st_mtime_ns) == (saved.st_ino, saved.st_mtime_ns)
 
 

@@ -195,7 +195,7 @@ def test_extended_run_records_where_it_resumed(digits, tmp_path):
 def test_cli_corrupt_checkpoint_is_exit_2_and_writes_no_results(tmp_path, capsys):
     ck = tmp_path / "ck"
     ck.mkdir()
-    (ck / "ig_relative_tv_plateau.checkpoint.safetensors").write_bytes(b"garbage")
+    (ck / "ig_batch_tv.checkpoint.safetensors").write_bytes(b"garbage")
     argv = ["audit", *TINY, "--checkpoint-dir", str(ck), "--out", str(tmp_path / "o")]
     code, err = run_cli(argv, capsys)
     assert_one_clean_error(code, err, "cannot read checkpoint")
@@ -258,7 +258,7 @@ def parse_and_validate(argv: list[str]) -> None:
     a = parser().parse_args(argv)
     scenario = scenario_from_args(a)
     if a.command == "audit":
-        gl.AuditPlan(attacks=gl.make_attacks(["ig_relative_tv_plateau"], iterations=a.iterations, restarts=a.restarts))
+        gl.AuditPlan(attacks=gl.make_attacks(["ig_batch_tv"], iterations=a.iterations, restarts=a.restarts))
     if a.command == "sweep":
         SweepPlan(
             scenario=scenario,

@@ -19,7 +19,7 @@ def test_sweep_reports_success_bound_and_epsilon():
     plan = SweepPlan(settings=("dpfedavg:noise=1",), clients=1, iterations=5, train_steps=3, train_batch=8)
     row = leakage_cell(plan, "dpfedavg:noise=1", 0)
     assert row["bound"] == pytest.approx(reconstruction_bound(0.1, 1.0)) and row["kappa"] == 0.1
-    assert row["attacks"]["ig_relative_tv_plateau"]["candidate_success"] in (0.0, 1.0)  # batch of one image
+    assert row["attacks"]["ig_batch_tv"]["candidate_success"] in (0.0, 1.0)  # batch of one image
     assert leakage_cell(plan, "none", 0)["bound"] is None
     util = utility_cell(plan, "dpfedavg:noise=1")
     assert util["epsilon"] == pytest.approx(dp_epsilon(1.0, 1.0, 3, 1e-5))

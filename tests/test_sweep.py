@@ -53,7 +53,7 @@ def test_cells_measure_leakage_and_utility():
     plan = SweepPlan(settings=("noise:0.1",), **TINY)
     row = leakage_cell(plan, "noise:0.1", 0)
     assert row["label_accuracy"] in (0.0, 1.0) and row["defense_records"] == [{"name": "noise", "sigma": 0.1}]
-    assert row["attacks"]["ig_relative_tv_plateau"]["psnr"] > 0
+    assert row["attacks"]["ig_batch_tv"]["psnr"] > 0
     util = utility_cell(plan, "smooth:0.1")
     assert 0 <= util["test_accuracy"] <= 1 and util["steps"] == 3
 
@@ -119,7 +119,7 @@ def test_sweep_command(tmp_path, capsys):
 
 
 def psnr(row):
-    return row["attacks"]["ig_relative_tv_plateau"]["psnr"]
+    return row["attacks"]["ig_batch_tv"]["psnr"]
 
 
 def test_checkpoint_cells_attack_the_saved_weights(tmp_path):

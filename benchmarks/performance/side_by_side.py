@@ -121,7 +121,7 @@ class Variant(NamedTuple):
 #: the steps; the step and TV weight best on the default audit's bundled photos (benchmarks/core), not these images;
 #: the relative TV weight; the relative TV weight with the plateau schedule (the default audit's attack), also at the
 #: smaller step and at a larger TV share (chosen on the bundled photos with He-normal ResNet-18 weights, not these
-#: images)
+#: images); the default audit's ig_batch_tv (that share for batches, 0.3 for one image; chosen on the bundled photos)
 VARIANTS = (
     *(Variant(f"lr{step}", step, None) for step in STEPS),
     Variant(f"lr{LARGE_STEP}-tv0", LARGE_STEP, 0.0),
@@ -129,6 +129,7 @@ VARIANTS = (
     Variant("rtvp", None, None, "ig_relative_tv_plateau"),
     Variant(f"rtvp-lr{STEP}", STEP, None, "ig_relative_tv_plateau"),
     Variant("rtvp-tv1", None, 1.0, "ig_relative_tv_plateau"),
+    Variant("btv", None, None, "ig_batch_tv"),
 )
 #: the settings of VARIANTS at which PRUNED runs too, each against the single run at that setting
 PRUNED_VARIANTS = (VARIANTS[0], *VARIANTS[2:])  # all but step 1.0 with the paper's TV

@@ -27,7 +27,12 @@ from .generative.ggl import GGL  # noqa: E402
 from .generative.gifd import GIFD  # noqa: E402
 from .generative.latent_adam import LatentAdam  # noqa: E402
 from .gradinversion import GradInversion  # noqa: E402
-from .inverting_gradients import InvertingGradients, InvertingGradientsRelativeTV, InvertingGradientsRelativeTVPlateau  # noqa: E402
+from .inverting_gradients import (  # noqa: E402
+    InvertingGradients,
+    InvertingGradientsBatchTV,
+    InvertingGradientsRelativeTV,
+    InvertingGradientsRelativeTVPlateau,
+)
 
 __all__ = [
     "ATTACKS",
@@ -45,6 +50,7 @@ __all__ = [
     "GradInversion",
     "ImprintRecovery",
     "InvertingGradients",
+    "InvertingGradientsBatchTV",
     "InvertingGradientsRelativeTV",
     "InvertingGradientsRelativeTVPlateau",
     "LatentAdam",

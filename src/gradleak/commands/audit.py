@@ -18,7 +18,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("audit", help="simulate a client round, recover labels and images, write a report")
     add_scenario_args(p)
     add_victim_checkpoints(p)
-    p.add_argument("--attack", action="append", help="attack to run (repeatable; default ig_relative_tv_plateau)")
+    p.add_argument("--attack", action="append", help="attack to run (repeatable; default ig_batch_tv)")
     p.add_argument("--label-method", action="append", help="label method(s); the first that works feeds the attacks")
     p.add_argument(
         "--iterations", type=positive_int(), help="each attack's iteration budget (default: the attack's own)"

@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--attack",
         action="append",
-        help="attack run on each capture (default ig_relative_tv_plateau; with --server, that strategy's recovery)",
+        help="attack run on each capture (default ig_batch_tv; with --server, that strategy's recovery)",
     )
     p.add_argument("--no-attack", action="store_true", help="label recovery only")
     p.add_argument(

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
     add_scenario_args(p, model="mlp", data="digits", model_kwargs={"mlp": {"width": 64}, "convnet": {"width": 64}})
     add_victim_checkpoints(p)
     p.add_argument("--clients", type=positive_int(10_000), default=4, help="simulated clients (seeds) per setting")
-    p.add_argument("--attack", action="append", help="attack(s) (default ig_relative_tv_plateau)")
+    p.add_argument("--attack", action="append", help="attack(s) (default ig_batch_tv)")
     p.add_argument(
         "--iterations", type=positive_int(), help="each attack's iteration budget (default: the attack's own)"
     )
