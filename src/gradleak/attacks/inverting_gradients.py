@@ -186,11 +186,12 @@ class InvertingGradientsBatchTV(InvertingGradientsRelativeTVPlateau):
     Why (issue 19): the gradient of a batch is the mean of its images' gradients, so a batch leaves more of the
     images undetermined than one image does and needs more of the prior. Chosen on the bundled photos (PyTorch's
     default weights, and ResNet-18 with He-normal weights), not on the side-by-side benchmark's images: share 1.0
-    against 0.3 gives ConvNet B=4 (300 iterations) 20.46 against 19.55 dB and ResNet-18 B=8 (100 iterations) 17.62
-    against 17.19 (He-normal: 14.20 / 13.57 against 11.37 / 11.10), while one image on the ConvNet ends lower
-    (22.26 against 25.39 dB); ``benchmarks/core/results_convnet_b4_*.md``,
-    ``results_resnet18_b8_ig_relative_tv_plateau*.md``, ``results_ig_relative_tv_plateau_tv1.0.md``. Beside breaching
-    on its batches: ``benchmarks/performance/results_batch_tv.md``."""
+    against 0.3 gives ConvNet B=4 (300 iterations) 20.46 against 19.55 dB (20.23 against 19.49 at 2 threads) and
+    ResNet-18 B=8 (100 iterations) 17.62 against 17.19 (He-normal weights, exploratory: 14.20 / 13.57 against 11.37 /
+    11.10), while one image on the ConvNet ends lower (22.26 against 25.39 dB);
+    ``benchmarks/core/results_convnet_b4_*.md``, ``results_resnet18_b8_ig_relative_tv_plateau*.md``,
+    ``results_ig_relative_tv_plateau_tv1.0.md``. Beside breaching on its batches:
+    ``benchmarks/performance/results_batch_tv.md``."""
 
     paper = (
         "variant of Geiping et al. NeurIPS 2020, arXiv:2003.14053 (relative TV weight, plateau schedule and TV share "
