@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gradleak import metrics
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.matching import MatchingConfig, MatchingProblem, Plateau, lr_factor, objective_fn, run_matching
 from gradleak.errors import InputError
 from gradleak.labels import recover_labels
-from gradleak.metrics import psnr, score_images
+from gradleak.metrics import score_images
 from gradleak.protocols import FedAvg
 from gradleak.scenario import Scenario, simulate
 
@@ -24,8 +25,7 @@ def digit_case():
 
 
 def grey_psnr(truth):
-    grey = torch.full_like(truth.images, float(truth.images.mean()))
-    return float(psnr(grey, truth.images).mean())
+    return float(metrics.grey_psnr(truth.images).mean())
 
 
 def test_inverting_gradients_beats_grey_baseline(digit_case):
