@@ -230,18 +230,19 @@ def test_plateau_decays_after_patience_iterations_without_a_fall_of_rel():
     assert noisy.first_decay == 21  # iteration 0 sets the lowest value; 1..20 do not fall by 1%
 
 
-def plateau_of(losses):
+def plateau_of(losses, patience=20):
     """The plateau schedule's state after a run's logged losses, one an iteration."""
-    plateau = Plateau()
+    plateau = Plateau(patience)
     for it, loss in enumerate(losses):
         plateau.update(it, loss)
     return plateau
 
 
-def test_the_engine_decays_its_step_where_plateau_finds_the_logged_loss_flat(digit_case):
+@pytest.mark.parametrize("patience", [20, 10])
+def test_the_engine_decays_its_step_where_plateau_finds_the_logged_loss_flat(digit_case, patience):
     obs, _ = digit_case
     labels = torch.tensor(recover_labels(obs).labels)
-    cfg = MatchingConfig(iterations=200, lr=1.0, schedule="plateau", log_every=1)
+    cfg = MatchingConfig(iterations=200, lr=1.0, schedule="plateau", patience=patience, log_every=1)
     problem = MatchingProblem(obs, labels, cfg)
     before, after, losses = [], [], []  # each step's candidate before it (in the box) and after it (not yet clamped)
 
@@ -257,7 +258,7 @@ def test_the_engine_decays_its_step_where_plateau_finds_the_logged_loss_flat(dig
         on_step=lambda s: losses.append(s.loss),
         post_step=record,
     )
-    d = plateau_of(losses).first_decay
+    d = plateau_of(losses, patience).first_decay
     assert d is not None and d < 3 * 200 // 8  # this run went flat before the step schedule's first decay
     # a signed Adam step moves each pixel by at most lr × the schedule's factor, and the largest moves reach it
     moves = [float((b - a).abs().max()) for a, b in zip(before, after[1:])]  # moves[i]: the step of iteration i + 1
@@ -367,3 +368,17 @@ def test_single_candidate_autograd_step_equals_the_vmapped_step(protocol, joint)
         torch.testing.assert_close(a[0], b[1], atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(one_loss[0], two_loss[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(one_match[0], two_match[1], atol=1e-6, rtol=1e-5)
+
+
+def test_inverting_gradients_passes_its_plateau_patience_to_the_engine(digit_case):
+    obs, _ = digit_case
+
+    def run(**settings):
+        return ATTACKS.get("ig_relative_tv_plateau")(iterations=120, **settings).run(
+            obs, generator=torch.Generator().manual_seed(0)
+        )
+
+    default, short = run(), run(patience=10)
+    assert default.config["patience"] == 20 and short.config["patience"] == 10
+    assert torch.equal(default.images, run(patience=20).images)
+    assert not torch.equal(default.images, short.images)  # the first decay came earlier

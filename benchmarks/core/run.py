@@ -174,6 +174,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, help="quality: the attack's Adam step instead of its default (use with --out)")
     ap.add_argument("--iterations", type=int, help="quality: the attack's iterations instead of its default")
     ap.add_argument("--tv", type=float, help="quality: the attack's total-variation weight instead of its default")
+    ap.add_argument("--patience", type=int, help="quality: the plateau schedule's patience instead of its default")
     ap.add_argument("--model", help="quality: the scenario's model instead of the default audit's (use with --out)")
     ap.add_argument("--batch", type=int, default=1, help="quality: the client's batch size (use with --out)")
     ap.add_argument("--render", action="store_true", help="rewrite the --out file's Markdown from it (no run)")
@@ -190,7 +191,11 @@ def main() -> int:
         results["speed"] = [speed(m, b) for m in ("convnet", "resnet18") for b in (1, 8)]
     if a.part in ("quality", "all"):
         results["machine_quality"] = machine()
-        settings = {k: v for k, v in (("lr", a.lr), ("iterations", a.iterations), ("tv", a.tv)) if v is not None}
+        settings = {
+            k: v
+            for k, v in (("lr", a.lr), ("iterations", a.iterations), ("tv", a.tv), ("patience", a.patience))
+            if v is not None
+        }
         rows = quality([int(s) for s in a.seeds.split(",")], a.model, a.attack, a.batch, **settings)
         results["quality"] = {
             "model": a.model or Scenario().model,

@@ -76,6 +76,7 @@ class Case:
     prune_at: tuple[float, ...] = ()  # gradleak's early elimination of restarts
     lr: float | None = None  # gradleak's Adam step size (None: the attack's default, 0.1 for Inverting Gradients)
     tv: float | None = None  # gradleak's total-variation weight (None: the attack's default, 0.2)
+    patience: int | None = None  # gradleak's plateau patience (None: the attack's default, 20)
     gradleak_attack: str = ""  # gradleak's attack by registry name ("": the paper's, ATTACK[attack][0])
     breaching: bool = True  # False: gradleak-only case (no breaching counterpart)
     weights_of: str = ""  # gradleak-only case: the case whose breaching export (weights, images) it uses
@@ -97,11 +98,13 @@ class Variant(NamedTuple):
     lr: float | None
     tv: float | None
     attack: str = ""
+    patience: int | None = None
 
     def describe(self) -> str:
         if self.attack:
             settings = [] if self.lr is None else [f"Adam step {self.lr}"]
             settings += [] if self.tv is None else [f"TV share {self.tv:g}"]
+            settings += [] if self.patience is None else [f"plateau patience {self.patience}"]
             return f"{self.attack} " + (f"at {', '.join(settings)}" if settings else "(its defaults)")
         return f"Adam step {self.lr}" + ("" if self.tv is None else f", TV weight {self.tv:g}")
 
@@ -112,6 +115,7 @@ class Variant(NamedTuple):
             name=f"{case.name}-{self.suffix}",
             lr=self.lr,
             tv=self.tv,
+            patience=self.patience,
             gradleak_attack=self.attack,
             note=note,
             **fields,
@@ -121,7 +125,8 @@ class Variant(NamedTuple):
 #: the steps; the step and TV weight best on the default audit's bundled photos (benchmarks/core), not these images;
 #: the relative TV weight; the relative TV weight with the plateau schedule (the default audit's attack), also at the
 #: smaller step and at a larger TV share (chosen on the bundled photos with He-normal ResNet-18 weights, not these
-#: images); the default audit's ig_batch_tv (that share for batches, 0.3 for one image; chosen on the bundled photos)
+#: images); the default audit's ig_batch_tv (that share for batches, 0.3 for one image; chosen on the bundled photos),
+#: also with the plateau schedule's patience 10 instead of 20 (explored on the bundled photos, not these images)
 VARIANTS = (
     *(Variant(f"lr{step}", step, None) for step in STEPS),
     Variant(f"lr{LARGE_STEP}-tv0", LARGE_STEP, 0.0),
@@ -130,6 +135,7 @@ VARIANTS = (
     Variant(f"rtvp-lr{STEP}", STEP, None, "ig_relative_tv_plateau"),
     Variant("rtvp-tv1", None, 1.0, "ig_relative_tv_plateau"),
     Variant("btv", None, None, "ig_batch_tv"),
+    Variant("btv-p10", None, None, "ig_batch_tv", 10),
 )
 #: the settings of VARIANTS at which PRUNED runs too, each against the single run at that setting
 PRUNED_VARIANTS = (VARIANTS[0], *VARIANTS[2:])  # all but step 1.0 with the paper's TV
@@ -359,6 +365,7 @@ def worker_gradleak(a: argparse.Namespace) -> dict:
     prune = {"prune_at": tuple(float(f) for f in a.prune_at.split(","))} if a.prune_at else {}
     settings = {"lr": a.lr} if a.lr else {}
     settings |= {"tv": float(a.tv)} if a.tv else {}
+    settings |= {"patience": a.patience} if a.patience else {}
     attack = ATTACKS.get(name)(iterations=a.iters, restarts=a.restarts, log_every=1, **prune, **settings)
     labels = None if a.attack == "dlg" else LabelResult("given", [int(v) for v in truth.labels])
 
@@ -878,6 +885,8 @@ def run_case(case: Case, a: argparse.Namespace, work: Path, env: dict, have_brea
                 str(case.lr or 0.0),
                 "--tv",
                 "" if case.tv is None else str(case.tv),
+                "--patience",
+                str(case.patience or 0),
                 "--gradleak-attack",
                 case.gradleak_attack,
                 "--case-file",
@@ -1150,6 +1159,7 @@ def main() -> None:
         ("--prune-at", str, ""),
         ("--lr", float, 0.0),
         ("--tv", str, ""),  # "": the attack's default
+        ("--patience", int, 0),  # 0: the attack's default
         ("--gradleak-attack", str, ""),  # "": ATTACK[--attack][0]
         ("--case-file", str, ""),
         ("--out-json", str, ""),

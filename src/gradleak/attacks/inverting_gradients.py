@@ -54,6 +54,7 @@ class InvertingGradientsConfig:
     batch_tv: float | None = None  # the TV weight for a batch of more than one image; None: ``tv`` (not in the paper)
     signed: bool = True
     schedule: str = "step"  # the paper's; "plateau": the first decay where the loss went flat (not in the paper)
+    patience: int = 20  # "plateau": iterations without a 1% fall of the loss before the first decay
     replay: str = "known-order"  # FedAvg: "known-order" (the client's mini-batch order) | "full-batch"
     log_every: int = 10
     checkpoint: str | None = None
@@ -73,7 +74,8 @@ class InvertingGradients(Attack):
     order is unknown). Main settings (:class:`InvertingGradientsConfig`): ``iterations``
     (600), ``restarts`` (1), ``lr`` (0.1), ``tv`` (0.2), ``checkpoint``; ``prune_at`` (not in the paper): early
     elimination of restarts — at each of these fractions of the run the worse half, by matching distance, stops;
-    ``batch_tv`` (not in the paper): the TV weight for batches of more than one image."""
+    ``batch_tv`` (not in the paper): the TV weight for batches of more than one image; ``patience`` (20): with
+    ``schedule="plateau"`` (not in the paper), the iterations without a 1% fall of the loss before the first decay."""
 
     paper = "Geiping et al. NeurIPS 2020, arXiv:2003.14053"
     Config = InvertingGradientsConfig
@@ -98,6 +100,7 @@ class InvertingGradients(Attack):
             lr=c.lr,
             signed=c.signed,
             schedule=c.schedule,
+            patience=c.patience,
             tv=c.tv if batch == 1 or c.batch_tv is None else c.batch_tv,
             tv_scale=c.tv_scale,
             replay=c.replay,

@@ -51,6 +51,7 @@ class MatchingConfig:
     # "step": ×0.1 at 3/8, 5/8, 7/8 | "cosine" | "constant" | "plateau" (gradleak's addition, issue 19; see Plateau):
     # the first ×0.1 once the loss has stopped falling, at the latest at 3/8, the others at 2/5 and 4/5 of the rest
     schedule: str = "step"
+    patience: int = 20  # "plateau": iterations without a 1% fall of the loss before the first decay (see Plateau)
     warmup: int = 0
     tv: float = 0.0
     # "absolute": the loss adds ``tv · TV(x)`` | "relative" (gradleak's addition, issue 19): each step adds TV's
@@ -69,8 +70,11 @@ class MatchingConfig:
     prune_at: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.iterations < 1 or self.restarts < 1:
-            raise InputError(f"iterations and restarts must be >= 1, got {self.iterations}, {self.restarts}")
+        if self.iterations < 1 or self.restarts < 1 or self.patience < 1:
+            raise InputError(
+                f"iterations, restarts and patience must be >= 1, got {self.iterations}, {self.restarts}, "
+                f"{self.patience}"
+            )
         if self.prune_at:
             p = tuple(self.prune_at)
             if not (all(0 < f < 1 for f in p) and all(a < b for a, b in zip(p, p[1:]))):
@@ -136,7 +140,7 @@ class Plateau:
 
     Why: at Adam step 1.0 (``ig_relative_tv``) the loss stops falling after a few dozen iterations, whatever the
     budget, and the step schedule would hold that step until 3/8 of the run. Measured in benchmarks/core and
-    benchmarks/performance."""
+    benchmarks/performance. ``MatchingConfig.patience`` sets ``patience``."""
 
     patience: int = 20
     rel: float = 0.01
@@ -424,7 +428,7 @@ def run_matching(
     variables = [X] + ([Y.requires_grad_(True)] if Y is not None else [])
     opt: torch.optim.Optimizer = torch.optim.Adam(variables, lr=cfg.lr)
     ckpt = _Checkpoint(Path(checkpoint), cfg, problem.fingerprint()) if checkpoint else None
-    state = ckpt.restore(variables, opt) if ckpt else _Resumed.start(cfg.restarts)
+    state = ckpt.restore(variables, opt) if ckpt else _Resumed.start(cfg.restarts, cfg.patience)
     start, curve, alive, retired, plateau = state.iteration, state.curve, state.alive, state.retired, state.plateau
     X = variables[0]
     resumed = None if state.budget is None else {"from_iteration": start, "checkpoint_iterations": state.budget}
@@ -573,9 +577,9 @@ class _Resumed:
     plateau: Plateau
 
     @classmethod
-    def start(cls, restarts: int) -> _Resumed:
+    def start(cls, restarts: int, patience: int) -> _Resumed:
         """A run from its first iteration: every restart optimised, the schedule not yet decayed."""
-        return cls(0, [], None, list(range(restarts)), {}, Plateau())
+        return cls(0, [], None, list(range(restarts)), {}, Plateau(patience))
 
 
 class _Checkpoint:
@@ -588,7 +592,7 @@ class _Checkpoint:
 
     def __init__(self, path: Path, cfg: MatchingConfig, fingerprint: str):
         self.path = path
-        self.iterations = cfg.iterations
+        self.iterations, self.patience = cfg.iterations, cfg.patience
         settings = {k: v for k, v in asdict(cfg).items() if k != "iterations"}  # a run may be extended
         self.key = json.dumps({"config": settings, "observation": fingerprint}, sort_keys=True, default=str)
 
@@ -630,7 +634,7 @@ class _Checkpoint:
         """Where to resume; without a checkpoint yet, the start. Restored candidates replace ``variables``' data
         (fewer rows once candidates were eliminated)."""
         if not self.path.exists():
-            return _Resumed.start(variables[0].shape[0])
+            return _Resumed.start(variables[0].shape[0], self.patience)
         try:
             return self._restore(variables, opt)
         except GradleakError as e:
@@ -717,6 +721,9 @@ class _Checkpoint:
             [int(i) for i in alive],
             {int(k): (tensors[f"retired{k}"].clone(), float(v)) for k, v in retired.items()},
             Plateau(
-                best=math.inf if plateau[0] is None else float(plateau[0]), since=plateau[1], first_decay=plateau[2]
+                self.patience,
+                best=math.inf if plateau[0] is None else float(plateau[0]),
+                since=plateau[1],
+                first_decay=plateau[2],
             ),
         )
