@@ -378,6 +378,8 @@ def test_inverting_gradients_passes_its_plateau_patience_to_the_engine(digit_cas
             obs, generator=torch.Generator().manual_seed(0)
         )
 
+    with pytest.raises(InputError, match="patience must be >= 1"):
+        run(patience=0)
     default, short = run(), run(patience=10)
     assert default.config["patience"] == 20 and short.config["patience"] == 10
     assert torch.equal(default.images, run(patience=20).images)
