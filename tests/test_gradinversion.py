@@ -160,7 +160,9 @@ def test_group_with_identical_seeds_reduces_to_single_seed(digit_batch):
     from gradleak.attacks.matching import run_matching
 
     results = {}
-    for mode, seeds in (("registered", 3), ("lazy", 3), ("none", 1)):
+    # every mode optimises the 3 identical seeds together: one seed alone takes the engine's single-candidate path
+    # (plain autograd), whose rounding differs from the batched one's on some CPUs (AVX512: 1e-3 after 12 steps)
+    for mode, seeds in (("registered", 3), ("lazy", 3), ("none", 3)):
         c = MatchingConfig(**{**cfg.__dict__, "restarts": seeds})
         group = GroupConsensus(mode, 10.0, 3, 1, 0.0, c, 0)
         prob = MatchingProblem(obs, truth.labels, c, extra_terms=[group.term])
@@ -178,7 +180,7 @@ def test_group_with_identical_seeds_reduces_to_single_seed(digit_batch):
             torch.testing.assert_close(group.compute(m.all_x), m.all_x[0], atol=1e-4, rtol=0)
     for mode in ("registered", "lazy"):
         for r in range(3):
-            torch.testing.assert_close(results[mode].all_x[r], results["none"].x, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(results[mode].all_x[r], results["none"].all_x[r], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.slow
