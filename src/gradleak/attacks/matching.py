@@ -140,9 +140,9 @@ class Plateau:
 
     Why: at Adam step 1.0 (``ig_relative_tv``) the loss stops falling after a few dozen iterations, whatever the
     budget, and the step schedule would hold that step until 3/8 of the run. Measured in benchmarks/core and
-    benchmarks/performance. ``MatchingConfig.patience`` sets ``patience``."""
+    benchmarks/performance. ``patience`` comes from ``MatchingConfig.patience`` (20 by default)."""
 
-    patience: int = 20
+    patience: int
     rel: float = 0.01
     best: float = math.inf
     since: int = 0
