@@ -191,11 +191,7 @@ def main() -> int:
         results["speed"] = [speed(m, b) for m in ("convnet", "resnet18") for b in (1, 8)]
     if a.part in ("quality", "all"):
         results["machine_quality"] = machine()
-        settings = {
-            k: v
-            for k, v in (("lr", a.lr), ("iterations", a.iterations), ("tv", a.tv), ("patience", a.patience))
-            if v is not None
-        }
+        settings = {k: getattr(a, k) for k in ("lr", "iterations", "tv", "patience") if getattr(a, k) is not None}
         rows = quality([int(s) for s in a.seeds.split(",")], a.model, a.attack, a.batch, **settings)
         results["quality"] = {
             "model": a.model or Scenario().model,
