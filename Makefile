@@ -33,7 +33,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# every benchmark's --check: reruns a small seeded subset and compares with the committed numbers
+# every benchmark's --check: reruns a small seeded subset and compares with the committed numbers, or with the
+# results file's record for this kind of CPU where it has one (core, fedavg_order, leakage_over_training; README)
 # (about 6 minutes on an idle 2-core machine; each prints its tolerance and exits 1 on a mismatch)
 CHECKS := labels labels_vs_official analytic spear cocktail imprint malicious guard dp_bounds sweep generative gradinversion fedavg_order core leakage_over_training
 reproduce: $(STAMP)  # the dp_bounds check needs Opacus: make reproduce EXTRAS=test,flower,dp

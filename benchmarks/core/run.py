@@ -11,6 +11,8 @@
     python benchmarks/core/run.py --part speed    # one part
     python benchmarks/core/run.py --part quality --attack inverting_gradients --out FILE   # the paper's attack
     python benchmarks/core/run.py --part quality --model resnet18 --batch 8 --iterations 100 --out FILE
+    python benchmarks/core/run.py --check [--record] [--out FILE]   # rerun seed 0 against FILE (or its record for
+                                                                    # this kind of CPU); --record stores the rerun
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.matching import MatchingConfig, MatchingProblem, run_matching
 from gradleak.auditing import DEFAULT_ATTACK
+from gradleak.cost import check_reference, cpu_kind
 from gradleak.labels import recover_labels
 from gradleak.metrics import grey_psnr, score_images
 from gradleak.scenario import Scenario, simulate
@@ -43,6 +46,7 @@ def machine() -> dict:
         "load_before": os.getloadavg(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_kind": cpu_kind(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
@@ -108,27 +112,34 @@ def quality(
 CHECK_PSNR_TOL = 0.1  # dB; the run is seeded, so the same code gives the same number at a thread count
 
 
-def check(path: Path) -> int:
+def check(path: Path, record: bool = False) -> int:
     """``--check``: rerun the quality row of seed 0 (the default audit's first draw) with the file's attack and
-    settings, at the file's thread count, and compare its PSNR with the committed one. One image gives the same
-    PSNR at 1 and 2 threads; a batch need not (ConvNet B=4: 21.78 dB at 1 thread, 21.52 at 2)."""
+    settings, at the file's thread count, and compare its PSNR with the committed one, or with the file's record
+    for this kind of CPU (``gradleak.cost.check_reference``). One image gives the same PSNR at 1 and 2 threads; a
+    batch need not (ConvNet B=4: 21.78 dB at 1 thread, 21.52 at 2). ``record``: store the rerun as this CPU
+    kind's record in the file."""
     results = json.loads(path.read_text())
     q = results["quality"]
     machine_then = results.get("machine_quality", {})
     committed_on = machine_then.get("cpu_capability", "an unrecorded CPU capability")
     if "threads" in machine_then:
         torch.set_num_threads(machine_then["threads"])
-    want = next(r for r in q["rows"] if r["seed"] == 0)
+    committed = {"psnr": next(r for r in q["rows"] if r["seed"] == 0)["psnr"]}
+    want, source = check_reference(results, committed)
     got = quality(
         [0], q.get("model"), q.get("attack", "inverting_gradients"), q.get("batch", 1), **q.get("attack_settings", {})
     )[0]
     ok = abs(got["psnr"] - want["psnr"]) <= CHECK_PSNR_TOL
     print(
-        f"check core quality seed 0 at {torch.get_num_threads()} thread(s): PSNR {got['psnr']:.3f} vs committed "
-        f"{want['psnr']:.3f} "
-        f"(tolerance {CHECK_PSNR_TOL} dB; committed on {committed_on}, rerun on "
-        f"{torch.backends.cpu.get_cpu_capability()}) {'OK' if ok else 'MISMATCH'}"
+        f"check core quality seed 0 at {torch.get_num_threads()} thread(s) on {cpu_kind()}: PSNR {got['psnr']:.3f} "
+        f"vs {want['psnr']:.3f}, {source} (tolerance {CHECK_PSNR_TOL} dB; the committed {committed['psnr']:.3f} "
+        f"ran on {committed_on}) {'OK' if ok else 'MISMATCH'}"
     )
+    if record:
+        results.setdefault("check_records", {})[cpu_kind()] = {"psnr": got["psnr"]}
+        path.write_text(json.dumps(results, indent=2))
+        print(f"recorded for {cpu_kind()} in {path}")
+        return 0
     return 0 if ok else 1
 
 
@@ -170,6 +181,7 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--out", default=str(HERE / "results.json"))
     ap.add_argument("--check", action="store_true", help="rerun the seed-0 quality row; exit 1 if off results.json")
+    ap.add_argument("--record", action="store_true", help="with --check: store the rerun as this CPU kind's record")
     ap.add_argument("--attack", default=DEFAULT_ATTACK, help="quality: the attack (default: the default audit's)")
     ap.add_argument("--lr", type=float, help="quality: the attack's Adam step instead of its default (use with --out)")
     ap.add_argument("--iterations", type=int, help="quality: the attack's iterations instead of its default")
@@ -180,8 +192,10 @@ def main() -> int:
     ap.add_argument("--render", action="store_true", help="rewrite the --out file's Markdown from it (no run)")
     a = ap.parse_args()
     out = Path(a.out)
+    if a.record and not a.check:
+        ap.error("--record needs --check")
     if a.check:
-        return check(out)
+        return check(out, a.record)
     if a.render:
         out.with_suffix(".md").write_text(render(json.loads(out.read_text())))
         return 0
@@ -191,6 +205,7 @@ def main() -> int:
         results["speed"] = [speed(m, b) for m in ("convnet", "resnet18") for b in (1, 8)]
     if a.part in ("quality", "all"):
         results["machine_quality"] = machine()
+        results.pop("check_records", None)  # the records were of the numbers this run replaces
         settings = {k: getattr(a, k) for k in ("lr", "iterations", "tv", "patience") if getattr(a, k) is not None}
         rows = quality([int(s) for s in a.seeds.split(",")], a.model, a.attack, a.batch, **settings)
         results["quality"] = {

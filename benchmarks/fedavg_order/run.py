@@ -17,6 +17,7 @@ accuracy, PSNR/SSIM (best pairing). Writes ``results.json`` and ``results.md`` i
 
     python benchmarks/fedavg_order/run.py [--seeds 0 1] [--iterations 100]
     python benchmarks/fedavg_order/run.py --check   # seed 0, two rows, compared with results.json
+    python benchmarks/fedavg_order/run.py --check --record   # store the rerun as this CPU kind's record
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 
 from gradleak.attacks import ATTACKS
+from gradleak.cost import check_reference, cpu_kind
 from gradleak.labels import LabelResult, recover_labels
 from gradleak.metrics import label_accuracy, score_images
 from gradleak.protocols import FedAvg
@@ -108,29 +110,37 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def check(path: Path) -> int:
+def check(path: Path, record: bool = False) -> int:
+    """Rerun seed 0 of ``CHECK_ROWS`` and compare with the committed rows, or with the file's record for this kind of
+    CPU (``gradleak.cost.check_reference``); ``record``: store the rerun as this CPU kind's record in the file."""
     committed = json.loads(path.read_text())
     seed = committed["settings"]["seeds"][0]
+    reference, source = check_reference(committed, [r for r in committed["runs"] if r["seed"] == seed])
     fresh = run_seed(seed, committed["settings"]["iterations"], CHECK_ROWS)
     bad = []
     for f in fresh:
-        old = next(r for r in committed["runs"] if r["row"] == f["row"] and r["seed"] == seed)
+        old = next(r for r in reference if r["row"] == f["row"])
         if (
             f["label_accuracy"] != old["label_accuracy"]
             or abs(f["psnr"] - old["psnr"]) > PSNR_TOL
             or abs(f["ssim"] - old["ssim"]) > SSIM_TOL
         ):
             bad.append(
-                f"{f['row']}: {f['label_accuracy']:.3f}/{f['psnr']:.2f}/{f['ssim']:.3f} vs committed "
+                f"{f['row']}: {f['label_accuracy']:.3f}/{f['psnr']:.2f}/{f['ssim']:.3f} vs "
                 f"{old['label_accuracy']:.3f}/{old['psnr']:.2f}/{old['ssim']:.3f}"
             )
     print(
         "check:",
         "OK" if not bad else "MISMATCH\n  " + "\n  ".join(bad),
-        f"(seed {seed}; tolerance PSNR {PSNR_TOL} dB, SSIM {SSIM_TOL}, labels exact; committed on "
-        f"{committed['machine'].get('cpu_capability', 'an unrecorded CPU capability')}, rerun on "
-        f"{torch.backends.cpu.get_cpu_capability()})",
+        f"(seed {seed}, against {source}; tolerance PSNR {PSNR_TOL} dB, SSIM {SSIM_TOL}, labels exact; committed on "
+        f"{committed['machine'].get('cpu_capability', 'an unrecorded CPU capability')}, rerun on {cpu_kind()})",
     )
+    if record:
+        keys = ("row", "seed", "label_accuracy", "psnr", "ssim")
+        committed.setdefault("check_records", {})[cpu_kind()] = [{k: f[k] for k in keys} for f in fresh]
+        path.write_text(json.dumps(committed, indent=1))
+        print(f"recorded for {cpu_kind()} in {path}")
+        return 0
     return 1 if bad else 0
 
 
@@ -140,11 +150,14 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--out", default=str(HERE))
     p.add_argument("--check", action="store_true", help="rerun seed 0 of two rows; exit 1 if off results.json")
+    p.add_argument("--record", action="store_true", help="with --check: store the rerun as this CPU kind's record")
     args = p.parse_args()
+    if args.record and not args.check:
+        p.error("--record needs --check")
     torch.set_num_threads(2)
     out = Path(args.out)
     if args.check:
-        return check(out / "results.json")
+        return check(out / "results.json", args.record)
     t0 = time.perf_counter()
     runs = [r for seed in args.seeds for r in run_seed(seed, args.iterations)]
     res = {
@@ -157,6 +170,7 @@ def main() -> int:
             "platform": platform.platform(),
             "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_kind": cpu_kind(),
             "load_average_at_end": os.getloadavg(),
         },
         "runs": runs,

@@ -19,9 +19,10 @@ Sizes are reduced for a shared 2-core machine: training batch 8, IG budgets of 1
 cell. Each section records its own environment (torch threads, load average) beside its wall time.
 
 Run: python benchmarks/leakage_over_training/run.py [--only curves flower] [--models convnet resnet18] [--threads N]
-[--check]. ``--only curves`` reruns the curves and keeps the Flower section stored in results.json (and vice versa).
-(--check reruns CHECK: the ConvNet at 0 and 100 steps, labels at B=8 and IG at B=1, and compares with results.json
-within the tolerances CHECK_TOL; exit 1 on a mismatch.)
+[--check [--record]]. ``--only curves`` reruns the curves and keeps the Flower section stored in results.json (and
+vice versa). (--check reruns CHECK: the ConvNet at 0 and 100 steps, labels at B=8 and IG at B=1, and compares with
+results.json, or with its record for this kind of CPU, within the tolerances CHECK_TOL; exit 1 on a mismatch.
+--record stores the rerun as this CPU kind's record.)
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch
 
 from gradleak.attacks import InvertingGradients
 from gradleak.auditing import AuditPlan, audit, run_labels
-from gradleak.cost import machine
+from gradleak.cost import check_reference, cpu_kind, machine
 from gradleak.over_training import checkpoints
 from gradleak.report.curves import Line, Panel, plot_curves
 from gradleak.scenario import Scenario, simulate
@@ -357,11 +358,14 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def check(path: Path) -> int:
-    section = json.loads(path.read_text())["curves"][CHECK["model"]]
-    committed = section["checkpoints"]
+def check(path: Path, record: bool = False) -> int:
+    """Rerun ``CHECK`` and compare with the committed curve, or with the file's record for this kind of CPU
+    (``gradleak.cost.check_reference``); ``record``: store the rerun as this CPU kind's record in the file."""
+    results = json.loads(path.read_text())
+    section = results["curves"][CHECK["model"]]
+    committed, source = check_reference(results, section["checkpoints"])
     log(
-        f"rerunning at {torch.get_num_threads()} torch thread(s) on {torch.backends.cpu.get_cpu_capability()}; the "
+        f"rerunning at {torch.get_num_threads()} torch thread(s) on {cpu_kind()}, against {source}; the "
         f"committed {CHECK['model']} curve ran at {section['environment']['threads']} on "
         f"{section['environment'].get('cpu_capability', 'an unrecorded CPU capability')}"
     )
@@ -380,15 +384,28 @@ def check(path: Path) -> int:
             if ("accuracy" in v) != ("accuracy" in got) or abs(
                 v.get("accuracy", 0) - got.get("accuracy", 0)
             ) > CHECK_TOL["label_accuracy"]:
-                bad.append(f"{where} B={lb} {m}: {got} vs committed {v}")
+                bad.append(f"{where} B={lb} {m}: {got} vs {v}")
         p_new, p_old = new["ig"][ib]["psnr"], old["ig"][ib]["psnr"]
         if (p_new is None) != (p_old is None) or (p_new is not None and abs(p_new - p_old) > CHECK_TOL["psnr_db"]):
-            bad.append(f"{where} IG B={ib}: PSNR {p_new} vs committed {p_old}")
+            bad.append(f"{where} IG B={ib}: PSNR {p_new} vs {p_old}")
     log(
         f"leakage-over-training check: {len(fresh)} checkpoints,",
         "OK" if not bad else "MISMATCH\n  " + "\n  ".join(bad),
         f"(tolerances {CHECK_TOL})",
     )
+    if record:
+        results.setdefault("check_records", {})[cpu_kind()] = [
+            {
+                "steps": c["steps"],
+                "training": {"test_accuracy": c["training"]["test_accuracy"]},
+                "labels": {lb: {"methods": c["labels"][lb]["methods"]}},
+                "ig": {ib: {"psnr": c["ig"][ib]["psnr"]}},
+            }
+            for c in fresh
+        ]
+        path.write_text(json.dumps(results, indent=1))
+        log(f"recorded for {cpu_kind()} in {path}")
+        return 0
     return 1 if bad else 0
 
 
@@ -399,13 +416,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(HERE))
     p.add_argument("--threads", type=int, default=2, help="torch threads (victims train on one)")
     p.add_argument("--check", action="store_true", help="rerun CHECK and compare with results.json")
+    p.add_argument("--record", action="store_true", help="with --check: store the rerun as this CPU kind's record")
     p.add_argument("--markdown-only", action="store_true", help="rewrite results.md and the models' plots")
     a = p.parse_args(argv)
+    if a.record and not a.check:
+        p.error("--record needs --check")
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     path = out / "results.json"
     if a.check:
-        return check(path)
+        return check(path, a.record)
     if a.markdown_only:
         results = json.loads(path.read_text())
         for name, data in results["curves"].items():
@@ -436,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         return {**section, "environment": {**env, "load_average_end": os.getloadavg()}}
 
     if "curves" in a.only:
+        if CHECK["model"] in a.models:
+            results.pop("check_records", None)  # the records were of the curve this run replaces
         for name in a.models:
             env = machine()
             results["curves"][name] = measured(curves(name, CHECKPOINTS, LABEL_B, IG_B), env)

@@ -28,16 +28,41 @@ from .attacks.matching import MatchingConfig, MatchingProblem, objective_fn
 from .observation import Observation
 
 
+def cpu_kind(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's vendor (from ``cpuinfo``; else the platform's processor name) and the vector instructions torch's
+    kernels use, e.g. ``"AuthenticAMD AVX512"``: what a seeded optimisation's last digits depend on. Their
+    floating-point sums differ between kinds (measured: the default audit's seed 0 ends at 31.31 dB on an AMD CPU
+    with AVX2 kernels, 30.67 on AMD with AVX512, 27.75 on Intel with AVX512); two AMD machines with AVX512 kernels,
+    days apart, gave the same numbers to the digit."""
+    vendor = platform.processor() or platform.machine()
+    try:
+        with open(cpuinfo) as f:
+            vendor = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("vendor_id")), vendor)
+    except OSError:
+        pass
+    return f"{vendor} {torch.backends.cpu.get_cpu_capability()}"
+
+
+def check_reference(results: dict[str, Any], committed: Any) -> tuple[Any, str]:
+    """What a benchmark's ``--check`` compares its rerun with here: the results file's record for this CPU kind
+    (``results["check_records"][cpu_kind()]``, the check's own output on such a CPU, written by its ``--record``)
+    where there is one, else ``committed`` (the file's numbers, from the CPU that measured them); and which."""
+    kind = cpu_kind()
+    record = results.get("check_records", {}).get(kind)
+    return (committed, "the committed numbers") if record is None else (record, f"the record for {kind}")
+
+
 def machine() -> dict[str, object]:
     """What a timing depends on: torch version and threads, CPUs and the vector instructions torch's kernels use
-    (``cpu_capability``, e.g. AVX2 or AVX512: their floating-point sums differ, so seeded optimisations can end
-    apart on another CPU), the OpenMP wait policy, Python, and the load average when it was taken (benchmarks
-    record it beside their seconds)."""
+    (``cpu_capability``, e.g. AVX2 or AVX512, and ``cpu_kind``, :func:`cpu_kind`: their floating-point sums differ,
+    so seeded optimisations can end apart on another CPU), the OpenMP wait policy, Python, and the load average
+    when it was taken (benchmarks record it beside their seconds)."""
     return {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_kind": cpu_kind(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "python": platform.python_version(),
         "load_average_start": os.getloadavg(),
