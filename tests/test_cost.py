@@ -23,3 +23,12 @@ def test_check_reference_is_this_cpu_kinds_record_else_the_committed_numbers(mon
     monkeypatch.setattr(cost, "cpu_kind", lambda: "VendorC AVX2")
     assert cost.check_reference(results, {"psnr": 31.31}) == ({"psnr": 31.31}, "the committed numbers")
     assert cost.check_reference({}, [1, 2]) == ([1, 2], "the committed numbers")
+
+
+def test_a_recorded_check_is_the_reference_on_its_cpu_kind_only(monkeypatch):
+    monkeypatch.setattr(cost, "cpu_kind", lambda: "VendorA AVX512")
+    results: dict = {}
+    assert cost.record_check(results, {"psnr": 30.67}) == "VendorA AVX512"
+    assert cost.check_reference(results, {"psnr": 31.31}) == ({"psnr": 30.67}, "the record for VendorA AVX512")
+    monkeypatch.setattr(cost, "cpu_kind", lambda: "VendorB AVX2")
+    assert cost.check_reference(results, {"psnr": 31.31}) == ({"psnr": 31.31}, "the committed numbers")

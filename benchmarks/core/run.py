@@ -31,7 +31,7 @@ import torch
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.matching import MatchingConfig, MatchingProblem, run_matching
 from gradleak.auditing import DEFAULT_ATTACK
-from gradleak.cost import check_reference, cpu_kind
+from gradleak.cost import CHECK_RECORDS, check_reference, cpu_kind, record_check
 from gradleak.labels import recover_labels
 from gradleak.metrics import grey_psnr, score_images
 from gradleak.scenario import Scenario, simulate
@@ -136,9 +136,9 @@ def check(path: Path, record: bool = False) -> int:
         f"ran on {committed_on}) {'OK' if ok else 'MISMATCH'}"
     )
     if record:
-        results.setdefault("check_records", {})[cpu_kind()] = {"psnr": got["psnr"]}
+        kind = record_check(results, {"psnr": got["psnr"]})
         path.write_text(json.dumps(results, indent=2))
-        print(f"recorded for {cpu_kind()} in {path}")
+        print(f"recorded for {kind} in {path}")
         return 0
     return 0 if ok else 1
 
@@ -205,7 +205,7 @@ def main() -> int:
         results["speed"] = [speed(m, b) for m in ("convnet", "resnet18") for b in (1, 8)]
     if a.part in ("quality", "all"):
         results["machine_quality"] = machine()
-        results.pop("check_records", None)  # the records were of the numbers this run replaces
+        results.pop(CHECK_RECORDS, None)  # the records were of the numbers this run replaces
         settings = {k: getattr(a, k) for k in ("lr", "iterations", "tv", "patience") if getattr(a, k) is not None}
         rows = quality([int(s) for s in a.seeds.split(",")], a.model, a.attack, a.batch, **settings)
         results["quality"] = {

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from gradleak.attacks import ATTACKS
-from gradleak.cost import check_reference, cpu_kind
+from gradleak.cost import check_reference, cpu_kind, record_check
 from gradleak.labels import LabelResult, recover_labels
 from gradleak.metrics import label_accuracy, score_images
 from gradleak.protocols import FedAvg
@@ -137,9 +137,9 @@ def check(path: Path, record: bool = False) -> int:
     )
     if record:
         keys = ("row", "seed", "label_accuracy", "psnr", "ssim")
-        committed.setdefault("check_records", {})[cpu_kind()] = [{k: f[k] for k in keys} for f in fresh]
+        kind = record_check(committed, [{k: f[k] for k in keys} for f in fresh])
         path.write_text(json.dumps(committed, indent=1))
-        print(f"recorded for {cpu_kind()} in {path}")
+        print(f"recorded for {kind} in {path}")
         return 0
     return 1 if bad else 0
 

@@ -43,7 +43,7 @@ import torch
 
 from gradleak.attacks import InvertingGradients
 from gradleak.auditing import AuditPlan, audit, run_labels
-from gradleak.cost import check_reference, cpu_kind, machine
+from gradleak.cost import CHECK_RECORDS, check_reference, cpu_kind, machine, record_check
 from gradleak.over_training import checkpoints
 from gradleak.report.curves import Line, Panel, plot_curves
 from gradleak.scenario import Scenario, simulate
@@ -394,17 +394,20 @@ def check(path: Path, record: bool = False) -> int:
         f"(tolerances {CHECK_TOL})",
     )
     if record:
-        results.setdefault("check_records", {})[cpu_kind()] = [
-            {
-                "steps": c["steps"],
-                "training": {"test_accuracy": c["training"]["test_accuracy"]},
-                "labels": {lb: {"methods": c["labels"][lb]["methods"]}},
-                "ig": {ib: {"psnr": c["ig"][ib]["psnr"]}},
-            }
-            for c in fresh
-        ]
+        kind = record_check(
+            results,
+            [
+                {
+                    "steps": c["steps"],
+                    "training": {"test_accuracy": c["training"]["test_accuracy"]},
+                    "labels": {lb: {"methods": c["labels"][lb]["methods"]}},
+                    "ig": {ib: {"psnr": c["ig"][ib]["psnr"]}},
+                }
+                for c in fresh
+            ],
+        )
         path.write_text(json.dumps(results, indent=1))
-        log(f"recorded for {cpu_kind()} in {path}")
+        log(f"recorded for {kind} in {path}")
         return 0
     return 1 if bad else 0
 
@@ -457,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "curves" in a.only:
         if CHECK["model"] in a.models:
-            results.pop("check_records", None)  # the records were of the curve this run replaces
+            results.pop(CHECK_RECORDS, None)  # the records were of the curve this run replaces
         for name in a.models:
             env = machine()
             results["curves"][name] = measured(curves(name, CHECKPOINTS, LABEL_B, IG_B), env)

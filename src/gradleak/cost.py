@@ -43,13 +43,23 @@ def cpu_kind(cpuinfo: str = "/proc/cpuinfo") -> str:
     return f"{vendor} {torch.backends.cpu.get_cpu_capability()}"
 
 
+CHECK_RECORDS = "check_records"  # a results file's key: CPU kind → what its --check computed on such a CPU
+
+
 def check_reference(results: dict[str, Any], committed: Any) -> tuple[Any, str]:
     """What a benchmark's ``--check`` compares its rerun with here: the results file's record for this CPU kind
-    (``results["check_records"][cpu_kind()]``, the check's own output on such a CPU, written by its ``--record``)
-    where there is one, else ``committed`` (the file's numbers, from the CPU that measured them); and which."""
+    (the check's own output on such a CPU, written by :func:`record_check`) where there is one, else ``committed``
+    (the file's numbers, from the CPU that measured them); and which."""
     kind = cpu_kind()
-    record = results.get("check_records", {}).get(kind)
+    record = results.get(CHECK_RECORDS, {}).get(kind)
     return (committed, "the committed numbers") if record is None else (record, f"the record for {kind}")
+
+
+def record_check(results: dict[str, Any], rerun: Any) -> str:
+    """Store ``rerun`` (a ``--check``'s output) in ``results`` as this CPU kind's record; return the kind."""
+    kind = cpu_kind()
+    results.setdefault(CHECK_RECORDS, {})[kind] = rerun
+    return kind
 
 
 def machine() -> dict[str, object]:
